@@ -1,0 +1,1 @@
+//! The Art. 6 person record. (Being written.)

@@ -1,0 +1,2 @@
+//! Konvert gateway library: what `konvertd` and `konvertctl` share.
+#![forbid(unsafe_code)]
