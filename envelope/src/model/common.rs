@@ -345,3 +345,72 @@ pub struct Message {
     /// What the message says.
     pub body: MessageBody,
 }
+
+ident_type!(
+    /// An authorised signatory of an authority (Art. 9.3), for example `kz.mvd.ivanov-a`.
+    SignatoryId,
+    "signatory id"
+);
+
+/// A raw 32-byte Ed25519 public key (RFC 8032): standard base64 (with
+/// padding) in JSON, a 32-byte string in CBOR.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKeyBytes(pub [u8; 32]);
+
+impl PublicKeyBytes {
+    /// The 32 key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+impl fmt::Display for PublicKeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use base64::Engine as _;
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+impl fmt::Debug for PublicKeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKeyBytes({self})")
+    }
+}
+impl FromStr for PublicKeyBytes {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use base64::Engine as _;
+        let err = || ParseIdError {
+            what: "Ed25519 public key",
+            value: s.chars().take(60).collect(),
+            reason: "expected 32 bytes in standard base64 (44 characters)",
+        };
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| err())?;
+        let arr: [u8; 32] = v.as_slice().try_into().map_err(|_| err())?;
+        Ok(Self(arr))
+    }
+}
+impl Serialize for PublicKeyBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+impl<'de> Deserialize<'de> for PublicKeyBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(de::Error::custom)
+        } else {
+            let b = serde_bytes::ByteBuf::deserialize(d)?;
+            let arr: [u8; 32] = b
+                .as_slice()
+                .try_into()
+                .map_err(|_| de::Error::invalid_length(b.len(), &"32 bytes"))?;
+            Ok(Self(arr))
+        }
+    }
+}
