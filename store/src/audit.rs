@@ -1,0 +1,318 @@
+//! The tamper-evident audit trail: append-only, hash-chained entries.
+//!
+//! Entry `n` is stored under key `A || n` (big-endian) as
+//! `hash(32) || cbor(body)`, where `body = { seq, at, prev, event }` and
+//! `hash = SHA-256("konvert-audit v1" || cbor(body))`. `prev` is the hash of
+//! entry `n - 1` (all zeroes for the first). Entries carry ids, times, peers,
+//! counts, outcomes and digests, never personal data or message substance.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{CaseId, MessageId};
+
+/// What an audit entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AuditKind {
+    /// A message was accepted from a local application into the outbox.
+    Accepted,
+    /// A message was sealed (signed and encrypted) for its peer.
+    Sealed,
+    /// A message was sent to its peer.
+    Sent,
+    /// A delivery receipt for a sent message was stored.
+    Delivered,
+    /// Delivery of a message failed for good.
+    Failed,
+    /// A message was received from a peer.
+    Received,
+    /// A local application acknowledged a received message.
+    Acknowledged,
+    /// A request case was opened.
+    CaseOpened,
+    /// A request case changed state or deadline.
+    CaseStateChanged,
+    /// Records were destroyed (crypto-shredded), by expiry or early.
+    Destroyed,
+    /// Metadata past its audit retention was purged.
+    Purged,
+    /// A data key was created.
+    KeyCreated,
+    /// A data key was destroyed.
+    KeyDestroyed,
+    /// The configuration changed.
+    ConfigChanged,
+    /// The store was opened.
+    Opened,
+}
+
+/// An audit event as given to [`crate::Store::audit_append`] and stored.
+/// Free-text fields must hold no personal data and no message substance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// What happened.
+    pub kind: AuditKind,
+    /// The message concerned, if any.
+    pub message: Option<MessageId>,
+    /// The case concerned, if any.
+    pub case: Option<CaseId>,
+    /// The peer concerned, if any.
+    pub peer: Option<String>,
+    /// A short outcome or reason code (no personal data).
+    pub detail: Option<String>,
+    /// A count (records destroyed, bytes, ...).
+    pub count: Option<u64>,
+    /// A digest (payload hash, hash of destroyed ids, ...).
+    #[serde(with = "opt_digest")]
+    pub digest: Option<[u8; 32]>,
+}
+
+impl AuditEvent {
+    /// An event of `kind` with no fields set.
+    pub fn new(kind: AuditKind) -> Self {
+        AuditEvent {
+            kind,
+            message: None,
+            case: None,
+            peer: None,
+            detail: None,
+            count: None,
+            digest: None,
+        }
+    }
+    /// Set the message.
+    pub fn message(mut self, id: MessageId) -> Self {
+        self.message = Some(id);
+        self
+    }
+    /// Set the case.
+    pub fn case(mut self, id: CaseId) -> Self {
+        self.case = Some(id);
+        self
+    }
+    /// Set the peer.
+    pub fn peer(mut self, peer: &str) -> Self {
+        self.peer = Some(peer.to_owned());
+        self
+    }
+    /// Set the detail code.
+    pub fn detail(mut self, d: &str) -> Self {
+        self.detail = Some(d.to_owned());
+        self
+    }
+    /// Set the count.
+    pub fn count(mut self, n: u64) -> Self {
+        self.count = Some(n);
+        self
+    }
+    /// Set the digest.
+    pub fn digest(mut self, d: [u8; 32]) -> Self {
+        self.digest = Some(d);
+        self
+    }
+}
+
+mod opt_digest {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(|d| serde_bytes::Bytes::new(&d[..])).serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let v: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        match v {
+            None => Ok(None),
+            Some(b) => b
+                .as_slice()
+                .try_into()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom("digest length")),
+        }
+    }
+}
+
+mod id_serde {
+    use crate::ids::{CaseId, MessageId};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    macro_rules! id_serde {
+        ($t:ident) => {
+            impl Serialize for $t {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    serde_bytes::Bytes::new(&self.0).serialize(s)
+                }
+            }
+            impl<'de> Deserialize<'de> for $t {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    let b = serde_bytes::ByteBuf::deserialize(d)?;
+                    b.as_slice()
+                        .try_into()
+                        .map($t)
+                        .map_err(|_| serde::de::Error::custom("id length"))
+                }
+            }
+        };
+    }
+    id_serde!(MessageId);
+    id_serde!(CaseId);
+}
+
+/// One entry of the audit trail as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the chain, from 0.
+    pub seq: u64,
+    /// When (unix seconds).
+    pub at: i64,
+    /// Hash of the previous entry.
+    pub prev: [u8; 32],
+    /// This entry's hash.
+    pub hash: [u8; 32],
+    /// What happened.
+    pub event: AuditEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    seq: u64,
+    at: i64,
+    #[serde(with = "serde_bytes")]
+    prev: [u8; 32],
+    event: AuditEvent,
+}
+
+pub(crate) fn audit_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = crate::store::P_AUDIT;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn hash_body(body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"konvert-audit v1");
+    h.update(body);
+    h.finalize().into()
+}
+
+/// Encode entry `seq`; returns (stored value, its hash).
+pub(crate) fn encode_entry(seq: u64, at: i64, prev: [u8; 32], event: &AuditEvent) -> (Vec<u8>, [u8; 32]) {
+    let body = Body {
+        seq,
+        at,
+        prev,
+        event: event.clone(),
+    };
+    let mut buf = Vec::with_capacity(160);
+    buf.extend_from_slice(&[0u8; 32]);
+    // Encoding into a Vec cannot fail for these types.
+    let _ = ciborium::into_writer(&body, &mut buf);
+    let hash = hash_body(&buf[32..]);
+    buf[..32].copy_from_slice(&hash);
+    (buf, hash)
+}
+
+/// Decode a stored entry; `None` if it is not well-formed. The stored hash
+/// is returned as is; [`verify_chain`] checks it.
+pub(crate) fn decode_entry(value: &[u8]) -> Option<(AuditEntry, [u8; 32])> {
+    if value.len() < 33 {
+        return None;
+    }
+    let (h, body) = value.split_at(32);
+    let b: Body = ciborium::from_reader(body).ok()?;
+    let stored: [u8; 32] = h.try_into().ok()?;
+    let computed = hash_body(body);
+    Some((
+        AuditEntry {
+            seq: b.seq,
+            at: b.at,
+            prev: b.prev,
+            hash: stored,
+            event: b.event,
+        },
+        computed,
+    ))
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// Number of entries checked.
+    pub entries: u64,
+    /// Hash of the last entry (all zeroes for an empty chain). Record it
+    /// outside the machine to detect a later rewrite of the whole tail.
+    pub head: [u8; 32],
+}
+
+/// How the chain is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakKind {
+    /// An entry's content does not match its hash, or it cannot be decoded.
+    Modified,
+    /// One or more entries are missing before this position.
+    Deleted,
+    /// The entry at this position was inserted (it is not part of the chain).
+    Inserted,
+    /// Entries are out of order at this position.
+    Reordered,
+}
+
+/// Where and how the audit chain is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain broken at entry {index}: {kind:?}")]
+pub struct AuditBreak {
+    /// Position (0-based, in storage order) of the first bad entry.
+    pub index: u64,
+    /// What is wrong there.
+    pub kind: BreakKind,
+}
+
+/// Verify a chain given as (key sequence number, stored value) in key order.
+pub(crate) fn verify_chain<I>(entries: I) -> Result<VerifiedChain, AuditBreak>
+where
+    I: IntoIterator<Item = (u64, Vec<u8>)>,
+{
+    let mut prev_hash = [0u8; 32];
+    let mut prev_prev: Option<[u8; 32]> = None;
+    let mut expected = 0u64;
+    let mut index = 0u64;
+    for (key_seq, value) in entries {
+        let brk = |kind| AuditBreak { index, kind };
+        let (e, computed) = decode_entry(&value).ok_or(brk(BreakKind::Modified))?;
+        if e.hash != computed {
+            return Err(brk(BreakKind::Modified));
+        }
+        if e.seq != key_seq {
+            return Err(brk(BreakKind::Reordered));
+        }
+        if e.seq > expected {
+            return Err(brk(BreakKind::Deleted));
+        }
+        if e.seq < expected {
+            return Err(brk(BreakKind::Reordered));
+        }
+        if e.prev != prev_hash {
+            if Some(e.prev) == prev_prev {
+                // This entry links to the one before the previous one:
+                // the previous entry was slipped in.
+                return Err(AuditBreak {
+                    index: index.saturating_sub(1),
+                    kind: BreakKind::Inserted,
+                });
+            }
+            // The previous entry is not the one this entry was chained to:
+            // it was rewritten (with a recomputed hash).
+            return Err(AuditBreak {
+                index: index.saturating_sub(1),
+                kind: BreakKind::Modified,
+            });
+        }
+        prev_prev = Some(prev_hash);
+        prev_hash = e.hash;
+        expected += 1;
+        index += 1;
+    }
+    Ok(VerifiedChain {
+        entries: index,
+        head: prev_hash,
+    })
+}

@@ -1,0 +1,405 @@
+//! Key material: the master key, data keys, and the keyring file.
+//!
+//! The keyring holds one data key per expiry hour ("bucket") and one per open
+//! request case. It lives outside sled, in one small file sealed as a whole
+//! under the master key with XChaCha20-Poly1305, and is rewritten atomically:
+//! write a temporary file, fsync it, rename it over the old one, fsync the
+//! directory. Destroying a key is rewriting the keyring without it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result};
+use crate::ids::CaseId;
+
+const KEYRING_MAGIC: &[u8; 8] = b"KVKEYRG1";
+const NONCE_LEN: usize = 24;
+/// Largest keyring file accepted (a bound before allocation).
+const KEYRING_MAX: u64 = 64 << 20;
+
+/// The 32-byte master key that seals the keyring. Zeroized on drop; its
+/// `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// A master key from raw bytes (tests, or a key obtained elsewhere).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey(Zeroizing::new(bytes))
+    }
+
+    /// A fresh random master key from the OS.
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut k[..]);
+        MasterKey(k)
+    }
+
+    /// Generate a master key and write it to `path` as hex text, in a new file
+    /// created with mode 0600 (an existing file is never overwritten).
+    pub fn generate_to_file(path: &Path) -> Result<Self> {
+        let key = Self::generate();
+        let mut text = Zeroizing::new(hex::encode(&key.0[..]));
+        text.push('\n');
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(key)
+    }
+
+    /// Read a master key file: 32 raw bytes, or 64 hex characters, or base64 of
+    /// 32 bytes (surrounding whitespace ignored). The file must not be readable
+    /// or writable by group or others (mode 0600 or stricter), else it is refused.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::MasterKey {
+                path: path.into(),
+                reason: "file is accessible by group or others; chmod 0600 it",
+            });
+        }
+        Self::read_key_file(path)
+    }
+
+    /// Read the master key from a systemd credential:
+    /// `$CREDENTIALS_DIRECTORY/<name>` (set by `LoadCredential=` or
+    /// `LoadCredentialEncrypted=`, TPM-backed where the host has one).
+    pub fn from_systemd_credential(name: &str) -> Result<Self> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or(Error::MasterKey {
+            path: PathBuf::from(name),
+            reason: "CREDENTIALS_DIRECTORY is not set (no systemd credentials for this service)",
+        })?;
+        if name.is_empty() || name.contains('/') {
+            return Err(Error::Invalid("credential name must be a plain file name".into()));
+        }
+        Self::from_file(&Path::new(&dir).join(name))
+    }
+
+    fn read_key_file(path: &Path) -> Result<Self> {
+        let raw = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+        let bad = |reason| Error::MasterKey {
+            path: path.into(),
+            reason,
+        };
+        let mut key = Zeroizing::new([0u8; 32]);
+        if raw.len() == 32 {
+            key.copy_from_slice(&raw);
+            return Ok(MasterKey(key));
+        }
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| bad("not 32 raw bytes, nor hex or base64 text"))?
+            .trim();
+        if text.len() == 64 {
+            if hex::decode_to_slice(text, &mut key[..]).is_ok() {
+                return Ok(MasterKey(key));
+            }
+        }
+        use base64::Engine;
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| bad("not 32 raw bytes, nor 64 hex characters, nor base64"))?,
+        );
+        if decoded.len() != 32 {
+            return Err(bad("key must be exactly 32 bytes"));
+        }
+        key.copy_from_slice(&decoded);
+        Ok(MasterKey(key))
+    }
+}
+
+/// A 32-byte data key (one per expiry hour or per case). Zeroized on drop; its
+/// `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct DataKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+impl DataKey {
+    fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut k[..]);
+        DataKey(k)
+    }
+
+    /// The key of a message that belongs to a case: derived from both the
+    /// bucket key and the case key, so destroying either destroys it.
+    pub(crate) fn derive_with_case(&self, case: &DataKey) -> DataKey {
+        let mut h = Sha256::new();
+        h.update(b"konvert-store v1 message key\0");
+        h.update(&self.0[..]);
+        h.update(&case.0[..]);
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&h.finalize());
+        DataKey(out)
+    }
+
+    /// Seal `plain` with a random nonce; output is nonce || ciphertext.
+    pub(crate) fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        seal_with(&self.0, aad, plain)
+    }
+
+    /// Open what [`DataKey::seal`] produced; `None` if it does not authenticate.
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        open_with(&self.0, aad, sealed)
+    }
+}
+
+fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+    out.extend_from_slice(&nonce);
+    // Encryption with a valid key and in-memory buffers cannot fail.
+    if let Ok(ct) = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad }) {
+        out.extend_from_slice(&ct);
+    }
+    out
+}
+
+fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+}
+
+/// What the keyring file holds, in the clear only in memory.
+#[derive(Serialize, Deserialize, Default)]
+struct KeyringFile {
+    generation: u64,
+    buckets: Vec<(i64, serde_bytes::ByteBuf)>,
+    cases: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        for (_, k) in &mut self.buckets {
+            k.zeroize();
+        }
+        for (_, k) in &mut self.cases {
+            k.zeroize();
+        }
+    }
+}
+
+/// Which key buckets and case keys a keyring holds (no key material).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyringSummary {
+    /// How many times the keyring has been rewritten.
+    pub generation: u64,
+    /// Expiry hours (unix seconds / 3600) that have a data key.
+    pub bucket_hours: Vec<i64>,
+    /// Cases that have a key.
+    pub cases: Vec<CaseId>,
+}
+
+/// The keyring in memory, bound to its file.
+pub(crate) struct Keyring {
+    path: PathBuf,
+    master: MasterKey,
+    generation: u64,
+    pub(crate) buckets: BTreeMap<i64, DataKey>,
+    pub(crate) cases: BTreeMap<CaseId, DataKey>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("generation", &self.generation)
+            .field("buckets", &self.buckets.len())
+            .field("cases", &self.cases.len())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// Open the keyring at `path`, or start an empty one (written at once) if
+    /// there is no file.
+    pub(crate) fn open(path: &Path, master: MasterKey) -> Result<Self> {
+        let mut kr = Keyring {
+            path: path.into(),
+            master,
+            generation: 0,
+            buckets: BTreeMap::new(),
+            cases: BTreeMap::new(),
+        };
+        match File::open(path) {
+            Ok(_) => {
+                let file = read_keyring_file(path, &kr.master)?;
+                kr.generation = file.generation;
+                for (h, k) in &file.buckets {
+                    kr.buckets.insert(*h, key_from(k, path)?);
+                }
+                for (c, k) in &file.cases {
+                    let id: [u8; 16] = c.as_slice().try_into().map_err(|_| {
+                        Error::corrupt(format!("keyring {}: case id length", path.display()))
+                    })?;
+                    kr.cases.insert(CaseId(id), key_from(k, path)?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => kr.persist()?,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        Ok(kr)
+    }
+
+    pub(crate) fn summary(&self) -> KeyringSummary {
+        KeyringSummary {
+            generation: self.generation,
+            bucket_hours: self.buckets.keys().copied().collect(),
+            cases: self.cases.keys().copied().collect(),
+        }
+    }
+
+    /// Add a fresh bucket key (not yet persisted).
+    pub(crate) fn new_bucket(&mut self, hour: i64) -> DataKey {
+        self.buckets.entry(hour).or_insert_with(DataKey::generate).clone()
+    }
+
+    /// Add a fresh case key (not yet persisted).
+    pub(crate) fn new_case(&mut self, case: CaseId) -> DataKey {
+        self.cases.entry(case).or_insert_with(DataKey::generate).clone()
+    }
+
+    /// Rewrite the keyring file atomically: temp file, fsync, rename, fsync dir.
+    pub(crate) fn persist(&mut self) -> Result<()> {
+        self.generation += 1;
+        let mut file = KeyringFile {
+            generation: self.generation,
+            buckets: Vec::new(),
+            cases: Vec::new(),
+        };
+        for (h, k) in &self.buckets {
+            file.buckets
+                .push((*h, serde_bytes::ByteBuf::from(k.0.to_vec())));
+        }
+        for (c, k) in &self.cases {
+            file.cases.push((
+                serde_bytes::ByteBuf::from(c.0.to_vec()),
+                serde_bytes::ByteBuf::from(k.0.to_vec()),
+            ));
+        }
+        let mut plain = Zeroizing::new(Vec::new());
+        ciborium::into_writer(&file, &mut *plain)
+            .map_err(|_| Error::corrupt("keyring encoding"))?;
+        let sealed = seal_with(&self.master.0, KEYRING_MAGIC, &plain);
+        let mut bytes = Vec::with_capacity(KEYRING_MAGIC.len() + sealed.len());
+        bytes.extend_from_slice(KEYRING_MAGIC);
+        bytes.extend_from_slice(&sealed);
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+fn key_from(bytes: &[u8], path: &Path) -> Result<DataKey> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::corrupt(format!("keyring {}: key length", path.display())))?;
+    Ok(DataKey(Zeroizing::new(arr)))
+}
+
+fn read_keyring_file(path: &Path, master: &MasterKey) -> Result<KeyringFile> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if len > KEYRING_MAX {
+        return Err(Error::corrupt(format!("keyring {} too large", path.display())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let body = bytes
+        .strip_prefix(KEYRING_MAGIC.as_slice())
+        .ok_or_else(|| Error::corrupt(format!("keyring {}: not a keyring file", path.display())))?;
+    let plain = Zeroizing::new(
+        open_with(&master.0, KEYRING_MAGIC, body)
+            .ok_or_else(|| Error::KeyringAuth { path: path.into() })?,
+    );
+    ciborium::from_reader(plain.as_slice())
+        .map_err(|_| Error::corrupt(format!("keyring {}: contents", path.display())))
+}
+
+/// Read which keys a keyring file holds (for operators and tests), without
+/// opening a store.
+pub fn read_keyring_summary(path: &Path, master: &MasterKey) -> Result<KeyringSummary> {
+    let file = read_keyring_file(path, master)?;
+    let mut cases = Vec::new();
+    for (c, _) in &file.cases {
+        let id: [u8; 16] = c
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::corrupt("keyring case id length"))?;
+        cases.push(CaseId(id));
+    }
+    Ok(KeyringSummary {
+        generation: file.generation,
+        bucket_hours: file.buckets.iter().map(|(h, _)| *h).collect(),
+        cases,
+    })
+}
+
+/// Write `bytes` to `path` atomically and durably: write `path.tmp`, fsync,
+/// rename over `path`, fsync the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    sync_dir(dir)
+}
+
+/// fsync a directory (makes renames and new files in it durable).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}

@@ -1,0 +1,1392 @@
+//! The store itself: layout in sled, writes, reads, destruction.
+//!
+//! Everything lives in sled's default tree, under one-byte key prefixes, so
+//! that one write (record, its index entries and its audit entry) is one
+//! atomic `sled::Batch`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `O`/`I` id | message record (metadata + sealed payload) |
+//! | `S` dir state id | (index by state) |
+//! | `P` dir len peer id | (index by peer) |
+//! | `X` hour class id | expiry work item (destroy, purge) |
+//! | `c` case dir id | (messages of a case) |
+//! | `R` id | delivery receipt (sealed) |
+//! | `r` len peer id | (receipts by peer) |
+//! | `C` case | case record |
+//! | `D` deadline case | (cases by deadline) |
+//! | `A` seq | audit entry |
+//! | `M` name | store metadata (format version) |
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+
+use crate::audit::{self, AuditEntry, AuditEvent, AuditKind, VerifiedChain};
+use crate::error::{Error, Result};
+use crate::ids::{CaseId, Clock, MessageId};
+use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
+use crate::model::*;
+use crate::retention::{hour_of, RetentionPolicy};
+use crate::sync::{GroupCommit, SyncMode};
+
+pub(crate) const P_AUDIT: u8 = b'A';
+const P_STATE: u8 = b'S';
+const P_PEER: u8 = b'P';
+const P_EXP: u8 = b'X';
+const P_CASEMSG: u8 = b'c';
+const P_RECEIPT: u8 = b'R';
+const P_RECEIPT_PEER: u8 = b'r';
+const P_CASE: u8 = b'C';
+const P_DEADLINE: u8 = b'D';
+const P_META: u8 = b'M';
+
+// Expiry work classes.
+const X_DESTROY_OUT: u8 = 0;
+const X_DESTROY_IN: u8 = 1;
+const X_PURGE_MANY: u8 = 2;
+const X_PURGE_RECEIPT: u8 = 4;
+const X_CASE_EXPIRE: u8 = 5;
+const X_CASE_PURGE: u8 = 6;
+
+const FORMAT_VERSION: &[u8] = b"konvert-store/1";
+const MAX_NAME: usize = 128;
+/// Records handled per sweep step (one sled batch, writers wait at most this long).
+const SWEEP_CHUNK: usize = 512;
+
+/// How to open a store.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// The data directory (created if missing, mode 0700).
+    pub dir: PathBuf,
+    /// The keyring file; `DATA_DIR/keyring` if `None`.
+    pub keyring: Option<PathBuf>,
+    /// The master key that seals the keyring.
+    pub master_key: MasterKey,
+    /// Retention of messages, metadata and audit.
+    pub retention: RetentionPolicy,
+    /// When a write counts as durable.
+    pub sync_mode: SyncMode,
+    /// The clock (inject a [`crate::ManualClock`] in tests).
+    pub clock: Arc<dyn Clock>,
+    /// sled's page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl StoreConfig {
+    /// A configuration with the defaults: keyring in the data directory,
+    /// default retention, [`SyncMode::Fdatasync`], the system clock, 256 MiB cache.
+    pub fn new(dir: impl Into<PathBuf>, master_key: MasterKey) -> Self {
+        StoreConfig {
+            dir: dir.into(),
+            keyring: None,
+            master_key,
+            retention: RetentionPolicy::default(),
+            sync_mode: SyncMode::Fdatasync,
+            clock: Arc::new(crate::ids::SystemClock),
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+struct Head {
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
+/// The store. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    keyring: RwLock<Keyring>,
+    head: Mutex<Head>,
+    gc: GroupCommit,
+    retention: RetentionPolicy,
+    clock: Arc<dyn Clock>,
+    destroyed: AtomicU64,
+    purged: AtomicU64,
+    keys_destroyed: AtomicU64,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+// ---- key building ----
+
+fn sortable(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1u64 << 63)).to_be_bytes()
+}
+fn msg_key(dir: Direction, id: &MessageId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(dir.byte());
+    k.extend_from_slice(&id.0);
+    k
+}
+fn state_key(dir: Direction, st: MessageState, id: &MessageId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19);
+    k.extend_from_slice(&[P_STATE, dir.byte(), st.byte()]);
+    k.extend_from_slice(&id.0);
+    k
+}
+fn peer_prefix(p: u8, dir: Option<Direction>, peer: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + peer.len());
+    k.push(p);
+    if let Some(d) = dir {
+        k.push(d.byte());
+    }
+    k.push(peer.len() as u8);
+    k.extend_from_slice(peer.as_bytes());
+    k
+}
+fn peer_key(dir: Direction, peer: &str, id: &MessageId) -> Vec<u8> {
+    let mut k = peer_prefix(P_PEER, Some(dir), peer);
+    k.extend_from_slice(&id.0);
+    k
+}
+fn exp_key(hour: i64, class: u8, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26);
+    k.push(P_EXP);
+    k.extend_from_slice(&sortable(hour));
+    k.push(class);
+    k.extend_from_slice(id);
+    k
+}
+fn case_msg_key(case: &CaseId, dir: Direction, id: &MessageId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(34);
+    k.push(P_CASEMSG);
+    k.extend_from_slice(&case.0);
+    k.push(dir.byte());
+    k.extend_from_slice(&id.0);
+    k
+}
+fn receipt_key(id: &MessageId) -> Vec<u8> {
+    let mut k = vec![P_RECEIPT];
+    k.extend_from_slice(&id.0);
+    k
+}
+fn case_key(id: &CaseId) -> Vec<u8> {
+    let mut k = vec![P_CASE];
+    k.extend_from_slice(&id.0);
+    k
+}
+fn deadline_key(deadline: i64, id: &CaseId) -> Vec<u8> {
+    let mut k = vec![P_DEADLINE];
+    k.extend_from_slice(&sortable(deadline));
+    k.extend_from_slice(&id.0);
+    k
+}
+fn id16(b: &[u8]) -> Option<[u8; 16]> {
+    b.try_into().ok()
+}
+fn payload_aad(dir: Direction, id: &MessageId, key_hour: i64, case: Option<&CaseId>) -> Vec<u8> {
+    let mut a = Vec::with_capacity(48);
+    a.extend_from_slice(b"konvert-store v1 payload");
+    a.push(dir.byte());
+    a.extend_from_slice(&id.0);
+    a.extend_from_slice(&key_hour.to_be_bytes());
+    if let Some(c) = case {
+        a.extend_from_slice(&c.0);
+    }
+    a
+}
+fn receipt_aad(id: &MessageId, key_hour: i64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(48);
+    a.extend_from_slice(b"konvert-store v1 receipt");
+    a.extend_from_slice(&id.0);
+    a.extend_from_slice(&key_hour.to_be_bytes());
+    a
+}
+
+fn check_name(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_NAME || s.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "{what} must be 1..={MAX_NAME} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn what_msg(dir: Direction, id: &MessageId) -> String {
+    match dir {
+        Direction::Outbound => format!("outbound message {id}"),
+        Direction::Inbound => format!("inbound message {id}"),
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `config.dir`: take the lock file, open
+    /// the keyring and sled, and destroy at once the keys of every expiry
+    /// hour that passed while the store was closed (their records are removed
+    /// by the next [`Store::sweep`] calls).
+    pub fn open(config: StoreConfig) -> Result<Self> {
+        let dir = config.dir.clone();
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
+        }
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| Error::Locked { dir: dir.clone() })?;
+
+        let keyring_path = config.keyring.clone().unwrap_or_else(|| dir.join("keyring"));
+        let keyring = Keyring::open(&keyring_path, config.master_key.clone())?;
+
+        let sled_dir = dir.join("sled");
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        // Make sled's files and our own durable as directory entries.
+        crate::keys::sync_dir(&sled_dir)?;
+        crate::keys::sync_dir(&dir)?;
+
+        match db.get([P_META])? {
+            Some(v) if v.as_ref() != FORMAT_VERSION => {
+                return Err(Error::corrupt("unknown store format version"));
+            }
+            Some(_) => {}
+            None => {
+                db.insert([P_META], FORMAT_VERSION)?;
+            }
+        }
+
+        let head = match db.scan_prefix([P_AUDIT]).next_back() {
+            None => Head {
+                next_seq: 0,
+                prev: [0u8; 32],
+            },
+            Some(r) => {
+                let (k, v) = r?;
+                let seq = k
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| Error::corrupt("audit key"))?;
+                let prev: [u8; 32] = v
+                    .get(..32)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| Error::corrupt(format!("audit entry {seq}")))?;
+                Head {
+                    next_seq: seq + 1,
+                    prev,
+                }
+            }
+        };
+
+        let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
+        let store = Store {
+            dir,
+            db,
+            keyring: RwLock::new(keyring),
+            head: Mutex::new(head),
+            gc,
+            retention: config.retention,
+            clock: config.clock,
+            destroyed: AtomicU64::new(0),
+            purged: AtomicU64::new(0),
+            keys_destroyed: AtomicU64::new(0),
+            _lock: lock,
+        };
+        let now = store.clock.now();
+        store.destroy_expired_keys(now)?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn head(&self) -> MutexGuard<'_, Head> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kr_read(&self) -> std::sync::RwLockReadGuard<'_, Keyring> {
+        self.keyring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kr_write(&self) -> std::sync::RwLockWriteGuard<'_, Keyring> {
+        self.keyring.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply `batch` plus audit entries for `events` atomically; the caller
+    /// holds the head lock. Returns the first audit sequence number used.
+    fn apply(&self, head: &mut Head, mut batch: sled::Batch, events: &[AuditEvent], now: i64) -> Result<u64> {
+        let first = head.next_seq;
+        let mut seq = head.next_seq;
+        let mut prev = head.prev;
+        for ev in events {
+            let (v, h) = audit::encode_entry(seq, now, prev, ev);
+            batch.insert(&audit::audit_key(seq)[..], v);
+            prev = h;
+            seq += 1;
+        }
+        if let Err(e) = self.db.apply_batch(batch) {
+            // We can no longer tell what reached the disk.
+            self.gc.fail_next_sync();
+            let _ = self.gc.commit(&self.db);
+            return Err(e.into());
+        }
+        head.next_seq = seq;
+        head.prev = prev;
+        Ok(first)
+    }
+
+    fn bucket_key(&self, hour: i64) -> Result<DataKey> {
+        if let Some(k) = self.kr_read().buckets.get(&hour) {
+            return Ok(k.clone());
+        }
+        let key = {
+            let mut kr = self.kr_write();
+            if let Some(k) = kr.buckets.get(&hour) {
+                return Ok(k.clone());
+            }
+            let k = kr.new_bucket(hour);
+            if let Err(e) = kr.persist() {
+                kr.buckets.remove(&hour);
+                return Err(e);
+            }
+            k
+        };
+        let now = self.clock.now();
+        self.write_events(&[AuditEvent::new(AuditKind::KeyCreated)
+            .detail("expiry-bucket")
+            .count(hour as u64)], now)?;
+        Ok(key)
+    }
+
+    fn case_data_key(&self, case: &CaseId) -> Result<DataKey> {
+        self.kr_read()
+            .cases
+            .get(case)
+            .cloned()
+            .ok_or_else(|| Error::Destroyed {
+                what: format!("case {case}"),
+            })
+    }
+
+    fn write_events(&self, events: &[AuditEvent], now: i64) -> Result<u64> {
+        self.gc.check()?;
+        let seq = {
+            let mut head = self.head();
+            self.apply(&mut head, sled::Batch::default(), events, now)?
+        };
+        self.gc.commit(&self.db)?;
+        Ok(seq)
+    }
+
+    // ---- messages ----
+
+    /// Accept a message from a local application into the outbox (state
+    /// `queued`). Returns once the write is durable. A second put of the same
+    /// id stores nothing and returns the existing record.
+    pub fn put_outbox(&self, msg: &NewMessage) -> Result<Put> {
+        self.put_message(Direction::Outbound, msg)
+    }
+
+    /// Store a message received from a peer (state `new`). Returns once the
+    /// write is durable: only then may the gateway send its delivery receipt.
+    /// Idempotent on the envelope id: a second put of the same id stores
+    /// nothing and returns the existing record with `created == false`.
+    pub fn put_inbox(&self, msg: &NewMessage) -> Result<Put> {
+        self.put_message(Direction::Inbound, msg)
+    }
+
+    fn put_message(&self, dir: Direction, msg: &NewMessage) -> Result<Put> {
+        self.gc.check()?;
+        check_name("peer", &msg.peer)?;
+        check_name("agreement", &msg.agreement)?;
+        check_name("kind", &msg.kind)?;
+        let now = self.clock.now();
+        let expires_at = self.retention.expiry(now, &msg.agreement, &msg.kind);
+        let key_hour = hour_of(expires_at);
+        let mut key = self.bucket_key(key_hour)?;
+        if let Some(case) = &msg.case {
+            key = key.derive_with_case(&self.case_data_key(case)?);
+        }
+        let aad = payload_aad(dir, &msg.id, key_hour, msg.case.as_ref());
+        let sealed = key.seal(&aad, &msg.payload);
+        let digest: [u8; 32] = Sha256::digest(&msg.payload).into();
+        let state = match dir {
+            Direction::Outbound => MessageState::Queued,
+            Direction::Inbound => MessageState::New,
+        };
+        let rec = MsgRec {
+            peer: msg.peer.clone(),
+            agreement: msg.agreement.clone(),
+            kind: msg.kind.clone(),
+            state: state.byte(),
+            case: msg.case,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            key_hour,
+            payload_len: msg.payload.len() as u64,
+            payload_sha256: ByteBuf::from(digest.to_vec()),
+            sealed: Some(ByteBuf::from(sealed)),
+            destroyed_at: None,
+            outcome: None,
+            attempts: 0,
+        };
+        let value = encode(&rec);
+        let mkey = msg_key(dir, &msg.id);
+        let put = {
+            let mut head = self.head();
+            if let Some(existing) = self.db.get(&mkey)? {
+                let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
+                Some(Put {
+                    meta: old.meta(dir, msg.id)?,
+                    created: false,
+                })
+            } else {
+                let mut batch = sled::Batch::default();
+                if let Some(case) = &msg.case {
+                    let ck = case_key(case);
+                    let raw = self.db.get(&ck)?.ok_or_else(|| Error::NotFound {
+                        what: format!("case {case}"),
+                    })?;
+                    let mut ci: CaseInfo = decode(&raw, || format!("case {case}"))?;
+                    if ci.destroyed_at.is_some() {
+                        return Err(Error::Destroyed {
+                            what: format!("case {case}"),
+                        });
+                    }
+                    if expires_at > ci.retain_until {
+                        batch.remove(exp_key(hour_of(ci.retain_until), X_CASE_EXPIRE, &case.0));
+                        batch.insert(exp_key(key_hour, X_CASE_EXPIRE, &case.0), &[]);
+                        ci.retain_until = expires_at;
+                        batch.insert(ck, encode(&ci));
+                    }
+                    batch.insert(case_msg_key(case, dir, &msg.id), &[]);
+                }
+                batch.insert(mkey, value);
+                batch.insert(state_key(dir, state, &msg.id), &[]);
+                batch.insert(peer_key(dir, &msg.peer, &msg.id), &[]);
+                let class = match dir {
+                    Direction::Outbound => X_DESTROY_OUT,
+                    Direction::Inbound => X_DESTROY_IN,
+                };
+                batch.insert(exp_key(key_hour, class, &msg.id.0), &[]);
+                let kind = match dir {
+                    Direction::Outbound => AuditKind::Accepted,
+                    Direction::Inbound => AuditKind::Received,
+                };
+                let mut ev = AuditEvent::new(kind)
+                    .message(msg.id)
+                    .peer(&msg.peer)
+                    .count(msg.payload.len() as u64)
+                    .digest(digest);
+                ev.case = msg.case;
+                self.apply(&mut head, batch, &[ev], now)?;
+                None
+            }
+        };
+        self.gc.commit(&self.db)?;
+        match put {
+            Some(p) => Ok(p),
+            None => Ok(Put {
+                meta: rec.meta(dir, msg.id)?,
+                created: true,
+            }),
+        }
+    }
+
+    fn load(&self, dir: Direction, id: &MessageId) -> Result<MsgRec> {
+        let raw = self.db.get(msg_key(dir, id))?.ok_or_else(|| Error::NotFound {
+            what: what_msg(dir, id),
+        })?;
+        decode(&raw, || what_msg(dir, id))
+    }
+
+    /// A message's metadata (also after its payload was destroyed).
+    pub fn meta(&self, dir: Direction, id: &MessageId) -> Result<MessageMeta> {
+        self.load(dir, id)?.meta(dir, *id)
+    }
+
+    /// A message with its payload. `Error::Destroyed` once its key or payload
+    /// has been destroyed.
+    pub fn get(&self, dir: Direction, id: &MessageId) -> Result<Message> {
+        let rec = self.load(dir, id)?;
+        let destroyed = || Error::Destroyed { what: what_msg(dir, id) };
+        let sealed = rec.sealed.as_ref().ok_or_else(destroyed)?;
+        let mut key = self
+            .kr_read()
+            .buckets
+            .get(&rec.key_hour)
+            .cloned()
+            .ok_or_else(destroyed)?;
+        if let Some(case) = &rec.case {
+            let ck = self.kr_read().cases.get(case).cloned().ok_or_else(destroyed)?;
+            key = key.derive_with_case(&ck);
+        }
+        let aad = payload_aad(dir, id, rec.key_hour, rec.case.as_ref());
+        let payload = key
+            .open(&aad, sealed)
+            .ok_or_else(|| Error::Unseal { what: what_msg(dir, id) })?;
+        Ok(Message {
+            meta: rec.meta(dir, *id)?,
+            payload,
+        })
+    }
+
+    /// An outbound message with its payload.
+    pub fn outbox_get(&self, id: &MessageId) -> Result<Message> {
+        self.get(Direction::Outbound, id)
+    }
+
+    /// A received message with its payload. Fetching does not acknowledge:
+    /// the message stays listed as new until [`Store::inbox_ack`].
+    pub fn inbox_get(&self, id: &MessageId) -> Result<Message> {
+        self.get(Direction::Inbound, id)
+    }
+
+    /// Received messages not yet acknowledged, oldest first, after the
+    /// cursor `after` (exclusive), at most `limit`.
+    pub fn inbox_list(&self, after: Option<&MessageId>, limit: usize) -> Result<Vec<MessageMeta>> {
+        self.list_by_state(Direction::Inbound, MessageState::New, after, limit)
+    }
+
+    /// Outbound messages waiting to be sent, oldest first.
+    pub fn outbox_pending(&self, after: Option<&MessageId>, limit: usize) -> Result<Vec<MessageMeta>> {
+        self.list_by_state(Direction::Outbound, MessageState::Queued, after, limit)
+    }
+
+    fn list_index(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<&MessageId>,
+        limit: usize,
+        dir: Direction,
+        filter: impl Fn(&MessageMeta) -> bool,
+    ) -> Result<Vec<MessageMeta>> {
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            start.extend_from_slice(&a.0);
+            start.push(0); // strictly after
+        }
+        let mut end = prefix.clone();
+        end.extend_from_slice(&[0xff; 17]);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for r in self.db.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = r?;
+            let Some(id) = k.get(prefix.len()..).and_then(id16) else {
+                continue;
+            };
+            let id = MessageId(id);
+            match self.load(dir, &id) {
+                Ok(rec) => {
+                    let m = rec.meta(dir, id)?;
+                    if filter(&m) {
+                        out.push(m);
+                    }
+                }
+                // Purged between index read and record read.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages in `state`, oldest first, after the cursor, at most `limit`
+    /// (a range scan over the state index).
+    pub fn list_by_state(
+        &self,
+        dir: Direction,
+        state: MessageState,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageMeta>> {
+        let prefix = vec![P_STATE, dir.byte(), state.byte()];
+        self.list_index(prefix, after, limit, dir, |m| m.state == state && m.destroyed_at.is_none())
+    }
+
+    /// Messages exchanged with `peer`, oldest first (metadata, including
+    /// destroyed ones until purged).
+    pub fn list_by_peer(
+        &self,
+        dir: Direction,
+        peer: &str,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageMeta>> {
+        check_name("peer", peer)?;
+        self.list_index(peer_prefix(P_PEER, Some(dir), peer), after, limit, dir, |_| true)
+    }
+
+    /// Messages whose id time lies in `[from_ms, to_ms)` (unix milliseconds),
+    /// oldest first, at most `limit`.
+    pub fn list_between(&self, dir: Direction, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<MessageMeta>> {
+        let start = msg_key(dir, &MessageId::min_at(from_ms));
+        let end = msg_key(dir, &MessageId::min_at(to_ms));
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, v) = r?;
+            let id = MessageId(k.get(1..).and_then(id16).ok_or_else(|| Error::corrupt("message key"))?);
+            let rec: MsgRec = decode(&v, || what_msg(dir, &id))?;
+            out.push(rec.meta(dir, id)?);
+        }
+        Ok(out)
+    }
+
+    fn transition(
+        &self,
+        dir: Direction,
+        id: &MessageId,
+        from: &[MessageState],
+        to: MessageState,
+        kind: AuditKind,
+        outcome: Option<&str>,
+        receipt: Option<&NewReceipt>,
+    ) -> Result<MessageMeta> {
+        self.gc.check()?;
+        if let Some(o) = outcome {
+            check_name("outcome", o)?;
+        }
+        let now = self.clock.now();
+        // Seal the receipt (kept for the audit retention) outside the lock.
+        let sealed_receipt = match receipt {
+            Some(r) => {
+                check_name("outcome", &r.outcome)?;
+                let expires_at = self.retention.audit_expiry(now);
+                let key_hour = hour_of(expires_at);
+                let key = self.bucket_key(key_hour)?;
+                let sealed = key.seal(&receipt_aad(id, key_hour), &r.bytes);
+                Some((expires_at, key_hour, sealed))
+            }
+            None => None,
+        };
+        let meta = {
+            let mut head = self.head();
+            let mut rec = self.load(dir, id)?;
+            if rec.destroyed_at.is_some() {
+                return Err(Error::Destroyed { what: what_msg(dir, id) });
+            }
+            let cur = rec.state(id)?;
+            if cur == to {
+                rec.meta(dir, *id)?
+            } else {
+                if !from.contains(&cur) {
+                    return Err(Error::BadTransition {
+                        what: what_msg(dir, id),
+                        from: cur.as_str(),
+                        to: to.as_str(),
+                    });
+                }
+                rec.state = to.byte();
+                rec.updated_at = now;
+                if let Some(o) = outcome {
+                    rec.outcome = Some(o.to_owned());
+                }
+                if to == MessageState::Sent {
+                    rec.attempts = rec.attempts.saturating_add(1);
+                }
+                let mut batch = sled::Batch::default();
+                batch.remove(state_key(dir, cur, id));
+                batch.insert(state_key(dir, to, id), &[]);
+                batch.insert(msg_key(dir, id), encode(&rec));
+                let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
+                if let Some(o) = outcome {
+                    ev = ev.detail(o);
+                }
+                if let (Some(r), Some((expires_at, key_hour, sealed))) = (receipt, sealed_receipt) {
+                    let rr = ReceiptRec {
+                        peer: rec.peer.clone(),
+                        outcome: r.outcome.clone(),
+                        at: now,
+                        expires_at,
+                        key_hour,
+                        sealed: ByteBuf::from(sealed),
+                    };
+                    batch.insert(receipt_key(id), encode(&rr));
+                    let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rec.peer);
+                    pk.extend_from_slice(&id.0);
+                    batch.insert(pk, &[]);
+                    batch.insert(exp_key(key_hour, X_PURGE_RECEIPT, &id.0), &[]);
+                    ev = ev.detail(&r.outcome).digest(Sha256::digest(&r.bytes).into());
+                }
+                self.apply(&mut head, batch, &[ev], now)?;
+                rec.meta(dir, *id)?
+            }
+        };
+        self.gc.commit(&self.db)?;
+        Ok(meta)
+    }
+
+    /// Outbound: the message was sealed for its peer (audit only; the state
+    /// stays `queued`).
+    pub fn mark_sealed(&self, id: &MessageId) -> Result<()> {
+        let m = self.meta(Direction::Outbound, id)?;
+        let ev = AuditEvent::new(AuditKind::Sealed).message(*id).peer(&m.peer);
+        self.write_events(&[ev], self.clock.now()).map(|_| ())
+    }
+
+    /// Outbound: the message was sent (`queued`/`failed` → `sent`).
+    pub fn mark_sent(&self, id: &MessageId) -> Result<MessageMeta> {
+        self.transition(
+            Direction::Outbound,
+            id,
+            &[MessageState::Queued, MessageState::Failed],
+            MessageState::Sent,
+            AuditKind::Sent,
+            None,
+            None,
+        )
+    }
+
+    /// Outbound: the peer's signed delivery receipt arrived (`queued`/`sent`
+    /// → `delivered`); the receipt is stored in the same atomic write.
+    pub fn mark_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<MessageMeta> {
+        self.transition(
+            Direction::Outbound,
+            id,
+            &[MessageState::Queued, MessageState::Sent, MessageState::Failed],
+            MessageState::Delivered,
+            AuditKind::Delivered,
+            None,
+            Some(receipt),
+        )
+    }
+
+    /// Outbound: delivery failed for good (`queued`/`sent` → `failed`), with
+    /// an outcome code (no personal data).
+    pub fn mark_failed(&self, id: &MessageId, outcome: &str) -> Result<MessageMeta> {
+        self.transition(
+            Direction::Outbound,
+            id,
+            &[MessageState::Queued, MessageState::Sent],
+            MessageState::Failed,
+            AuditKind::Failed,
+            Some(outcome),
+            None,
+        )
+    }
+
+    /// Inbound: the application acknowledged the message (`new` →
+    /// `acknowledged`); it is never listed as new again. Acknowledging twice
+    /// is not an error.
+    pub fn inbox_ack(&self, id: &MessageId) -> Result<MessageMeta> {
+        self.transition(
+            Direction::Inbound,
+            id,
+            &[MessageState::New],
+            MessageState::Acknowledged,
+            AuditKind::Acknowledged,
+            None,
+            None,
+        )
+    }
+
+    // ---- receipts ----
+
+    fn decode_receipt(&self, id: &MessageId, raw: &[u8]) -> Result<Receipt> {
+        let what = || format!("receipt of {id}");
+        let rr: ReceiptRec = decode(raw, what)?;
+        let key = self
+            .kr_read()
+            .buckets
+            .get(&rr.key_hour)
+            .cloned()
+            .ok_or_else(|| Error::Destroyed { what: what() })?;
+        let bytes = key
+            .open(&receipt_aad(id, rr.key_hour), &rr.sealed)
+            .ok_or_else(|| Error::Unseal { what: what() })?;
+        Ok(Receipt {
+            message: *id,
+            peer: rr.peer,
+            outcome: rr.outcome,
+            at: rr.at,
+            expires_at: rr.expires_at,
+            bytes,
+        })
+    }
+
+    /// The delivery receipt of an outbound message.
+    pub fn receipt(&self, message: &MessageId) -> Result<Receipt> {
+        let raw = self.db.get(receipt_key(message))?.ok_or_else(|| Error::NotFound {
+            what: format!("receipt of {message}"),
+        })?;
+        self.decode_receipt(message, &raw)
+    }
+
+    /// Receipts from `peer`, by message id (time) order, after the cursor.
+    pub fn receipts_by_peer(&self, peer: &str, after: Option<&MessageId>, limit: usize) -> Result<Vec<Receipt>> {
+        check_name("peer", peer)?;
+        let prefix = peer_prefix(P_RECEIPT_PEER, None, peer);
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            start.extend_from_slice(&a.0);
+            start.push(0);
+        }
+        let mut end = prefix.clone();
+        end.extend_from_slice(&[0xff; 17]);
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, _) = r?;
+            let id = MessageId(k.get(prefix.len()..).and_then(id16).ok_or_else(|| Error::corrupt("receipt index"))?);
+            out.push(self.receipt(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Receipts of messages whose id time is in `[from_ms, to_ms)`.
+    pub fn receipts_between(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<Receipt>> {
+        let start = receipt_key(&MessageId::min_at(from_ms));
+        let end = receipt_key(&MessageId::min_at(to_ms));
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, v) = r?;
+            let id = MessageId(k.get(1..).and_then(id16).ok_or_else(|| Error::corrupt("receipt key"))?);
+            out.push(self.decode_receipt(&id, &v)?);
+        }
+        Ok(out)
+    }
+
+    // ---- cases ----
+
+    /// Open a request case and create its key. Returns the existing case if
+    /// the id is already open.
+    pub fn case_open(&self, case: &NewCase) -> Result<CaseInfo> {
+        self.gc.check()?;
+        check_name("peer", &case.peer)?;
+        check_name("agreement", &case.agreement)?;
+        check_name("case state", &case.state)?;
+        if let Some(existing) = self.db.get(case_key(&case.id))? {
+            return decode(&existing, || format!("case {}", case.id));
+        }
+        {
+            let mut kr = self.kr_write();
+            if !kr.cases.contains_key(&case.id) {
+                kr.new_case(case.id);
+                if let Err(e) = kr.persist() {
+                    kr.cases.remove(&case.id);
+                    return Err(e);
+                }
+            }
+        }
+        let now = self.clock.now();
+        let retain_until = self.retention.expiry(now, &case.agreement, "case");
+        let info = CaseInfo {
+            id: case.id,
+            peer: case.peer.clone(),
+            agreement: case.agreement.clone(),
+            state: case.state.clone(),
+            deadline: case.deadline,
+            opened_at: now,
+            updated_at: now,
+            retain_until,
+            destroyed_at: None,
+        };
+        {
+            let mut head = self.head();
+            let mut batch = sled::Batch::default();
+            batch.insert(case_key(&case.id), encode(&info));
+            if let Some(d) = case.deadline {
+                batch.insert(deadline_key(d, &case.id), &[]);
+            }
+            batch.insert(exp_key(hour_of(retain_until), X_CASE_EXPIRE, &case.id.0), &[]);
+            let ev = AuditEvent::new(AuditKind::CaseOpened)
+                .case(case.id)
+                .peer(&case.peer)
+                .detail(&case.state);
+            self.apply(&mut head, batch, &[ev], now)?;
+        }
+        self.gc.commit(&self.db)?;
+        Ok(info)
+    }
+
+    /// A case's record.
+    pub fn case_get(&self, id: &CaseId) -> Result<CaseInfo> {
+        let raw = self.db.get(case_key(id))?.ok_or_else(|| Error::NotFound {
+            what: format!("case {id}"),
+        })?;
+        decode(&raw, || format!("case {id}"))
+    }
+
+    /// Change a case's state code and deadline (`None`: no longer tracked,
+    /// e.g. answered or closed).
+    pub fn case_update(&self, id: &CaseId, state: &str, deadline: Option<i64>) -> Result<CaseInfo> {
+        self.gc.check()?;
+        check_name("case state", state)?;
+        let now = self.clock.now();
+        let info = {
+            let mut head = self.head();
+            let mut info = self.case_get(id)?;
+            if info.destroyed_at.is_some() {
+                return Err(Error::Destroyed { what: format!("case {id}") });
+            }
+            let mut batch = sled::Batch::default();
+            if let Some(d) = info.deadline {
+                batch.remove(deadline_key(d, id));
+            }
+            if let Some(d) = deadline {
+                batch.insert(deadline_key(d, id), &[]);
+            }
+            info.state = state.to_owned();
+            info.deadline = deadline;
+            info.updated_at = now;
+            batch.insert(case_key(id), encode(&info));
+            let ev = AuditEvent::new(AuditKind::CaseStateChanged)
+                .case(*id)
+                .peer(&info.peer)
+                .detail(state);
+            self.apply(&mut head, batch, &[ev], now)?;
+            info
+        };
+        self.gc.commit(&self.db)?;
+        Ok(info)
+    }
+
+    fn cases_in(&self, from: i64, to: i64, limit: usize) -> Result<Vec<CaseInfo>> {
+        let mut start = vec![P_DEADLINE];
+        start.extend_from_slice(&sortable(from));
+        let mut end = vec![P_DEADLINE];
+        end.extend_from_slice(&sortable(to));
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, _) = r?;
+            let id = CaseId(k.get(9..).and_then(id16).ok_or_else(|| Error::corrupt("deadline index"))?);
+            out.push(self.case_get(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Cases whose deadline has passed (deadline < now), earliest first.
+    pub fn cases_overdue(&self, limit: usize) -> Result<Vec<CaseInfo>> {
+        self.cases_in(i64::MIN, self.clock.now(), limit)
+    }
+
+    /// Cases due within `secs` from now (now <= deadline < now + secs),
+    /// earliest first.
+    pub fn cases_due_within(&self, secs: i64, limit: usize) -> Result<Vec<CaseInfo>> {
+        let now = self.clock.now();
+        self.cases_in(now, now.saturating_add(secs), limit)
+    }
+
+    /// Destroy a case early (case closed, purpose fulfilled): its key is
+    /// destroyed first (the keyring is rewritten durably), so every message
+    /// of the case is unreadable at once; then their payloads are removed and
+    /// an audit entry is written. Returns the number of messages destroyed.
+    pub fn destroy_case(&self, id: &CaseId) -> Result<u64> {
+        self.gc.check()?;
+        let now = self.clock.now();
+        self.destroy_case_at(id, now, "early")
+    }
+
+    fn destroy_case_at(&self, id: &CaseId, now: i64, reason: &str) -> Result<u64> {
+        let info = self.case_get(id)?;
+        if info.destroyed_at.is_some() {
+            return Ok(0);
+        }
+        let key_existed = {
+            let mut kr = self.kr_write();
+            let existed = kr.cases.remove(id);
+            if existed.is_some() {
+                if let Err(e) = kr.persist() {
+                    if let Some(k) = existed {
+                        kr.cases.insert(*id, k);
+                    }
+                    return Err(e);
+                }
+                self.keys_destroyed.fetch_add(1, Ordering::Relaxed);
+                true
+            } else {
+                false
+            }
+        };
+        let mut prefix = vec![P_CASEMSG];
+        prefix.extend_from_slice(&id.0);
+        let mut members = Vec::new();
+        for r in self.db.scan_prefix(&prefix) {
+            let (k, _) = r?;
+            let dir = k.get(17).copied().and_then(Direction::from_byte);
+            let mid = k.get(18..).and_then(id16);
+            if let (Some(d), Some(m)) = (dir, mid) {
+                members.push((d, MessageId(m)));
+            }
+        }
+        let mut destroyed = 0u64;
+        for chunk in members.chunks(SWEEP_CHUNK) {
+            let mut head = self.head();
+            let mut batch = sled::Batch::default();
+            let mut ids = Vec::new();
+            for (d, m) in chunk {
+                if self.tombstone(&mut batch, *d, m, now)? {
+                    ids.push((*d, *m));
+                }
+            }
+            let mut events = Vec::new();
+            if !ids.is_empty() {
+                batch.insert(
+                    exp_key(hour_of(self.retention.audit_expiry(now)), X_PURGE_MANY, &rand_id()),
+                    purge_list(&ids),
+                );
+                events.push(
+                    AuditEvent::new(AuditKind::Destroyed)
+                        .case(*id)
+                        .peer(&info.peer)
+                        .detail(reason)
+                        .count(ids.len() as u64)
+                        .digest(ids_digest(&ids)),
+                );
+            }
+            destroyed += ids.len() as u64;
+            self.apply(&mut head, batch, &events, now)?;
+        }
+        {
+            let mut head = self.head();
+            let mut info = self.case_get(id)?;
+            let mut batch = sled::Batch::default();
+            if let Some(d) = info.deadline {
+                batch.remove(deadline_key(d, id));
+            }
+            batch.remove(exp_key(hour_of(info.retain_until), X_CASE_EXPIRE, &id.0));
+            batch.insert(
+                exp_key(hour_of(self.retention.audit_expiry(now)), X_CASE_PURGE, &id.0),
+                &[],
+            );
+            info.deadline = None;
+            info.destroyed_at = Some(now);
+            info.updated_at = now;
+            batch.insert(case_key(id), encode(&info));
+            let mut events = vec![];
+            if key_existed {
+                events.push(AuditEvent::new(AuditKind::KeyDestroyed).case(*id).detail("case-key"));
+            }
+            events.push(
+                AuditEvent::new(AuditKind::Destroyed)
+                    .case(*id)
+                    .peer(&info.peer)
+                    .detail(reason)
+                    .count(destroyed),
+            );
+            self.apply(&mut head, batch, &events, now)?;
+        }
+        self.gc.commit(&self.db)?;
+        self.destroyed.fetch_add(destroyed, Ordering::Relaxed);
+        Ok(destroyed)
+    }
+
+    /// Put into `batch` the destruction of one message's payload; false if
+    /// there was nothing to destroy. Caller holds the head lock.
+    fn tombstone(&self, batch: &mut sled::Batch, dir: Direction, id: &MessageId, now: i64) -> Result<bool> {
+        let raw = match self.db.get(msg_key(dir, id))? {
+            Some(r) => r,
+            None => return Ok(false),
+        };
+        let mut rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
+        if rec.destroyed_at.is_some() {
+            return Ok(false);
+        }
+        let st = rec.state(id)?;
+        rec.sealed = None;
+        rec.destroyed_at = Some(now);
+        batch.remove(state_key(dir, st, id));
+        batch.insert(msg_key(dir, id), encode(&rec));
+        Ok(true)
+    }
+
+    // ---- sweeping ----
+
+    fn destroy_expired_keys(&self, now: i64) -> Result<u64> {
+        let cur = hour_of(now);
+        let gone: Vec<i64> = {
+            let mut kr = self.kr_write();
+            let expired: Vec<i64> = kr.buckets.range(..cur).map(|(h, _)| *h).collect();
+            if expired.is_empty() {
+                return Ok(0);
+            }
+            let mut removed = Vec::new();
+            for h in &expired {
+                if let Some(k) = kr.buckets.remove(h) {
+                    removed.push((*h, k));
+                }
+            }
+            if let Err(e) = kr.persist() {
+                for (h, k) in removed {
+                    kr.buckets.insert(h, k);
+                }
+                return Err(e);
+            }
+            expired
+        };
+        let n = gone.len() as u64;
+        self.keys_destroyed.fetch_add(n, Ordering::Relaxed);
+        let events: Vec<AuditEvent> = gone
+            .iter()
+            .map(|h| {
+                AuditEvent::new(AuditKind::KeyDestroyed)
+                    .detail("expiry-bucket")
+                    .count(*h as u64)
+            })
+            .collect();
+        self.write_events(&events, now)?;
+        tracing::info!(buckets = n, "destroyed expired data keys");
+        Ok(n)
+    }
+
+    /// Destroy what has expired, doing at most `budget` records of work:
+    /// first the keys of every expired hour (one keyring rewrite), then the
+    /// payloads of their records, in steps of a few hundred records so that
+    /// writers are never held up for long; then metadata past the audit
+    /// retention. Each step leaves an audit entry; the end is synced. Call it
+    /// periodically; `remaining` says whether to call again soon.
+    pub fn sweep(&self, budget: usize) -> Result<SweepReport> {
+        self.gc.check()?;
+        let now = self.clock.now();
+        let cur = hour_of(now);
+        let mut report = SweepReport {
+            keys_destroyed: self.destroy_expired_keys(now)?,
+            ..Default::default()
+        };
+        let mut end = vec![P_EXP];
+        end.extend_from_slice(&sortable(cur));
+        let mut done = 0usize;
+        while done < budget {
+            let take = SWEEP_CHUNK.min(budget - done);
+            let items: Vec<(Vec<u8>, sled::IVec)> = self
+                .db
+                .range(vec![P_EXP]..end.clone())
+                .take(take)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
+                .collect::<std::result::Result<_, _>>()?;
+            if items.is_empty() {
+                break;
+            }
+            done += items.len();
+            // Case keys first (keyring lock before head lock).
+            for (k, _) in &items {
+                if k.get(9) == Some(&X_CASE_EXPIRE) {
+                    if let Some(c) = k.get(10..).and_then(id16) {
+                        let case = CaseId(c);
+                        match self.case_get(&case) {
+                            Ok(info)
+                                if info.destroyed_at.is_none()
+                                    && exp_key(hour_of(info.retain_until), X_CASE_EXPIRE, &c) == *k =>
+                            {
+                                report.destroyed += self.destroy_case_at(&case, now, "expired")?;
+                                report.keys_destroyed += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            let mut head = self.head();
+            let mut batch = sled::Batch::default();
+            let mut destroyed_ids = Vec::new();
+            let mut purged = 0u64;
+            for (k, v) in &items {
+                let class = k.get(9).copied();
+                let id = k.get(10..).and_then(id16);
+                let (Some(class), Some(id)) = (class, id) else {
+                    batch.remove(k.as_slice());
+                    continue;
+                };
+                match class {
+                    X_DESTROY_OUT | X_DESTROY_IN => {
+                        let dir = if class == X_DESTROY_OUT {
+                            Direction::Outbound
+                        } else {
+                            Direction::Inbound
+                        };
+                        let mid = MessageId(id);
+                        if self.tombstone(&mut batch, dir, &mid, now)? {
+                            destroyed_ids.push((dir, mid));
+                        }
+                    }
+                    X_PURGE_MANY => {
+                        for chunk in v.chunks(17) {
+                            let dir = chunk.first().copied().and_then(Direction::from_byte);
+                            let mid = chunk.get(1..).and_then(id16);
+                            if let (Some(d), Some(m)) = (dir, mid) {
+                                purged += self.purge_message(&mut batch, d, &MessageId(m))? as u64;
+                            }
+                        }
+                    }
+                    X_PURGE_RECEIPT => {
+                        let mid = MessageId(id);
+                        if let Some(raw) = self.db.get(receipt_key(&mid))? {
+                            if let Ok(rr) = decode::<ReceiptRec>(&raw, String::new) {
+                                let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rr.peer);
+                                pk.extend_from_slice(&mid.0);
+                                batch.remove(pk);
+                            }
+                            batch.remove(receipt_key(&mid));
+                            purged += 1;
+                        }
+                    }
+                    X_CASE_PURGE => {
+                        batch.remove(case_key(&CaseId(id)));
+                        purged += 1;
+                    }
+                    _ => {}
+                }
+                batch.remove(k.as_slice());
+            }
+            let mut events = Vec::new();
+            if !destroyed_ids.is_empty() {
+                batch.insert(
+                    exp_key(hour_of(self.retention.audit_expiry(now)), X_PURGE_MANY, &rand_id()),
+                    purge_list(&destroyed_ids),
+                );
+                events.push(
+                    AuditEvent::new(AuditKind::Destroyed)
+                        .detail("expired")
+                        .count(destroyed_ids.len() as u64)
+                        .digest(ids_digest(&destroyed_ids)),
+                );
+            }
+            if purged > 0 {
+                events.push(AuditEvent::new(AuditKind::Purged).count(purged));
+            }
+            self.apply(&mut head, batch, &events, now)?;
+            drop(head);
+            report.destroyed += destroyed_ids.len() as u64;
+            report.purged += purged;
+        }
+        report.remaining = self.db.range(vec![P_EXP]..end).next().is_some();
+        self.gc.commit(&self.db)?;
+        self.destroyed.fetch_add(report.destroyed, Ordering::Relaxed);
+        self.purged.fetch_add(report.purged, Ordering::Relaxed);
+        if report.destroyed + report.purged + report.keys_destroyed > 0 {
+            tracing::info!(
+                destroyed = report.destroyed,
+                purged = report.purged,
+                keys = report.keys_destroyed,
+                remaining = report.remaining,
+                "retention sweep"
+            );
+        }
+        Ok(report)
+    }
+
+    fn purge_message(&self, batch: &mut sled::Batch, dir: Direction, id: &MessageId) -> Result<bool> {
+        let Some(raw) = self.db.get(msg_key(dir, id))? else {
+            return Ok(false);
+        };
+        let rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
+        batch.remove(peer_key(dir, &rec.peer, id));
+        if let Some(c) = &rec.case {
+            batch.remove(case_msg_key(c, dir, id));
+        }
+        if let Ok(st) = rec.state(id) {
+            batch.remove(state_key(dir, st, id));
+        }
+        batch.remove(msg_key(dir, id));
+        Ok(true)
+    }
+
+    // ---- audit ----
+
+    /// Append an event to the audit trail (for events outside the store:
+    /// configuration changed, envelope sealed, ...). Returns its sequence
+    /// number once durable.
+    pub fn audit_append(&self, event: &AuditEvent) -> Result<u64> {
+        if let Some(d) = &event.detail {
+            check_name("audit detail", d)?;
+        }
+        self.write_events(std::slice::from_ref(event), self.clock.now())
+    }
+
+    /// Audit entries from sequence number `from`, at most `limit`.
+    pub fn audit_list(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for r in self.db.range(audit::audit_key(from).to_vec()..vec![P_AUDIT + 1]).take(limit) {
+            let (_, v) = r?;
+            let (e, _) = audit::decode_entry(&v).ok_or_else(|| Error::corrupt("audit entry"))?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Verify the whole audit chain: every entry's hash, sequence and link to
+    /// the previous one. `Error::AuditBroken` says where and how it is broken.
+    pub fn audit_verify(&self) -> Result<VerifiedChain> {
+        let mut entries = Vec::new();
+        for r in self.db.scan_prefix([P_AUDIT]) {
+            let (k, v) = r?;
+            let seq = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            entries.push((seq, v.to_vec()));
+        }
+        audit::verify_chain(entries).map_err(Error::AuditBroken)
+    }
+
+    // ---- misc ----
+
+    /// Counters since open.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            syncs: self.gc.counters.syncs.load(Ordering::Relaxed),
+            acked_writes: self.gc.counters.acked.load(Ordering::Relaxed),
+            sync_micros: self.gc.counters.sync_nanos.load(Ordering::Relaxed) / 1000,
+            destroyed: self.destroyed.load(Ordering::Relaxed),
+            purged: self.purged.load(Ordering::Relaxed),
+            keys_destroyed: self.keys_destroyed.load(Ordering::Relaxed),
+            poisoned: self.gc.is_poisoned(),
+        }
+    }
+
+    /// Which keys the keyring holds now (no key material).
+    pub fn keyring_summary(&self) -> KeyringSummary {
+        self.kr_read().summary()
+    }
+
+    /// Make everything written so far durable (one group-commit sync).
+    pub fn sync(&self) -> Result<()> {
+        self.gc.check()?;
+        self.gc.commit(&self.db)
+    }
+
+    /// Fault injection for tests: the next sync fails, which poisons the store.
+    #[doc(hidden)]
+    pub fn fail_next_sync_for_tests(&self) {
+        self.gc.fail_next_sync();
+    }
+}
+
+fn rand_id() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    b
+}
+
+fn purge_list(ids: &[(Direction, MessageId)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ids.len() * 17);
+    for (d, m) in ids {
+        v.push(d.byte());
+        v.extend_from_slice(&m.0);
+    }
+    v
+}
+
+fn ids_digest(ids: &[(Direction, MessageId)]) -> [u8; 32] {
+    Sha256::digest(purge_list(ids)).into()
+}
+
+use std::os::unix::fs::DirBuilderExt;

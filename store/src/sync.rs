@@ -1,0 +1,226 @@
+//! Group commit: many writers, one flush and one fdatasync.
+//!
+//! A writer first applies its change to sled, then calls [`GroupCommit::commit`],
+//! which takes a ticket. If no sync is running, the writer becomes the leader:
+//! it notes the highest ticket handed out so far (every one of those writers
+//! has finished its sled write), calls `sled::Db::flush()` (which writes sled's
+//! buffers with `sync_file_range`, no fsync), then `fdatasync`s sled's log
+//! file, any new blob files and their directory. When that returns, all
+//! tickets up to the noted one are durable and their writers are released.
+//! Writers that arrived during the sync wait for the next leader, so under
+//! load one sync serves a whole batch. A failed flush or sync poisons the
+//! store: every later write returns [`Error::Poisoned`].
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// How hard the store works to make an acknowledged write survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// An acknowledged write has been `fdatasync`ed (group commit): it survives
+    /// a process kill and a power loss. The default.
+    #[default]
+    Fdatasync,
+    /// Only sled's `flush()` (`sync_file_range`): survives a process kill but
+    /// NOT a power loss or kernel crash. For benchmarks and throwaway stores.
+    DangerousFlushOnly,
+    /// Nothing is flushed on acknowledgment (sled flushes in the background
+    /// every 500 ms): a process kill can lose acknowledged writes. Benchmarks only.
+    DangerousNoSync,
+}
+
+/// Counters of the group commit.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub syncs: AtomicU64,
+    pub acked: AtomicU64,
+    pub sync_nanos: AtomicU64,
+}
+
+struct State {
+    /// Tickets handed out (writers that finished their sled write).
+    issued: u64,
+    /// Highest ticket made durable.
+    durable: u64,
+    /// A leader is syncing.
+    leading: bool,
+    poisoned: bool,
+}
+
+/// The files sled writes to, opened once so that the leader can fsync them.
+struct SyncFiles {
+    dir: PathBuf,
+    log: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+/// The group-commit coordinator.
+pub(crate) struct GroupCommit {
+    mode: SyncMode,
+    state: Mutex<State>,
+    cv: Condvar,
+    files: Mutex<SyncFiles>,
+    pub(crate) counters: Counters,
+    fail_next: AtomicBool,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").field("mode", &self.mode).finish()
+    }
+}
+
+impl GroupCommit {
+    /// `sled_dir` is sled's directory (holding `db`, `conf`, `blobs/`).
+    pub(crate) fn new(mode: SyncMode, sled_dir: &Path) -> Result<Self> {
+        let log_path = sled_dir.join("db");
+        let log = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        Ok(GroupCommit {
+            mode,
+            state: Mutex::new(State {
+                issued: 0,
+                durable: 0,
+                leading: false,
+                poisoned: false,
+            }),
+            cv: Condvar::new(),
+            files: Mutex::new(SyncFiles {
+                dir: sled_dir.to_path_buf(),
+                log,
+                blobs_dir: sled_dir.join("blobs"),
+                synced_blobs: HashSet::new(),
+            }),
+            counters: Counters::default(),
+            fail_next: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves consistent counters behind.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.lock().poisoned
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.is_poisoned() {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Make the next sync fail (fault injection for tests).
+    pub(crate) fn fail_next_sync(&self) {
+        self.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Called after a sled write: returns when that write is durable under
+    /// the store's [`SyncMode`].
+    pub(crate) fn commit(&self, db: &sled::Db) -> Result<()> {
+        let mut st = self.lock();
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.poisoned {
+                return Err(Error::Poisoned);
+            }
+            if st.durable >= ticket {
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if !st.leading {
+                st.leading = true;
+                let target = st.issued;
+                drop(st);
+                let res = self.sync_now(db);
+                st = self.lock();
+                st.leading = false;
+                match res {
+                    Ok(()) => st.durable = st.durable.max(target),
+                    Err(e) => {
+                        st.poisoned = true;
+                        tracing::error!(error = %e, "store sync failed; store poisoned");
+                        self.cv.notify_all();
+                        return Err(e);
+                    }
+                }
+                self.cv.notify_all();
+                continue;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn sync_now(&self, db: &sled::Db) -> Result<()> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(Error::io(
+                "<injected>",
+                std::io::Error::other("injected sync failure"),
+            ));
+        }
+        let t0 = std::time::Instant::now();
+        match self.mode {
+            SyncMode::DangerousNoSync => return Ok(()),
+            SyncMode::DangerousFlushOnly => {
+                db.flush()?;
+            }
+            SyncMode::Fdatasync => {
+                db.flush()?;
+                let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+                files.sync()?;
+            }
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.sync_nanos.fetch_add(
+            u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+}
+
+impl SyncFiles {
+    fn sync(&mut self) -> Result<()> {
+        self.log
+            .sync_data()
+            .map_err(|e| Error::io(self.dir.join("db"), e))?;
+        // Values larger than a quarter of a segment go to blob files, which
+        // sled writes without fsync: fsync every new one, then their directory.
+        let rd = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&self.blobs_dir, e)),
+        };
+        let mut present = HashSet::new();
+        let mut new_blob = false;
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(&self.blobs_dir, e))?;
+            let name = ent.file_name();
+            if !self.synced_blobs.contains(&name) {
+                let p = ent.path();
+                match File::open(&p) {
+                    Ok(f) => f.sync_data().map_err(|e| Error::io(&p, e))?,
+                    // Removed by sled's GC in the meantime.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(&p, e)),
+                }
+                new_blob = true;
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if new_blob {
+            crate::keys::sync_dir(&self.blobs_dir)?;
+        }
+        Ok(())
+    }
+}
