@@ -1,0 +1,470 @@
+//! The offline commands of `konvertctl`: key generation and sealing,
+//! opening and inspecting envelopes as files, with no daemon involved.
+//!
+//! A key directory (`konvertctl keygen --dir DIR`) holds:
+//!
+//! | file | mode | content |
+//! |---|---|---|
+//! | `node.key.pem` | 0600 | the gateway's Ed25519 node signing key, PKCS#8 PEM |
+//! | `age.key` | 0600 | the gateway's age X25519 identity (`AGE-SECRET-KEY-1…`) |
+//! | `card.toml` | 0644 | the public authority card handed to peers |
+
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use konvert_envelope::envelope::{self, EnvelopeHeader, Limits, OpenError, PartSink, SealError};
+use konvert_envelope::keys::{
+    AgeIdentity, AuthorityCard, KeyError, NodeKeys, SigningKey, TrustedSigner, VerifyingKey,
+};
+use konvert_envelope::model::{AuthorityId, Digest, Id, Message, Timestamp};
+use konvert_envelope::profile::{Profile, ProfileError};
+use serde::Serialize;
+
+use crate::files::{self, FileError};
+
+/// Node signing key file name in a key directory.
+pub const NODE_KEY_FILE: &str = "node.key.pem";
+/// age identity file name in a key directory.
+pub const AGE_KEY_FILE: &str = "age.key";
+/// Public authority card file name in a key directory.
+pub const CARD_FILE: &str = "card.toml";
+
+/// Largest key, card or profile file read.
+pub const MAX_SMALL_FILE: u64 = 256 * 1024;
+/// Largest message JSON read (attachments are separate files).
+pub const MAX_MESSAGE_JSON: u64 = 16 * 1024 * 1024;
+
+/// Why an offline command failed; `Display` is one sentence for a person.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A key or card file is not valid.
+    #[error("{path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: KeyError,
+    },
+    /// A profile is not valid.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The message JSON does not parse.
+    #[error("{path}: not a valid message: {reason}")]
+    MessageJson {
+        /// The file.
+        path: PathBuf,
+        /// serde's description (field names and positions, never values).
+        reason: String,
+    },
+    /// An attachment named in the message cannot be used.
+    #[error("attachment {index} of the message: {reason}")]
+    Attachment {
+        /// Index in the message's attachment order.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Sealing failed.
+    #[error("cannot seal: {0}")]
+    Seal(#[from] SealError),
+    /// Opening failed (the first check that failed).
+    #[error("cannot open envelope: {0}")]
+    Open(#[from] OpenError),
+    /// An argument is not valid.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn key_err(path: &Path) -> impl FnOnce(KeyError) -> Error + '_ {
+    move |source| Error::Key {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates node keys and a card for `authority` in `dir`.
+pub fn keygen(
+    authority: &AuthorityId,
+    dir: &Path,
+    name: Option<String>,
+    force: bool,
+) -> Result<AuthorityCard, Error> {
+    files::create_private_dir(dir)?;
+    let keys = NodeKeys::generate(authority.clone());
+    let card = keys.card(name);
+    let card_text = card.to_toml_string().map_err(key_err(&dir.join(CARD_FILE)))?;
+    // Refuse before writing anything if a key exists.
+    for f in [NODE_KEY_FILE, AGE_KEY_FILE, CARD_FILE] {
+        let p = dir.join(f);
+        if !force && p.exists() {
+            return Err(FileError::Exists(p).into());
+        }
+    }
+    let pem = keys
+        .signing
+        .to_pkcs8_pem()
+        .map_err(key_err(&dir.join(NODE_KEY_FILE)))?;
+    files::write_atomic(&dir.join(NODE_KEY_FILE), pem.as_bytes(), 0o600, force)?;
+    files::write_atomic(
+        &dir.join(AGE_KEY_FILE),
+        keys.age.to_text().as_bytes(),
+        0o600,
+        force,
+    )?;
+    let header = format!(
+        "# Konvert authority card of {authority}: hand this file to peer gateways.\n\
+         # It holds only public keys.\n"
+    );
+    files::write_atomic(
+        &dir.join(CARD_FILE),
+        format!("{header}{card_text}").as_bytes(),
+        0o644,
+        force,
+    )?;
+    Ok(card)
+}
+
+/// Loads the node keys of a key directory (the authority comes from its card).
+pub fn load_node_keys(dir: &Path) -> Result<NodeKeys, Error> {
+    let card = load_card(&dir.join(CARD_FILE))?;
+    let node_path = dir.join(NODE_KEY_FILE);
+    let signing = SigningKey::from_pkcs8_pem(&files::read_secret(&node_path, MAX_SMALL_FILE)?)
+        .map_err(key_err(&node_path))?;
+    let age_path = dir.join(AGE_KEY_FILE);
+    let age = AgeIdentity::from_text(&files::read_secret(&age_path, MAX_SMALL_FILE)?)
+        .map_err(key_err(&age_path))?;
+    if signing.verifying_key() != card.node_key {
+        return Err(Error::Usage(format!(
+            "{} does not match the node key in {}",
+            node_path.display(),
+            dir.join(CARD_FILE).display()
+        )));
+    }
+    Ok(NodeKeys {
+        authority: card.authority,
+        signing,
+        age,
+    })
+}
+
+/// Loads an authority card.
+pub fn load_card(path: &Path) -> Result<AuthorityCard, Error> {
+    AuthorityCard::from_toml_str(&files::read_text(path, MAX_SMALL_FILE)?).map_err(key_err(path))
+}
+
+/// Loads an agreement profile.
+pub fn load_profile(path: &Path) -> Result<Profile, Error> {
+    let text = files::read_text(path, MAX_SMALL_FILE)?;
+    Ok(Profile::from_toml_str(&text, &path.display().to_string())?)
+}
+
+/// Loads a signatory private key (PKCS#8 PEM, mode 0600).
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, Error> {
+    SigningKey::from_pkcs8_pem(&files::read_secret(path, MAX_SMALL_FILE)?).map_err(key_err(path))
+}
+
+/// Loads an Ed25519 public key (SPKI PEM).
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, Error> {
+    VerifyingKey::from_public_key_pem(&files::read_text(path, MAX_SMALL_FILE)?).map_err(key_err(path))
+}
+
+/// The public key file written beside a signatory key: `FILE.pub`.
+pub fn pub_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Creates a signatory key in `out` (0600) and its public key in `out.pub`.
+pub fn signatory_keygen(out: &Path, force: bool) -> Result<VerifyingKey, Error> {
+    let key = SigningKey::generate();
+    let pub_key = key.verifying_key();
+    let pem = key.to_pkcs8_pem().map_err(key_err(out))?;
+    let pub_pem = pub_key.to_public_key_pem().map_err(key_err(out))?;
+    let pubp = pub_path(out);
+    if !force && (out.exists() || pubp.exists()) {
+        return Err(FileError::Exists(if out.exists() { out.to_path_buf() } else { pubp }).into());
+    }
+    files::write_atomic(out, pem.as_bytes(), 0o600, force)?;
+    files::write_atomic(&pubp, pub_pem.as_bytes(), 0o644, force)?;
+    Ok(pub_key)
+}
+
+/// Reads a message JSON file.
+pub fn load_message(path: &Path) -> Result<Message, Error> {
+    let bytes = files::read_limited(path, MAX_MESSAGE_JSON)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::MessageJson {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Summary of a sealed envelope, printed by `envelope seal`.
+#[derive(Debug, Serialize)]
+pub struct SealSummary {
+    /// The envelope header.
+    pub header: EnvelopeHeader,
+    /// Message id.
+    pub message_id: Id,
+    /// Envelope size in bytes.
+    pub size: u64,
+    /// SHA-256 of the envelope bytes.
+    pub sha256: Digest,
+}
+
+/// Seals the message in `input` (JSON) into the envelope file `out`.
+///
+/// Attachments whose `file` is set are read from that path, relative to the
+/// directory of `input`; attachments without `file` are an error.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_file(
+    keys_dir: &Path,
+    to_card: &Path,
+    signer: &Path,
+    profile: &Path,
+    input: &Path,
+    out: &Path,
+    now: Timestamp,
+    force: bool,
+) -> Result<SealSummary, Error> {
+    let keys = load_node_keys(keys_dir)?;
+    let card = load_card(to_card)?;
+    let signer = load_signing_key(signer)?;
+    let profile = load_profile(profile)?;
+    let message = load_message(input)?;
+    let base = files::parent_dir(input);
+    let mut sources = Vec::new();
+    for (index, att) in message.attachments().into_iter().enumerate() {
+        let Some(f) = &att.file else {
+            return Err(Error::Attachment {
+                index,
+                reason: "has no \"file\" naming where its bytes are".into(),
+            });
+        };
+        let p = base.join(f);
+        let file = File::open(&p).map_err(|e| Error::Attachment {
+            index,
+            reason: format!("cannot open {}: {e}", p.display()),
+        })?;
+        sources.push(io::BufReader::with_capacity(envelope::CHUNK_SIZE, file));
+    }
+    let mut dyns: Vec<&mut dyn io::Read> = sources.iter_mut().map(|s| s as &mut dyn io::Read).collect();
+    if !force && out.exists() {
+        return Err(FileError::Exists(out.to_path_buf()).into());
+    }
+    let dir = files::parent_dir(out);
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| FileError::Io {
+        action: "cannot create a temporary file in",
+        path: dir.clone(),
+        source,
+    })?;
+    let sealed = {
+        let w = BufWriter::with_capacity(envelope::CHUNK_SIZE, tmp.as_file_mut());
+        envelope::seal(
+            message,
+            &mut dyns,
+            &signer,
+            &keys,
+            &card,
+            &profile,
+            Id::new(now),
+            now,
+            w,
+        )?
+    };
+    tmp.as_file().sync_all().map_err(|source| FileError::Io {
+        action: "cannot sync",
+        path: tmp.path().to_path_buf(),
+        source,
+    })?;
+    tmp.persist(out).map_err(|e| FileError::Io {
+        action: "cannot write",
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(SealSummary {
+        message_id: sealed.message.header.id,
+        header: sealed.header,
+        size: sealed.size,
+        sha256: sealed.envelope_sha256,
+    })
+}
+
+/// Attachment ciphertexts spooled to anonymous temporary files.
+#[derive(Debug, Default)]
+pub struct TempParts {
+    /// One file per part, positioned at the start after `finish`.
+    pub parts: Vec<File>,
+}
+
+impl PartSink for TempParts {
+    type Writer = BufWriter<File>;
+    fn create(&mut self, _index: u32) -> io::Result<Self::Writer> {
+        Ok(BufWriter::with_capacity(
+            envelope::CHUNK_SIZE,
+            tempfile::tempfile()?,
+        ))
+    }
+    fn finish(&mut self, _index: u32, writer: Self::Writer) -> io::Result<()> {
+        let mut f = writer.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(0))?;
+        self.parts.push(f);
+        Ok(())
+    }
+}
+
+/// Result of `envelope open`.
+#[derive(Debug, Serialize)]
+pub struct OpenSummary {
+    /// The envelope header.
+    pub envelope: EnvelopeHeader,
+    /// The opened message.
+    pub message: Message,
+    /// Files the attachments were written to (if asked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachment_files: Vec<PathBuf>,
+}
+
+/// Opens the envelope file `input` and checks everything.
+#[allow(clippy::too_many_arguments)]
+pub fn open_file(
+    keys_dir: &Path,
+    from_card: &Path,
+    signer_pubs: &[PathBuf],
+    profile: &Path,
+    input: &Path,
+    attachments_dir: Option<&Path>,
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<OpenSummary, Error> {
+    let keys = load_node_keys(keys_dir)?;
+    let card = load_card(from_card)?;
+    let profile = load_profile(profile)?;
+    let mut signers = Vec::new();
+    for p in signer_pubs {
+        signers.push(TrustedSigner {
+            authority: card.authority.clone(),
+            key: load_public_key(p)?,
+            valid_from: None,
+            valid_until: None,
+        });
+    }
+    let file = File::open(input).map_err(|source| FileError::Io {
+        action: "cannot open",
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let mut parts = TempParts::default();
+    let received = envelope::receive(
+        io::BufReader::with_capacity(envelope::CHUNK_SIZE, file),
+        limits,
+        &mut parts,
+    )?;
+    let auth = received.authenticate(&card)?;
+    let opened = auth.open(&keys, &signers, &profile, now, limits)?;
+    let mut written = Vec::new();
+    for (i, (att, ct)) in opened
+        .message
+        .attachments()
+        .into_iter()
+        .zip(parts.parts)
+        .enumerate()
+    {
+        match attachments_dir {
+            Some(dir) => {
+                files::create_private_dir(dir)?;
+                let target = dir.join(format!("attachment-{i}{}", extension_for(&att.media_type)));
+                let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|source| FileError::Io {
+                    action: "cannot create a temporary file in",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                {
+                    let w = BufWriter::new(tmp.as_file_mut());
+                    envelope::open_attachment(&keys, i, att, io::BufReader::new(ct), w)?;
+                }
+                tmp.persist(&target).map_err(|e| FileError::Io {
+                    action: "cannot write",
+                    path: target.clone(),
+                    source: e.error,
+                })?;
+                written.push(target);
+            }
+            // Still verify every attachment, discarding the plaintext.
+            None => envelope::open_attachment(&keys, i, att, io::BufReader::new(ct), io::sink())?,
+        }
+    }
+    Ok(OpenSummary {
+        envelope: auth.header().clone(),
+        message: opened.message,
+        attachment_files: written,
+    })
+}
+
+fn extension_for(media_type: &str) -> &'static str {
+    match media_type {
+        "image/jpeg" => ".jpg",
+        "image/png" => ".png",
+        "application/pdf" => ".pdf",
+        "text/csv" => ".csv",
+        "application/json" => ".json",
+        _ => ".bin",
+    }
+}
+
+/// What `envelope inspect` shows: the cleartext of an envelope.
+#[derive(Debug, Serialize)]
+pub struct InspectSummary {
+    /// Format version.
+    pub version: u64,
+    /// The routing header (not authenticated: inspect checks no signature).
+    pub header: EnvelopeHeader,
+    /// Envelope size in bytes.
+    pub size: u64,
+    /// SHA-256 of the envelope bytes.
+    pub sha256: Digest,
+    /// Size of the encrypted body.
+    pub body_size: usize,
+}
+
+/// Shows the cleartext header of an envelope; optionally writes its body as a standalone age file.
+pub fn inspect_file(
+    input: &Path,
+    age_body: Option<&Path>,
+    limits: &Limits,
+    force: bool,
+) -> Result<InspectSummary, Error> {
+    let file = File::open(input).map_err(|source| FileError::Io {
+        action: "cannot open",
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let received = envelope::receive(io::BufReader::new(file), limits, &mut DiscardParts)?;
+    if let Some(p) = age_body {
+        files::write_atomic(p, received.body_ciphertext(), 0o600, force)?;
+    }
+    Ok(InspectSummary {
+        version: envelope::ENVELOPE_VERSION,
+        header: received.header.clone(),
+        size: received.size,
+        sha256: received.envelope_sha256,
+        body_size: received.body_ciphertext().len(),
+    })
+}
+
+/// A part sink that discards attachment ciphertext (inspect only needs their digests).
+struct DiscardParts;
+
+impl PartSink for DiscardParts {
+    type Writer = io::Sink;
+    fn create(&mut self, _index: u32) -> io::Result<io::Sink> {
+        Ok(io::sink())
+    }
+    fn finish(&mut self, _index: u32, mut w: io::Sink) -> io::Result<()> {
+        w.flush()
+    }
+}
