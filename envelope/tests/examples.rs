@@ -62,7 +62,10 @@ fn every_example_is_valid_under_its_profile() {
             panic!("{name}: {e}");
         }
         for a in msg.attachments() {
-            assert!(!a.sha256.is_zero() && a.length > 0 && a.file.is_none(), "{name}: unsealed attachment");
+            assert!(
+                !a.sha256.is_zero() && a.length > 0 && a.file.is_none(),
+                "{name}: unsealed attachment"
+            );
         }
     }
 }
