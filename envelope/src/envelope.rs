@@ -306,9 +306,18 @@ pub fn seal<W: Write>(
         });
     }
     // Everything but the attachment digests can be checked before streaming.
-    profile
-        .validate_unsealed(&message, now)
-        .map_err(SealError::Invalid)?;
+    // Attachment lengths and digests are filled in while streaming, so an
+    // attachment that is not sealed yet is not an error here.
+    if let Err(errs) = profile.validate_unsealed(&message, now) {
+        let rest: Vec<_> = errs
+            .0
+            .into_iter()
+            .filter(|e| e.rule != crate::profile::ValidationRule::AttachmentNotSealed)
+            .collect();
+        if !rest.is_empty() {
+            return Err(SealError::Invalid(ValidationErrors(rest)));
+        }
+    }
 
     let header = EnvelopeHeader {
         id: envelope_id,
@@ -399,6 +408,34 @@ pub fn seal_to_vec(
         &mut out,
     )?;
     Ok((out, sealed))
+}
+
+/// Builds an envelope without attachments around an already signed message,
+/// exactly as given: no validation, no routing checks. Low-level: the
+/// gateway seals with [`seal`]; this exists for forwarding tools and for
+/// building must-fail test vectors (a re-addressed signed message).
+pub fn seal_signed(
+    signed: &SignedMessage,
+    header: &EnvelopeHeader,
+    recipients: &[crate::keys::AgeRecipient],
+    node_key: &SigningKey,
+) -> Result<Vec<u8>, SealError> {
+    let header_bytes = cbor::to_deterministic_vec(header).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let body = encrypt_to_vec(&signed.to_vec()?, recipients)?;
+    let tbs = node_sig_input(&header_bytes, &[], &Digest::of(&body))?;
+    let sig = node_key.sign(&tbs);
+    let mut out = Vec::with_capacity(body.len() + header_bytes.len() + 96);
+    let mut enc = Encoder::from(&mut out);
+    enc.push(Header::Array(Some(5)))?;
+    enc.push(Header::Positive(ENVELOPE_VERSION))?;
+    enc.push(Header::Bytes(Some(header_bytes.len())))?;
+    ciborium_io::Write::write_all(&mut enc, &header_bytes)?;
+    enc.push(Header::Array(Some(0)))?;
+    enc.push(Header::Bytes(Some(body.len())))?;
+    ciborium_io::Write::write_all(&mut enc, &body)?;
+    enc.push(Header::Bytes(Some(sig.len())))?;
+    ciborium_io::Write::write_all(&mut enc, &sig)?;
+    Ok(out)
 }
 
 /// The bytes the node signature is made over: deterministic CBOR of

@@ -139,6 +139,21 @@ impl SignedMessage {
         Ok(Self { cose, message: msg })
     }
 
+    /// Signs already encoded message bytes under the given claims, as they
+    /// are. Low-level: [`SignedMessage::sign`] is the normal way; this one
+    /// exists to build test vectors (for example bytes that do not decode).
+    pub fn sign_raw(
+        message_cbor: Vec<u8>,
+        claims: &SignedClaims,
+        signer: &SigningKey,
+    ) -> Result<Self, SignatureError> {
+        let cose = sign_claims(claims, &Digest::of(&message_cbor), signer)?;
+        Ok(Self {
+            cose,
+            message: message_cbor,
+        })
+    }
+
     /// Encodes `[cose, message]` as CBOR.
     pub fn to_vec(&self) -> Result<Vec<u8>, SignatureError> {
         cbor::to_deterministic_vec(self).map_err(|e| SignatureError::Encode(e.to_string()))
