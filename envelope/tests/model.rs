@@ -838,3 +838,15 @@ proptest! {
         prop_assert!(r.is_ok(), "{}", r.err().map(|e| e.to_string()).unwrap_or_default());
     }
 }
+
+#[test]
+fn unknown_fields_in_enum_variants_are_refused() {
+    let mut v = json_value(include_str!("../../docs/examples/response-refused.json"));
+    v["body"]["content"]["outcome"]["refused"]["severity"] = "high".into();
+    let e = serde_json::from_value::<Message>(v).expect_err("unknown field in a variant");
+    assert!(e.to_string().contains("severity"), "{e}");
+    let mut v = json_value(ROSTER);
+    v["body"]["content"]["change"]["signatory_roster"]["signatories"][0]["email"] =
+        "x@example.invalid".into();
+    assert!(serde_json::from_value::<Message>(v).is_err());
+}
