@@ -18,6 +18,7 @@
 //! | `A` seq | audit entry |
 //! | `M` name | store metadata (format version) |
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +97,17 @@ impl StoreConfig {
 struct Head {
     next_seq: u64,
     prev: [u8; 32],
+}
+
+/// A put sealed and encoded by its writer, waiting for the group-commit leader.
+pub(crate) struct PreparedPut {
+    dir: Direction,
+    id: MessageId,
+    value: Vec<u8>,
+    rec: MsgRec,
+    key_hour: i64,
+    digest: [u8; 32],
+    now: i64,
 }
 
 /// The store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -329,20 +341,24 @@ impl Store {
 
     /// Apply `batch` plus audit entries for `events` atomically; the caller
     /// holds the head lock. Returns the first audit sequence number used.
-    fn apply(&self, head: &mut Head, mut batch: sled::Batch, events: &[AuditEvent], now: i64) -> Result<u64> {
+    fn apply(&self, head: &mut Head, batch: sled::Batch, events: &[AuditEvent], now: i64) -> Result<u64> {
+        let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
+        self.apply_timed(head, batch, &timed)
+    }
+
+    fn apply_timed(&self, head: &mut Head, mut batch: sled::Batch, events: &[(i64, &AuditEvent)]) -> Result<u64> {
         let first = head.next_seq;
         let mut seq = head.next_seq;
         let mut prev = head.prev;
-        for ev in events {
-            let (v, h) = audit::encode_entry(seq, now, prev, ev);
+        for (at, ev) in events {
+            let (v, h) = audit::encode_entry(seq, *at, prev, ev);
             batch.insert(&audit::audit_key(seq)[..], v);
             prev = h;
             seq += 1;
         }
         if let Err(e) = self.db.apply_batch(batch) {
             // We can no longer tell what reached the disk.
-            self.gc.fail_next_sync();
-            let _ = self.gc.commit(&self.db);
+            self.gc.poison();
             return Err(e.into());
         }
         head.next_seq = seq;
@@ -446,67 +462,110 @@ impl Store {
             outcome: None,
             attempts: 0,
         };
-        let value = encode(&rec);
-        let mkey = msg_key(dir, &msg.id);
-        let put = {
-            let mut head = self.head();
-            if let Some(existing) = self.db.get(&mkey)? {
-                let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
-                Some(Put {
-                    meta: old.meta(dir, msg.id)?,
-                    created: false,
-                })
-            } else {
-                let mut batch = sled::Batch::default();
-                if let Some(case) = &msg.case {
-                    let ck = case_key(case);
-                    let raw = self.db.get(&ck)?.ok_or_else(|| Error::NotFound {
-                        what: format!("case {case}"),
-                    })?;
-                    let mut ci: CaseInfo = decode(&raw, || format!("case {case}"))?;
-                    if ci.destroyed_at.is_some() {
-                        return Err(Error::Destroyed {
-                            what: format!("case {case}"),
-                        });
-                    }
-                    if expires_at > ci.retain_until {
-                        batch.remove(exp_key(hour_of(ci.retain_until), X_CASE_EXPIRE, &case.0));
-                        batch.insert(exp_key(key_hour, X_CASE_EXPIRE, &case.0), &[]);
-                        ci.retain_until = expires_at;
-                        batch.insert(ck, encode(&ci));
-                    }
-                    batch.insert(case_msg_key(case, dir, &msg.id), &[]);
-                }
-                batch.insert(mkey, value);
-                batch.insert(state_key(dir, state, &msg.id), &[]);
-                batch.insert(peer_key(dir, &msg.peer, &msg.id), &[]);
-                let class = match dir {
-                    Direction::Outbound => X_DESTROY_OUT,
-                    Direction::Inbound => X_DESTROY_IN,
-                };
-                batch.insert(exp_key(key_hour, class, &msg.id.0), &[]);
-                let kind = match dir {
-                    Direction::Outbound => AuditKind::Accepted,
-                    Direction::Inbound => AuditKind::Received,
-                };
-                let mut ev = AuditEvent::new(kind)
-                    .message(msg.id)
-                    .peer(&msg.peer)
-                    .count(msg.payload.len() as u64)
-                    .digest(digest);
-                ev.case = msg.case;
-                self.apply(&mut head, batch, &[ev], now)?;
-                None
-            }
+        let job = PreparedPut {
+            dir,
+            id: msg.id,
+            value: encode(&rec),
+            rec,
+            key_hour,
+            digest,
+            now,
         };
-        self.gc.commit(&self.db)?;
-        match put {
+        match self.gc.commit_with(&self.db, Some(job), &|jobs| self.apply_puts(jobs))? {
             Some(p) => Ok(p),
-            None => Ok(Put {
-                meta: rec.meta(dir, msg.id)?,
-                created: true,
-            }),
+            None => Err(Error::Poisoned),
         }
+    }
+
+    /// The group-commit leader applies all queued puts as one sled batch
+    /// (with their index entries and audit entries). An error here is a sled
+    /// failure and poisons the store; per-put refusals are in the results.
+    fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
+        let mut head = self.head();
+        let mut batch = sled::Batch::default();
+        let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(jobs.len());
+        let mut in_batch: HashMap<(Direction, MessageId), MessageMeta> = HashMap::new();
+        // case -> (retain_until before this batch, record as updated)
+        let mut cases: HashMap<CaseId, (i64, CaseInfo)> = HashMap::new();
+        let mut results = Vec::with_capacity(jobs.len());
+        for (ticket, job) in jobs {
+            let PreparedPut { dir, id, value, rec, key_hour, digest, now } = job;
+            if let Some(m) = in_batch.get(&(dir, id)) {
+                results.push((ticket, Ok(Put { meta: m.clone(), created: false })));
+                continue;
+            }
+            let mkey = msg_key(dir, &id);
+            if let Some(existing) = self.db.get(&mkey)? {
+                let r = decode::<MsgRec>(&existing, || what_msg(dir, &id))
+                    .and_then(|old| old.meta(dir, id))
+                    .map(|meta| Put { meta, created: false });
+                results.push((ticket, r));
+                continue;
+            }
+            let meta = match rec.meta(dir, id) {
+                Ok(m) => m,
+                Err(e) => {
+                    results.push((ticket, Err(e)));
+                    continue;
+                }
+            };
+            if let Some(case) = &rec.case {
+                if !cases.contains_key(case) {
+                    match self.case_get(case) {
+                        Ok(ci) => {
+                            cases.insert(*case, (ci.retain_until, ci));
+                        }
+                        Err(e) => {
+                            results.push((ticket, Err(e)));
+                            continue;
+                        }
+                    }
+                }
+                if let Some((_, ci)) = cases.get_mut(case) {
+                    if ci.destroyed_at.is_some() {
+                        results.push((ticket, Err(Error::Destroyed { what: format!("case {case}") })));
+                        continue;
+                    }
+                    ci.retain_until = ci.retain_until.max(rec.expires_at);
+                }
+                batch.insert(case_msg_key(case, dir, &id), &[]);
+            }
+            let state = match dir {
+                Direction::Outbound => MessageState::Queued,
+                Direction::Inbound => MessageState::New,
+            };
+            batch.insert(mkey, value);
+            batch.insert(state_key(dir, state, &id), &[]);
+            batch.insert(peer_key(dir, &rec.peer, &id), &[]);
+            let class = match dir {
+                Direction::Outbound => X_DESTROY_OUT,
+                Direction::Inbound => X_DESTROY_IN,
+            };
+            batch.insert(exp_key(key_hour, class, &id.0), &[]);
+            let kind = match dir {
+                Direction::Outbound => AuditKind::Accepted,
+                Direction::Inbound => AuditKind::Received,
+            };
+            let mut ev = AuditEvent::new(kind)
+                .message(id)
+                .peer(&rec.peer)
+                .count(rec.payload_len)
+                .digest(digest);
+            ev.case = rec.case;
+            events.push((now, ev));
+            in_batch.insert((dir, id), meta.clone());
+            results.push((ticket, Ok(Put { meta, created: true })));
+        }
+        for (case, (before, ci)) in &cases {
+            if ci.retain_until != *before {
+                batch.remove(exp_key(hour_of(*before), X_CASE_EXPIRE, &case.0));
+                batch.insert(exp_key(hour_of(ci.retain_until), X_CASE_EXPIRE, &case.0), &[]);
+                batch.insert(case_key(case), encode(ci));
+            }
+        }
+        let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
+        self.apply_timed(&mut head, batch, &timed)?;
+        Ok(results)
     }
 
     fn load(&self, dir: Direction, id: &MessageId) -> Result<MsgRec> {
@@ -1015,6 +1074,29 @@ impl Store {
                 false
             }
         };
+        // Mark the case destroyed first: from here on no put joins it.
+        {
+            let mut head = self.head();
+            let mut info = self.case_get(id)?;
+            let mut batch = sled::Batch::default();
+            if let Some(d) = info.deadline {
+                batch.remove(deadline_key(d, id));
+            }
+            batch.remove(exp_key(hour_of(info.retain_until), X_CASE_EXPIRE, &id.0));
+            batch.insert(
+                exp_key(hour_of(self.retention.audit_expiry(now)), X_CASE_PURGE, &id.0),
+                &[],
+            );
+            info.deadline = None;
+            info.destroyed_at = Some(now);
+            info.updated_at = now;
+            batch.insert(case_key(id), encode(&info));
+            let mut events = Vec::new();
+            if key_existed {
+                events.push(AuditEvent::new(AuditKind::KeyDestroyed).case(*id).detail("case-key"));
+            }
+            self.apply(&mut head, batch, &events, now)?;
+        }
         let mut prefix = vec![P_CASEMSG];
         prefix.extend_from_slice(&id.0);
         let mut members = Vec::new();
@@ -1052,35 +1134,6 @@ impl Store {
                 );
             }
             destroyed += ids.len() as u64;
-            self.apply(&mut head, batch, &events, now)?;
-        }
-        {
-            let mut head = self.head();
-            let mut info = self.case_get(id)?;
-            let mut batch = sled::Batch::default();
-            if let Some(d) = info.deadline {
-                batch.remove(deadline_key(d, id));
-            }
-            batch.remove(exp_key(hour_of(info.retain_until), X_CASE_EXPIRE, &id.0));
-            batch.insert(
-                exp_key(hour_of(self.retention.audit_expiry(now)), X_CASE_PURGE, &id.0),
-                &[],
-            );
-            info.deadline = None;
-            info.destroyed_at = Some(now);
-            info.updated_at = now;
-            batch.insert(case_key(id), encode(&info));
-            let mut events = vec![];
-            if key_existed {
-                events.push(AuditEvent::new(AuditKind::KeyDestroyed).case(*id).detail("case-key"));
-            }
-            events.push(
-                AuditEvent::new(AuditKind::Destroyed)
-                    .case(*id)
-                    .peer(&info.peer)
-                    .detail(reason)
-                    .count(destroyed),
-            );
             self.apply(&mut head, batch, &events, now)?;
         }
         self.gc.commit(&self.db)?;

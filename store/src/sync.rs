@@ -1,9 +1,11 @@
 //! Group commit: many writers, one flush and one fdatasync.
 //!
-//! A writer first applies its change to sled, then calls [`GroupCommit::commit`],
-//! which takes a ticket. If no sync is running, the writer becomes the leader:
+//! A put is prepared (sealed, encoded) by its writer and queued; other
+//! changes are applied to sled by their writer. Either way the writer then
+//! takes a ticket. If no sync is running, the writer becomes the leader:
 //! it notes the highest ticket handed out so far (every one of those writers
-//! has finished its sled write), calls `sled::Db::flush()` (which writes sled's
+//! has finished its sled write or queued its put), applies all queued puts as
+//! one sled batch, calls `sled::Db::flush()` (which writes sled's
 //! buffers with `sync_file_range`, no fsync), then `fdatasync`s sled's log
 //! file, any new blob files and their directory. When that returns, all
 //! tickets up to the noted one are durable and their writers are released.
@@ -11,13 +13,15 @@
 //! load one sync serves a whole batch. A failed flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::model::Put;
+use crate::store::PreparedPut;
 
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +54,10 @@ struct State {
     /// A leader is syncing.
     leading: bool,
     poisoned: bool,
+    /// Prepared puts waiting for the next leader.
+    queue: Vec<(u64, PreparedPut)>,
+    /// Results of applied puts, by ticket, until their writer picks them up.
+    results: HashMap<u64, Result<Put>>,
 }
 
 /// The files sled writes to, opened once so that the leader can fsync them.
@@ -88,6 +96,8 @@ impl GroupCommit {
                 durable: 0,
                 leading: false,
                 poisoned: false,
+                queue: Vec::new(),
+                results: HashMap::new(),
             }),
             cv: Condvar::new(),
             files: Mutex::new(SyncFiles {
@@ -126,29 +136,62 @@ impl GroupCommit {
     /// Called after a sled write: returns when that write is durable under
     /// the store's [`SyncMode`].
     pub(crate) fn commit(&self, db: &sled::Db) -> Result<()> {
+        self.commit_with(db, None, &|_| Ok(Vec::new())).map(|_| ())
+    }
+
+    /// Queue `job` (a prepared put) or, with `None`, just wait for a sync
+    /// covering every write already applied. The leader applies all queued
+    /// jobs in one go with `apply` (under the store's write lock), then
+    /// flushes and syncs once for all of them.
+    pub(crate) fn commit_with(
+        &self,
+        db: &sled::Db,
+        job: Option<PreparedPut>,
+        apply: &dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>>,
+    ) -> Result<Option<Put>> {
         let mut st = self.lock();
         st.issued += 1;
         let ticket = st.issued;
+        let queued = job.is_some();
+        if let Some(j) = job {
+            st.queue.push((ticket, j));
+        }
         loop {
             if st.poisoned {
                 return Err(Error::Poisoned);
             }
             if st.durable >= ticket {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                if queued {
+                    return match st.results.remove(&ticket) {
+                        Some(r) => r.map(Some),
+                        None => Err(Error::Poisoned),
+                    };
+                }
+                return Ok(None);
             }
             if !st.leading {
                 st.leading = true;
                 let target = st.issued;
+                let jobs = std::mem::take(&mut st.queue);
                 drop(st);
-                let res = self.sync_now(db);
+                let res = if jobs.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    apply(jobs)
+                }
+                .and_then(|results| self.sync_now(db).map(|_| results));
                 st = self.lock();
                 st.leading = false;
                 match res {
-                    Ok(()) => st.durable = st.durable.max(target),
+                    Ok(results) => {
+                        st.results.extend(results);
+                        st.durable = st.durable.max(target);
+                    }
                     Err(e) => {
                         st.poisoned = true;
-                        tracing::error!(error = %e, "store sync failed; store poisoned");
+                        st.results.clear();
+                        tracing::error!(error = %e, "store write or sync failed; store poisoned");
                         self.cv.notify_all();
                         return Err(e);
                     }
@@ -158,6 +201,12 @@ impl GroupCommit {
             }
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Poison the store (a write to sled failed).
+    pub(crate) fn poison(&self) {
+        self.lock().poisoned = true;
+        self.cv.notify_all();
     }
 
     fn sync_now(&self, db: &sled::Db) -> Result<()> {
