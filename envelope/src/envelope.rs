@@ -339,7 +339,6 @@ pub fn seal<W: Write>(
     enc.push(Header::Bytes(Some(header_bytes.len())))?;
     ciborium_io::Write::write_all(&mut enc, &header_bytes)?;
     enc.push(Header::Array(Some(count)))?;
-    drop(enc);
 
     let mut part_digests = Vec::with_capacity(count);
     for (index, (att, src)) in message
@@ -370,7 +369,6 @@ pub fn seal<W: Write>(
     ciborium_io::Write::write_all(&mut enc, &body)?;
     enc.push(Header::Bytes(Some(sig.len())))?;
     ciborium_io::Write::write_all(&mut enc, &sig)?;
-    drop(enc);
     out.flush()?;
     let (envelope_sha256, size) = out.finish();
     Ok(Sealed {
@@ -474,7 +472,6 @@ fn stream_attachment<W: Write>(
 ) -> Result<(u64, Digest, Digest), SealError> {
     let mut enc = Encoder::from(&mut *out);
     enc.push(Header::Bytes(None))?;
-    drop(enc);
     let chunker = ChunkedBytes {
         out: &mut *out,
         buf: Vec::with_capacity(CHUNK_SIZE),

@@ -262,7 +262,7 @@ mod tests {
 
     fn receipt() -> Receipt {
         Receipt {
-            envelope_id: Id::new(Timestamp::from_unix(1_750_000_000)),
+            envelope_id: Id::from_bytes([7; 16]),
             envelope_sha256: Digest::of(b"envelope"),
             time: Timestamp::from_unix(1_750_000_001),
             receiver: AuthorityId::new("by.mvd").unwrap(),

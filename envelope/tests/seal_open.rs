@@ -1,6 +1,8 @@
 //! Sealing and opening: round trips of every message kind and one test per
 //! failure mode, each expecting its own error variant.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod common;
 
 use ciborium::value::Value;

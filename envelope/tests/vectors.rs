@@ -2,6 +2,8 @@
 //! valid envelopes that must open, and must-fail envelopes that must be
 //! refused with a named receipt code. One test per vector.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use konvert_envelope::envelope::{self, Limits};
