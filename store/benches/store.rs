@@ -35,6 +35,7 @@ fn cfg(dir: &Path, clock: Arc<ManualClock>, mode: SyncMode) -> StoreConfig {
 }
 
 fn message(i: u64, payload: &[u8]) -> NewMessage {
+    let i = i & 0xffff_ffff_ffff;
     let peers = ["by.mvd", "by.gpk", "am.police", "am.mcs"];
     NewMessage {
         id: MessageId::new_v7(T0 as u64 * 1000 + i),
@@ -61,6 +62,51 @@ fn parallel(threads: usize, total: u64, op: impl Fn(u64) + Sync) -> Duration {
         }
     });
     start.elapsed()
+}
+
+/// `threads` long-lived threads that run `op` on demand, so that thread
+/// start-up is not measured.
+struct Pool {
+    work: Vec<std::sync::mpsc::Sender<u64>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Pool {
+    fn new(threads: usize, op: Arc<dyn Fn(u64) + Send + Sync>) -> Pool {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let mut work = Vec::new();
+        for t in 0..threads as u64 {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            let op = op.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                let mut i = t << 40;
+                while let Ok(n) = rx.recv() {
+                    for _ in 0..n {
+                        op(i);
+                        i += 1;
+                    }
+                    let _ = done_tx.send(());
+                }
+            });
+            work.push(tx);
+        }
+        Pool { work, done }
+    }
+
+    /// Run `total` operations spread over the threads; the elapsed time.
+    fn run(&self, total: u64) -> Duration {
+        let n = self.work.len() as u64;
+        let per = total.div_ceil(n);
+        let start = Instant::now();
+        for w in &self.work {
+            w.send(per).unwrap();
+        }
+        for _ in 0..n {
+            self.done.recv().unwrap();
+        }
+        start.elapsed()
+    }
 }
 
 fn durable_write(c: &mut Criterion) {
@@ -100,33 +146,40 @@ fn durable_write(c: &mut Criterion) {
         {
             let tmp = tempfile::tempdir().unwrap();
             let db = sled::open(tmp.path()).unwrap();
-            g.bench_with_input(BenchmarkId::new("bare_sled_insert_noflush", threads), &threads, |b, &n| {
-                b.iter_custom(|iters| {
-                    parallel(n, iters, |i| {
-                        db.insert(MessageId::new_v7(T0 as u64 * 1000 + i).0, payload.as_slice()).unwrap();
-                    })
-                })
+            let p = payload.clone();
+            let dbc = db.clone();
+            let pool = Pool::new(
+                threads,
+                Arc::new(move |i| {
+                    dbc.insert(MessageId::new_v7(T0 as u64 * 1000 + (i & 0xffff_ffff)).0, p.as_slice()).unwrap();
+                }),
+            );
+            g.bench_with_input(BenchmarkId::new("bare_sled_insert_noflush", threads), &threads, |b, _| {
+                b.iter_custom(|iters| pool.run(iters))
             });
         }
-        // The store: sealed, indexed, audited, fdatasync group commit.
-        {
+        // The store: sealed, indexed, audited; fdatasync group commit, and the
+        // same without any sync (its CPU cost alone).
+        for (mode, name) in [(SyncMode::Fdatasync, "store_put_fdatasync"), (SyncMode::DangerousNoSync, "store_put_nosync")] {
             let tmp = tempfile::tempdir().unwrap();
-            let store = Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), SyncMode::Fdatasync)).unwrap();
-            let seq = std::sync::atomic::AtomicU64::new(0);
+            let store =
+                Arc::new(Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), mode)).unwrap());
             let before = store.stats();
-            g.bench_with_input(BenchmarkId::new("store_put_fdatasync", threads), &threads, |b, &n| {
-                b.iter_custom(|iters| {
-                    parallel(n, iters, |_| {
-                        let i = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        store.put_inbox(&message(i, &payload)).unwrap();
-                    })
-                })
+            let (st, p) = (store.clone(), payload.clone());
+            let pool = Pool::new(
+                threads,
+                Arc::new(move |i| {
+                    st.put_inbox(&message(i, &p)).unwrap();
+                }),
+            );
+            g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, _| {
+                b.iter_custom(|iters| pool.run(iters))
             });
             let after = store.stats();
             let acked = after.acked_writes - before.acked_writes;
             let syncs = (after.syncs - before.syncs).max(1);
             println!(
-                "store_put_fdatasync/{threads}: {acked} acknowledged writes, {syncs} fdatasyncs, {:.1} writes per sync, mean sync {:.0} µs",
+                "{name}/{threads}: {acked} acknowledged writes, {syncs} fdatasyncs, {:.1} writes per sync, mean sync {:.0} µs",
                 acked as f64 / syncs as f64,
                 (after.sync_micros - before.sync_micros) as f64 / syncs as f64
             );
