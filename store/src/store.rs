@@ -366,6 +366,14 @@ impl Store {
         Ok(first)
     }
 
+    /// Wait until everything applied so far is durable (group commit; this
+    /// writer may lead and apply the queued puts of others).
+    fn commit(&self) -> Result<()> {
+        self.gc
+            .commit_with(&self.db, None, &|jobs| self.apply_puts(jobs))
+            .map(|_| ())
+    }
+
     fn bucket_key(&self, hour: i64) -> Result<DataKey> {
         if let Some(k) = self.kr_read().buckets.get(&hour) {
             return Ok(k.clone());
@@ -405,7 +413,7 @@ impl Store {
             let mut head = self.head();
             self.apply(&mut head, sled::Batch::default(), events, now)?
         };
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         Ok(seq)
     }
 
@@ -789,7 +797,7 @@ impl Store {
                 rec.meta(dir, *id)?
             }
         };
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         Ok(meta)
     }
 
@@ -971,7 +979,7 @@ impl Store {
                 .detail(&case.state);
             self.apply(&mut head, batch, &[ev], now)?;
         }
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         Ok(info)
     }
 
@@ -1013,7 +1021,7 @@ impl Store {
             self.apply(&mut head, batch, &[ev], now)?;
             info
         };
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         Ok(info)
     }
 
@@ -1136,7 +1144,7 @@ impl Store {
             destroyed += ids.len() as u64;
             self.apply(&mut head, batch, &events, now)?;
         }
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         self.destroyed.fetch_add(destroyed, Ordering::Relaxed);
         Ok(destroyed)
     }
@@ -1320,7 +1328,7 @@ impl Store {
             report.purged += purged;
         }
         report.remaining = self.db.range(vec![P_EXP]..end).next().is_some();
-        self.gc.commit(&self.db)?;
+        self.commit()?;
         self.destroyed.fetch_add(report.destroyed, Ordering::Relaxed);
         self.purged.fetch_add(report.purged, Ordering::Relaxed);
         if report.destroyed + report.purged + report.keys_destroyed > 0 {
@@ -1413,7 +1421,7 @@ impl Store {
     /// Make everything written so far durable (one group-commit sync).
     pub fn sync(&self) -> Result<()> {
         self.gc.check()?;
-        self.gc.commit(&self.db)
+        self.commit()
     }
 
     /// Fault injection for tests: the next sync fails, which poisons the store.

@@ -133,15 +133,10 @@ impl GroupCommit {
         self.fail_next.store(true, Ordering::SeqCst);
     }
 
-    /// Called after a sled write: returns when that write is durable under
-    /// the store's [`SyncMode`].
-    pub(crate) fn commit(&self, db: &sled::Db) -> Result<()> {
-        self.commit_with(db, None, &|_| Ok(Vec::new())).map(|_| ())
-    }
-
     /// Queue `job` (a prepared put) or, with `None`, just wait for a sync
     /// covering every write already applied. The leader applies all queued
-    /// jobs in one go with `apply` (under the store's write lock), then
+    /// jobs in one go with `apply` (under the store's write lock; every caller
+    /// passes the same function, since any of them may lead), then
     /// flushes and syncs once for all of them.
     pub(crate) fn commit_with(
         &self,
@@ -165,6 +160,7 @@ impl GroupCommit {
                 if queued {
                     return match st.results.remove(&ticket) {
                         Some(r) => r.map(Some),
+                        // Cannot happen: every queued job gets a result.
                         None => Err(Error::Poisoned),
                     };
                 }

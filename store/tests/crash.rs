@@ -40,13 +40,16 @@ fn crash_child() {
                     m.id = MessageId::new_v7((T0 as u64) * 1000 + n);
                     m.payload = payload_for(&m.id);
                     let dir = if t % 2 == 0 { "O" } else { "I" };
-                    if t % 2 == 0 {
-                        s.put_outbox(&m).unwrap();
-                    } else {
-                        s.put_inbox(&m).unwrap();
+                    let r = if t % 2 == 0 { s.put_outbox(&m) } else { s.put_inbox(&m) };
+                    if let Err(e) = r {
+                        writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
+                        return;
                     }
                     if n % 5 == 0 && t % 2 == 0 {
-                        s.mark_sent(&m.id).unwrap();
+                        if let Err(e) = s.mark_sent(&m.id) {
+                            writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
+                            return;
+                        }
                         writeln!(out.lock().unwrap(), "SENT {}", m.id).unwrap();
                     }
                     writeln!(out.lock().unwrap(), "ACK {dir} {}", m.id).unwrap();
@@ -101,6 +104,7 @@ fn crash_many_times() {
                 ["ACK", "O", id] => acked.push((Direction::Outbound, parse_id(id))),
                 ["ACK", "I", id] => acked.push((Direction::Inbound, parse_id(id))),
                 ["SENT", id] => sent.push(parse_id(id)),
+                ["FAIL", ..] => panic!("round {round}: the child's write failed: {l}"),
                 _ => {}
             }
         }
