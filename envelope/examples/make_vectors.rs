@@ -127,7 +127,7 @@ fn main() -> Result<()> {
     )?;
     fs::write(
         out.join("fail/garbage.env"),
-        b"\x85\x01\x58\x20this is not an envelope header!!",
+        b"\x84\x01\x58\x20this is not an envelope header!!",
     )?;
 
     // Addressed to by.gpk: by.mvd must refuse it.
@@ -169,6 +169,7 @@ fn main() -> Result<()> {
         Ok(envelope::seal_signed(
             &signed,
             &h,
+            &[],
             &to.card(None).age_recipients,
             &kz.signing,
         )?)

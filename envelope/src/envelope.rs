@@ -4,29 +4,33 @@
 //!
 //! ```text
 //! envelope = [
-//!   version:     1,
-//!   header:      bstr .cbor envelope-header,  ; routing, in clear
-//!   attachments: [* bstr],                    ; each an age file (may be chunked, indefinite length)
-//!   body:        bstr,                        ; age file of signed-message
-//!   node-sig:    bstr .size 64,               ; Ed25519 by the sending gateway
+//!   version:  1,
+//!   header:   bstr .cbor envelope-header,  ; routing, in clear
+//!   body:     bstr,                        ; one age v1 file (may be chunked, indefinite length)
+//!   node-sig: bstr .size 64,               ; Ed25519 by the sending gateway
 //! ]
+//! body plaintext = a CBOR sequence: * attachment (bstr), signed-message (bstr)
 //! ```
 //!
 //! The header holds only routing (envelope id, sender, recipient, agreement,
 //! creation time, number of attachments): no message kind, no subject,
 //! nothing personal. The node signature covers the header bytes and the
-//! SHA-256 of every ciphertext, so the receiver authenticates the sending
+//! SHA-256 of the body ciphertext, so the receiver authenticates the sending
 //! gateway before it decrypts anything.
 //!
-//! Attachments come before the body so that sealing is a single pass over
-//! each attachment (its plaintext digest goes into the signed message) and
-//! neither side holds an attachment in memory: they are streamed in chunks
-//! through age. Opening happens in three steps, each its own type:
-//! [`receive`] (size limits, structure; attachment ciphertexts go to a
-//! [`PartSink`]), [`Received::authenticate`] (node signature), and
-//! [`Authenticated::open`] (decryption, signatory signature, routing,
-//! message decoding, profile validation); then [`open_attachment`] streams
-//! each attachment out and checks it against the signed digest.
+//! The body is a single age file, so an envelope costs one X25519 operation
+//! on each side whatever its number of attachments. Inside it, attachments
+//! come before the signed message so that the sealer reads each attachment
+//! once, streaming (its plaintext digest goes into the signed message), and
+//! neither side holds an attachment in memory.
+//!
+//! Opening happens in steps, each its own type: [`receive`] (size limits,
+//! structure; the body ciphertext goes to a writer the caller chooses),
+//! [`Received::authenticate`] (node signature), and [`Authenticated::open`]
+//! (agreement in force, decryption, attachments to a [`PartSink`],
+//! signatory signature, routing, message decoding, attachment digests,
+//! profile validation). Attachment bytes written to the sink are trusted
+//! only once `open` has returned `Ok`.
 
 use std::io::{self, Read, Write};
 
@@ -35,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::cbor;
-use crate::keys::{AuthorityCard, NodeKeys, SigningKey, TrustedSigner};
-use crate::model::{AgreementId, Attachment, AuthorityId, Digest, Id, Message, Timestamp};
+use crate::keys::{AgeRecipient, AuthorityCard, NodeKeys, SigningKey, TrustedSigner};
+use crate::model::{AgreementId, AuthorityId, Digest, Id, Message, Timestamp};
 use crate::profile::{Profile, ValidationErrors};
 use crate::signed::{SignatureError, SignedClaims, SignedMessage};
 
@@ -44,7 +48,7 @@ use crate::signed::{SignatureError, SignedClaims, SignedMessage};
 pub const ENVELOPE_VERSION: u64 = 1;
 /// Domain separation string at the start of the node signature's input.
 pub const NODE_SIG_CONTEXT: &str = "konvert-envelope/1";
-/// Size of the chunks attachment ciphertext is written in.
+/// Size of the chunks byte strings are streamed in.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 
 /// The cleartext routing header of an envelope.
@@ -72,8 +76,8 @@ pub struct Limits {
     pub max_envelope: u64,
     /// Encoded routing header.
     pub max_header: usize,
-    /// Encrypted body (the signed message; attachments are separate).
-    pub max_body: usize,
+    /// The signed message inside the body (attachments are counted by `max_envelope` only).
+    pub max_message: usize,
     /// Number of attachments.
     pub max_attachments: u32,
     /// One chunk of an indefinite-length byte string.
@@ -85,7 +89,7 @@ impl Default for Limits {
         Self {
             max_envelope: 64 * 1024 * 1024,
             max_header: 1024,
-            max_body: 8 * 1024 * 1024,
+            max_message: 8 * 1024 * 1024,
             max_attachments: 256,
             max_chunk: 1024 * 1024,
         }
@@ -136,6 +140,9 @@ pub enum SealError {
         /// Attachment index (message traversal order).
         index: usize,
     },
+    /// Encoding failed (should not happen).
+    #[error("cannot encode: {0}")]
+    Encode(String),
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignatureError),
@@ -187,6 +194,14 @@ pub enum OpenError {
         /// This gateway's authority.
         own: AuthorityId,
     },
+    /// The agreement is not the one this profile is for, or not in force.
+    #[error("agreement {agreement} is not in force here: {reason}")]
+    AgreementNotInForce {
+        /// The agreement named by the envelope.
+        agreement: AgreementId,
+        /// Why (dates of the agreement, never message content).
+        reason: String,
+    },
     /// The body could not be decrypted with this gateway's age identity.
     #[error("cannot decrypt envelope body: {0}")]
     Decrypt(String),
@@ -220,20 +235,20 @@ pub enum OpenError {
     Io(io::Error),
 }
 
-/// Where received attachment ciphertexts go (memory, temporary files, the store).
+/// Where the attachments of an opened envelope go (memory, temporary files, the store).
 pub trait PartSink {
-    /// The writer for one part.
+    /// The writer for one attachment.
     type Writer: Write;
-    /// Opens the writer for attachment `index` (0-based).
+    /// Opens the writer for attachment `index` (0-based, message attachment order).
     fn create(&mut self, index: u32) -> io::Result<Self::Writer>;
     /// Called when attachment `index` has been written completely.
     fn finish(&mut self, index: u32, writer: Self::Writer) -> io::Result<()>;
 }
 
-/// A [`PartSink`] that keeps parts in memory (tests, small envelopes).
+/// A [`PartSink`] that keeps attachments in memory (tests, small envelopes).
 #[derive(Debug, Default)]
 pub struct MemoryParts {
-    /// Ciphertext of each part, by index.
+    /// Plaintext of each attachment, by index.
     pub parts: Vec<Vec<u8>>,
 }
 
@@ -253,8 +268,8 @@ impl PartSink for MemoryParts {
 pub struct Sealed {
     /// The envelope header as written.
     pub header: EnvelopeHeader,
-    /// SHA-256 of the whole envelope (what the receiver's receipt names).
-    pub envelope_sha256: Digest,
+    /// The envelope digest (what the receiver's receipt names; see [`Received::envelope_digest`]).
+    pub envelope_digest: Digest,
     /// Size of the envelope in bytes.
     pub size: u64,
     /// The message as signed (attachment lengths and digests filled in).
@@ -265,8 +280,8 @@ pub struct Sealed {
 ///
 /// `attachments` are the attachment bytes in [`Message::attachments`] order;
 /// each is read once, in chunks. Lengths and digests in the message are
-/// filled in (a stated digest or length must match). The message is validated
-/// against `profile` at `now` before anything is written.
+/// filled in (a stated digest or length must match). The message is
+/// validated against `profile` at `now` before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn seal<W: Write>(
     mut message: Message,
@@ -305,7 +320,6 @@ pub fn seal<W: Write>(
             given: attachments.len(),
         });
     }
-    // Everything but the attachment digests can be checked before streaming.
     // Attachment lengths and digests are filled in while streaming, so an
     // attachment that is not sealed yet is not an error here.
     if let Err(errs) = profile.validate_unsealed(&message, now) {
@@ -318,7 +332,6 @@ pub fn seal<W: Write>(
             return Err(SealError::Invalid(ValidationErrors(rest)));
         }
     }
-
     let header = EnvelopeHeader {
         id: envelope_id,
         from: message.header.from.clone(),
@@ -330,50 +343,27 @@ pub fn seal<W: Write>(
             given: count,
         })?,
     };
-    let header_bytes = cbor::to_deterministic_vec(&header).map_err(|e| SealError::Encrypt(e.to_string()))?;
-
-    let mut out = HashingWriter::new(out);
-    let mut enc = Encoder::from(&mut out);
-    enc.push(Header::Array(Some(5)))?;
-    enc.push(Header::Positive(ENVELOPE_VERSION))?;
-    enc.push(Header::Bytes(Some(header_bytes.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &header_bytes)?;
-    enc.push(Header::Array(Some(count)))?;
-
-    let mut part_digests = Vec::with_capacity(count);
+    let mut sealer = BodySealer::start(&header, &recipient.age_recipients, out)?;
     for (index, (att, src)) in message
         .attachments_mut()
         .into_iter()
         .zip(attachments.iter_mut())
         .enumerate()
     {
-        let (len, plain_digest, cipher_digest) = stream_attachment(src, &recipient.age_recipients, &mut out)?;
-        if (att.length != 0 && att.length != len) || (!att.sha256.is_zero() && att.sha256 != plain_digest) {
+        let (len, digest) = sealer.attachment(src)?;
+        if (att.length != 0 && att.length != len) || (!att.sha256.is_zero() && att.sha256 != digest) {
             return Err(SealError::AttachmentMismatch { index });
         }
         att.length = len;
-        att.sha256 = plain_digest;
+        att.sha256 = digest;
         att.file = None;
-        part_digests.push(cipher_digest);
     }
     profile.validate(&message, now).map_err(SealError::Invalid)?;
-
     let signed = SignedMessage::sign(&message, signatory)?;
-    let body = encrypt_to_vec(&signed.to_vec()?, &recipient.age_recipients)?;
-    let body_digest = Digest::of(&body);
-    let tbs = node_sig_input(&header_bytes, &part_digests, &body_digest)?;
-    let sig = node.signing.sign(&tbs);
-
-    let mut enc = Encoder::from(&mut out);
-    enc.push(Header::Bytes(Some(body.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &body)?;
-    enc.push(Header::Bytes(Some(sig.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &sig)?;
-    out.flush()?;
-    let (envelope_sha256, size) = out.finish();
+    let (envelope_digest, size) = sealer.finish(&signed, &node.signing)?;
     Ok(Sealed {
         header,
-        envelope_sha256,
+        envelope_digest,
         size,
         message,
     })
@@ -408,126 +398,152 @@ pub fn seal_to_vec(
     Ok((out, sealed))
 }
 
-/// Builds an envelope without attachments around an already signed message,
-/// exactly as given: no validation, no routing checks. Low-level: the
-/// gateway seals with [`seal`]; this exists for forwarding tools and for
-/// building must-fail test vectors (a re-addressed signed message).
+/// Builds an envelope around an already signed message and the given
+/// attachment bytes, exactly as given: no validation, no routing or digest
+/// checks. Low-level: the gateway seals with [`seal`]; this exists for
+/// forwarding tools and for building must-fail test vectors (a re-addressed
+/// signed message, attachments that differ from their signed digests).
 pub fn seal_signed(
     signed: &SignedMessage,
     header: &EnvelopeHeader,
-    recipients: &[crate::keys::AgeRecipient],
+    attachments: &[&[u8]],
+    recipients: &[AgeRecipient],
     node_key: &SigningKey,
 ) -> Result<Vec<u8>, SealError> {
-    let header_bytes = cbor::to_deterministic_vec(header).map_err(|e| SealError::Encrypt(e.to_string()))?;
-    let body = encrypt_to_vec(&signed.to_vec()?, recipients)?;
-    let tbs = node_sig_input(&header_bytes, &[], &Digest::of(&body))?;
-    let sig = node_key.sign(&tbs);
-    let mut out = Vec::with_capacity(body.len() + header_bytes.len() + 96);
-    let mut enc = Encoder::from(&mut out);
-    enc.push(Header::Array(Some(5)))?;
-    enc.push(Header::Positive(ENVELOPE_VERSION))?;
-    enc.push(Header::Bytes(Some(header_bytes.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &header_bytes)?;
-    enc.push(Header::Array(Some(0)))?;
-    enc.push(Header::Bytes(Some(body.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &body)?;
-    enc.push(Header::Bytes(Some(sig.len())))?;
-    ciborium_io::Write::write_all(&mut enc, &sig)?;
+    let mut out = Vec::new();
+    let mut sealer = BodySealer::start(header, recipients, &mut out)?;
+    for a in attachments {
+        let mut r: &[u8] = a;
+        sealer.attachment(&mut r)?;
+    }
+    sealer.finish(signed, node_key)?;
     Ok(out)
 }
 
 /// The bytes the node signature is made over: deterministic CBOR of
-/// `["konvert-envelope/1", header-bytes, [* attachment-ciphertext-sha256], body-ciphertext-sha256]`.
-pub fn node_sig_input(header_bytes: &[u8], parts: &[Digest], body: &Digest) -> Result<Vec<u8>, SealError> {
+/// `["konvert-envelope/1", header-bytes, body-ciphertext-sha256]`.
+pub fn node_sig_input(header_bytes: &[u8], body: &Digest) -> Result<Vec<u8>, SealError> {
     use ciborium::value::Value;
     let v = Value::Array(vec![
         Value::Text(NODE_SIG_CONTEXT.into()),
         Value::Bytes(header_bytes.to_vec()),
-        Value::Array(parts.iter().map(|d| Value::Bytes(d.0.to_vec())).collect()),
         Value::Bytes(body.0.to_vec()),
     ]);
-    cbor::value_to_deterministic_vec(v).map_err(|e| SealError::Encrypt(e.to_string()))
+    cbor::value_to_deterministic_vec(v).map_err(|e| SealError::Encode(e.to_string()))
 }
 
-fn age_encryptor(recipients: &[crate::keys::AgeRecipient]) -> Result<age::Encryptor, SealError> {
-    age::Encryptor::with_recipients(recipients.iter().map(|r| r.inner() as &dyn age::Recipient))
-        .map_err(|e| SealError::Encrypt(e.to_string()))
+/// Writes an envelope: the header, then the body as one age stream of
+/// attachments followed by the signed message, then the node signature.
+struct BodySealer<W: Write> {
+    header_bytes: Vec<u8>,
+    age: age::stream::StreamWriter<ChunkedBytes<CountingWriter<W>>>,
+    buf: Vec<u8>,
 }
 
-fn encrypt_to_vec(plain: &[u8], recipients: &[crate::keys::AgeRecipient]) -> Result<Vec<u8>, SealError> {
-    let mut out = Vec::with_capacity(plain.len() + 256 + plain.len() / 4096);
-    let mut w = age_encryptor(recipients)?.wrap_output(&mut out)?;
-    w.write_all(plain)?;
-    w.finish()?;
-    Ok(out)
-}
-
-/// Streams one attachment: plaintext from `src` through age into chunked
-/// CBOR byte strings on `out`. Returns (plaintext length, plaintext SHA-256,
-/// ciphertext SHA-256).
-fn stream_attachment<W: Write>(
-    src: &mut dyn Read,
-    recipients: &[crate::keys::AgeRecipient],
-    out: &mut W,
-) -> Result<(u64, Digest, Digest), SealError> {
-    let mut enc = Encoder::from(&mut *out);
-    enc.push(Header::Bytes(None))?;
-    let chunker = ChunkedBytes {
-        out: &mut *out,
-        buf: Vec::with_capacity(CHUNK_SIZE),
-        hasher: Sha256::new(),
-    };
-    let mut age_w = age_encryptor(recipients)?.wrap_output(chunker)?;
-    let mut plain_hasher = Sha256::new();
-    let mut len = 0u64;
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
+impl<W: Write> BodySealer<W> {
+    fn start(header: &EnvelopeHeader, recipients: &[AgeRecipient], out: W) -> Result<Self, SealError> {
+        let header_bytes =
+            cbor::to_deterministic_vec(header).map_err(|e| SealError::Encode(e.to_string()))?;
+        let mut out = CountingWriter { inner: out, count: 0 };
+        let mut enc = Encoder::from(&mut out);
+        enc.push(Header::Array(Some(4)))?;
+        enc.push(Header::Positive(ENVELOPE_VERSION))?;
+        enc.push(Header::Bytes(Some(header_bytes.len())))?;
+        ciborium_io::Write::write_all(&mut enc, &header_bytes)?;
+        enc.push(Header::Bytes(None))?;
+        let chunker = ChunkedBytes {
+            out,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+            hasher: Sha256::new(),
         };
-        plain_hasher.update(&buf[..n]);
-        len += n as u64;
-        age_w.write_all(&buf[..n])?;
+        let age =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r.inner() as &dyn age::Recipient))
+                .map_err(|e| SealError::Encrypt(e.to_string()))?
+                .wrap_output(chunker)?;
+        Ok(Self {
+            header_bytes,
+            age,
+            buf: vec![0u8; CHUNK_SIZE],
+        })
     }
-    let chunker = age_w.finish()?;
-    let cipher = chunker.finish()?;
-    Ok((len, Digest(plain_hasher.finalize().into()), cipher))
+
+    /// Streams one attachment into the body as an indefinite-length byte
+    /// string; returns its plaintext length and SHA-256.
+    fn attachment(&mut self, src: &mut dyn Read) -> Result<(u64, Digest), SealError> {
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        Encoder::from(&mut self.age).push(Header::Bytes(None))?;
+        loop {
+            let n = match src.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            hasher.update(&self.buf[..n]);
+            len += n as u64;
+            Encoder::from(&mut self.age).push(Header::Bytes(Some(n)))?;
+            self.age.write_all(&self.buf[..n])?;
+        }
+        Encoder::from(&mut self.age).push(Header::Break)?;
+        Ok((len, Digest(hasher.finalize().into())))
+    }
+
+    /// Appends the signed message, closes the body and writes the node
+    /// signature. Returns the envelope digest and size.
+    fn finish(mut self, signed: &SignedMessage, node_key: &SigningKey) -> Result<(Digest, u64), SealError> {
+        let bytes = signed.to_vec()?;
+        Encoder::from(&mut self.age).push(Header::Bytes(Some(bytes.len())))?;
+        self.age.write_all(&bytes)?;
+        let chunker = self.age.finish()?;
+        let (mut out, body_digest) = chunker.finish()?;
+        let tbs = node_sig_input(&self.header_bytes, &body_digest)?;
+        let sig = node_key.sign(&tbs);
+        let mut enc = Encoder::from(&mut out);
+        enc.push(Header::Bytes(Some(sig.len())))?;
+        ciborium_io::Write::write_all(&mut enc, &sig)?;
+        out.flush()?;
+        Ok((Digest::of(&tbs), out.count))
+    }
 }
 
-/// Writes bytes as the chunks of an indefinite-length CBOR byte string.
-struct ChunkedBytes<'a, W: Write> {
-    out: &'a mut W,
+/// Writes bytes as the chunks of an indefinite-length CBOR byte string,
+/// hashing them.
+struct ChunkedBytes<W: Write> {
+    out: W,
     buf: Vec<u8>,
     hasher: Sha256,
 }
 
-impl<W: Write> ChunkedBytes<'_, W> {
+impl<W: Write> ChunkedBytes<W> {
     fn emit(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut enc = Encoder::from(&mut *self.out);
-        enc.push(Header::Bytes(Some(self.buf.len())))?;
+        Encoder::from(&mut self.out).push(Header::Bytes(Some(self.buf.len())))?;
         self.out.write_all(&self.buf)?;
         self.hasher.update(&self.buf);
         self.buf.clear();
         Ok(())
     }
-    fn finish(mut self) -> io::Result<Digest> {
+    fn finish(mut self) -> io::Result<(W, Digest)> {
         self.emit()?;
-        let mut enc = Encoder::from(&mut *self.out);
-        enc.push(Header::Break)?;
-        Ok(Digest(self.hasher.finalize().into()))
+        Encoder::from(&mut self.out).push(Header::Break)?;
+        Ok((self.out, Digest(self.hasher.finalize().into())))
     }
 }
 
-impl<W: Write> Write for ChunkedBytes<'_, W> {
+impl<W: Write> Write for ChunkedBytes<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = CHUNK_SIZE - self.buf.len();
-        let n = room.min(data.len());
+        if self.buf.is_empty() && data.len() >= CHUNK_SIZE {
+            // Large writes go straight out as one chunk.
+            let n = data.len().min(CHUNK_SIZE);
+            Encoder::from(&mut self.out).push(Header::Bytes(Some(n)))?;
+            self.out.write_all(&data[..n])?;
+            self.hasher.update(&data[..n]);
+            return Ok(n);
+        }
+        let n = (CHUNK_SIZE - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == CHUNK_SIZE {
             self.emit()?;
@@ -539,30 +555,15 @@ impl<W: Write> Write for ChunkedBytes<'_, W> {
     }
 }
 
-/// Counts and hashes everything written through it.
-struct HashingWriter<W: Write> {
+/// Counts what is written through it.
+struct CountingWriter<W: Write> {
     inner: W,
-    hasher: Sha256,
     count: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-    fn finish(self) -> (Digest, u64) {
-        (Digest(self.hasher.finalize().into()), self.count)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(data)?;
-        self.hasher.update(&data[..n]);
         self.count += n as u64;
         Ok(n)
     }
@@ -571,20 +572,19 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Marker inside the `io::Error` raised when the envelope size limit is passed.
+/// Marker inside the `io::Error` raised when a size limit is passed.
 #[derive(Debug)]
 struct LimitExceeded;
 impl std::fmt::Display for LimitExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("envelope size limit exceeded")
+        f.write_str("size limit exceeded")
     }
 }
 impl std::error::Error for LimitExceeded {}
 
-/// Counts, limits and hashes everything read through it.
+/// Counts and limits everything read through it.
 struct LimitedReader<R: Read> {
     inner: R,
-    hasher: Sha256,
     count: u64,
     limit: u64,
 }
@@ -592,7 +592,7 @@ struct LimitedReader<R: Read> {
 impl<R: Read> Read for LimitedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.count >= self.limit {
-            // Allow detecting a clean end exactly at the limit.
+            // Allow a clean end exactly at the limit.
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
@@ -602,7 +602,6 @@ impl<R: Read> Read for LimitedReader<R> {
         let room = usize::try_from(self.limit - self.count).unwrap_or(usize::MAX);
         let want = buf.len().min(room);
         let n = self.inner.read(&mut buf[..want])?;
-        self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
     }
@@ -613,13 +612,12 @@ impl<R: Read> Read for LimitedReader<R> {
 pub struct Received {
     /// The routing header (not yet authenticated).
     pub header: EnvelopeHeader,
-    /// SHA-256 of the envelope bytes as received.
-    pub envelope_sha256: Digest,
     /// Size of the envelope in bytes.
     pub size: u64,
+    /// Size of the body ciphertext in bytes.
+    pub body_size: u64,
     header_bytes: Vec<u8>,
-    body: Vec<u8>,
-    part_digests: Vec<Digest>,
+    body_digest: Digest,
     node_sig: Vec<u8>,
 }
 
@@ -627,6 +625,7 @@ pub struct Received {
 #[derive(Debug)]
 pub struct Authenticated {
     received: Received,
+    envelope_digest: Digest,
 }
 
 /// An opened envelope: every check has passed.
@@ -664,18 +663,13 @@ fn map_io(e: io::Error) -> OpenError {
     }
 }
 
-/// Reads an envelope from `input`, checking sizes and structure; attachment
-/// ciphertexts are streamed into `parts`, the body is kept in memory
-/// (bounded by `limits.max_body`). Nothing is decrypted and nothing is
-/// trusted yet: call [`Received::authenticate`] next.
-pub fn receive<R: Read, P: PartSink>(
-    input: R,
-    limits: &Limits,
-    parts: &mut P,
-) -> Result<Received, OpenError> {
+/// Reads an envelope from `input`, checking sizes and structure; the body
+/// ciphertext (a standard age file) is streamed to `body` and hashed.
+/// Nothing is decrypted and nothing is trusted yet: call
+/// [`Received::authenticate`] next.
+pub fn receive<R: Read, W: Write>(input: R, limits: &Limits, mut body: W) -> Result<Received, OpenError> {
     let mut reader = LimitedReader {
         inner: input,
-        hasher: Sha256::new(),
         count: 0,
         limit: limits.max_envelope,
     };
@@ -686,7 +680,9 @@ pub fn receive<R: Read, P: PartSink>(
         },
         e => e,
     };
-    let r = receive_inner(&mut reader, limits, parts).map_err(fix_limit)?;
+    let (header, header_bytes, body_digest, body_size, node_sig) =
+        receive_inner(&mut reader, limits, &mut body).map_err(fix_limit)?;
+    body.flush().map_err(OpenError::Io)?;
     // Nothing may follow the envelope.
     let mut probe = [0u8; 1];
     match reader.read(&mut probe) {
@@ -694,30 +690,28 @@ pub fn receive<R: Read, P: PartSink>(
         Ok(_) => return Err(structure("bytes follow the end of the envelope")),
         Err(e) => return Err(fix_limit(map_io(e))),
     }
-    let (header, header_bytes, body, part_digests, node_sig) = r;
     Ok(Received {
         header,
-        envelope_sha256: Digest(reader.hasher.finalize().into()),
         size: reader.count,
+        body_size,
         header_bytes,
-        body,
-        part_digests,
+        body_digest,
         node_sig,
     })
 }
 
-type Parsed = (EnvelopeHeader, Vec<u8>, Vec<u8>, Vec<Digest>, Vec<u8>);
+type Parsed = (EnvelopeHeader, Vec<u8>, Digest, u64, Vec<u8>);
 
-fn receive_inner<R: Read, P: PartSink>(
+fn receive_inner<R: Read, W: Write>(
     reader: &mut R,
     limits: &Limits,
-    parts: &mut P,
+    body: &mut W,
 ) -> Result<Parsed, OpenError> {
     let mut dec = Decoder::from(&mut *reader);
     match dec.pull().map_err(map_ll)? {
-        Header::Array(Some(5)) => {}
+        Header::Array(Some(4)) => {}
         Header::Tag(_) => return Err(structure("expected the envelope array, found a tagged item")),
-        _ => return Err(structure("expected an array of 5 items")),
+        _ => return Err(structure("expected an array of 4 items")),
     }
     match dec.pull().map_err(map_ll)? {
         Header::Positive(ENVELOPE_VERSION) => {}
@@ -727,68 +721,56 @@ fn receive_inner<R: Read, P: PartSink>(
     let header_bytes = read_definite_bytes(&mut dec, limits.max_header, "the routing header")?;
     let header: EnvelopeHeader = cbor::from_deterministic_slice(&header_bytes, limits.max_header)
         .map_err(|e| structure(format!("routing header: {e}")))?;
-    let n = match dec.pull().map_err(map_ll)? {
-        Header::Array(Some(n)) => n,
-        _ => return Err(structure("attachments is not a definite-length array")),
-    };
-    if n as u64 > u64::from(limits.max_attachments) {
+    if header.attachments > limits.max_attachments {
         return Err(OpenError::TooLarge {
             what: "the number of attachments",
             limit: u64::from(limits.max_attachments),
         });
     }
-    if n as u64 != u64::from(header.attachments) {
-        return Err(structure(format!(
-            "header announces {} attachments but the envelope carries {n}",
-            header.attachments
-        )));
-    }
-    let mut part_digests = Vec::with_capacity(n);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
     let mut buf = Vec::new();
-    for index in 0..header.attachments {
-        let mut w = parts.create(index).map_err(OpenError::Io)?;
-        let mut hasher = Sha256::new();
-        let mut write_chunk =
-            |dec: &mut Decoder<&mut R>, len: usize, w: &mut P::Writer| -> Result<(), OpenError> {
-                if len > limits.max_chunk {
-                    return Err(OpenError::TooLarge {
-                        what: "an attachment chunk",
-                        limit: limits.max_chunk as u64,
-                    });
-                }
-                buf.resize(len, 0);
-                ciborium_io::Read::read_exact(dec, &mut buf).map_err(map_io)?;
-                hasher.update(&buf);
-                w.write_all(&buf).map_err(OpenError::Io)
-            };
-        match dec.pull().map_err(map_ll)? {
-            Header::Bytes(Some(len)) => {
-                // A definite-length part: read it in bounded chunks.
-                let mut left = len;
-                while left > 0 {
-                    let take = left.min(CHUNK_SIZE);
-                    write_chunk(&mut dec, take, &mut w)?;
-                    left -= take;
-                }
-            }
-            Header::Bytes(None) => loop {
-                match dec.pull().map_err(map_ll)? {
-                    Header::Bytes(Some(len)) => write_chunk(&mut dec, len, &mut w)?,
-                    Header::Break => break,
-                    _ => return Err(structure("attachment chunk is not a byte string")),
-                }
-            },
-            _ => return Err(structure("attachment is not a byte string")),
+    let mut copy = |dec: &mut Decoder<&mut R>, len: usize| -> Result<(), OpenError> {
+        let mut left = len;
+        while left > 0 {
+            let take = left.min(CHUNK_SIZE);
+            buf.resize(take, 0);
+            ciborium_io::Read::read_exact(dec, &mut buf).map_err(map_io)?;
+            hasher.update(&buf);
+            body.write_all(&buf).map_err(OpenError::Io)?;
+            left -= take;
         }
-        parts.finish(index, w).map_err(OpenError::Io)?;
-        part_digests.push(Digest(hasher.finalize().into()));
+        size += len as u64;
+        Ok(())
+    };
+    match dec.pull().map_err(map_ll)? {
+        Header::Bytes(Some(len)) => copy(&mut dec, len)?,
+        Header::Bytes(None) => loop {
+            match dec.pull().map_err(map_ll)? {
+                Header::Bytes(Some(len)) if len > limits.max_chunk => {
+                    return Err(OpenError::TooLarge {
+                        what: "a body chunk",
+                        limit: limits.max_chunk as u64,
+                    })
+                }
+                Header::Bytes(Some(len)) => copy(&mut dec, len)?,
+                Header::Break => break,
+                _ => return Err(structure("body chunk is not a byte string")),
+            }
+        },
+        _ => return Err(structure("body is not a byte string")),
     }
-    let body = read_definite_bytes(&mut dec, limits.max_body, "the body")?;
     let node_sig = read_definite_bytes(&mut dec, 64, "the node signature")?;
     if node_sig.len() != 64 {
         return Err(structure("node signature is not 64 bytes"));
     }
-    Ok((header, header_bytes, body, part_digests, node_sig))
+    Ok((
+        header,
+        header_bytes,
+        Digest(hasher.finalize().into()),
+        size,
+        node_sig,
+    ))
 }
 
 fn read_definite_bytes<R: Read>(
@@ -821,14 +803,27 @@ impl Received {
                 expected: sender.authority.clone(),
             });
         }
-        let tbs = node_sig_input(&self.header_bytes, &self.part_digests, &Digest::of(&self.body))
-            .map_err(|e| structure(e.to_string()))?;
+        let tbs =
+            node_sig_input(&self.header_bytes, &self.body_digest).map_err(|e| structure(e.to_string()))?;
         if !sender.node_key.verify(&tbs, &self.node_sig) {
             return Err(OpenError::NodeSignature {
                 from: self.header.from.clone(),
             });
         }
-        Ok(Authenticated { received: self })
+        Ok(Authenticated {
+            envelope_digest: Digest::of(&tbs),
+            received: self,
+        })
+    }
+
+    /// The envelope digest: SHA-256 of the node signature input, which
+    /// commits to the header bytes and to the SHA-256 of the body
+    /// ciphertext, i.e. to every byte of the envelope but its framing and
+    /// the signature. Receipts name envelopes by it.
+    pub fn envelope_digest(&self) -> Digest {
+        node_sig_input(&self.header_bytes, &self.body_digest)
+            .map(|tbs| Digest::of(&tbs))
+            .unwrap_or_default()
     }
 }
 
@@ -837,25 +832,31 @@ impl Authenticated {
     pub fn header(&self) -> &EnvelopeHeader {
         &self.received.header
     }
-    /// SHA-256 of the envelope bytes as received.
-    pub fn envelope_sha256(&self) -> Digest {
-        self.received.envelope_sha256
+    /// The envelope digest (see [`Received::envelope_digest`]).
+    pub fn envelope_digest(&self) -> Digest {
+        self.envelope_digest
     }
     /// Size of the envelope in bytes.
     pub fn size(&self) -> u64 {
         self.received.size
     }
 
-    /// Decrypts and checks the message: decryption with `keys`, the
-    /// signatory signature against `signers` (valid at signing time), the
-    /// signed routing against the envelope, decoding, and `profile` at `now`.
-    pub fn open(
+    /// Checks the agreement and the recipient, decrypts `body` (the body
+    /// ciphertext that [`receive`] wrote), streams the attachments into
+    /// `parts`, and checks the signed message: the signatory signature
+    /// against `signers` (valid at signing time), the signed routing against
+    /// the envelope, decoding, the attachments' lengths and digests, and
+    /// `profile` at `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open<R: Read, P: PartSink>(
         &self,
+        body: R,
         keys: &NodeKeys,
         signers: &[TrustedSigner],
         profile: &Profile,
         now: Timestamp,
         limits: &Limits,
+        parts: &mut P,
     ) -> Result<Opened, OpenError> {
         let header = &self.received.header;
         if header.to != keys.authority {
@@ -864,25 +865,65 @@ impl Authenticated {
                 own: keys.authority.clone(),
             });
         }
-        let plain = decrypt_body(&self.received.body, keys, limits.max_body)?;
-        let signed: SignedMessage = cbor::from_slice(&plain, limits.max_body)
-            .map_err(|e| OpenError::Decrypt(format!("decrypted body is not a signed message: {e}")))?;
+        if profile.id != header.agreement {
+            return Err(OpenError::AgreementNotInForce {
+                agreement: header.agreement.clone(),
+                reason: format!("it is checked against the profile of {}", profile.id),
+            });
+        }
+        profile
+            .in_force_at(now)
+            .map_err(|e| OpenError::AgreementNotInForce {
+                agreement: header.agreement.clone(),
+                reason: e.message,
+            })?;
+        let decryptor = age::Decryptor::new_buffered(io::BufReader::with_capacity(CHUNK_SIZE, body))
+            .map_err(decrypt_err)?;
+        let mut plain = decryptor
+            .decrypt(std::iter::once(keys.age.inner() as &dyn age::Identity))
+            .map_err(decrypt_err)?;
+        let mut found = Vec::with_capacity(header.attachments as usize);
+        let signed_bytes = {
+            let mut dec = Decoder::from(&mut plain);
+            for index in 0..header.attachments {
+                found.push(read_attachment(&mut dec, index, parts, limits)?);
+            }
+            read_plain_bytes(&mut dec, limits.max_message)?
+        };
+        let mut probe = [0u8; 1];
+        if plain.read(&mut probe).map_err(decrypt_io)? != 0 {
+            return Err(OpenError::Decrypt(
+                "body plaintext continues after the signed message".into(),
+            ));
+        }
+        let signed: SignedMessage = cbor::from_slice(&signed_bytes, limits.max_message).map_err(|e| {
+            OpenError::Decrypt(format!("decrypted body does not end with a signed message: {e}"))
+        })?;
         let claims = signed.verify(signers)?;
         check_routing(&claims, header)?;
-        let message: Message = cbor::from_deterministic_slice(&signed.message, limits.max_body)
+        let message: Message = cbor::from_deterministic_slice(&signed.message, limits.max_message)
             .map_err(|e| OpenError::MessageDecode(e.to_string()))?;
         check_message_header(&claims, &message)?;
-        if message.attachments().len() != header.attachments as usize {
+        let atts = message.attachments();
+        if atts.len() != found.len() {
             return Err(OpenError::AttachmentMismatch {
-                index: message.attachments().len(),
+                index: atts.len().min(found.len()),
                 reason: "the number of attachments differs from the envelope",
             });
         }
-        if profile.id != header.agreement {
-            return Err(OpenError::Invalid(ValidationErrors::agreement_mismatch(
-                &header.agreement,
-                &profile.id,
-            )));
+        for (index, (a, (len, digest))) in atts.iter().zip(&found).enumerate() {
+            if a.length != *len {
+                return Err(OpenError::AttachmentMismatch {
+                    index,
+                    reason: "length differs from the signed length",
+                });
+            }
+            if a.sha256 != *digest {
+                return Err(OpenError::AttachmentMismatch {
+                    index,
+                    reason: "SHA-256 differs from the signed digest",
+                });
+            }
         }
         profile.validate(&message, now).map_err(OpenError::Invalid)?;
         Ok(Opened {
@@ -893,23 +934,97 @@ impl Authenticated {
     }
 }
 
-fn decrypt_body(body: &[u8], keys: &NodeKeys, max: usize) -> Result<Vec<u8>, OpenError> {
-    let dec = age::Decryptor::new_buffered(body).map_err(|e| OpenError::Decrypt(e.to_string()))?;
-    let mut r = dec
-        .decrypt(std::iter::once(keys.age.inner() as &dyn age::Identity))
-        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
-    let mut out = Vec::with_capacity(body.len());
-    let n = (&mut r)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
-    if n > max {
-        return Err(OpenError::TooLarge {
-            what: "the decrypted body",
-            limit: max as u64,
-        });
+fn decrypt_err(e: age::DecryptError) -> OpenError {
+    OpenError::Decrypt(e.to_string())
+}
+
+fn decrypt_io(e: io::Error) -> OpenError {
+    OpenError::Decrypt(format!("body ciphertext: {e}"))
+}
+
+fn map_plain(e: ciborium_ll::Error<io::Error>) -> OpenError {
+    match e {
+        ciborium_ll::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            OpenError::Decrypt("body plaintext ends early".into())
+        }
+        ciborium_ll::Error::Io(e) => decrypt_io(e),
+        ciborium_ll::Error::Syntax(off) => {
+            OpenError::Decrypt(format!("body plaintext is not CBOR at byte {off}"))
+        }
     }
-    Ok(out)
+}
+
+/// Streams one attachment from the decrypted body into `parts`; returns its length and SHA-256.
+fn read_attachment<R: Read, P: PartSink>(
+    dec: &mut Decoder<R>,
+    index: u32,
+    parts: &mut P,
+    limits: &Limits,
+) -> Result<(u64, Digest), OpenError> {
+    let mut w = parts.create(index).map_err(OpenError::Io)?;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = Vec::new();
+    let mut copy = |dec: &mut Decoder<R>, n: usize, w: &mut P::Writer| -> Result<(), OpenError> {
+        if n > limits.max_chunk {
+            return Err(OpenError::TooLarge {
+                what: "an attachment chunk",
+                limit: limits.max_chunk as u64,
+            });
+        }
+        buf.resize(n, 0);
+        ciborium_io::Read::read_exact(dec, &mut buf).map_err(|e| map_plain(ciborium_ll::Error::Io(e)))?;
+        hasher.update(&buf);
+        len += n as u64;
+        w.write_all(&buf).map_err(OpenError::Io)
+    };
+    match dec.pull().map_err(map_plain)? {
+        Header::Bytes(Some(n)) => {
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(CHUNK_SIZE);
+                copy(dec, take, &mut w)?;
+                left -= take;
+            }
+        }
+        Header::Bytes(None) => loop {
+            match dec.pull().map_err(map_plain)? {
+                Header::Bytes(Some(n)) => copy(dec, n, &mut w)?,
+                Header::Break => break,
+                _ => {
+                    return Err(OpenError::Decrypt(format!(
+                        "attachment {index} chunk is not a byte string"
+                    )))
+                }
+            }
+        },
+        _ => {
+            return Err(OpenError::Decrypt(format!(
+                "attachment {index} is not a byte string"
+            )))
+        }
+    }
+    parts.finish(index, w).map_err(OpenError::Io)?;
+    Ok((len, Digest(hasher.finalize().into())))
+}
+
+fn read_plain_bytes<R: Read>(dec: &mut Decoder<R>, limit: usize) -> Result<Vec<u8>, OpenError> {
+    match dec.pull().map_err(map_plain)? {
+        Header::Bytes(Some(len)) => {
+            if len > limit {
+                return Err(OpenError::TooLarge {
+                    what: "the signed message",
+                    limit: limit as u64,
+                });
+            }
+            let mut v = vec![0u8; len];
+            ciborium_io::Read::read_exact(dec, &mut v).map_err(|e| map_plain(ciborium_ll::Error::Io(e)))?;
+            Ok(v)
+        }
+        _ => Err(OpenError::Decrypt(
+            "signed message is not a definite-length byte string".into(),
+        )),
+    }
 }
 
 fn check_routing(c: &SignedClaims, h: &EnvelopeHeader) -> Result<(), OpenError> {
@@ -948,58 +1063,6 @@ fn check_message_header(c: &SignedClaims, m: &Message) -> Result<(), OpenError> 
     Err(OpenError::Readdressed { field, place })
 }
 
-/// Decrypts attachment ciphertext from `ciphertext` into `out`, checking it
-/// against `expected` (length and SHA-256 from the signed message).
-///
-/// Bytes reach `out` before the final digest check: write to a temporary
-/// place and keep the result only if this returns `Ok`.
-pub fn open_attachment<R: Read, W: Write>(
-    keys: &NodeKeys,
-    index: usize,
-    expected: &Attachment,
-    ciphertext: R,
-    mut out: W,
-) -> Result<(), OpenError> {
-    let dec = age::Decryptor::new(ciphertext)
-        .map_err(|e| OpenError::Decrypt(format!("attachment {index}: {e}")))?;
-    let mut r = dec
-        .decrypt(std::iter::once(keys.age.inner() as &dyn age::Identity))
-        .map_err(|e| OpenError::Decrypt(format!("attachment {index}: {e}")))?;
-    let mut hasher = Sha256::new();
-    let mut len = 0u64;
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(OpenError::Decrypt(format!("attachment {index}: {e}"))),
-        };
-        len += n as u64;
-        if len > expected.length {
-            return Err(OpenError::AttachmentMismatch {
-                index,
-                reason: "longer than the signed length",
-            });
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(OpenError::Io)?;
-    }
-    if len != expected.length {
-        return Err(OpenError::AttachmentMismatch {
-            index,
-            reason: "shorter than the signed length",
-        });
-    }
-    if Digest(hasher.finalize().into()) != expected.sha256 {
-        return Err(OpenError::AttachmentMismatch {
-            index,
-            reason: "SHA-256 differs from the signed digest",
-        });
-    }
-    Ok(())
-}
-
 /// Opens a whole envelope held in memory, attachments included (tests, CLI,
 /// small messages). Returns the opened message and the attachment plaintexts.
 pub fn open_bytes(
@@ -1011,28 +1074,10 @@ pub fn open_bytes(
     profile: &Profile,
     now: Timestamp,
 ) -> Result<(Opened, Vec<Vec<u8>>), OpenError> {
-    let mut parts = MemoryParts::default();
-    let received = receive(envelope, limits, &mut parts)?;
+    let mut body = Vec::with_capacity(envelope.len());
+    let received = receive(envelope, limits, &mut body)?;
     let auth = received.authenticate(sender)?;
-    let opened = auth.open(keys, signers, profile, now, limits)?;
-    let mut plains = Vec::with_capacity(parts.parts.len());
-    for (i, (att, ct)) in opened
-        .message
-        .attachments()
-        .into_iter()
-        .zip(&parts.parts)
-        .enumerate()
-    {
-        let mut plain = Vec::new();
-        open_attachment(keys, i, att, ct.as_slice(), &mut plain)?;
-        plains.push(plain);
-    }
-    Ok((opened, plains))
-}
-
-impl Received {
-    /// The encrypted body: a standard age v1 file (its plaintext is the signed message).
-    pub fn body_ciphertext(&self) -> &[u8] {
-        &self.body
-    }
+    let mut parts = MemoryParts::default();
+    let opened = auth.open(body.as_slice(), keys, signers, profile, now, limits, &mut parts)?;
+    Ok((opened, parts.parts))
 }

@@ -2,8 +2,8 @@
 //!
 //! The receiving gateway answers every envelope with a receipt: a COSE_Sign1
 //! (RFC 9052, EdDSA) by its node key whose payload is the deterministic CBOR
-//! of [`Receipt`]: the envelope id, the SHA-256 of the envelope bytes as
-//! received, the time, both authorities and the outcome. A receipt can be
+//! of [`Receipt`]: the envelope id, the envelope digest (which commits to
+//! every byte of the envelope's header and body), the time, both authorities and the outcome. A receipt can be
 //! verified offline with only the receiver's authority card.
 
 use std::fmt;
@@ -133,6 +133,7 @@ impl From<&OpenError> for RejectCode {
             OpenError::UnknownSender { .. } => Self::UnknownSender,
             OpenError::NodeSignature { .. } => Self::BadNodeSignature,
             OpenError::WrongRecipient { .. } => Self::WrongRecipient,
+            OpenError::AgreementNotInForce { .. } => Self::AgreementNotInForce,
             OpenError::Decrypt(_) => Self::DecryptFailed,
             OpenError::Signature(
                 SignatureError::UnknownSigner { .. } | SignatureError::SignerNotValid { .. },
@@ -166,8 +167,9 @@ pub enum Outcome {
 pub struct Receipt {
     /// The envelope this receipt is for.
     pub envelope_id: Id,
-    /// SHA-256 of the envelope bytes as received.
-    pub envelope_sha256: Digest,
+    /// The envelope digest (SHA-256 of the node signature input, which commits
+    /// to the header bytes and the SHA-256 of the body ciphertext).
+    pub envelope_digest: Digest,
     /// When the receiver decided.
     pub time: Timestamp,
     /// The receiving authority (the signer of the receipt).
@@ -263,7 +265,7 @@ mod tests {
     fn receipt() -> Receipt {
         Receipt {
             envelope_id: Id::from_bytes([7; 16]),
-            envelope_sha256: Digest::of(b"envelope"),
+            envelope_digest: Digest::of(b"envelope"),
             time: Timestamp::from_unix(1_750_000_001),
             receiver: AuthorityId::new("by.mvd").unwrap(),
             sender: AuthorityId::new("kz.mvd").unwrap(),

@@ -117,16 +117,34 @@ impl SignedClaims {
     }
 }
 
-/// A message with its signatory's signature: the plaintext of an envelope
-/// body, `[cose: bstr, message: bstr]` in CBOR.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A message with its signatory's signature: the last item of an envelope
+/// body's plaintext, `[cose: bstr, message: bstr]` in CBOR.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedMessage {
     /// Tagged COSE_Sign1 (tag 18) whose payload is SHA-256(message).
-    #[serde(with = "serde_bytes")]
     pub cose: Vec<u8>,
     /// The message in deterministic CBOR.
-    #[serde(with = "serde_bytes")]
     pub message: Vec<u8>,
+}
+
+impl Serialize for SignedMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            serde_bytes::Bytes::new(&self.cose),
+            serde_bytes::Bytes::new(&self.message),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (cose, message) = <(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>::deserialize(d)?;
+        Ok(Self {
+            cose: cose.into_vec(),
+            message: message.into_vec(),
+        })
+    }
 }
 
 impl SignedMessage {

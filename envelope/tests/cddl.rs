@@ -22,7 +22,7 @@ use ciborium::value::Value;
 use common::*;
 use coset::{CborSerializable, CoseSign1, TaggedCborSerializable};
 use konvert_envelope::cbor;
-use konvert_envelope::envelope::{self, Limits, MemoryParts};
+use konvert_envelope::envelope::{self, Limits};
 use konvert_envelope::keys::SigningKey;
 use konvert_envelope::model::{AuthorityId, Digest, Id};
 use konvert_envelope::receipt::{Outcome, Receipt, RejectCode};
@@ -151,46 +151,22 @@ fn vector(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("envelope/tests/vectors").join(name)).unwrap()
 }
 
-/// The definite/indefinite attachment encodings of a raw envelope: `Some(true)`
-/// for each indefinite-length attachment, `Some(false)` for a definite one.
-fn attachment_encodings(env: &[u8]) -> Vec<bool> {
+/// Whether a raw envelope's body is an indefinite-length byte string.
+fn body_is_indefinite(env: &[u8]) -> bool {
     use ciborium_ll::{Decoder, Header};
     let mut dec = Decoder::from(env);
-    assert!(matches!(dec.pull().unwrap(), Header::Array(Some(5))));
+    assert!(matches!(dec.pull().unwrap(), Header::Array(Some(4))));
     assert!(matches!(dec.pull().unwrap(), Header::Positive(1)));
     let Header::Bytes(Some(n)) = dec.pull().unwrap() else {
         panic!("header is not a definite byte string")
     };
     let mut skip = vec![0u8; n];
     ciborium_io::Read::read_exact(&mut dec, &mut skip).unwrap();
-    let Header::Array(Some(count)) = dec.pull().unwrap() else {
-        panic!("attachments is not a definite array")
-    };
-    let mut out = Vec::new();
-    for _ in 0..count {
-        match dec.pull().unwrap() {
-            Header::Bytes(Some(n)) => {
-                let mut b = vec![0u8; n];
-                ciborium_io::Read::read_exact(&mut dec, &mut b).unwrap();
-                out.push(false);
-            }
-            Header::Bytes(None) => {
-                loop {
-                    match dec.pull().unwrap() {
-                        Header::Bytes(Some(n)) => {
-                            let mut b = vec![0u8; n];
-                            ciborium_io::Read::read_exact(&mut dec, &mut b).unwrap();
-                        }
-                        Header::Break => break,
-                        h => panic!("unexpected {h:?} in an attachment"),
-                    }
-                }
-                out.push(true);
-            }
-            h => panic!("attachment is {h:?}"),
-        }
+    match dec.pull().unwrap() {
+        Header::Bytes(None) => true,
+        Header::Bytes(Some(_)) => false,
+        h => panic!("body is {h:?}"),
     }
-    out
 }
 
 /// Checks an envelope and everything inside it that can be seen without keys.
@@ -202,18 +178,54 @@ fn check_envelope(env: &[u8], what: &str) {
     assert_valid("envelope-header", header, &format!("{what}: header"));
     assert_eq!(encode(decode(header)), header, "{what}: header is deterministic");
 
-    // The node signature input, rebuilt from the parts as received.
-    let received = envelope::receive(env, &Limits::default(), &mut MemoryParts::default()).unwrap();
-    let parts: Vec<Digest> = items[2]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| Digest::of(bytes_of(p)))
-        .collect();
-    let body = bytes_of(&items[3]);
-    assert_eq!(received.body_ciphertext(), body);
-    let tbs = envelope::node_sig_input(header, &parts, &Digest::of(body)).unwrap();
+    // The node signature input, rebuilt from the body as received.
+    let mut received_body = Vec::new();
+    let received = envelope::receive(env, &Limits::default(), &mut received_body).unwrap();
+    let body = bytes_of(&items[2]);
+    assert_eq!(received_body, body);
+    let tbs = envelope::node_sig_input(header, &Digest::of(body)).unwrap();
     assert_valid("node-sig-input", &tbs, &format!("{what}: node signature input"));
+    assert_eq!(received.envelope_digest(), Digest::of(&tbs));
+}
+
+/// Decrypts an envelope body with by.mvd's identity and splits the
+/// plaintext sequence into its attachments and the signed message.
+fn body_plaintext(env: &[u8]) -> (Vec<Value>, Vec<u8>) {
+    use std::io::Read as _;
+    use std::str::FromStr as _;
+    // The recipient's age identity; the file also has a `# public key` comment line.
+    let text = std::fs::read_to_string(repo().join("envelope/tests/vectors/keys/by.mvd.age.key")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
+    let identity = age::x25519::Identity::from_str(line).unwrap();
+    let v = decode(env);
+    let items = v.as_array().unwrap();
+    let header: Value = decode(bytes_of(&items[1]));
+    let count = match entry_ref(&header, "attachments") {
+        Value::Integer(i) => usize::try_from(i128::from(*i)).unwrap(),
+        other => panic!("attachments is {other:?}"),
+    };
+    let mut plain = Vec::new();
+    age::Decryptor::new(bytes_of(&items[2]))
+        .unwrap()
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    let mut cursor = std::io::Cursor::new(plain.as_slice());
+    let mut atts = Vec::new();
+    for _ in 0..count {
+        atts.push(ciborium::de::from_reader::<Value, _>(&mut cursor).unwrap());
+    }
+    let signed: Value = ciborium::de::from_reader(&mut cursor).unwrap();
+    assert_eq!(
+        cursor.position() as usize,
+        plain.len(),
+        "nothing follows the signed message"
+    );
+    // The sequence, seen as the `body-plaintext` array.
+    let seq = encode(Value::Array(vec![Value::Array(atts.clone()), signed.clone()]));
+    assert_valid("body-plaintext", &seq, "body plaintext");
+    (atts, bytes_of(&signed).to_vec())
 }
 
 #[test]
@@ -222,36 +234,27 @@ fn vector_envelopes_match() {
         let env = vector(&format!("valid/{name}"));
         check_envelope(&env, name);
     }
-    // The request vector streams its attachment as an indefinite-length byte
-    // string; a receiver also accepts a definite one (ciborium re-encodes
-    // the decoded value with definite lengths).
+    // The sealer streams the body as an indefinite-length byte string; a
+    // receiver also accepts a definite one (ciborium re-encodes the decoded
+    // value with definite lengths).
     let env = vector("valid/request.env");
-    assert_eq!(attachment_encodings(&env), [true]);
+    assert!(body_is_indefinite(&env));
     let definite = encode(decode(&env));
-    assert_eq!(attachment_encodings(&definite), [false]);
-    check_envelope(&definite, "request.env with a definite attachment");
+    assert!(!body_is_indefinite(&definite));
+    check_envelope(&definite, "request.env with a definite body");
 }
 
 #[test]
 fn vector_body_decrypts_to_a_matching_signed_message() {
-    use std::io::Read as _;
-    use std::str::FromStr as _;
-    // The recipient's age identity; the file also has a `# public key` comment line.
-    let text = std::fs::read_to_string(repo().join("envelope/tests/vectors/keys/by.mvd.age.key")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap();
-    let identity = age::x25519::Identity::from_str(line).unwrap();
     for name in ["request.env", "unsolicited_information.env"] {
         let env = vector(&format!("valid/{name}"));
-        let v = decode(&env);
-        let body = bytes_of(&v.as_array().unwrap()[3]).to_vec();
-        let mut plain = Vec::new();
-        age::Decryptor::new(&body[..])
-            .unwrap()
-            .decrypt(std::iter::once(&identity as &dyn age::Identity))
-            .unwrap()
-            .read_to_end(&mut plain)
-            .unwrap();
-        check_signed_message(&plain, name);
+        let (atts, signed) = body_plaintext(&env);
+        if name == "request.env" {
+            let expected = vector("valid/request.attachment");
+            assert!(!atts.is_empty());
+            assert!(atts.iter().all(|a| bytes_of(a) == expected.as_slice()));
+        }
+        check_signed_message(&signed, name);
     }
 }
 
@@ -265,7 +268,7 @@ fn freshly_sealed_envelope_matches() {
     let bodies: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 150_000 + i]).collect();
     let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
     let env = w.seal(msg, &refs);
-    assert!(attachment_encodings(&env).iter().all(|indefinite| *indefinite));
+    assert!(body_is_indefinite(&env));
     check_envelope(&env, "sealed request");
 }
 
@@ -274,11 +277,8 @@ fn check_signed_message(plain: &[u8], what: &str) {
     assert_valid("signed-message", plain, what);
     let v = decode(plain);
     let (cose, message) = match &v {
-        Value::Map(_) => (
-            bytes_of(entry_ref(&v, "cose")),
-            bytes_of(entry_ref(&v, "message")),
-        ),
-        other => panic!("{what}: signed message is not a map: {other:?}"),
+        Value::Array(items) if items.len() == 2 => (bytes_of(&items[0]), bytes_of(&items[1])),
+        other => panic!("{what}: signed message is not a 2-item array: {other:?}"),
     };
     assert_valid("message", message, &format!("{what}: message"));
     assert_eq!(
@@ -321,7 +321,7 @@ fn signed_message_matches() {
 fn receipt(outcome: Outcome) -> Receipt {
     Receipt {
         envelope_id: Id::new(now()),
-        envelope_sha256: Digest::of(b"an envelope"),
+        envelope_digest: Digest::of(b"an envelope"),
         time: now(),
         receiver: AuthorityId::new("by.mvd").unwrap(),
         sender: AuthorityId::new("kz.mvd").unwrap(),
@@ -452,7 +452,7 @@ fn envelope_of_version_2_fails() {
 fn envelope_with_short_node_signature_or_extra_header_field_fails() {
     let env = vector("valid/request.env");
     let mut v = decode(&env);
-    v.as_array_mut().unwrap()[4] = Value::Bytes(vec![0; 63]);
+    v.as_array_mut().unwrap()[3] = Value::Bytes(vec![0; 63]);
     assert_invalid("envelope", &encode(v), "63-byte node signature");
 
     let mut v = decode(&env);

@@ -8,7 +8,7 @@ mod common;
 use ciborium::value::Value;
 use common::*;
 use konvert_envelope::cbor;
-use konvert_envelope::envelope::{self, EnvelopeHeader, Limits, MemoryParts, OpenError};
+use konvert_envelope::envelope::{self, EnvelopeHeader, Limits, OpenError};
 use konvert_envelope::keys::{AuthorityCard, SigningKey, TrustedSigner};
 use konvert_envelope::model::{Attachment, Digest, Id, Message, Timestamp};
 use konvert_envelope::signed::{SignatureError, SignedClaims, SignedMessage};
@@ -336,6 +336,7 @@ fn signed_message_readdressed_to_another_recipient_is_refused() {
     let re = envelope::seal_signed(
         &signed,
         &h,
+        &[],
         &w.card(&authority(other)).age_recipients,
         &w.node(&authority(&from)).signing,
     )
@@ -358,6 +359,7 @@ fn signed_message_forwarded_by_its_recipient_is_refused() {
     let re = envelope::seal_signed(
         &signed,
         &h,
+        &[],
         &w.card(&authority(third)).age_recipients,
         &w.node(&authority(&to)).signing,
     )
@@ -387,21 +389,36 @@ fn oversize_envelope_is_refused_with_the_limit() {
         max_envelope: 10_000,
         ..Limits::default()
     };
-    let err = envelope::receive(env.as_slice(), &limits, &mut MemoryParts::default()).unwrap_err();
+    let err = envelope::receive(env.as_slice(), &limits, std::io::sink()).unwrap_err();
     assert!(matches!(err, OpenError::TooLarge { limit: 10_000, .. }), "{err}");
     let limits = Limits {
         max_chunk: 1000,
         ..Limits::default()
     };
-    let err = envelope::receive(env.as_slice(), &limits, &mut MemoryParts::default()).unwrap_err();
+    let err = envelope::receive(env.as_slice(), &limits, std::io::sink()).unwrap_err();
     assert!(matches!(err, OpenError::TooLarge { .. }), "{err}");
     let limits = Limits {
-        max_body: 100,
+        max_message: 100,
         ..Limits::default()
     };
-    let err = envelope::receive(env.as_slice(), &limits, &mut MemoryParts::default()).unwrap_err();
+    let err = envelope::open_bytes(
+        &env,
+        &limits,
+        &w.card(&authority("kz.mvd")),
+        w.node(&authority("by.mvd")),
+        &w.signers(&authority("kz.mvd")),
+        &profile("kz-by-2019"),
+        now(),
+    )
+    .unwrap_err();
     assert!(
-        matches!(err, OpenError::TooLarge { what: "the body", .. }),
+        matches!(
+            err,
+            OpenError::TooLarge {
+                what: "the signed message",
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -413,14 +430,12 @@ fn every_truncation_is_a_structure_error() {
     unseal_attachments(&mut msg);
     let env = w.seal(msg, &[]);
     for cut in (0..env.len()).step_by(7).chain([env.len() - 1]) {
-        let err =
-            envelope::receive(&env[..cut], &Limits::default(), &mut MemoryParts::default()).unwrap_err();
+        let err = envelope::receive(&env[..cut], &Limits::default(), std::io::sink()).unwrap_err();
         assert!(matches!(err, OpenError::Structure(_)), "cut at {cut}: {err}");
     }
     let mut longer = env.clone();
     longer.push(0);
-    let err =
-        envelope::receive(longer.as_slice(), &Limits::default(), &mut MemoryParts::default()).unwrap_err();
+    let err = envelope::receive(longer.as_slice(), &Limits::default(), std::io::sink()).unwrap_err();
     assert!(matches!(err, OpenError::Structure(_)), "{err}");
 }
 
@@ -431,14 +446,13 @@ fn garbage_and_wrong_shapes_are_structure_errors() {
         vec![0xff; 64],
         cbor::to_deterministic_vec(&Value::Map(vec![])).unwrap(),
         cbor::to_deterministic_vec(&Value::Array(vec![Value::Integer(1.into())])).unwrap(),
-        vec![0x85, 0x01, 0x5f, 0xff], // indefinite header bytes
+        vec![0x84, 0x01, 0x5f, 0xff], // indefinite header bytes
     ] {
-        let err =
-            envelope::receive(bytes.as_slice(), &Limits::default(), &mut MemoryParts::default()).unwrap_err();
+        let err = envelope::receive(bytes.as_slice(), &Limits::default(), std::io::sink()).unwrap_err();
         assert!(matches!(err, OpenError::Structure(_)), "{bytes:x?}: {err}");
     }
-    let v2 = vec![0x85, 0x02];
-    let err = envelope::receive(v2.as_slice(), &Limits::default(), &mut MemoryParts::default()).unwrap_err();
+    let v2 = vec![0x84, 0x02];
+    let err = envelope::receive(v2.as_slice(), &Limits::default(), std::io::sink()).unwrap_err();
     assert!(matches!(err, OpenError::UnsupportedVersion(2)), "{err}");
 }
 
@@ -452,6 +466,7 @@ fn seal_raw(w: &World, like: &Message, bytes: Vec<u8>) -> Vec<u8> {
     envelope::seal_signed(
         &signed,
         &eh,
+        &[],
         &w.card(&h.to).age_recipients,
         &w.node(&h.from).signing,
     )
@@ -533,45 +548,59 @@ fn message_invalid_under_the_receivers_profile_is_refused() {
 #[test]
 fn attachment_not_matching_the_signed_digest_is_refused() {
     let w = World::new();
-    let node = w.node(&authority("by.mvd"));
-    let bytes = pattern(1000, 3);
-    let mut ct = Vec::new();
-    {
-        let recips = w.card(&authority("by.mvd")).age_recipients;
-        let mut wtr = age::Encryptor::with_recipients(recips.iter().map(|r| {
-            // Rebuild an age recipient from its text form.
-            let r: &age::x25519::Recipient = Box::leak(Box::new(r.to_string().parse().unwrap()));
-            r as &dyn age::Recipient
-        }))
-        .unwrap()
-        .wrap_output(&mut ct)
-        .unwrap();
-        std::io::Write::write_all(&mut wtr, &bytes).unwrap();
-        wtr.finish().unwrap();
+    let mut msg = example("request");
+    let n = unseal_attachments(&mut msg);
+    let good = pattern(3000, 3);
+    for a in msg.attachments_mut() {
+        a.length = good.len() as u64;
+        a.sha256 = Digest::of(&good);
     }
-    let good = Attachment {
-        media_type: "image/jpeg".into(),
-        length: 1000,
-        sha256: Digest::of(&bytes),
-        file: None,
+    let claims = SignedClaims::of(&msg, w.signatory.verifying_key().key_id());
+    let signed =
+        SignedMessage::sign_raw(cbor::to_deterministic_vec(&msg).unwrap(), &claims, &w.signatory).unwrap();
+    let mut eh = header("kz.mvd", "by.mvd");
+    eh.attachments = n as u32;
+    let seal_with = |atts: &[&[u8]]| {
+        envelope::seal_signed(
+            &signed,
+            &eh,
+            atts,
+            &w.card(&authority("by.mvd")).age_recipients,
+            &w.node(&authority("kz.mvd")).signing,
+        )
+        .unwrap()
     };
-    envelope::open_attachment(node, 0, &good, ct.as_slice(), std::io::sink()).unwrap();
-    let wrong_digest = Attachment {
-        sha256: Digest::of(b"other"),
-        ..good.clone()
-    };
-    let err = envelope::open_attachment(node, 0, &wrong_digest, ct.as_slice(), std::io::sink()).unwrap_err();
-    assert!(matches!(err, OpenError::AttachmentMismatch { .. }), "{err}");
-    let shorter = Attachment { length: 999, ..good };
-    let err = envelope::open_attachment(node, 0, &shorter, ct.as_slice(), std::io::sink()).unwrap_err();
-    assert!(matches!(err, OpenError::AttachmentMismatch { .. }), "{err}");
+    let ok = seal_with(&vec![good.as_slice(); n]);
+    assert!(w.open(&ok, "kz.mvd", "by.mvd").is_ok());
+    let other = pattern(3000, 4);
+    let mut atts = vec![good.as_slice(); n];
+    atts[n - 1] = &other;
+    let err = w.open(&seal_with(&atts), "kz.mvd", "by.mvd").unwrap_err();
+    assert!(
+        matches!(err, OpenError::AttachmentMismatch { reason, .. } if reason.contains("SHA-256")),
+        "{err}"
+    );
+    let shorter = &good[..2999];
+    let mut atts = vec![good.as_slice(); n];
+    atts[0] = shorter;
+    let err = w.open(&seal_with(&atts), "kz.mvd", "by.mvd").unwrap_err();
+    assert!(
+        matches!(err, OpenError::AttachmentMismatch { reason, .. } if reason.contains("length")),
+        "{err}"
+    );
+    // One attachment too few in the body: the signed message ends up read as an attachment.
+    let err = w
+        .open(&seal_with(&vec![good.as_slice(); n - 1]), "kz.mvd", "by.mvd")
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Decrypt(_)), "{err}");
 }
 
 #[test]
 fn cleartext_header_holds_only_routing() {
     let w = World::new();
     let env = sealed_request(&w);
-    let r = envelope::receive(env.as_slice(), &Limits::default(), &mut MemoryParts::default()).unwrap();
+    let r = envelope::receive(env.as_slice(), &Limits::default(), std::io::sink()).unwrap();
+    assert!(r.body_size > 0);
     let json = serde_json::to_value(&r.header).unwrap();
     let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
@@ -611,4 +640,26 @@ proptest! {
             prop_assert_eq!(&a.summary, &b.summary);
         }
     }
+}
+
+#[test]
+fn agreement_not_in_force_or_other_profile_is_refused_before_decryption() {
+    let w = World::new();
+    let env = sealed_request(&w);
+    let open_at = |p: &konvert_envelope::profile::Profile, now: Timestamp| {
+        envelope::open_bytes(
+            &env,
+            &Limits::default(),
+            &w.card(&authority("kz.mvd")),
+            w.node(&authority("by.mvd")),
+            &w.signers(&authority("kz.mvd")),
+            p,
+            now,
+        )
+    };
+    let early: Timestamp = "2019-01-01T00:00:00Z".parse().unwrap();
+    let err = open_at(&profile("kz-by-2019"), early).unwrap_err();
+    assert!(matches!(err, OpenError::AgreementNotInForce { .. }), "{err}");
+    let err = open_at(&profile("kz-am-2024"), now()).unwrap_err();
+    assert!(matches!(err, OpenError::AgreementNotInForce { .. }), "{err}");
 }

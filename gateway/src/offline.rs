@@ -10,7 +10,7 @@
 //! | `card.toml` | 0644 | the public authority card handed to peers |
 
 use std::fs::File;
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use konvert_envelope::envelope::{self, EnvelopeHeader, Limits, OpenError, PartSink, SealError};
@@ -212,8 +212,8 @@ pub struct SealSummary {
     pub message_id: Id,
     /// Envelope size in bytes.
     pub size: u64,
-    /// SHA-256 of the envelope bytes.
-    pub sha256: Digest,
+    /// Envelope digest (the receiver's receipt names it).
+    pub digest: Digest,
 }
 
 /// Seals the message in `input` (JSON) into the envelope file `out`.
@@ -290,29 +290,40 @@ pub fn seal_file(
         message_id: sealed.message.header.id,
         header: sealed.header,
         size: sealed.size,
-        sha256: sealed.envelope_sha256,
+        digest: sealed.envelope_digest,
     })
 }
 
-/// Attachment ciphertexts spooled to anonymous temporary files.
-#[derive(Debug, Default)]
-pub struct TempParts {
-    /// One file per part, positioned at the start after `finish`.
-    pub parts: Vec<File>,
+/// Attachments written to temporary files in a directory, kept only after every check passed.
+#[derive(Debug)]
+struct DirParts {
+    dir: PathBuf,
+    files: Vec<tempfile::NamedTempFile>,
 }
 
-impl PartSink for TempParts {
+impl PartSink for DirParts {
     type Writer = BufWriter<File>;
     fn create(&mut self, _index: u32) -> io::Result<Self::Writer> {
-        Ok(BufWriter::with_capacity(
-            envelope::CHUNK_SIZE,
-            tempfile::tempfile()?,
-        ))
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let f = tmp.reopen()?;
+        self.files.push(tmp);
+        Ok(BufWriter::with_capacity(envelope::CHUNK_SIZE, f))
     }
     fn finish(&mut self, _index: u32, writer: Self::Writer) -> io::Result<()> {
-        let mut f = writer.into_inner().map_err(|e| e.into_error())?;
-        f.seek(SeekFrom::Start(0))?;
-        self.parts.push(f);
+        let f = writer.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()
+    }
+}
+
+/// A part sink that discards attachments after they were hashed.
+struct DiscardParts;
+
+impl PartSink for DiscardParts {
+    type Writer = io::Sink;
+    fn create(&mut self, _index: u32) -> io::Result<io::Sink> {
+        Ok(io::sink())
+    }
+    fn finish(&mut self, _index: u32, _w: io::Sink) -> io::Result<()> {
         Ok(())
     }
 }
@@ -322,6 +333,8 @@ impl PartSink for TempParts {
 pub struct OpenSummary {
     /// The envelope header.
     pub envelope: EnvelopeHeader,
+    /// Envelope digest.
+    pub digest: Digest,
     /// The opened message.
     pub message: Message,
     /// Files the attachments were written to (if asked).
@@ -329,7 +342,21 @@ pub struct OpenSummary {
     pub attachment_files: Vec<PathBuf>,
 }
 
-/// Opens the envelope file `input` and checks everything.
+fn open_input(input: &Path) -> Result<File, Error> {
+    File::open(input).map_err(|source| {
+        FileError::Io {
+            action: "cannot open",
+            path: input.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// Opens the envelope file `input` and checks everything. The body is
+/// spooled to an anonymous temporary file, so memory use does not grow with
+/// the envelope; attachments are written to `attachments_dir` (or only
+/// checked) and kept only if every check passes.
 #[allow(clippy::too_many_arguments)]
 pub fn open_file(
     keys_dir: &Path,
@@ -353,40 +380,37 @@ pub fn open_file(
             valid_until: None,
         });
     }
-    let file = File::open(input).map_err(|source| FileError::Io {
-        action: "cannot open",
+    let file = open_input(input)?;
+    let spool_err = |source| FileError::Io {
+        action: "cannot spool the envelope body to a temporary file for",
         path: input.to_path_buf(),
         source,
-    })?;
-    let mut parts = TempParts::default();
+    };
+    let mut spool = tempfile::tempfile().map_err(spool_err)?;
     let received = envelope::receive(
         io::BufReader::with_capacity(envelope::CHUNK_SIZE, file),
         limits,
-        &mut parts,
+        BufWriter::with_capacity(envelope::CHUNK_SIZE, &mut spool),
     )?;
     let auth = received.authenticate(&card)?;
-    let opened = auth.open(&keys, &signers, &profile, now, limits)?;
-    let mut written = Vec::new();
-    for (i, (att, ct)) in opened
-        .message
-        .attachments()
-        .into_iter()
-        .zip(parts.parts)
-        .enumerate()
-    {
-        match attachments_dir {
-            Some(dir) => {
-                files::create_private_dir(dir)?;
+    spool.seek(SeekFrom::Start(0)).map_err(spool_err)?;
+    let (opened, written) = match attachments_dir {
+        Some(dir) => {
+            files::create_private_dir(dir)?;
+            let mut parts = DirParts {
+                dir: dir.to_path_buf(),
+                files: Vec::new(),
+            };
+            let opened = auth.open(&spool, &keys, &signers, &profile, now, limits, &mut parts)?;
+            let mut written = Vec::new();
+            for (i, (att, tmp)) in opened
+                .message
+                .attachments()
+                .into_iter()
+                .zip(parts.files)
+                .enumerate()
+            {
                 let target = dir.join(format!("attachment-{i}{}", extension_for(&att.media_type)));
-                let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|source| FileError::Io {
-                    action: "cannot create a temporary file in",
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-                {
-                    let w = BufWriter::new(tmp.as_file_mut());
-                    envelope::open_attachment(&keys, i, att, io::BufReader::new(ct), w)?;
-                }
                 tmp.persist(&target).map_err(|e| FileError::Io {
                     action: "cannot write",
                     path: target.clone(),
@@ -394,12 +418,17 @@ pub fn open_file(
                 })?;
                 written.push(target);
             }
-            // Still verify every attachment, discarding the plaintext.
-            None => envelope::open_attachment(&keys, i, att, io::BufReader::new(ct), io::sink())?,
+            files::sync_dir(dir)?;
+            (opened, written)
         }
-    }
+        None => (
+            auth.open(&spool, &keys, &signers, &profile, now, limits, &mut DiscardParts)?,
+            Vec::new(),
+        ),
+    };
     Ok(OpenSummary {
         envelope: auth.header().clone(),
+        digest: auth.envelope_digest(),
         message: opened.message,
         attachment_files: written,
     })
@@ -425,10 +454,10 @@ pub struct InspectSummary {
     pub header: EnvelopeHeader,
     /// Envelope size in bytes.
     pub size: u64,
-    /// SHA-256 of the envelope bytes.
-    pub sha256: Digest,
     /// Size of the encrypted body.
-    pub body_size: usize,
+    pub body_size: u64,
+    /// Envelope digest (as a receipt would name it).
+    pub digest: Digest,
 }
 
 /// Shows the cleartext header of an envelope; optionally writes its body as a standalone age file.
@@ -438,33 +467,34 @@ pub fn inspect_file(
     limits: &Limits,
     force: bool,
 ) -> Result<InspectSummary, Error> {
-    let file = File::open(input).map_err(|source| FileError::Io {
-        action: "cannot open",
-        path: input.to_path_buf(),
-        source,
-    })?;
-    let received = envelope::receive(io::BufReader::new(file), limits, &mut DiscardParts)?;
-    if let Some(p) = age_body {
-        files::write_atomic(p, received.body_ciphertext(), 0o600, force)?;
-    }
+    let file = open_input(input)?;
+    let reader = io::BufReader::with_capacity(envelope::CHUNK_SIZE, file);
+    let received = match age_body {
+        Some(p) => {
+            if !force && p.exists() {
+                return Err(FileError::Exists(p.to_path_buf()).into());
+            }
+            let dir = files::parent_dir(p);
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| FileError::Io {
+                action: "cannot create a temporary file in",
+                path: dir.clone(),
+                source,
+            })?;
+            let r = envelope::receive(reader, limits, BufWriter::new(tmp.as_file_mut()))?;
+            tmp.persist(p).map_err(|e| FileError::Io {
+                action: "cannot write",
+                path: p.to_path_buf(),
+                source: e.error,
+            })?;
+            r
+        }
+        None => envelope::receive(reader, limits, io::sink())?,
+    };
     Ok(InspectSummary {
         version: envelope::ENVELOPE_VERSION,
         header: received.header.clone(),
         size: received.size,
-        sha256: received.envelope_sha256,
-        body_size: received.body_ciphertext().len(),
+        body_size: received.body_size,
+        digest: received.envelope_digest(),
     })
-}
-
-/// A part sink that discards attachment ciphertext (inspect only needs their digests).
-struct DiscardParts;
-
-impl PartSink for DiscardParts {
-    type Writer = io::Sink;
-    fn create(&mut self, _index: u32) -> io::Result<io::Sink> {
-        Ok(io::sink())
-    }
-    fn finish(&mut self, _index: u32, mut w: io::Sink) -> io::Result<()> {
-        w.flush()
-    }
 }
