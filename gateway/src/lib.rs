@@ -1,8 +1,10 @@
 //! Konvert gateway library: what `konvertd` and `konvertctl` share.
 //!
 //! - [`files`]: size-limited reads, atomic writes, owner-only secrets.
+//! - [`demo`]: `konvertctl demo`, the exchange a newcomer runs first.
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod files;
 pub mod offline;

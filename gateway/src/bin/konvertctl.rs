@@ -20,6 +20,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Play a short exchange between three gateways (kz.mvd, by.mvd, am.police) on fresh keys.
+    #[command(
+        after_help = "Example:\n  konvertctl demo\n  konvertctl demo --keep /tmp/konvert-demo   # keep keys, envelopes and receipts\n\n\
+        Runs a request, a clarification, an answer, a partial refusal with grounds and unsolicited\n\
+        information through seal and open, with signed receipts, and prints the timeline."
+    )]
+    Demo {
+        /// Keep the keys, messages, envelopes and receipts in this (new or empty) directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
     /// Create a gateway's node keys (Ed25519 signing key, age identity) and its public authority card.
     #[command(
         after_help = "Example:\n  konvertctl keygen --authority kz.mvd --dir /etc/konvert/keys\n\n\
@@ -163,6 +174,23 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), offline::Error> {
 
 fn run(cli: Cli) -> Result<(), offline::Error> {
     match cli.command {
+        Command::Demo { keep } => {
+            let kept = keep.is_some();
+            let (dir, _guard) = konvert_gateway::demo::workdir(keep)?;
+            print!("{}", konvert_gateway::demo::run(&dir, Timestamp::now())?);
+            if kept {
+                println!(
+                    "\nKept in {}: per-authority key directories, messages/, envelopes/, receipts/.",
+                    dir.display()
+                );
+                println!(
+                    "Try: konvertctl envelope inspect --in {}/envelopes/01-kz.mvd-to-by.mvd.env",
+                    dir.display()
+                );
+            } else {
+                println!("\nNothing was left behind (use --keep DIR to keep the files).");
+            }
+        }
         Command::Keygen {
             authority,
             dir,
