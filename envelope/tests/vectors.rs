@@ -184,3 +184,73 @@ fn every_vector_file_has_a_test() {
         }
     }
 }
+
+mod mutations {
+    //! What the fuzz target `open_envelope` (fuzz/) explores, run briefly on
+    //! every test: mutated vectors are refused with an error, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open_raw(bytes: &[u8]) -> Result<(), RejectCode> {
+        let profile = Profile::from_toml_str(
+            include_str!("../../deploy/profiles/kz-by-2019.toml"),
+            "kz-by-2019",
+        )
+        .unwrap();
+        let signers = vec![TrustedSigner {
+            authority: AuthorityId::new("kz.mvd").unwrap(),
+            key: VerifyingKey::from_public_key_pem(&read("keys/signatory.key.pem.pub")).unwrap(),
+            valid_from: None,
+            valid_until: None,
+        }];
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        envelope::open_bytes(
+            bytes,
+            &Limits::default(),
+            &card("kz.mvd"),
+            &node("by.mvd"),
+            &signers,
+            &profile,
+            now,
+        )
+        .map(|_| ())
+        .map_err(|e| RejectCode::from(&e))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Truncate(usize),
+        Insert(usize, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), 1..=255u8).prop_map(|(i, x)| Mutation::Flip(i, x)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, x)| Mutation::Insert(i, x)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_envelopes_are_refused(m in mutation(), which in 0..2usize) {
+            let name = ["valid/unsolicited_information.env", "valid/request.env"][which];
+            let mut bytes = std::fs::read(dir().join(name)).unwrap();
+            let n = bytes.len();
+            match m {
+                Mutation::Flip(i, x) => bytes[i % n] ^= x,
+                Mutation::Truncate(i) => bytes.truncate(i % n),
+                Mutation::Insert(i, x) => bytes.insert(i % (n + 1), x),
+            }
+            prop_assert!(open_raw(&bytes).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(open_raw(&bytes).is_err());
+        }
+    }
+}
