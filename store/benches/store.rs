@@ -69,17 +69,28 @@ fn parallel(threads: usize, total: u64, op: impl Fn(u64) + Sync) -> Duration {
 struct Pool {
     work: Vec<std::sync::mpsc::Sender<u64>>,
     done: std::sync::mpsc::Receiver<()>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.work.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Pool {
     fn new(threads: usize, op: Arc<dyn Fn(u64) + Send + Sync>) -> Pool {
         let (done_tx, done) = std::sync::mpsc::channel();
         let mut work = Vec::new();
+        let mut handles = Vec::new();
         for t in 0..threads as u64 {
             let (tx, rx) = std::sync::mpsc::channel::<u64>();
             let op = op.clone();
             let done_tx = done_tx.clone();
-            std::thread::spawn(move || {
+            handles.push(std::thread::spawn(move || {
                 let mut i = t << 40;
                 while let Ok(n) = rx.recv() {
                     for _ in 0..n {
@@ -88,10 +99,10 @@ impl Pool {
                     }
                     let _ = done_tx.send(());
                 }
-            });
+            }));
             work.push(tx);
         }
-        Pool { work, done }
+        Pool { work, done, handles }
     }
 
     /// Run `total` operations spread over the threads; the elapsed time.
@@ -157,6 +168,11 @@ fn durable_write(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("bare_sled_insert_noflush", threads), &threads, |b, _| {
                 b.iter_custom(|iters| pool.run(iters))
             });
+            // sled's lock for batches is process-wide: let this database's
+            // background writes finish before the next measurement.
+            drop(pool);
+            db.flush().unwrap();
+            drop(db);
         }
         // The store: sealed, indexed, audited; fdatasync group commit, and the
         // same without any sync (its CPU cost alone).
@@ -175,6 +191,8 @@ fn durable_write(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, _| {
                 b.iter_custom(|iters| pool.run(iters))
             });
+            drop(pool);
+            store.sync().unwrap();
             let after = store.stats();
             let acked = after.acked_writes - before.acked_writes;
             let syncs = (after.syncs - before.syncs).max(1);
