@@ -162,12 +162,18 @@ fn durable_write(c: &mut Criterion) {
             let pool = Pool::new(
                 threads,
                 Arc::new(move |i| {
-                    dbc.insert(MessageId::new_v7(T0 as u64 * 1000 + (i & 0xffff_ffff)).0, p.as_slice()).unwrap();
+                    dbc.insert(
+                        MessageId::new_v7(T0 as u64 * 1000 + (i & 0xffff_ffff)).0,
+                        p.as_slice(),
+                    )
+                    .unwrap();
                 }),
             );
-            g.bench_with_input(BenchmarkId::new("bare_sled_insert_noflush", threads), &threads, |b, _| {
-                b.iter_custom(|iters| pool.run(iters))
-            });
+            g.bench_with_input(
+                BenchmarkId::new("bare_sled_insert_noflush", threads),
+                &threads,
+                |b, _| b.iter_custom(|iters| pool.run(iters)),
+            );
             // sled's lock for batches is process-wide: let this database's
             // background writes finish before the next measurement.
             drop(pool);
@@ -176,10 +182,12 @@ fn durable_write(c: &mut Criterion) {
         }
         // The store: sealed, indexed, audited; fdatasync group commit, and the
         // same without any sync (its CPU cost alone).
-        for (mode, name) in [(SyncMode::Fdatasync, "store_put_fdatasync"), (SyncMode::DangerousNoSync, "store_put_nosync")] {
+        for (mode, name) in [
+            (SyncMode::Fdatasync, "store_put_fdatasync"),
+            (SyncMode::DangerousNoSync, "store_put_nosync"),
+        ] {
             let tmp = tempfile::tempdir().unwrap();
-            let store =
-                Arc::new(Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), mode)).unwrap());
+            let store = Arc::new(Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), mode)).unwrap());
             let before = store.stats();
             let (st, p) = (store.clone(), payload.clone());
             let pool = Pool::new(
@@ -208,7 +216,12 @@ fn durable_write(c: &mut Criterion) {
 
 /// Fill a store with `n` 1 KiB inbound messages, without syncing each.
 fn fill(dir: &Path, n: u64) {
-    let store = Store::open(cfg(dir, Arc::new(ManualClock::new(T0)), SyncMode::DangerousNoSync)).unwrap();
+    let store = Store::open(cfg(
+        dir,
+        Arc::new(ManualClock::new(T0)),
+        SyncMode::DangerousNoSync,
+    ))
+    .unwrap();
     let payload = vec![0x33u8; 1024];
     parallel(4, n, |i| {
         store.put_inbox(&message(i, &payload)).unwrap();
@@ -217,15 +230,27 @@ fn fill(dir: &Path, n: u64) {
 }
 
 fn bench_n() -> u64 {
-    std::env::var("KONVERT_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    std::env::var("KONVERT_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
 }
 
 fn list(c: &mut Criterion) {
     let n = bench_n();
     let tmp = tempfile::tempdir().unwrap();
     fill(tmp.path(), n);
-    let store = Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), SyncMode::Fdatasync)).unwrap();
-    let mid = store.inbox_list(None, (n / 2) as usize).unwrap().last().map(|m| m.id);
+    let store = Store::open(cfg(
+        tmp.path(),
+        Arc::new(ManualClock::new(T0)),
+        SyncMode::Fdatasync,
+    ))
+    .unwrap();
+    let mid = store
+        .inbox_list(None, (n / 2) as usize)
+        .unwrap()
+        .last()
+        .map(|m| m.id);
     let mut g = c.benchmark_group("list");
     g.sample_size(20).measurement_time(Duration::from_secs(2));
     g.bench_function(format!("inbox_new_100_of_{n}"), |b| {
@@ -233,12 +258,26 @@ fn list(c: &mut Criterion) {
     });
     g.bench_function(format!("by_peer_100_of_{n}"), |b| {
         b.iter(|| {
-            assert_eq!(store.list_by_peer(Direction::Inbound, "am.police", mid.as_ref(), 100).unwrap().len(), 100)
+            assert_eq!(
+                store
+                    .list_by_peer(Direction::Inbound, "am.police", mid.as_ref(), 100)
+                    .unwrap()
+                    .len(),
+                100
+            )
         })
     });
     let from = mid.map(|m| m.unix_ms()).unwrap_or(0);
     g.bench_function(format!("by_time_100_of_{n}"), |b| {
-        b.iter(|| assert_eq!(store.list_between(Direction::Inbound, from, u64::MAX >> 16, 100).unwrap().len(), 100))
+        b.iter(|| {
+            assert_eq!(
+                store
+                    .list_between(Direction::Inbound, from, u64::MAX >> 16, 100)
+                    .unwrap()
+                    .len(),
+                100
+            )
+        })
     });
     g.finish();
 }
@@ -261,13 +300,20 @@ fn destroy_all(dir: &Path) -> (Duration, u64) {
 fn scale(c: &mut Criterion) {
     let n = bench_n();
     let mut g = c.benchmark_group("scale");
-    g.sample_size(10).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1));
     {
         let tmp = tempfile::tempdir().unwrap();
         fill(tmp.path(), n);
         g.bench_function(format!("open_{n}"), |b| {
             b.iter(|| {
-                let s = Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), SyncMode::Fdatasync)).unwrap();
+                let s = Store::open(cfg(
+                    tmp.path(),
+                    Arc::new(ManualClock::new(T0)),
+                    SyncMode::Fdatasync,
+                ))
+                .unwrap();
                 drop(s);
             })
         });
@@ -298,7 +344,12 @@ fn full() {
     let mut opens = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let s = Store::open(cfg(tmp.path(), Arc::new(ManualClock::new(T0)), SyncMode::Fdatasync)).unwrap();
+        let s = Store::open(cfg(
+            tmp.path(),
+            Arc::new(ManualClock::new(T0)),
+            SyncMode::Fdatasync,
+        ))
+        .unwrap();
         opens.push(t.elapsed().as_secs_f64());
         if opens.len() == 3 {
             let mid = s.inbox_list(None, (N / 2) as usize).unwrap().last().map(|m| m.id);
@@ -306,17 +357,31 @@ fn full() {
             for _ in 0..100 {
                 assert_eq!(s.inbox_list(mid.as_ref(), 100).unwrap().len(), 100);
             }
-            println!("full: inbox_list 100 of {N}: {:.0} µs", t.elapsed().as_secs_f64() * 1e6 / 100.0);
+            println!(
+                "full: inbox_list 100 of {N}: {:.0} µs",
+                t.elapsed().as_secs_f64() * 1e6 / 100.0
+            );
             let t = Instant::now();
             for _ in 0..100 {
-                assert_eq!(s.list_by_peer(Direction::Inbound, "am.police", mid.as_ref(), 100).unwrap().len(), 100);
+                assert_eq!(
+                    s.list_by_peer(Direction::Inbound, "am.police", mid.as_ref(), 100)
+                        .unwrap()
+                        .len(),
+                    100
+                );
             }
-            println!("full: list_by_peer 100 of {N}: {:.0} µs", t.elapsed().as_secs_f64() * 1e6 / 100.0);
+            println!(
+                "full: list_by_peer 100 of {N}: {:.0} µs",
+                t.elapsed().as_secs_f64() * 1e6 / 100.0
+            );
         }
     }
     println!("full: open store of {N} records: {:?} s", opens);
     let (d, destroyed) = destroy_all(tmp.path());
-    println!("full: destroyed {destroyed} expired records in {:.1} s", d.as_secs_f64());
+    println!(
+        "full: destroyed {destroyed} expired records in {:.1} s",
+        d.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, durable_write, list, scale);

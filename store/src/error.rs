@@ -18,7 +18,9 @@ pub enum Error {
 
     /// A flush or fsync failed earlier; the store refuses every further write
     /// because it can no longer tell what is on disk. Restart the process.
-    #[error("the store is poisoned after a failed flush/fsync; no further writes are accepted, restart konvertd")]
+    #[error(
+        "the store is poisoned after a failed flush/fsync; no further writes are accepted, restart konvertd"
+    )]
     Poisoned,
 
     /// An I/O operation on a file of the store failed.

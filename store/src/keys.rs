@@ -268,9 +268,10 @@ impl Keyring {
                     kr.buckets.insert(*h, key_from(k, path)?);
                 }
                 for (c, k) in &file.cases {
-                    let id: [u8; 16] = c.as_slice().try_into().map_err(|_| {
-                        Error::corrupt(format!("keyring {}: case id length", path.display()))
-                    })?;
+                    let id: [u8; 16] = c
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::corrupt(format!("keyring {}: case id length", path.display())))?;
                     kr.cases.insert(CaseId(id), key_from(k, path)?);
                 }
             }
@@ -307,8 +308,7 @@ impl Keyring {
             cases: Vec::new(),
         };
         for (h, k) in &self.buckets {
-            file.buckets
-                .push((*h, serde_bytes::ByteBuf::from(k.0.to_vec())));
+            file.buckets.push((*h, serde_bytes::ByteBuf::from(k.0.to_vec())));
         }
         for (c, k) in &self.cases {
             file.cases.push((
@@ -317,8 +317,7 @@ impl Keyring {
             ));
         }
         let mut plain = Zeroizing::new(Vec::new());
-        ciborium::into_writer(&file, &mut *plain)
-            .map_err(|_| Error::corrupt("keyring encoding"))?;
+        ciborium::into_writer(&file, &mut *plain).map_err(|_| Error::corrupt("keyring encoding"))?;
         let sealed = seal_with(&self.master.0, KEYRING_MAGIC, &plain);
         let mut bytes = Vec::with_capacity(KEYRING_MAGIC.len() + sealed.len());
         bytes.extend_from_slice(KEYRING_MAGIC);
@@ -335,9 +334,7 @@ fn key_from(bytes: &[u8], path: &Path) -> Result<DataKey> {
 }
 
 fn read_keyring_file(path: &Path, master: &MasterKey) -> Result<KeyringFile> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > KEYRING_MAX {
         return Err(Error::corrupt(format!("keyring {} too large", path.display())));
     }
@@ -346,8 +343,7 @@ fn read_keyring_file(path: &Path, master: &MasterKey) -> Result<KeyringFile> {
         .strip_prefix(KEYRING_MAGIC.as_slice())
         .ok_or_else(|| Error::corrupt(format!("keyring {}: not a keyring file", path.display())))?;
     let plain = Zeroizing::new(
-        open_with(&master.0, KEYRING_MAGIC, body)
-            .ok_or_else(|| Error::KeyringAuth { path: path.into() })?,
+        open_with(&master.0, KEYRING_MAGIC, body).ok_or_else(|| Error::KeyringAuth { path: path.into() })?,
     );
     ciborium::from_reader(plain.as_slice())
         .map_err(|_| Error::corrupt(format!("keyring {}: contents", path.display())))

@@ -43,8 +43,8 @@ pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
 pub use keys::{read_keyring_summary, DataKey, KeyringSummary, MasterKey};
 pub use model::{
-    CaseInfo, Direction, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt, Put,
-    Receipt, StoreStats, SweepReport,
+    CaseInfo, Direction, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt, Put, Receipt,
+    StoreStats, SweepReport,
 };
 pub use retention::RetentionPolicy;
 pub use store::{Store, StoreConfig};

@@ -310,7 +310,8 @@ pub(crate) struct MsgRec {
     pub key_hour: i64,
     pub payload_len: u64,
     pub payload_sha256: ByteBuf,
-    pub sealed: Option<ByteBuf>,
+    /// Random tag in the payload's key (a duplicate put never overwrites).
+    pub tag: u32,
     pub destroyed_at: Option<i64>,
     pub outcome: Option<String>,
     pub attempts: u32,
@@ -363,6 +364,9 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     buf
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T> {
     ciborium::from_reader(bytes).map_err(|_| Error::corrupt(what()))
 }

@@ -37,10 +37,7 @@ impl RetentionPolicy {
             return *d;
         }
         let any = (agreement.to_owned(), "*".to_owned());
-        self.per_agreement_kind
-            .get(&any)
-            .copied()
-            .unwrap_or(self.default)
+        self.per_agreement_kind.get(&any).copied().unwrap_or(self.default)
     }
 
     /// Set the retention for (agreement, kind); builder style.

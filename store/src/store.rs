@@ -47,8 +47,6 @@ const P_DEADLINE: u8 = b'D';
 const P_META: u8 = b'M';
 
 // Expiry work classes.
-const X_DESTROY_OUT: u8 = 0;
-const X_DESTROY_IN: u8 = 1;
 const X_PURGE_MANY: u8 = 2;
 const X_PURGE_RECEIPT: u8 = 4;
 const X_CASE_EXPIRE: u8 = 5;
@@ -105,7 +103,6 @@ pub(crate) struct PreparedPut {
     id: MessageId,
     value: Vec<u8>,
     rec: MsgRec,
-    key_hour: i64,
     digest: [u8; 32],
     now: i64,
 }
@@ -114,6 +111,8 @@ pub(crate) struct PreparedPut {
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
+    /// Sealed payloads, keyed by expiry hour first: the expiry index itself.
+    payloads: sled::Tree,
     keyring: RwLock<Keyring>,
     head: Mutex<Head>,
     gc: GroupCommit,
@@ -197,6 +196,24 @@ fn deadline_key(deadline: i64, id: &CaseId) -> Vec<u8> {
 }
 fn id16(b: &[u8]) -> Option<[u8; 16]> {
     b.try_into().ok()
+}
+fn payload_key(key_hour: i64, dir: Direction, id: &MessageId, tag: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(29);
+    k.extend_from_slice(&sortable(key_hour));
+    k.push(dir.byte());
+    k.extend_from_slice(&id.0);
+    k.extend_from_slice(&tag.to_be_bytes());
+    k
+}
+fn parse_payload_key(k: &[u8]) -> Option<(i64, Direction, MessageId, u32)> {
+    if k.len() != 29 {
+        return None;
+    }
+    let hour = (u64::from_be_bytes(k[..8].try_into().ok()?) ^ (1u64 << 63)) as i64;
+    let dir = Direction::from_byte(k[8])?;
+    let id = MessageId(k[9..25].try_into().ok()?);
+    let tag = u32::from_be_bytes(k[25..29].try_into().ok()?);
+    Some((hour, dir, id, tag))
 }
 fn payload_aad(dir: Direction, id: &MessageId, key_hour: i64, case: Option<&CaseId>) -> Vec<u8> {
     let mut a = Vec::with_capacity(48);
@@ -304,9 +321,11 @@ impl Store {
         };
 
         let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
+        let payloads = db.open_tree("payloads")?;
         let store = Store {
             dir,
             db,
+            payloads,
             keyring: RwLock::new(keyring),
             head: Mutex::new(head),
             gc,
@@ -346,7 +365,12 @@ impl Store {
         self.apply_timed(head, batch, &timed)
     }
 
-    fn apply_timed(&self, head: &mut Head, mut batch: sled::Batch, events: &[(i64, &AuditEvent)]) -> Result<u64> {
+    fn apply_timed(
+        &self,
+        head: &mut Head,
+        mut batch: sled::Batch,
+        events: &[(i64, &AuditEvent)],
+    ) -> Result<u64> {
         let first = head.next_seq;
         let mut seq = head.next_seq;
         let mut prev = head.prev;
@@ -391,9 +415,12 @@ impl Store {
             k
         };
         let now = self.clock.now();
-        self.write_events(&[AuditEvent::new(AuditKind::KeyCreated)
-            .detail("expiry-bucket")
-            .count(hour as u64)], now)?;
+        self.write_events(
+            &[AuditEvent::new(AuditKind::KeyCreated)
+                .detail("expiry-bucket")
+                .count(hour as u64)],
+            now,
+        )?;
         Ok(key)
     }
 
@@ -446,8 +473,29 @@ impl Store {
         if let Some(case) = &msg.case {
             key = key.derive_with_case(&self.case_data_key(case)?);
         }
+        // An id already stored: nothing new is written (wait until what is
+        // stored is durable, it may still be in flight).
+        if let Some(existing) = self.db.get(msg_key(dir, &msg.id))? {
+            let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
+            self.commit()?;
+            return Ok(Put {
+                meta: old.meta(dir, msg.id)?,
+                created: false,
+            });
+        }
         let aad = payload_aad(dir, &msg.id, key_hour, msg.case.as_ref());
         let sealed = key.seal(&aad, &msg.payload);
+        // The sealed payload goes in by this writer, in parallel with others;
+        // the group-commit leader then applies the record, its index and audit
+        // entries atomically, and its flush + fdatasync covers both.
+        let tag: u32 = rand::random();
+        if let Err(e) = self
+            .payloads
+            .insert(payload_key(key_hour, dir, &msg.id, tag), sealed)
+        {
+            self.gc.poison();
+            return Err(e.into());
+        }
         let digest: [u8; 32] = Sha256::digest(&msg.payload).into();
         let state = match dir {
             Direction::Outbound => MessageState::Queued,
@@ -465,7 +513,7 @@ impl Store {
             key_hour,
             payload_len: msg.payload.len() as u64,
             payload_sha256: ByteBuf::from(digest.to_vec()),
-            sealed: Some(ByteBuf::from(sealed)),
+            tag,
             destroyed_at: None,
             outcome: None,
             attempts: 0,
@@ -475,11 +523,13 @@ impl Store {
             id: msg.id,
             value: encode(&rec),
             rec,
-            key_hour,
             digest,
             now,
         };
-        match self.gc.commit_with(&self.db, Some(job), &|jobs| self.apply_puts(jobs))? {
+        match self
+            .gc
+            .commit_with(&self.db, Some(job), &|jobs| self.apply_puts(jobs))?
+        {
             Some(p) => Ok(p),
             None => Err(Error::Poisoned),
         }
@@ -497,9 +547,22 @@ impl Store {
         let mut cases: HashMap<CaseId, (i64, CaseInfo)> = HashMap::new();
         let mut results = Vec::with_capacity(jobs.len());
         for (ticket, job) in jobs {
-            let PreparedPut { dir, id, value, rec, key_hour, digest, now } = job;
+            let PreparedPut {
+                dir,
+                id,
+                value,
+                rec,
+                digest,
+                now,
+            } = job;
             if let Some(m) = in_batch.get(&(dir, id)) {
-                results.push((ticket, Ok(Put { meta: m.clone(), created: false })));
+                results.push((
+                    ticket,
+                    Ok(Put {
+                        meta: m.clone(),
+                        created: false,
+                    }),
+                ));
                 continue;
             }
             let mkey = msg_key(dir, &id);
@@ -531,7 +594,12 @@ impl Store {
                 }
                 if let Some((_, ci)) = cases.get_mut(case) {
                     if ci.destroyed_at.is_some() {
-                        results.push((ticket, Err(Error::Destroyed { what: format!("case {case}") })));
+                        results.push((
+                            ticket,
+                            Err(Error::Destroyed {
+                                what: format!("case {case}"),
+                            }),
+                        ));
                         continue;
                     }
                     ci.retain_until = ci.retain_until.max(rec.expires_at);
@@ -545,11 +613,6 @@ impl Store {
             batch.insert(mkey, value);
             batch.insert(state_key(dir, state, &id), &[]);
             batch.insert(peer_key(dir, &rec.peer, &id), &[]);
-            let class = match dir {
-                Direction::Outbound => X_DESTROY_OUT,
-                Direction::Inbound => X_DESTROY_IN,
-            };
-            batch.insert(exp_key(key_hour, class, &id.0), &[]);
             let kind = match dir {
                 Direction::Outbound => AuditKind::Accepted,
                 Direction::Inbound => AuditKind::Received,
@@ -592,8 +655,12 @@ impl Store {
     /// has been destroyed.
     pub fn get(&self, dir: Direction, id: &MessageId) -> Result<Message> {
         let rec = self.load(dir, id)?;
-        let destroyed = || Error::Destroyed { what: what_msg(dir, id) };
-        let sealed = rec.sealed.as_ref().ok_or_else(destroyed)?;
+        let destroyed = || Error::Destroyed {
+            what: what_msg(dir, id),
+        };
+        if rec.destroyed_at.is_some() {
+            return Err(destroyed());
+        }
         let mut key = self
             .kr_read()
             .buckets
@@ -604,10 +671,14 @@ impl Store {
             let ck = self.kr_read().cases.get(case).cloned().ok_or_else(destroyed)?;
             key = key.derive_with_case(&ck);
         }
+        let sealed = self
+            .payloads
+            .get(payload_key(rec.key_hour, dir, id, rec.tag))?
+            .ok_or_else(destroyed)?;
         let aad = payload_aad(dir, id, rec.key_hour, rec.case.as_ref());
-        let payload = key
-            .open(&aad, sealed)
-            .ok_or_else(|| Error::Unseal { what: what_msg(dir, id) })?;
+        let payload = key.open(&aad, &sealed).ok_or_else(|| Error::Unseal {
+            what: what_msg(dir, id),
+        })?;
         Ok(Message {
             meta: rec.meta(dir, *id)?,
             payload,
@@ -686,7 +757,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MessageMeta>> {
         let prefix = vec![P_STATE, dir.byte(), state.byte()];
-        self.list_index(prefix, after, limit, dir, |m| m.state == state && m.destroyed_at.is_none())
+        self.list_index(prefix, after, limit, dir, |m| {
+            m.state == state && m.destroyed_at.is_none()
+        })
     }
 
     /// Messages exchanged with `peer`, oldest first (metadata, including
@@ -704,13 +777,23 @@ impl Store {
 
     /// Messages whose id time lies in `[from_ms, to_ms)` (unix milliseconds),
     /// oldest first, at most `limit`.
-    pub fn list_between(&self, dir: Direction, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<MessageMeta>> {
+    pub fn list_between(
+        &self,
+        dir: Direction,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageMeta>> {
         let start = msg_key(dir, &MessageId::min_at(from_ms));
         let end = msg_key(dir, &MessageId::min_at(to_ms));
         let mut out = Vec::new();
         for r in self.db.range(start..end).take(limit) {
             let (k, v) = r?;
-            let id = MessageId(k.get(1..).and_then(id16).ok_or_else(|| Error::corrupt("message key"))?);
+            let id = MessageId(
+                k.get(1..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("message key"))?,
+            );
             let rec: MsgRec = decode(&v, || what_msg(dir, &id))?;
             out.push(rec.meta(dir, id)?);
         }
@@ -748,7 +831,9 @@ impl Store {
             let mut head = self.head();
             let mut rec = self.load(dir, id)?;
             if rec.destroyed_at.is_some() {
-                return Err(Error::Destroyed { what: what_msg(dir, id) });
+                return Err(Error::Destroyed {
+                    what: what_msg(dir, id),
+                });
             }
             let cur = rec.state(id)?;
             if cur == to {
@@ -891,14 +976,22 @@ impl Store {
 
     /// The delivery receipt of an outbound message.
     pub fn receipt(&self, message: &MessageId) -> Result<Receipt> {
-        let raw = self.db.get(receipt_key(message))?.ok_or_else(|| Error::NotFound {
-            what: format!("receipt of {message}"),
-        })?;
+        let raw = self
+            .db
+            .get(receipt_key(message))?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("receipt of {message}"),
+            })?;
         self.decode_receipt(message, &raw)
     }
 
     /// Receipts from `peer`, by message id (time) order, after the cursor.
-    pub fn receipts_by_peer(&self, peer: &str, after: Option<&MessageId>, limit: usize) -> Result<Vec<Receipt>> {
+    pub fn receipts_by_peer(
+        &self,
+        peer: &str,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Receipt>> {
         check_name("peer", peer)?;
         let prefix = peer_prefix(P_RECEIPT_PEER, None, peer);
         let mut start = prefix.clone();
@@ -911,7 +1004,11 @@ impl Store {
         let mut out = Vec::new();
         for r in self.db.range(start..end).take(limit) {
             let (k, _) = r?;
-            let id = MessageId(k.get(prefix.len()..).and_then(id16).ok_or_else(|| Error::corrupt("receipt index"))?);
+            let id = MessageId(
+                k.get(prefix.len()..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("receipt index"))?,
+            );
             out.push(self.receipt(&id)?);
         }
         Ok(out)
@@ -924,7 +1021,11 @@ impl Store {
         let mut out = Vec::new();
         for r in self.db.range(start..end).take(limit) {
             let (k, v) = r?;
-            let id = MessageId(k.get(1..).and_then(id16).ok_or_else(|| Error::corrupt("receipt key"))?);
+            let id = MessageId(
+                k.get(1..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("receipt key"))?,
+            );
             out.push(self.decode_receipt(&id, &v)?);
         }
         Ok(out)
@@ -1001,7 +1102,9 @@ impl Store {
             let mut head = self.head();
             let mut info = self.case_get(id)?;
             if info.destroyed_at.is_some() {
-                return Err(Error::Destroyed { what: format!("case {id}") });
+                return Err(Error::Destroyed {
+                    what: format!("case {id}"),
+                });
             }
             let mut batch = sled::Batch::default();
             if let Some(d) = info.deadline {
@@ -1033,7 +1136,11 @@ impl Store {
         let mut out = Vec::new();
         for r in self.db.range(start..end).take(limit) {
             let (k, _) = r?;
-            let id = CaseId(k.get(9..).and_then(id16).ok_or_else(|| Error::corrupt("deadline index"))?);
+            let id = CaseId(
+                k.get(9..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("deadline index"))?,
+            );
             out.push(self.case_get(&id)?);
         }
         Ok(out)
@@ -1101,7 +1208,11 @@ impl Store {
             batch.insert(case_key(id), encode(&info));
             let mut events = Vec::new();
             if key_existed {
-                events.push(AuditEvent::new(AuditKind::KeyDestroyed).case(*id).detail("case-key"));
+                events.push(
+                    AuditEvent::new(AuditKind::KeyDestroyed)
+                        .case(*id)
+                        .detail("case-key"),
+                );
             }
             self.apply(&mut head, batch, &events, now)?;
         }
@@ -1121,15 +1232,21 @@ impl Store {
             let mut head = self.head();
             let mut batch = sled::Batch::default();
             let mut ids = Vec::new();
+            let mut gone = Vec::new();
             for (d, m) in chunk {
-                if self.tombstone(&mut batch, *d, m, now)? {
+                if let Some(pk) = self.tombstone(&mut batch, *d, m, now)? {
                     ids.push((*d, *m));
+                    gone.push(pk);
                 }
             }
             let mut events = Vec::new();
             if !ids.is_empty() {
                 batch.insert(
-                    exp_key(hour_of(self.retention.audit_expiry(now)), X_PURGE_MANY, &rand_id()),
+                    exp_key(
+                        hour_of(self.retention.audit_expiry(now)),
+                        X_PURGE_MANY,
+                        &rand_id(),
+                    ),
                     purge_list(&ids),
                 );
                 events.push(
@@ -1143,29 +1260,51 @@ impl Store {
             }
             destroyed += ids.len() as u64;
             self.apply(&mut head, batch, &events, now)?;
+            drop(head);
+            for pk in gone {
+                self.payloads.remove(pk)?;
+            }
         }
         self.commit()?;
         self.destroyed.fetch_add(destroyed, Ordering::Relaxed);
         Ok(destroyed)
     }
 
-    /// Put into `batch` the destruction of one message's payload; false if
-    /// there was nothing to destroy. Caller holds the head lock.
-    fn tombstone(&self, batch: &mut sled::Batch, dir: Direction, id: &MessageId, now: i64) -> Result<bool> {
+    /// Put into `batch` the replacement of one message by its metadata;
+    /// returns the key of its sealed payload, to be removed once the batch is
+    /// applied, or `None` if there was nothing to destroy. Caller holds the
+    /// head lock.
+    fn tombstone(
+        &self,
+        batch: &mut sled::Batch,
+        dir: Direction,
+        id: &MessageId,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>> {
         let raw = match self.db.get(msg_key(dir, id))? {
             Some(r) => r,
-            None => return Ok(false),
+            None => return Ok(None),
         };
-        let mut rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
+        let rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
         if rec.destroyed_at.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
+        self.tombstone_rec(batch, dir, id, rec, now).map(Some)
+    }
+
+    fn tombstone_rec(
+        &self,
+        batch: &mut sled::Batch,
+        dir: Direction,
+        id: &MessageId,
+        mut rec: MsgRec,
+        now: i64,
+    ) -> Result<Vec<u8>> {
         let st = rec.state(id)?;
-        rec.sealed = None;
         rec.destroyed_at = Some(now);
         batch.remove(state_key(dir, st, id));
         batch.insert(msg_key(dir, id), encode(&rec));
-        Ok(true)
+        Ok(payload_key(rec.key_hour, dir, id, rec.tag))
     }
 
     // ---- sweeping ----
@@ -1221,9 +1360,68 @@ impl Store {
             keys_destroyed: self.destroy_expired_keys(now)?,
             ..Default::default()
         };
+        let mut done = 0usize;
+        // 1. Payloads of expired hours (the payload tree is keyed by hour).
+        let pend = sortable(cur).to_vec();
+        while done < budget {
+            let take = SWEEP_CHUNK.min(budget - done);
+            let keys: Vec<sled::IVec> = self
+                .payloads
+                .range(..pend.clone())
+                .keys()
+                .take(take)
+                .collect::<std::result::Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            done += keys.len();
+            let mut head = self.head();
+            let mut batch = sled::Batch::default();
+            let mut destroyed_ids = Vec::new();
+            for k in &keys {
+                let Some((hour, dir, id, tag)) = parse_payload_key(k) else {
+                    continue;
+                };
+                if let Some(raw) = self.db.get(msg_key(dir, &id))? {
+                    let rec: MsgRec = decode(&raw, || what_msg(dir, &id))?;
+                    if rec.destroyed_at.is_none() && rec.key_hour == hour && rec.tag == tag {
+                        self.tombstone_rec(&mut batch, dir, &id, rec, now)?;
+                        destroyed_ids.push((dir, id));
+                    }
+                }
+            }
+            let mut events = Vec::new();
+            if !destroyed_ids.is_empty() {
+                batch.insert(
+                    exp_key(
+                        hour_of(self.retention.audit_expiry(now)),
+                        X_PURGE_MANY,
+                        &rand_id(),
+                    ),
+                    purge_list(&destroyed_ids),
+                );
+                events.push(
+                    AuditEvent::new(AuditKind::Destroyed)
+                        .detail("expired")
+                        .count(destroyed_ids.len() as u64)
+                        .digest(ids_digest(&destroyed_ids)),
+                );
+            }
+            self.apply(&mut head, batch, &events, now)?;
+            drop(head);
+            // Payloads go after their records say so: a crash in between
+            // leaves payload entries that the next sweep removes.
+            let mut rm = sled::Batch::default();
+            for k in keys {
+                rm.remove(k);
+            }
+            self.payloads.apply_batch(rm)?;
+            report.destroyed += destroyed_ids.len() as u64;
+        }
+        let remaining_payloads = self.payloads.range(..pend).next().is_some();
+        // 2. Metadata, receipts and cases past their time.
         let mut end = vec![P_EXP];
         end.extend_from_slice(&sortable(cur));
-        let mut done = 0usize;
         while done < budget {
             let take = SWEEP_CHUNK.min(budget - done);
             let items: Vec<(Vec<u8>, sled::IVec)> = self
@@ -1256,7 +1454,6 @@ impl Store {
             }
             let mut head = self.head();
             let mut batch = sled::Batch::default();
-            let mut destroyed_ids = Vec::new();
             let mut purged = 0u64;
             for (k, v) in &items {
                 let class = k.get(9).copied();
@@ -1266,17 +1463,6 @@ impl Store {
                     continue;
                 };
                 match class {
-                    X_DESTROY_OUT | X_DESTROY_IN => {
-                        let dir = if class == X_DESTROY_OUT {
-                            Direction::Outbound
-                        } else {
-                            Direction::Inbound
-                        };
-                        let mid = MessageId(id);
-                        if self.tombstone(&mut batch, dir, &mid, now)? {
-                            destroyed_ids.push((dir, mid));
-                        }
-                    }
                     X_PURGE_MANY => {
                         for chunk in v.chunks(17) {
                             let dir = chunk.first().copied().and_then(Direction::from_byte);
@@ -1307,27 +1493,14 @@ impl Store {
                 batch.remove(k.as_slice());
             }
             let mut events = Vec::new();
-            if !destroyed_ids.is_empty() {
-                batch.insert(
-                    exp_key(hour_of(self.retention.audit_expiry(now)), X_PURGE_MANY, &rand_id()),
-                    purge_list(&destroyed_ids),
-                );
-                events.push(
-                    AuditEvent::new(AuditKind::Destroyed)
-                        .detail("expired")
-                        .count(destroyed_ids.len() as u64)
-                        .digest(ids_digest(&destroyed_ids)),
-                );
-            }
             if purged > 0 {
                 events.push(AuditEvent::new(AuditKind::Purged).count(purged));
             }
             self.apply(&mut head, batch, &events, now)?;
             drop(head);
-            report.destroyed += destroyed_ids.len() as u64;
             report.purged += purged;
         }
-        report.remaining = self.db.range(vec![P_EXP]..end).next().is_some();
+        report.remaining = remaining_payloads || self.db.range(vec![P_EXP]..end).next().is_some();
         self.commit()?;
         self.destroyed.fetch_add(report.destroyed, Ordering::Relaxed);
         self.purged.fetch_add(report.purged, Ordering::Relaxed);
@@ -1374,7 +1547,11 @@ impl Store {
     /// Audit entries from sequence number `from`, at most `limit`.
     pub fn audit_list(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let mut out = Vec::new();
-        for r in self.db.range(audit::audit_key(from).to_vec()..vec![P_AUDIT + 1]).take(limit) {
+        for r in self
+            .db
+            .range(audit::audit_key(from).to_vec()..vec![P_AUDIT + 1])
+            .take(limit)
+        {
             let (_, v) = r?;
             let (e, _) = audit::decode_entry(&v).ok_or_else(|| Error::corrupt("audit entry"))?;
             out.push(e);

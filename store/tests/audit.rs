@@ -14,8 +14,12 @@ use konvert_store::*;
 fn make(dir: &Path) {
     let s = open(dir, Arc::new(ManualClock::new(T0)));
     for i in 0..10u64 {
-        s.audit_append(&AuditEvent::new(AuditKind::ConfigChanged).detail("profile-reloaded").count(i))
-            .unwrap();
+        s.audit_append(
+            &AuditEvent::new(AuditKind::ConfigChanged)
+                .detail("profile-reloaded")
+                .count(i),
+        )
+        .unwrap();
     }
     assert_eq!(s.audit_verify().unwrap().entries, 10);
 }
@@ -54,7 +58,12 @@ fn forge(seq: u64, prev: [u8; 32], count: u64) -> Vec<u8> {
         prev: [u8; 32],
         event: AuditEvent,
     }
-    let body = Body { seq, at: T0, prev, event: AuditEvent::new(AuditKind::ConfigChanged).count(count) };
+    let body = Body {
+        seq,
+        at: T0,
+        prev,
+        event: AuditEvent::new(AuditKind::ConfigChanged).count(count),
+    };
     let mut b = Vec::new();
     ciborium::into_writer(&body, &mut b).unwrap();
     use sha2::Digest;
@@ -87,7 +96,13 @@ fn modified_entry_is_found() {
         v[last] ^= 1;
         db.insert(key(4), v).unwrap();
     });
-    assert_eq!(broken(tmp.path()), AuditBreak { index: 4, kind: BreakKind::Modified });
+    assert_eq!(
+        broken(tmp.path()),
+        AuditBreak {
+            index: 4,
+            kind: BreakKind::Modified
+        }
+    );
 }
 
 #[test]
@@ -98,7 +113,13 @@ fn rewritten_entry_with_recomputed_hash_is_found() {
         let prev = hash_of(db, 3);
         db.insert(key(4), forge(4, prev, 999)).unwrap();
     });
-    assert_eq!(broken(tmp.path()), AuditBreak { index: 4, kind: BreakKind::Modified });
+    assert_eq!(
+        broken(tmp.path()),
+        AuditBreak {
+            index: 4,
+            kind: BreakKind::Modified
+        }
+    );
 }
 
 #[test]
@@ -108,7 +129,13 @@ fn deleted_entry_is_found() {
     tamper(tmp.path(), |db| {
         db.remove(key(6)).unwrap();
     });
-    assert_eq!(broken(tmp.path()), AuditBreak { index: 6, kind: BreakKind::Deleted });
+    assert_eq!(
+        broken(tmp.path()),
+        AuditBreak {
+            index: 6,
+            kind: BreakKind::Deleted
+        }
+    );
 }
 
 #[test]
@@ -118,7 +145,9 @@ fn inserted_entry_is_found() {
     tamper(tmp.path(), |db| {
         // Shift entries 5..=9 up by one (renumbered, hashes recomputed) and
         // slip a forged entry in at 5.
-        let old: Vec<Vec<u8>> = (0..10).map(|s| db.get(key(s)).unwrap().unwrap().to_vec()).collect();
+        let old: Vec<Vec<u8>> = (0..10)
+            .map(|s| db.get(key(s)).unwrap().unwrap().to_vec())
+            .collect();
         let prev4 = hash_of(db, 4);
         let forged = forge(5, prev4, 777);
         db.insert(key(5), forged).unwrap();
@@ -137,7 +166,13 @@ fn inserted_entry_is_found() {
             db.insert(key(s + 1), forge(s + 1, prev, s)).unwrap();
         }
     });
-    assert_eq!(broken(tmp.path()), AuditBreak { index: 5, kind: BreakKind::Inserted });
+    assert_eq!(
+        broken(tmp.path()),
+        AuditBreak {
+            index: 5,
+            kind: BreakKind::Inserted
+        }
+    );
 }
 
 #[test]
@@ -150,5 +185,11 @@ fn reordered_entries_are_found() {
         db.insert(key(2), b).unwrap();
         db.insert(key(3), a).unwrap();
     });
-    assert_eq!(broken(tmp.path()), AuditBreak { index: 2, kind: BreakKind::Reordered });
+    assert_eq!(
+        broken(tmp.path()),
+        AuditBreak {
+            index: 2,
+            kind: BreakKind::Reordered
+        }
+    );
 }

@@ -40,7 +40,11 @@ fn crash_child() {
                     m.id = MessageId::new_v7((T0 as u64) * 1000 + n);
                     m.payload = payload_for(&m.id);
                     let dir = if t % 2 == 0 { "O" } else { "I" };
-                    let r = if t % 2 == 0 { s.put_outbox(&m) } else { s.put_inbox(&m) };
+                    let r = if t % 2 == 0 {
+                        s.put_outbox(&m)
+                    } else {
+                        s.put_inbox(&m)
+                    };
                     if let Err(e) = r {
                         writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
                         return;
@@ -91,7 +95,10 @@ fn crash_many_times() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()).collect::<Vec<String>>()
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect::<Vec<String>>()
         });
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..250)));
         child.kill().unwrap();
@@ -112,7 +119,9 @@ fn crash_many_times() {
         // Reopen after the kill and check.
         let s = open(tmp.path(), Arc::new(ManualClock::new(T0)));
         for (dir, id) in &acked {
-            let m = s.get(*dir, id).unwrap_or_else(|e| panic!("round {round}: acknowledged {id} lost: {e}"));
+            let m = s
+                .get(*dir, id)
+                .unwrap_or_else(|e| panic!("round {round}: acknowledged {id} lost: {e}"));
             assert_eq!(m.payload, payload_for(id), "round {round}: {id} damaged");
         }
         for id in &sent {
@@ -123,11 +132,22 @@ fn crash_many_times() {
             for meta in s.list_between(dir, 0, u64::MAX >> 16, usize::MAX).unwrap() {
                 let m = s.get(dir, &meta.id).unwrap();
                 use sha2::Digest;
-                assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(&m.payload)), meta.payload_sha256);
+                assert_eq!(
+                    <[u8; 32]>::from(sha2::Sha256::digest(&m.payload)),
+                    meta.payload_sha256
+                );
             }
         }
         s.audit_verify().unwrap_or_else(|e| panic!("round {round}: {e}"));
-        eprintln!("round {round}: {} acknowledged writes so far (+{})", acked.len(), acked.len() - before);
+        eprintln!(
+            "round {round}: {} acknowledged writes so far (+{})",
+            acked.len(),
+            acked.len() - before
+        );
     }
-    assert!(acked.len() > 100, "the child acknowledged too few writes ({}) to mean anything", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the child acknowledged too few writes ({}) to mean anything",
+        acked.len()
+    );
 }

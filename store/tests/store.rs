@@ -32,11 +32,20 @@ fn outbox_lifecycle_and_receipts() {
     assert_eq!(sent.attempts, 1);
     assert!(s.outbox_pending(None, 10).unwrap().is_empty());
     let d = s
-        .mark_delivered(&m.id, &NewReceipt { outcome: "delivered".into(), bytes: b"signed receipt".to_vec() })
+        .mark_delivered(
+            &m.id,
+            &NewReceipt {
+                outcome: "delivered".into(),
+                bytes: b"signed receipt".to_vec(),
+            },
+        )
         .unwrap();
     assert_eq!(d.state, MessageState::Delivered);
     // Delivered cannot go back to failed.
-    assert!(matches!(s.mark_failed(&m.id, "timeout"), Err(Error::BadTransition { .. })));
+    assert!(matches!(
+        s.mark_failed(&m.id, "timeout"),
+        Err(Error::BadTransition { .. })
+    ));
 
     let r = s.receipt(&m.id).unwrap();
     assert_eq!(r.bytes, b"signed receipt");
@@ -46,13 +55,35 @@ fn outbox_lifecycle_and_receipts() {
     assert_eq!(s.receipts_between(ms(T0), ms(T0 + 1), 10).unwrap().len(), 1);
     assert!(s.receipts_between(ms(T0 + 1), ms(T0 + 2), 10).unwrap().is_empty());
 
-    let by_state = s.list_by_state(Direction::Outbound, MessageState::Delivered, None, 10).unwrap();
+    let by_state = s
+        .list_by_state(Direction::Outbound, MessageState::Delivered, None, 10)
+        .unwrap();
     assert_eq!(by_state.len(), 1);
-    assert_eq!(s.list_by_peer(Direction::Outbound, "by.mvd", None, 10).unwrap().len(), 1);
-    assert_eq!(s.list_between(Direction::Outbound, ms(T0), ms(T0) + 1, 10).unwrap().len(), 1);
+    assert_eq!(
+        s.list_by_peer(Direction::Outbound, "by.mvd", None, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.list_between(Direction::Outbound, ms(T0), ms(T0) + 1, 10)
+            .unwrap()
+            .len(),
+        1
+    );
     s.audit_verify().unwrap();
-    let kinds: Vec<AuditKind> = s.audit_list(0, 100).unwrap().into_iter().map(|e| e.event.kind).collect();
-    for k in [AuditKind::Accepted, AuditKind::Sealed, AuditKind::Sent, AuditKind::Delivered] {
+    let kinds: Vec<AuditKind> = s
+        .audit_list(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    for k in [
+        AuditKind::Accepted,
+        AuditKind::Sealed,
+        AuditKind::Sent,
+        AuditKind::Delivered,
+    ] {
         assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
     }
 }
@@ -89,13 +120,21 @@ fn inbox_is_idempotent_and_ack_removes_from_new() {
     assert_eq!(s.inbox_list(None, 10).unwrap().len(), 5);
     s.inbox_ack(&ids[2]).unwrap();
     s.inbox_ack(&ids[2]).unwrap();
-    let listed: Vec<MessageId> = s.inbox_list(None, 10).unwrap().into_iter().map(|m| m.id).collect();
+    let listed: Vec<MessageId> = s
+        .inbox_list(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(listed.len(), 4);
     assert!(!listed.contains(&ids[2]));
     drop(s);
     let s = open(tmp.path(), clock);
     assert_eq!(s.inbox_list(None, 10).unwrap().len(), 4);
-    assert_eq!(s.meta(Direction::Inbound, &ids[2]).unwrap().state, MessageState::Acknowledged);
+    assert_eq!(
+        s.meta(Direction::Inbound, &ids[2]).unwrap().state,
+        MessageState::Acknowledged
+    );
     s.audit_verify().unwrap();
 }
 
@@ -132,7 +171,9 @@ fn expiry_destroys_payload_and_key_then_purges_metadata() {
     let on_disk = read_keyring_summary(&tmp.path().join("keyring"), &master()).unwrap();
     assert!(!on_disk.bucket_hours.contains(&short_hour));
     let audit = s.audit_list(0, 1000).unwrap();
-    assert!(audit.iter().any(|e| e.event.kind == AuditKind::Destroyed && e.event.count == Some(1)));
+    assert!(audit
+        .iter()
+        .any(|e| e.event.kind == AuditKind::Destroyed && e.event.count == Some(1)));
     assert!(audit.iter().any(|e| e.event.kind == AuditKind::KeyDestroyed));
 
     // After the audit retention, the metadata is purged too.
@@ -142,7 +183,10 @@ fn expiry_destroys_payload_and_key_then_purges_metadata() {
     // metadata is past its audit retention.
     assert_eq!(r.destroyed, 1, "{r:?}");
     assert_eq!(r.purged, 1, "{r:?}");
-    assert!(matches!(s.meta(Direction::Inbound, &short.id), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.meta(Direction::Inbound, &short.id),
+        Err(Error::NotFound { .. })
+    ));
     let left = s.list_by_peer(Direction::Inbound, "by.mvd", None, 10).unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].destroyed_at.is_some());
@@ -166,7 +210,11 @@ fn sweep_is_bounded_and_resumes_after_restart() {
     // Expired while the gateway was down: keys go at open.
     clock.set(T0 + 3 * DAY);
     let s = open(tmp.path(), clock.clone());
-    assert!(s.keyring_summary().bucket_hours.iter().all(|h| *h >= (T0 + 3 * DAY) / HOUR));
+    assert!(s
+        .keyring_summary()
+        .bucket_hours
+        .iter()
+        .all(|h| *h >= (T0 + 3 * DAY) / HOUR));
     assert!(matches!(s.outbox_get(&ids[0]), Err(Error::Destroyed { .. })));
     let r = s.sweep(20).unwrap();
     assert_eq!(r.destroyed, 20);
@@ -217,9 +265,23 @@ fn cases_deadlines_and_early_destruction() {
     s.put_inbox(&m2).unwrap();
     s.put_inbox(&free).unwrap();
 
-    assert_eq!(s.cases_due_within(15 * DAY, 10).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![other]);
+    assert_eq!(
+        s.cases_due_within(15 * DAY, 10)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        vec![other]
+    );
     clock.set(T0 + 20 * DAY);
-    assert_eq!(s.cases_overdue(10).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![other]);
+    assert_eq!(
+        s.cases_overdue(10)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        vec![other]
+    );
     s.case_update(&other, "answered", None).unwrap();
     assert!(s.cases_overdue(10).unwrap().is_empty());
     assert_eq!(s.case_get(&other).unwrap().state, "answered");
@@ -251,7 +313,11 @@ fn marker_never_reaches_the_disk() {
     }
     const LAT: &str = "Zxqvmarkerovich";
     const CYR: &str = "Жщюмаркеровна";
-    let person = Person { surname_cyr: CYR, surname_lat: LAT, given_name: "Ivan" };
+    let person = Person {
+        surname_cyr: CYR,
+        surname_lat: LAT,
+        given_name: "Ivan",
+    };
     let mut cbor = Vec::new();
     ciborium::into_writer(&person, &mut cbor).unwrap();
     let mut json = serde_json_like(&person.surname_lat, &person.surname_cyr);
@@ -293,7 +359,14 @@ fn marker_never_reaches_the_disk() {
     b.case = Some(case);
     s.put_inbox(&a).unwrap();
     s.put_outbox(&b).unwrap();
-    s.mark_delivered(&b.id, &NewReceipt { outcome: "delivered".into(), bytes: cbor.clone() }).unwrap();
+    s.mark_delivered(
+        &b.id,
+        &NewReceipt {
+            outcome: "delivered".into(),
+            bytes: cbor.clone(),
+        },
+    )
+    .unwrap();
     s.sync().unwrap();
     assert_eq!(s.inbox_get(&a.id).unwrap().payload, json);
     scan("before expiry", tmp.path());
@@ -326,7 +399,10 @@ fn second_open_is_refused_by_the_lock() {
     let err = Store::open(config(tmp.path(), clock)).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }));
     let text = err.to_string();
-    assert!(text.contains(&tmp.path().display().to_string()) && text.contains("another konvertd"), "{text}");
+    assert!(
+        text.contains(&tmp.path().display().to_string()) && text.contains("another konvertd"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -336,8 +412,13 @@ fn failed_sync_poisons_the_store() {
     let s = open(tmp.path(), clock);
     s.put_outbox(&msg(ms(T0), "by.mvd", "request", b"ok")).unwrap();
     s.fail_next_sync_for_tests();
-    assert!(s.put_outbox(&msg(ms(T0) + 1, "by.mvd", "request", b"lost")).is_err());
-    assert!(matches!(s.put_outbox(&msg(ms(T0) + 2, "by.mvd", "request", b"x")), Err(Error::Poisoned)));
+    assert!(s
+        .put_outbox(&msg(ms(T0) + 1, "by.mvd", "request", b"lost"))
+        .is_err());
+    assert!(matches!(
+        s.put_outbox(&msg(ms(T0) + 2, "by.mvd", "request", b"x")),
+        Err(Error::Poisoned)
+    ));
     assert!(matches!(s.sweep(10), Err(Error::Poisoned)));
     assert!(s.stats().poisoned);
 }
@@ -353,7 +434,8 @@ fn group_commit_shares_syncs_between_writers() {
             let s = s.clone();
             std::thread::spawn(move || {
                 for i in 0..40u64 {
-                    s.put_inbox(&msg(ms(T0) + t * 1000 + i, "by.gpk", "request", &[1u8; 1024])).unwrap();
+                    s.put_inbox(&msg(ms(T0) + t * 1000 + i, "by.gpk", "request", &[1u8; 1024]))
+                        .unwrap();
                 }
             })
         })
@@ -365,8 +447,14 @@ fn group_commit_shares_syncs_between_writers() {
     let acked = after.acked_writes - before.acked_writes;
     let syncs = after.syncs - before.syncs;
     assert!(acked >= 640, "{acked}"); // plus the key-creation audit entry
-    assert!(syncs >= 1 && syncs < acked, "{syncs} syncs for {acked} acknowledged writes");
-    println!("group commit: {acked} acknowledged writes, {syncs} syncs, {:.1} writes per sync", acked as f64 / syncs as f64);
+    assert!(
+        syncs >= 1 && syncs < acked,
+        "{syncs} syncs for {acked} acknowledged writes"
+    );
+    println!(
+        "group commit: {acked} acknowledged writes, {syncs} syncs, {:.1} writes per sync",
+        acked as f64 / syncs as f64
+    );
 }
 
 #[test]
@@ -427,7 +515,8 @@ fn concurrent_puts_and_other_writes_all_land() {
                     ids.push(m.id);
                     if i % 3 == 0 {
                         // Plain commits (no queued put) may lead a group too.
-                        s.audit_append(&AuditEvent::new(AuditKind::ConfigChanged).detail("reload")).unwrap();
+                        s.audit_append(&AuditEvent::new(AuditKind::ConfigChanged).detail("reload"))
+                            .unwrap();
                         s.mark_sent(&m.id).unwrap();
                     }
                 }
