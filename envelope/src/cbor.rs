@@ -117,16 +117,19 @@ pub fn from_deterministic_slice<T: DeserializeOwned>(bytes: &[u8], limit: usize)
 
 /// A deserialisation error, described without echoing input values.
 ///
-/// serde's messages name fields and expected types (never field values for
-/// the types Konvert uses), which is what an integrator needs.
+/// serde's messages name fields and expected types, which is what an
+/// integrator needs; values they quote are redacted.
 fn describe_de_error<E: std::fmt::Debug>(e: &ciborium::de::Error<E>) -> String {
     match e {
         ciborium::de::Error::Io(_) => "input ends early or cannot be read".into(),
         ciborium::de::Error::Syntax(off) => format!("syntax error at byte {off}"),
-        ciborium::de::Error::Semantic(off, msg) => match off {
-            Some(o) => format!("{msg} (at byte {o})"),
-            None => msg.clone(),
-        },
+        ciborium::de::Error::Semantic(off, msg) => {
+            let msg = crate::model::redact_serde_message(msg);
+            match off {
+                Some(o) => format!("{msg} (at byte {o})"),
+                None => msg,
+            }
+        }
         ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".into(),
     }
 }

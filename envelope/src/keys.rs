@@ -84,11 +84,22 @@ impl SigningKey {
             .map_err(|_| KeyError::PrivateKeyPem)
     }
     /// The key as PKCS#8 PEM (zeroized when dropped).
+    ///
+    /// Written as a version 1 `PrivateKeyInfo` (RFC 5208/8410) without the
+    /// optional public key, the form every OpenSSL release reads
+    /// (`openssl pkey -in FILE`); version 2 is read as well.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
-        self.0
+        use zeroize::Zeroize as _;
+        let mut kp = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        let pem = kp
             .to_pkcs8_pem(Default::default())
             .map(|s| Zeroizing::new(s.to_string()))
-            .map_err(|e| KeyError::Encode(e.to_string()))
+            .map_err(|e| KeyError::Encode(e.to_string()));
+        kp.secret_key.zeroize();
+        pem
     }
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {

@@ -57,7 +57,7 @@ pub enum Error {
     MessageJson {
         /// The file.
         path: PathBuf,
-        /// serde's description (field names and positions, never values).
+        /// serde's description: field names and positions; values redacted.
         reason: String,
     },
     /// An attachment named in the message cannot be used.
@@ -199,7 +199,7 @@ pub fn load_message(path: &Path) -> Result<Message, Error> {
     let bytes = files::read_limited(path, MAX_MESSAGE_JSON)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::MessageJson {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: konvert_envelope::model::redact_serde_message(&e.to_string()),
     })
 }
 

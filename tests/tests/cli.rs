@@ -439,7 +439,6 @@ fn help_texts_exit_zero_and_show_an_example() {
 }
 
 #[test]
-#[ignore = "bug: the top-level `konvertctl --help` has no after_help example (gateway/src/bin/konvertctl.rs, struct Cli)"]
 fn top_level_help_contains_example() {
     let top = ok(&konvertctl(["--help"]));
     assert!(
@@ -603,7 +602,6 @@ fn openssl_pkey(args: &[&str], file: &Path) -> Option<Output> {
 /// Private keys (signatory and node) are PKCS#8 that OpenSSL reads, and the
 /// public key OpenSSL derives is the one written beside it.
 #[test]
-#[ignore = "bug: keys are written as PKCS#8 v2 (RFC 5958, with the public key), which OpenSSL 3.0 refuses"]
 fn openssl_reads_the_private_keys() {
     let fx = Fixture::new();
     for key in [fx.signer(), fx.keys("kz.mvd").join("node.key.pem")] {
@@ -1036,7 +1034,15 @@ fn seal_refuses_a_category_outside_art_5() {
     let p = prepare(&fx.path("msg"), "request.json", msg);
     let env = fx.path("out.env");
     let out = fx.seal(&p.path, "kz.mvd", "by.mvd", "kz-by-2019", &env);
-    let line = one_line_error(&out, &["not a valid message", "tourist"]);
+    let line = one_line_error(
+        &out,
+        &[
+            "not a valid message",
+            "unknown variant",
+            "temporarily_staying",
+            "at line",
+        ],
+    );
     assert_no_personal_data(&line, &p.json);
     assert!(!env.exists());
 }
@@ -1087,7 +1093,6 @@ fn missing_input_files_are_named() {
 /// error: serde's "invalid type"/"unknown variant" texts quote the offending
 /// value, which here is a person's surname.
 #[test]
-#[ignore = "bug: offline::load_message puts serde_json's error text, which quotes values, in the error"]
 fn malformed_message_errors_never_quote_personal_data() {
     let fx = Fixture::new();
     let example = load_example("request.json");

@@ -414,3 +414,57 @@ impl<'de> Deserialize<'de> for PublicKeyBytes {
         }
     }
 }
+
+/// Makes a serde error message safe to show or log: quoted values (`"…"`)
+/// and the value in "unknown variant `…`" are replaced by `…`, so that a
+/// decoding error never repeats personal data from the input. Field names
+/// (in "unknown field `x`", "missing field `x`" and the lists of expected
+/// names) are kept: they are what an integrator needs to fix the input.
+pub fn redact_serde_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(512));
+    let mut rest = msg;
+    while let Some(i) = rest.find(['"', '`']) {
+        let (before, tail) = rest.split_at(i);
+        out.push_str(before);
+        let quote = tail.as_bytes()[0] as char;
+        let Some(end) = tail[1..].find(quote) else {
+            out.push_str(&tail[..1]);
+            out.push('…');
+            rest = "";
+            break;
+        };
+        let inner = &tail[1..1 + end];
+        let value = quote == '"' || out.ends_with("unknown variant ");
+        out.push(quote);
+        out.push_str(if value { "…" } else { inner });
+        out.push(quote);
+        rest = &tail[end + 2..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > 400 {
+        out = out.chars().take(400).collect::<String>() + "…";
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_serde_message as r;
+
+    #[test]
+    fn values_are_redacted_and_field_names_kept() {
+        assert_eq!(
+            r("invalid type: string \"Сейткали\", expected struct Name at line 57 column 3"),
+            "invalid type: string \"…\", expected struct Name at line 57 column 3"
+        );
+        assert_eq!(
+            r("unknown variant `Сейткали`, expected `male` or `female`"),
+            "unknown variant `…`, expected `male` or `female`"
+        );
+        assert_eq!(
+            r("unknown field `religion`, expected one of `surname`, `given_name`"),
+            "unknown field `religion`, expected one of `surname`, `given_name`"
+        );
+        assert_eq!(r("broken \"tail"), "broken \"…");
+    }
+}

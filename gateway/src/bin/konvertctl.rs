@@ -12,7 +12,17 @@ use konvert_gateway::offline;
 
 /// Konvert: secure message gateway for migration data exchanged under bilateral agreements.
 #[derive(Debug, Parser)]
-#[command(name = "konvertctl", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "konvertctl",
+    version,
+    about = "Konvert: secure message gateway for migration data exchanged under bilateral agreements",
+    propagate_version = true,
+    after_help = "Examples:\n  konvertctl demo                                   # see three gateways exchange messages\n  \
+        konvertctl keygen --authority kz.mvd --dir kz/    # keys and card for a gateway\n  \
+        konvertctl envelope seal --help                   # seal a message into an envelope\n\n\
+        Exit status: 0 on success, 1 when the command failed (one line on stderr says why),\n\
+        2 when the arguments are wrong."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
