@@ -37,6 +37,7 @@ mod model;
 mod retention;
 mod store;
 mod sync;
+mod wal;
 
 pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditKind, BreakKind, VerifiedChain};
 pub use error::{Error, Result};

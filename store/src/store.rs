@@ -34,6 +34,9 @@ use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
 use crate::model::*;
 use crate::retention::{hour_of, RetentionPolicy};
 use crate::sync::{GroupCommit, SyncMode};
+use crate::wal::{self, Batch};
+
+const EMPTY: &[u8] = &[];
 
 pub(crate) const P_AUDIT: u8 = b'A';
 const P_STATE: u8 = b'S';
@@ -95,6 +98,8 @@ impl StoreConfig {
 struct Head {
     next_seq: u64,
     prev: [u8; 32],
+    /// Sequence number of the next intent record.
+    next_intent: u64,
 }
 
 /// A put sealed and encoded by its writer, waiting for the group-commit leader.
@@ -297,10 +302,12 @@ impl Store {
             }
         }
 
-        let head = match db.scan_prefix([P_AUDIT]).next_back() {
+        let next_intent = replay_intents(&db, &sled_dir)?;
+        let mut head = match db.scan_prefix([P_AUDIT]).next_back() {
             None => Head {
                 next_seq: 0,
                 prev: [0u8; 32],
+                next_intent: 0,
             },
             Some(r) => {
                 let (k, v) = r?;
@@ -316,11 +323,13 @@ impl Store {
                 Head {
                     next_seq: seq + 1,
                     prev,
+                    next_intent: 0,
                 }
             }
         };
 
-        let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
+        head.next_intent = next_intent;
+        let gc = GroupCommit::new(config.sync_mode, &sled_dir, next_intent)?;
         let payloads = db.open_tree("payloads")?;
         let store = Store {
             dir,
@@ -360,7 +369,7 @@ impl Store {
 
     /// Apply `batch` plus audit entries for `events` atomically; the caller
     /// holds the head lock. Returns the first audit sequence number used.
-    fn apply(&self, head: &mut Head, batch: sled::Batch, events: &[AuditEvent], now: i64) -> Result<u64> {
+    fn apply(&self, head: &mut Head, batch: Batch, events: &[AuditEvent], now: i64) -> Result<u64> {
         let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|e| (now, e)).collect();
         self.apply_timed(head, batch, &timed)
     }
@@ -368,7 +377,7 @@ impl Store {
     fn apply_timed(
         &self,
         head: &mut Head,
-        mut batch: sled::Batch,
+        mut batch: Batch,
         events: &[(i64, &AuditEvent)],
     ) -> Result<u64> {
         let first = head.next_seq;
@@ -380,11 +389,19 @@ impl Store {
             prev = h;
             seq += 1;
         }
-        if let Err(e) = self.db.apply_batch(batch) {
+        let wseq = head.next_intent;
+        let res = self
+            .db
+            .insert(wal::intent_key(wseq), wal::encode(&batch.ops))
+            .map_err(Error::from)
+            .and_then(|_| wal::apply_ops(&self.db, batch.ops));
+        if let Err(e) = res {
             // We can no longer tell what reached the disk.
             self.gc.poison();
-            return Err(e.into());
+            return Err(e);
         }
+        head.next_intent = wseq + 1;
+        self.gc.intents_applied(wseq + 1);
         head.next_seq = seq;
         head.prev = prev;
         Ok(first)
@@ -438,7 +455,7 @@ impl Store {
         self.gc.check()?;
         let seq = {
             let mut head = self.head();
-            self.apply(&mut head, sled::Batch::default(), events, now)?
+            self.apply(&mut head, Batch::default(), events, now)?
         };
         self.commit()?;
         Ok(seq)
@@ -540,7 +557,7 @@ impl Store {
     /// failure and poisons the store; per-put refusals are in the results.
     fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
         let mut head = self.head();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(jobs.len());
         let mut in_batch: HashMap<(Direction, MessageId), MessageMeta> = HashMap::new();
         // case -> (retain_until before this batch, record as updated)
@@ -604,15 +621,15 @@ impl Store {
                     }
                     ci.retain_until = ci.retain_until.max(rec.expires_at);
                 }
-                batch.insert(case_msg_key(case, dir, &id), &[]);
+                batch.insert(case_msg_key(case, dir, &id), EMPTY);
             }
             let state = match dir {
                 Direction::Outbound => MessageState::Queued,
                 Direction::Inbound => MessageState::New,
             };
             batch.insert(mkey, value);
-            batch.insert(state_key(dir, state, &id), &[]);
-            batch.insert(peer_key(dir, &rec.peer, &id), &[]);
+            batch.insert(state_key(dir, state, &id), EMPTY);
+            batch.insert(peer_key(dir, &rec.peer, &id), EMPTY);
             let kind = match dir {
                 Direction::Outbound => AuditKind::Accepted,
                 Direction::Inbound => AuditKind::Received,
@@ -630,7 +647,7 @@ impl Store {
         for (case, (before, ci)) in &cases {
             if ci.retain_until != *before {
                 batch.remove(exp_key(hour_of(*before), X_CASE_EXPIRE, &case.0));
-                batch.insert(exp_key(hour_of(ci.retain_until), X_CASE_EXPIRE, &case.0), &[]);
+                batch.insert(exp_key(hour_of(ci.retain_until), X_CASE_EXPIRE, &case.0), EMPTY);
                 batch.insert(case_key(case), encode(ci));
             }
         }
@@ -854,9 +871,9 @@ impl Store {
                 if to == MessageState::Sent {
                     rec.attempts = rec.attempts.saturating_add(1);
                 }
-                let mut batch = sled::Batch::default();
+                let mut batch = Batch::default();
                 batch.remove(state_key(dir, cur, id));
-                batch.insert(state_key(dir, to, id), &[]);
+                batch.insert(state_key(dir, to, id), EMPTY);
                 batch.insert(msg_key(dir, id), encode(&rec));
                 let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
                 if let Some(o) = outcome {
@@ -874,8 +891,8 @@ impl Store {
                     batch.insert(receipt_key(id), encode(&rr));
                     let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rec.peer);
                     pk.extend_from_slice(&id.0);
-                    batch.insert(pk, &[]);
-                    batch.insert(exp_key(key_hour, X_PURGE_RECEIPT, &id.0), &[]);
+                    batch.insert(pk, EMPTY);
+                    batch.insert(exp_key(key_hour, X_PURGE_RECEIPT, &id.0), EMPTY);
                     ev = ev.detail(&r.outcome).digest(Sha256::digest(&r.bytes).into());
                 }
                 self.apply(&mut head, batch, &[ev], now)?;
@@ -1068,12 +1085,12 @@ impl Store {
         };
         {
             let mut head = self.head();
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             batch.insert(case_key(&case.id), encode(&info));
             if let Some(d) = case.deadline {
-                batch.insert(deadline_key(d, &case.id), &[]);
+                batch.insert(deadline_key(d, &case.id), EMPTY);
             }
-            batch.insert(exp_key(hour_of(retain_until), X_CASE_EXPIRE, &case.id.0), &[]);
+            batch.insert(exp_key(hour_of(retain_until), X_CASE_EXPIRE, &case.id.0), EMPTY);
             let ev = AuditEvent::new(AuditKind::CaseOpened)
                 .case(case.id)
                 .peer(&case.peer)
@@ -1106,12 +1123,12 @@ impl Store {
                     what: format!("case {id}"),
                 });
             }
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             if let Some(d) = info.deadline {
                 batch.remove(deadline_key(d, id));
             }
             if let Some(d) = deadline {
-                batch.insert(deadline_key(d, id), &[]);
+                batch.insert(deadline_key(d, id), EMPTY);
             }
             info.state = state.to_owned();
             info.deadline = deadline;
@@ -1193,7 +1210,7 @@ impl Store {
         {
             let mut head = self.head();
             let mut info = self.case_get(id)?;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             if let Some(d) = info.deadline {
                 batch.remove(deadline_key(d, id));
             }
@@ -1230,7 +1247,7 @@ impl Store {
         let mut destroyed = 0u64;
         for chunk in members.chunks(SWEEP_CHUNK) {
             let mut head = self.head();
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let mut ids = Vec::new();
             let mut gone = Vec::new();
             for (d, m) in chunk {
@@ -1276,7 +1293,7 @@ impl Store {
     /// head lock.
     fn tombstone(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         dir: Direction,
         id: &MessageId,
         now: i64,
@@ -1294,7 +1311,7 @@ impl Store {
 
     fn tombstone_rec(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         dir: Direction,
         id: &MessageId,
         mut rec: MsgRec,
@@ -1376,7 +1393,7 @@ impl Store {
             }
             done += keys.len();
             let mut head = self.head();
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let mut destroyed_ids = Vec::new();
             for k in &keys {
                 let Some((hour, dir, id, tag)) = parse_payload_key(k) else {
@@ -1411,11 +1428,9 @@ impl Store {
             drop(head);
             // Payloads go after their records say so: a crash in between
             // leaves payload entries that the next sweep removes.
-            let mut rm = sled::Batch::default();
             for k in keys {
-                rm.remove(k);
+                self.payloads.remove(k)?;
             }
-            self.payloads.apply_batch(rm)?;
             report.destroyed += destroyed_ids.len() as u64;
         }
         let remaining_payloads = self.payloads.range(..pend).next().is_some();
@@ -1453,7 +1468,7 @@ impl Store {
                 }
             }
             let mut head = self.head();
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let mut purged = 0u64;
             for (k, v) in &items {
                 let class = k.get(9).copied();
@@ -1516,7 +1531,7 @@ impl Store {
         Ok(report)
     }
 
-    fn purge_message(&self, batch: &mut sled::Batch, dir: Direction, id: &MessageId) -> Result<bool> {
+    fn purge_message(&self, batch: &mut Batch, dir: Direction, id: &MessageId) -> Result<bool> {
         let Some(raw) = self.db.get(msg_key(dir, id))? else {
             return Ok(false);
         };
@@ -1606,6 +1621,38 @@ impl Store {
     pub fn fail_next_sync_for_tests(&self) {
         self.gc.fail_next_sync();
     }
+}
+
+/// Apply again the intent records a crash left behind, make that durable,
+/// remove them. Returns the next intent sequence number.
+fn replay_intents(db: &sled::Db, sled_dir: &Path) -> Result<u64> {
+    let mut keys = Vec::new();
+    let mut next = 0u64;
+    for r in db.scan_prefix([wal::P_INTENT]) {
+        let (k, v) = r?;
+        wal::apply_ops(db, wal::decode(&v)?)?;
+        if let Some(seq) = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+            next = next.max(seq + 1);
+        }
+        keys.push(k);
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    tracing::info!(intents = keys.len(), "replayed intent records after a crash");
+    let log = sled_dir.join("db");
+    let sync = |db: &sled::Db| -> Result<()> {
+        db.flush()?;
+        File::open(&log)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::io(&log, e))
+    };
+    sync(db)?;
+    for k in keys {
+        db.remove(k)?;
+    }
+    sync(db)?;
+    Ok(next)
 }
 
 fn rand_id() -> [u8; 16] {
