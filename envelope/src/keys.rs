@@ -303,6 +303,8 @@ impl NodeKeys {
             name,
             age_recipients: vec![self.age.recipient()],
             node_key: self.signing.verifying_key(),
+            tls_pin: None,
+            signatories: Vec::new(),
         }
     }
 }
@@ -322,6 +324,44 @@ pub struct AuthorityCard {
     pub age_recipients: Vec<AgeRecipient>,
     /// The gateway's node signing key (SPKI PEM).
     pub node_key: VerifyingKey,
+    /// Pin of the gateway's QUIC TLS key (`sha256/<base64 of SHA-256(SPKI)>`), if it runs a daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<String>,
+    /// The authority's signatories whose signatures peers accept (until the
+    /// signed roster of Art. 9.3 replaces this list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatories: Vec<CardSignatory>,
+}
+
+/// A signatory listed on an authority card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardSignatory {
+    /// Short id of the signatory, for example `ivanov`.
+    pub id: String,
+    /// The signatory's public key (SPKI PEM).
+    pub key: VerifyingKey,
+    /// Signatures made before this time are not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<Timestamp>,
+    /// Signatures made after this time are not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Timestamp>,
+}
+
+impl AuthorityCard {
+    /// The signatories of this card as trusted signers of its authority.
+    pub fn trusted_signers(&self) -> Vec<TrustedSigner> {
+        self.signatories
+            .iter()
+            .map(|s| TrustedSigner {
+                authority: self.authority.clone(),
+                key: s.key,
+                valid_from: s.valid_from,
+                valid_until: s.valid_until,
+            })
+            .collect()
+    }
 }
 
 impl AuthorityCard {

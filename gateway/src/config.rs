@@ -1,0 +1,620 @@
+//! `konvert.toml`: the daemon's configuration.
+//!
+//! Loaded once at start and again on SIGHUP. Unknown keys and bad values are
+//! refused with the file, the line and the reason. Paths may be relative:
+//! they are resolved against the directory of the configuration file.
+//!
+//! ```toml
+//! authority = "kz.mvd"
+//! keys_dir = "keys"                      # node.key.pem, age.key, tls.cert.pem, tls.key.pem, card.toml
+//! data_dir = "data"
+//! profiles = ["profiles/kz-by-2019.toml"]
+//!
+//! [quic]
+//! listen = "0.0.0.0:7443"
+//!
+//! [api]
+//! socket = "/run/konvert/api.sock"
+//! users = ["migration-app"]
+//! groups = ["konvert"]
+//!
+//! [store]
+//! master_key_file = "keys/master.key"     # or: master_key_credential = "konvert-master"
+//!
+//! [[signatories]]                         # who may sign what this gateway sends
+//! id = "ivanov"
+//! key = "keys/signatories/ivanov.key.pem"
+//!
+//! [[peers]]                               # added by `konvertctl peer add`
+//! authority = "by.mvd"
+//! addresses = ["192.0.2.10:7443"]
+//! agreements = ["kz-by-2019"]
+//! card = "peers/by.mvd.toml"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use konvert_envelope::keys::AuthorityCard;
+use konvert_envelope::model::{AgreementId, AuthorityId};
+use konvert_envelope::profile::Profile;
+use serde::{Deserialize, Serialize};
+
+use crate::files::{self, FileError};
+
+/// Largest configuration file read.
+pub const MAX_CONFIG: u64 = 1024 * 1024;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The TOML does not parse or has an unknown key or a bad value.
+    #[error("{path}:{line}:{column}: {reason}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 if unknown).
+        line: usize,
+        /// 1-based column (0 if unknown).
+        column: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value parses but is not acceptable.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key at fault, e.g. `peers[1].addresses`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A duration written as text: `"30s"`, `"10m"`, `"2h"`, `"30d"`, or ISO 8601 (`"PT30S"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = jiff::SignedDuration::try_from(self.0).map_err(serde::ser::Error::custom)?;
+        s.collect_str(&format_args!("{d:#}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_span(&s).map(Span).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"30s"`, `"10m"`, `"2h"`, `"30d"` (days of 24 h) or ISO 8601.
+pub fn parse_span(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d').and_then(|n| n.trim().parse::<u64>().ok()) {
+        return Ok(Duration::from_secs(days.saturating_mul(86_400)));
+    }
+    let d: jiff::SignedDuration = t
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as \"30s\", \"10m\", \"2h\" or \"30d\""))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
+}
+
+/// The whole configuration file, as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's authority, e.g. `kz.mvd`.
+    pub authority: AuthorityId,
+    /// Directory of the node's keys and card (`konvertctl init` makes it).
+    pub keys_dir: PathBuf,
+    /// Directory of the store (created with mode 0700).
+    pub data_dir: PathBuf,
+    /// Agreement profile files.
+    pub profiles: Vec<PathBuf>,
+    /// Where gateways reach this one.
+    pub quic: QuicConfig,
+    /// The local API for applications.
+    pub api: ApiConfig,
+    /// The store: master key, retention.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// Delivery retries.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Signatories whose keys this gateway holds and signs with on their behalf.
+    #[serde(default)]
+    pub signatories: Vec<SignatoryConfig>,
+    /// Peer gateways.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[quic]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// UDP address to listen on, e.g. `0.0.0.0:7443` or `[::]:7443`.
+    pub listen: SocketAddr,
+    /// Largest envelope accepted from a peer.
+    #[serde(default = "default_max_envelope")]
+    pub max_envelope_bytes: u64,
+    /// Close a connection idle for this long.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: Span,
+    /// Send keep-alives this often.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Span,
+    /// Concurrent envelope streams per connection.
+    #[serde(default = "default_streams")]
+    pub max_streams_per_connection: u32,
+    /// Connections accepted per peer.
+    #[serde(default = "default_conns")]
+    pub max_connections_per_peer: u32,
+}
+
+fn default_max_envelope() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_idle() -> Span {
+    Span(Duration::from_secs(60))
+}
+fn default_keep_alive() -> Span {
+    Span(Duration::from_secs(15))
+}
+fn default_streams() -> u32 {
+    256
+}
+fn default_conns() -> u32 {
+    4
+}
+
+/// `[api]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Path of the Unix socket (created with mode 0660).
+    pub socket: PathBuf,
+    /// Local users allowed to use the API (names).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Local groups whose members may use the API (names).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Largest JSON request body.
+    #[serde(default = "default_max_json")]
+    pub max_json_bytes: u64,
+    /// Largest attachment upload.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+}
+
+fn default_max_json() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_upload() -> u64 {
+    256 * 1024 * 1024
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// File holding the 32-byte master key (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// Name of a systemd credential holding the master key (`LoadCredentialEncrypted=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_credential: Option<String>,
+    /// Retention of messages without a more specific rule (default 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_default: Option<Span>,
+    /// Retention of metadata, receipts and the audit trail (default 5 years).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_retention: Option<Span>,
+    /// Retention per agreement and message kind: `{ "kz-by-2019" = { request = "90d", "*" = "60d" } }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retention: BTreeMap<String, BTreeMap<String, Span>>,
+}
+
+/// `[outbox]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Delivery attempts before a message is marked failed.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay (doubled each attempt, with jitter).
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: Span,
+    /// Largest retry delay.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Span,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    50
+}
+fn default_initial_backoff() -> Span {
+    Span(Duration::from_secs(1))
+}
+fn default_max_backoff() -> Span {
+    Span(Duration::from_secs(600))
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `konvert_gateway=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// `[[signatories]]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatoryConfig {
+    /// Short id applications name when they submit (`"signatory": "ivanov"`).
+    pub id: String,
+    /// The private key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+/// `[[peers]]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's authority.
+    pub authority: AuthorityId,
+    /// Addresses tried in turn (`host:port`).
+    pub addresses: Vec<String>,
+    /// Agreements under which messages are exchanged with this peer.
+    pub agreements: Vec<AgreementId>,
+    /// The peer's authority card (keys, TLS pin, signatories).
+    pub card: PathBuf,
+}
+
+/// A configuration with every file it names loaded and checked.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its contents, paths resolved.
+    pub config: Config,
+    /// Profiles by agreement id.
+    pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Peer cards by authority.
+    pub cards: BTreeMap<AuthorityId, AuthorityCard>,
+}
+
+impl Config {
+    /// Parses configuration text; `path` is named in errors and relative paths resolve against its directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                reason: e.message().to_string(),
+            }
+        })?;
+        let base = files::parent_dir(path);
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut cfg.keys_dir);
+        abs(&mut cfg.data_dir);
+        abs(&mut cfg.api.socket);
+        cfg.profiles.iter_mut().for_each(abs);
+        if let Some(p) = cfg.store.master_key_file.as_mut() {
+            abs(p);
+        }
+        cfg.signatories.iter_mut().for_each(|s| abs(&mut s.key));
+        cfg.peers.iter_mut().for_each(|p| abs(&mut p.card));
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.to_string(),
+        };
+        if self.profiles.is_empty() {
+            return Err(invalid(
+                "profiles".into(),
+                "at least one agreement profile is needed",
+            ));
+        }
+        match (&self.store.master_key_file, &self.store.master_key_credential) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store".into(),
+                    "set master_key_file or master_key_credential, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "store.master_key_file".into(),
+                    "a master key is needed (master_key_file or master_key_credential)",
+                ))
+            }
+            _ => {}
+        }
+        if self.quic.max_envelope_bytes < 4096 {
+            return Err(invalid("quic.max_envelope_bytes".into(), "must be at least 4096"));
+        }
+        if self.quic.max_streams_per_connection == 0 || self.quic.max_connections_per_peer == 0 {
+            return Err(invalid(
+                "quic".into(),
+                "stream and connection limits must be at least 1",
+            ));
+        }
+        if self.outbox.max_attempts == 0 {
+            return Err(invalid("outbox.max_attempts".into(), "must be at least 1"));
+        }
+        if self.outbox.initial_backoff > self.outbox.max_backoff {
+            return Err(invalid(
+                "outbox.initial_backoff".into(),
+                "is larger than outbox.max_backoff",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in self.signatories.iter().enumerate() {
+            if s.id.is_empty() || s.id.len() > 64 || !seen.insert(s.id.clone()) {
+                return Err(invalid(
+                    format!("signatories[{i}].id"),
+                    "must be 1-64 characters and unique",
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.authority == self.authority {
+                return Err(invalid(
+                    format!("peers[{i}].authority"),
+                    "is this gateway's own authority",
+                ));
+            }
+            if !seen.insert(p.authority.clone()) {
+                return Err(invalid(format!("peers[{i}].authority"), "appears twice"));
+            }
+            if p.addresses.is_empty() {
+                return Err(invalid(
+                    format!("peers[{i}].addresses"),
+                    "at least one address is needed",
+                ));
+            }
+            for (j, a) in p.addresses.iter().enumerate() {
+                if a.len() > 255
+                    || a.rsplit_once(':')
+                        .and_then(|(_, port)| port.parse::<u16>().ok())
+                        .is_none()
+                {
+                    return Err(invalid(
+                        format!("peers[{i}].addresses[{j}]"),
+                        "expected host:port",
+                    ));
+                }
+            }
+            if p.agreements.is_empty() {
+                return Err(invalid(
+                    format!("peers[{i}].agreements"),
+                    "at least one agreement is needed",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            path: PathBuf::new(),
+            key: String::new(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl Loaded {
+    /// Reads `path` and every profile and peer card it names.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = files::read_text(path, MAX_CONFIG)?;
+        let config = Config::parse(&text, path)?;
+        let mut profiles = BTreeMap::new();
+        for (i, p) in config.profiles.iter().enumerate() {
+            let text = files::read_text(p, MAX_CONFIG)?;
+            let profile = Profile::from_toml_str(&text, &p.display().to_string()).map_err(|e| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("profiles[{i}]"),
+                    reason: e.to_string(),
+                }
+            })?;
+            if profiles.insert(profile.id.clone(), profile).is_some() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("profiles[{i}]"),
+                    reason: "a second profile for the same agreement".into(),
+                });
+            }
+        }
+        let mut cards = BTreeMap::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            let text = files::read_text(&peer.card, MAX_CONFIG)?;
+            let card = AuthorityCard::from_toml_str(&text).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("peers[{i}].card"),
+                reason: format!("{}: {e}", peer.card.display()),
+            })?;
+            if card.authority != peer.authority {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("peers[{i}].card"),
+                    reason: format!("the card is for {}, not {}", card.authority, peer.authority),
+                });
+            }
+            if card.tls_pin.is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: format!("peers[{i}].card"),
+                    reason: "the card has no tls_pin (make it with `konvertctl init`)".into(),
+                });
+            }
+            for a in &peer.agreements {
+                if !profiles.contains_key(a) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        key: format!("peers[{i}].agreements"),
+                        reason: format!("no profile is configured for agreement {a}"),
+                    });
+                }
+            }
+            cards.insert(card.authority.clone(), card);
+        }
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            config,
+            profiles,
+            cards,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+authority = "kz.mvd"
+keys_dir = "keys"
+data_dir = "data"
+profiles = ["profiles/kz-by-2019.toml"]
+
+[quic]
+listen = "127.0.0.1:7443"
+
+[api]
+socket = "api.sock"
+groups = ["konvert"]
+
+[store]
+master_key_file = "keys/master.key"
+retention = { "kz-by-2019" = { request = "90d" } }
+
+[outbox]
+initial_backoff = "500ms"
+
+[[peers]]
+authority = "by.mvd"
+addresses = ["127.0.0.1:7444"]
+agreements = ["kz-by-2019"]
+card = "peers/by.mvd.toml"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let cfg = Config::parse(GOOD, Path::new("/etc/konvert/konvert.toml")).unwrap();
+        assert_eq!(cfg.keys_dir, Path::new("/etc/konvert/keys"));
+        assert_eq!(cfg.peers[0].card, Path::new("/etc/konvert/peers/by.mvd.toml"));
+        assert_eq!(cfg.outbox.initial_backoff, Span(Duration::from_millis(500)));
+        assert_eq!(
+            cfg.store.retention["kz-by-2019"]["request"],
+            Span(Duration::from_secs(90 * 86400))
+        );
+        assert_eq!(cfg.quic.max_connections_per_peer, 4);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let bad = GOOD.replace("groups = [\"konvert\"]", "groups = [\"konvert\"]\ngroupz = 1");
+        let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("k.toml:13:"), "{err}");
+        assert!(err.contains("groupz"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (from, to, key) in [
+            ("127.0.0.1:7443", "not an address", "k.toml:8:"),
+            ("\"500ms\"", "\"soon\"", "soon"),
+            ("[\"127.0.0.1:7444\"]", "[\"nohost\"]", "peers[0].addresses[0]"),
+            (
+                "authority = \"by.mvd\"",
+                "authority = \"kz.mvd\"",
+                "peers[0].authority",
+            ),
+            (
+                "master_key_file = \"keys/master.key\"",
+                "",
+                "store.master_key_file",
+            ),
+        ] {
+            let bad = GOOD.replace(from, to);
+            let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}
