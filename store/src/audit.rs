@@ -273,9 +273,9 @@ where
 {
     let mut prev_hash = [0u8; 32];
     let mut prev_prev: Option<[u8; 32]> = None;
-    let mut expected = 0u64;
     let mut index = 0u64;
     for (key_seq, value) in entries {
+        let expected = index;
         let brk = |kind| AuditBreak { index, kind };
         let (e, computed) = decode_entry(&value).ok_or(brk(BreakKind::Modified))?;
         if e.hash != computed {
@@ -308,7 +308,6 @@ where
         }
         prev_prev = Some(prev_hash);
         prev_hash = e.hash;
-        expected += 1;
         index += 1;
     }
     Ok(VerifiedChain {

@@ -115,10 +115,8 @@ impl MasterKey {
         let text = std::str::from_utf8(&raw)
             .map_err(|_| bad("not 32 raw bytes, nor hex or base64 text"))?
             .trim();
-        if text.len() == 64 {
-            if hex::decode_to_slice(text, &mut key[..]).is_ok() {
-                return Ok(MasterKey(key));
-            }
+        if text.len() == 64 && hex::decode_to_slice(text, &mut key[..]).is_ok() {
+            return Ok(MasterKey(key));
         }
         use base64::Engine;
         let decoded = Zeroizing::new(

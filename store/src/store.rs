@@ -374,12 +374,7 @@ impl Store {
         self.apply_timed(head, batch, &timed)
     }
 
-    fn apply_timed(
-        &self,
-        head: &mut Head,
-        mut batch: Batch,
-        events: &[(i64, &AuditEvent)],
-    ) -> Result<u64> {
+    fn apply_timed(&self, head: &mut Head, mut batch: Batch, events: &[(i64, &AuditEvent)]) -> Result<u64> {
         let first = head.next_seq;
         let mut seq = head.next_seq;
         let mut prev = head.prev;
@@ -817,6 +812,7 @@ impl Store {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn transition(
         &self,
         dir: Direction,
@@ -1217,7 +1213,7 @@ impl Store {
             batch.remove(exp_key(hour_of(info.retain_until), X_CASE_EXPIRE, &id.0));
             batch.insert(
                 exp_key(hour_of(self.retention.audit_expiry(now)), X_CASE_PURGE, &id.0),
-                &[],
+                EMPTY,
             );
             info.deadline = None;
             info.destroyed_at = Some(now);
@@ -1631,7 +1627,11 @@ fn replay_intents(db: &sled::Db, sled_dir: &Path) -> Result<u64> {
     for r in db.scan_prefix([wal::P_INTENT]) {
         let (k, v) = r?;
         wal::apply_ops(db, wal::decode(&v)?)?;
-        if let Some(seq) = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+        if let Some(seq) = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        {
             next = next.max(seq + 1);
         }
         keys.push(k);

@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 use crate::model::Put;
 use crate::store::PreparedPut;
 
+/// How the leader applies queued puts: results by ticket.
+pub(crate) type ApplyFn<'a> = dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> + 'a;
+
+/// Most puts applied and synced as one group.
+const MAX_GROUP: usize = 128;
+
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -153,7 +159,7 @@ impl GroupCommit {
         &self,
         db: &sled::Db,
         job: Option<PreparedPut>,
-        apply: &dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>>,
+        apply: &ApplyFn<'_>,
     ) -> Result<Option<Put>> {
         let mut st = self.lock();
         st.issued += 1;
@@ -179,8 +185,16 @@ impl GroupCommit {
             }
             if !st.leading {
                 st.leading = true;
-                let target = st.issued;
-                let jobs = std::mem::take(&mut st.queue);
+                // At most MAX_GROUP puts per group (bounds the intent record
+                // below sled's blob threshold); the rest wait for the next one.
+                let (jobs, target) = if st.queue.len() > MAX_GROUP {
+                    let rest = st.queue.split_off(MAX_GROUP);
+                    let jobs = std::mem::replace(&mut st.queue, rest);
+                    // Plain commits below the first waiting put are applied.
+                    (jobs, st.queue[0].0 - 1)
+                } else {
+                    (std::mem::take(&mut st.queue), st.issued)
+                };
                 drop(st);
                 let res = if jobs.is_empty() {
                     Ok(Vec::new())

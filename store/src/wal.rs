@@ -14,10 +14,13 @@ use crate::error::{Error, Result};
 
 pub(crate) const P_INTENT: u8 = b'W';
 
+/// One change: set a key to a value, or remove it (`None`).
+pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
+
 /// A group of changes to the main tree, applied atomically.
 #[derive(Default, Debug)]
 pub(crate) struct Batch {
-    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) ops: Vec<Op>,
 }
 
 impl Batch {
@@ -40,7 +43,7 @@ pub(crate) fn intent_key(seq: u64) -> [u8; 9] {
 }
 
 /// `[klen u32][key][0 | 1 vlen u32 value]...`
-pub(crate) fn encode(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+pub(crate) fn encode(ops: &[Op]) -> Vec<u8> {
     let size: usize = ops
         .iter()
         .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, |v| v.len()))
@@ -62,7 +65,7 @@ pub(crate) fn encode(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
 }
 
 /// Inverse of [`encode`]; a malformed record is `Error::Corrupt`.
-pub(crate) fn decode(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+pub(crate) fn decode(mut b: &[u8]) -> Result<Vec<Op>> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
         if b.len() < n {
             return Err(Error::corrupt("intent record"));
@@ -95,7 +98,7 @@ pub(crate) fn decode(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
 }
 
 /// Apply `ops` to `tree` one by one.
-pub(crate) fn apply_ops(tree: &sled::Tree, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+pub(crate) fn apply_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<()> {
     for (k, v) in ops {
         match v {
             Some(v) => {

@@ -49,7 +49,7 @@ fn crash_child() {
                         writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
                         return;
                     }
-                    if n % 5 == 0 && t % 2 == 0 {
+                    if n.is_multiple_of(5) && t % 2 == 0 {
                         if let Err(e) = s.mark_sent(&m.id) {
                             writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
                             return;

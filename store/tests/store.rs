@@ -320,7 +320,7 @@ fn marker_never_reaches_the_disk() {
     };
     let mut cbor = Vec::new();
     ciborium::into_writer(&person, &mut cbor).unwrap();
-    let mut json = serde_json_like(&person.surname_lat, &person.surname_cyr);
+    let mut json = serde_json_like(person.surname_lat, person.surname_cyr);
     json.extend_from_slice(&cbor);
 
     let mut needles: Vec<Vec<u8>> = Vec::new();
