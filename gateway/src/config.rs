@@ -136,7 +136,7 @@ pub struct Config {
     #[serde(default)]
     pub signatories: Vec<SignatoryConfig>,
     /// Peer gateways.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
 }
 

@@ -3,10 +3,16 @@
 //! - [`files`]: size-limited reads, atomic writes, owner-only secrets.
 //! - [`config`]: `konvert.toml`, the daemon configuration.
 //! - [`demo`]: `konvertctl demo`, the exchange a newcomer runs first.
+//! - [`retry`]: outbox retry timing (exponential backoff with jitter).
+//! - [`init`]: `konvertctl init` and `peer add`.
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod api;
 pub mod demo;
 pub mod files;
+pub mod init;
 pub mod offline;
+pub mod retry;
+pub mod transport;

@@ -41,6 +41,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Create a gateway directory: keys (node, age, TLS, store master key), a signatory, profiles, konvert.toml and the public card.
+    #[command(
+        after_help = "Example:\n  konvertctl init --authority kz.mvd --dir /etc/konvert --listen 0.0.0.0:7443\n\n\
+        Then give DIR/card.toml to each peer, and add theirs with `konvertctl peer add`."
+    )]
+    Init {
+        /// Authority id, for example kz.mvd.
+        #[arg(long)]
+        authority: AuthorityId,
+        /// Directory to create (must not hold a konvert.toml yet).
+        #[arg(long)]
+        dir: PathBuf,
+        /// QUIC listen address.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: std::net::SocketAddr,
+        /// Path of the local API socket (default DIR/api.sock).
+        #[arg(long)]
+        api_socket: Option<PathBuf>,
+        /// Human-readable authority name for the card.
+        #[arg(long)]
+        name: Option<String>,
+        /// Id of the first signatory, whose key is made in DIR/keys/signatories/.
+        #[arg(long, default_value = "head")]
+        signatory: String,
+    },
+    /// Manage peer gateways.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Create a gateway's node keys (Ed25519 signing key, age identity) and its public authority card.
     #[command(
         after_help = "Example:\n  konvertctl keygen --authority kz.mvd --dir /etc/konvert/keys\n\n\
@@ -66,6 +94,30 @@ enum Command {
     /// Seal, open and inspect envelope files offline.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Add a peer gateway from its authority card.
+    #[command(
+        after_help = "Example:\n  konvertctl peer add --config /etc/konvert/konvert.toml --card by.mvd-card.toml \\\n    \
+        --address 192.0.2.10:7443 --agreement kz-by-2019\n\n\
+        The card is copied next to the configuration; a running konvertd picks the peer up on SIGHUP."
+    )]
+    Add {
+        /// The configuration file to change.
+        #[arg(long)]
+        config: PathBuf,
+        /// The peer's card (its DIR/card.toml).
+        #[arg(long)]
+        card: PathBuf,
+        /// Address of the peer (host:port); repeat for several, tried in turn.
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// Agreement under which messages are exchanged; repeat for several.
+        #[arg(long = "agreement", required = true)]
+        agreements: Vec<konvert_envelope::model::AgreementId>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +252,38 @@ fn run(cli: Cli) -> Result<(), offline::Error> {
             } else {
                 println!("\nNothing was left behind (use --keep DIR to keep the files).");
             }
+        }
+        Command::Init {
+            authority,
+            dir,
+            listen,
+            api_socket,
+            name,
+            signatory,
+        } => {
+            let r = konvert_gateway::init::init(&konvert_gateway::init::InitOptions {
+                authority,
+                dir,
+                listen,
+                api_socket,
+                name,
+                signatory,
+                force: false,
+            })?;
+            println!("created {}", r.config.display());
+            println!("  public card (give to peers): {}", r.card.display());
+            if let Some(pin) = &r.card_value.tls_pin {
+                println!("  TLS pin: {pin}");
+            }
+        }
+        Command::Peer(PeerCommand::Add {
+            config,
+            card,
+            addresses,
+            agreements,
+        }) => {
+            let c = konvert_gateway::init::peer_add(&config, &card, &addresses, &agreements)?;
+            println!("added peer {} to {}", c.authority, config.display());
         }
         Command::Keygen {
             authority,

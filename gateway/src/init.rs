@@ -1,0 +1,297 @@
+//! `konvertctl init` and `konvertctl peer add`: a gateway's directory from
+//! nothing, and peers from their cards, with no other editing.
+//!
+//! `init --authority kz.mvd --dir DIR` makes:
+//!
+//! | path | mode | what |
+//! |---|---|---|
+//! | `DIR/konvert.toml` | 0640 | the daemon configuration, ready to start |
+//! | `DIR/card.toml` | 0644 | the public authority card: give it to peers |
+//! | `DIR/keys/node.key.pem`, `age.key` | 0600 | node signing key, age identity |
+//! | `DIR/keys/tls.cert.pem`, `tls.key.pem` | 0644 / 0600 | self-signed QUIC TLS certificate and key |
+//! | `DIR/keys/master.key` | 0600 | the store's master key |
+//! | `DIR/keys/signatories/ID.key.pem` (+ `.pub`) | 0600 | a first signatory |
+//! | `DIR/profiles/*.toml` | 0644 | the shipped agreement profiles |
+//! | `DIR/peers/` | 0700 | peer cards, filled by `peer add` |
+//! | `DIR/data/` | 0700 | the store |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use konvert_envelope::keys::{AuthorityCard, CardSignatory};
+use konvert_envelope::model::{AgreementId, AuthorityId};
+
+use crate::config::{ApiConfig, Config, Loaded, PeerConfig, QuicConfig, SignatoryConfig, StoreSection};
+use crate::files::{self, FileError};
+use crate::offline::{self, Error};
+use crate::transport::tls::TlsIdentity;
+
+/// TLS certificate file in the keys directory.
+pub const TLS_CERT_FILE: &str = "tls.cert.pem";
+/// TLS key file in the keys directory.
+pub const TLS_KEY_FILE: &str = "tls.key.pem";
+/// Store master key file in the keys directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// Configuration file name.
+pub const CONFIG_FILE: &str = "konvert.toml";
+
+/// What `init` is asked to make.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The authority, e.g. `kz.mvd`.
+    pub authority: AuthorityId,
+    /// The directory to fill (created; must be empty unless `force`).
+    pub dir: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Local API socket path (default `DIR/api.sock`).
+    pub api_socket: Option<PathBuf>,
+    /// Human-readable authority name for the card.
+    pub name: Option<String>,
+    /// Id of the first signatory.
+    pub signatory: String,
+    /// Replace existing files.
+    pub force: bool,
+}
+
+/// Where `init` put things.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The public card.
+    pub card: PathBuf,
+    /// The card's contents.
+    pub card_value: AuthorityCard,
+}
+
+fn key_err(path: &Path) -> impl FnOnce(konvert_envelope::keys::KeyError) -> Error + '_ {
+    move |source| Error::Key {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes a gateway directory (see the module documentation).
+pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
+    let dir = &o.dir;
+    if !o.force && dir.join(CONFIG_FILE).exists() {
+        return Err(FileError::Exists(dir.join(CONFIG_FILE)).into());
+    }
+    files::create_private_dir(dir)?;
+    let keys = dir.join("keys");
+    offline::keygen(&o.authority, &keys, o.name.clone(), o.force)?;
+
+    let tls = TlsIdentity::generate(&o.authority)
+        .map_err(|e| Error::Usage(format!("cannot make a TLS certificate: {e}")))?;
+    let (cert_pem, key_pem) = tls.to_pem();
+    files::write_atomic(&keys.join(TLS_CERT_FILE), cert_pem.as_bytes(), 0o644, o.force)?;
+    files::write_atomic(&keys.join(TLS_KEY_FILE), key_pem.as_bytes(), 0o600, o.force)?;
+
+    let master = keys.join(MASTER_KEY_FILE);
+    if o.force && master.exists() {
+        // Never replace a master key silently: it would make the store unreadable.
+        return Err(Error::Usage(format!(
+            "{} exists; move it away yourself if you really mean to start a new store",
+            master.display()
+        )));
+    }
+    konvert_store::MasterKey::generate_to_file(&master)
+        .map_err(|e| Error::Usage(format!("{}: {e}", master.display())))?;
+
+    let sig_dir = keys.join("signatories");
+    files::create_private_dir(&sig_dir)?;
+    let sig_path = sig_dir.join(format!("{}.key.pem", o.signatory));
+    let sig_pub = offline::signatory_keygen(&sig_path, o.force)?;
+
+    let profiles_dir = dir.join("profiles");
+    files::create_private_dir(&profiles_dir)?;
+    let mut profiles = Vec::new();
+    for (id, text) in crate::demo::PROFILES {
+        let p = profiles_dir.join(format!("{id}.toml"));
+        files::write_atomic(&p, text.as_bytes(), 0o644, o.force)?;
+        profiles.push(PathBuf::from("profiles").join(format!("{id}.toml")));
+    }
+    files::create_private_dir(&dir.join("peers"))?;
+
+    // The public card: node keys from keygen, plus the TLS pin and the signatory.
+    let card_path = keys.join(offline::CARD_FILE);
+    let mut card = offline::load_card(&card_path)?;
+    card.tls_pin = Some(tls.pin().to_string());
+    card.signatories = vec![CardSignatory {
+        id: o.signatory.clone(),
+        key: sig_pub,
+        valid_from: None,
+        valid_until: None,
+    }];
+    let card_text = format!(
+        "# Konvert authority card of {}: give this file to peer gateways (`konvertctl peer add --card`).\n\
+         # It holds only public keys.\n{}",
+        o.authority,
+        card.to_toml_string().map_err(key_err(&card_path))?
+    );
+    files::write_atomic(&card_path, card_text.as_bytes(), 0o644, true)?;
+    let public_card = dir.join(offline::CARD_FILE);
+    files::write_atomic(&public_card, card_text.as_bytes(), 0o644, o.force)?;
+
+    let config = Config {
+        authority: o.authority.clone(),
+        keys_dir: PathBuf::from("keys"),
+        data_dir: PathBuf::from("data"),
+        profiles,
+        quic: QuicConfig {
+            listen: o.listen,
+            max_envelope_bytes: 512 * 1024 * 1024,
+            idle_timeout: crate::config::Span(std::time::Duration::from_secs(60)),
+            keep_alive: crate::config::Span(std::time::Duration::from_secs(15)),
+            max_streams_per_connection: 256,
+            max_connections_per_peer: 4,
+        },
+        api: ApiConfig {
+            socket: o.api_socket.clone().unwrap_or_else(|| PathBuf::from("api.sock")),
+            users: Vec::new(),
+            groups: Vec::new(),
+            max_json_bytes: 16 * 1024 * 1024,
+            max_upload_bytes: 256 * 1024 * 1024,
+        },
+        store: StoreSection {
+            master_key_file: Some(PathBuf::from("keys").join(MASTER_KEY_FILE)),
+            ..StoreSection::default()
+        },
+        outbox: Default::default(),
+        log: Default::default(),
+        signatories: vec![SignatoryConfig {
+            id: o.signatory.clone(),
+            key: PathBuf::from("keys/signatories").join(format!("{}.key.pem", o.signatory)),
+        }],
+        peers: Vec::new(),
+    };
+    let text = format!(
+        "# Konvert gateway of {} — made by `konvertctl init`.\n\
+         # Add peers with `konvertctl peer add --config {} --card PEER_CARD --address HOST:PORT --agreement ID`.\n\
+         # Relative paths are relative to this file. The API socket admits this daemon's own user;\n\
+         # list application users or groups under [api].\n\n{}",
+        o.authority,
+        dir.join(CONFIG_FILE).display(),
+        config.to_toml().map_err(|e| Error::Usage(e.to_string()))?
+    );
+    let cfg_path = dir.join(CONFIG_FILE);
+    files::write_atomic(&cfg_path, text.as_bytes(), 0o640, o.force)?;
+    // What init wrote must load.
+    Loaded::load(&cfg_path).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(InitReport {
+        config: cfg_path,
+        card: public_card,
+        card_value: card,
+    })
+}
+
+/// Adds a peer from its card to the configuration at `config_path`.
+///
+/// The card is copied to `peers/AUTHORITY.toml` beside the configuration and
+/// a `[[peers]]` table is appended; the result is loaded and checked before
+/// it replaces the configuration, so a bad card or address changes nothing.
+pub fn peer_add(
+    config_path: &Path,
+    card_path: &Path,
+    addresses: &[String],
+    agreements: &[AgreementId],
+) -> Result<AuthorityCard, Error> {
+    let card = offline::load_card(card_path)?;
+    if card.tls_pin.is_none() {
+        return Err(Error::Usage(format!(
+            "{}: the card has no tls_pin; peers need a card made by `konvertctl init`",
+            card_path.display()
+        )));
+    }
+    let text = files::read_text(config_path, crate::config::MAX_CONFIG)?;
+    let current = Config::parse(&text, config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    if current.peers.iter().any(|p| p.authority == card.authority) {
+        return Err(Error::Usage(format!(
+            "{} is already a peer in {}",
+            card.authority,
+            config_path.display()
+        )));
+    }
+    let base = files::parent_dir(config_path);
+    let peers_dir = base.join("peers");
+    files::create_private_dir(&peers_dir)?;
+    let stored = peers_dir.join(format!("{}.toml", card.authority));
+    let peer = PeerConfig {
+        authority: card.authority.clone(),
+        addresses: addresses.to_vec(),
+        agreements: agreements.to_vec(),
+        card: PathBuf::from("peers").join(format!("{}.toml", card.authority)),
+    };
+    #[derive(serde::Serialize)]
+    struct One<'a> {
+        peers: [&'a PeerConfig; 1],
+    }
+    let table = toml::to_string(&One { peers: [&peer] }).map_err(|e| Error::Usage(e.to_string()))?;
+    let new_text = format!("{}\n{table}", text.trim_end());
+    // Check the result before anything is replaced.
+    let card_text = files::read_text(card_path, offline::MAX_SMALL_FILE)?;
+    Config::parse(&new_text, config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    let loaded = Loaded::load(config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    if let Some(a) = agreements.iter().find(|a| !loaded.profiles.contains_key(*a)) {
+        return Err(Error::Usage(format!(
+            "no profile for agreement {a} is configured in {}",
+            config_path.display()
+        )));
+    }
+    files::write_atomic(&stored, card_text.as_bytes(), 0o644, true)?;
+    files::write_atomic(config_path, new_text.as_bytes(), 0o640, true)?;
+    Loaded::load(config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(card)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(a: &str, dir: &Path, port: u16) -> InitOptions {
+        InitOptions {
+            authority: AuthorityId::new(a).unwrap(),
+            dir: dir.to_path_buf(),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            api_socket: None,
+            name: None,
+            signatory: "head".into(),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn two_gateways_init_and_add_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let kz = init(&opts("kz.mvd", &t.path().join("kz"), 7443)).unwrap();
+        let by = init(&opts("by.mvd", &t.path().join("by"), 7444)).unwrap();
+        assert!(kz.card_value.tls_pin.as_deref().unwrap().starts_with("sha256/"));
+        let agreement = AgreementId::new("kz-by-2019").unwrap();
+        peer_add(
+            &kz.config,
+            &by.card,
+            &["127.0.0.1:7444".into()],
+            std::slice::from_ref(&agreement),
+        )
+        .unwrap();
+        peer_add(
+            &by.config,
+            &kz.card,
+            &["127.0.0.1:7443".into()],
+            std::slice::from_ref(&agreement),
+        )
+        .unwrap();
+        let loaded = Loaded::load(&kz.config).unwrap();
+        assert_eq!(loaded.config.peers.len(), 1);
+        assert_eq!(loaded.cards[&AuthorityId::new("by.mvd").unwrap()], by.card_value);
+        // Adding the same peer twice, or with an unknown agreement, changes nothing.
+        assert!(peer_add(&kz.config, &by.card, &["127.0.0.1:7444".into()], &[agreement]).is_err());
+        let unknown = AgreementId::new("kz-xx-2030").unwrap();
+        let am = init(&opts("am.police", &t.path().join("am"), 7445)).unwrap();
+        assert!(peer_add(&kz.config, &am.card, &["127.0.0.1:7445".into()], &[unknown]).is_err());
+        assert_eq!(Loaded::load(&kz.config).unwrap().config.peers.len(), 1);
+        // A second init into the same directory is refused.
+        assert!(init(&opts("kz.mvd", &t.path().join("kz"), 7443)).is_err());
+    }
+}
