@@ -1,22 +1,26 @@
 //! The store itself: layout in sled, writes, reads, destruction.
 //!
-//! Everything lives in sled's default tree, under one-byte key prefixes, so
-//! that one write (record, its index entries and its audit entry) is one
-//! atomic `sled::Batch`:
+//! Metadata, indexes and the audit trail live in sled's default tree under
+//! one-byte key prefixes; a group of changes (a record, its index entries and
+//! its audit entry) is applied atomically through an intent record (`wal.rs`).
+//! Sealed payloads live in the `payloads` tree, keyed by expiry hour first,
+//! which makes that tree its own expiry index.
 //!
 //! | key | value |
 //! |---|---|
-//! | `O`/`I` id | message record (metadata + sealed payload) |
+//! | `O`/`I` id | message record (metadata, no payload) |
 //! | `S` dir state id | (index by state) |
 //! | `P` dir len peer id | (index by peer) |
-//! | `X` hour class id | expiry work item (destroy, purge) |
+//! | `X` hour class id | expiry work item (purge, receipt, case) |
 //! | `c` case dir id | (messages of a case) |
 //! | `R` id | delivery receipt (sealed) |
 //! | `r` len peer id | (receipts by peer) |
 //! | `C` case | case record |
 //! | `D` deadline case | (cases by deadline) |
 //! | `A` seq | audit entry |
-//! | `M` name | store metadata (format version) |
+//! | `W` seq | intent record (a group being applied) |
+//! | `M` | store format version |
+//! | `payloads`: hour dir id tag | sealed payload |
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -100,7 +100,7 @@ fn crash_many_times() {
                 .map_while(|l| l.ok())
                 .collect::<Vec<String>>()
         });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(20..250)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..150)));
         child.kill().unwrap();
         child.wait().unwrap();
         let lines = reader.join().unwrap();
