@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -334,6 +335,7 @@ struct Shared {
     cfg: TransportConfig,
     transport: Arc<quinn::TransportConfig>,
     slots: Arc<Mutex<HashMap<AuthorityId, usize>>>,
+    draining: AtomicBool,
 }
 
 /// The gateway's QUIC endpoint: one UDP socket, server and client.
@@ -405,6 +407,7 @@ impl Endpoint {
                 cfg,
                 transport,
                 slots: Arc::default(),
+                draining: AtomicBool::new(false),
             }),
         })
     }
@@ -465,18 +468,30 @@ impl Endpoint {
     /// The next incoming connection attempt, or `None` once the endpoint is
     /// closed. Establish it with [`Incoming::establish`], best in a task of
     /// its own so that a slow handshake does not hold up the others.
+    ///
+    /// After [`Endpoint::refuse_new_connections`], attempts are refused here
+    /// (QUIC CONNECTION_REFUSED) and not returned.
     pub async fn accept(&self) -> Option<Incoming> {
-        let inner = self.shared.quinn.accept().await?;
-        Some(Incoming {
-            inner,
-            shared: self.shared.clone(),
-        })
+        loop {
+            let inner = self.shared.quinn.accept().await?;
+            if self.shared.draining.load(Ordering::Acquire) {
+                debug!(remote = %inner.remote_address(), "connection attempt refused: shutting down");
+                inner.refuse();
+                continue;
+            }
+            return Some(Incoming {
+                inner,
+                shared: self.shared.clone(),
+            });
+        }
     }
 
-    /// Stops accepting new connections (they are refused); established
-    /// connections keep working. The first step of a graceful shutdown.
+    /// Refuses new connections from now on (keep calling [`Endpoint::accept`]
+    /// so that attempts are answered at once); established connections keep
+    /// working. The first step of a graceful shutdown.
     pub fn refuse_new_connections(&self) {
-        self.shared.quinn.set_server_config(None);
+        info!("QUIC endpoint refuses new connections");
+        self.shared.draining.store(true, Ordering::Release);
     }
 
     /// Closes every connection with [`CloseCode::Normal`]; streams in flight
