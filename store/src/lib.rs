@@ -42,7 +42,7 @@ mod wal;
 pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditKind, BreakKind, VerifiedChain};
 pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
-pub use keys::{read_keyring_summary, DataKey, KeyringSummary, MasterKey};
+pub use keys::{read_keyring_summary, KeyringSummary, MasterKey};
 pub use model::{
     CaseInfo, Direction, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt, Put, Receipt,
     StoreStats, SweepReport,
