@@ -279,7 +279,8 @@ pub struct SweepReport {
 /// Counters since the store was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Real syncs (flush + fdatasync) done.
+    /// Group-commit syncs done (each one `flush` + `fdatasync` under
+    /// [`crate::SyncMode::Fdatasync`]; rounds without a sync in the dangerous modes).
     pub syncs: u64,
     /// Writes acknowledged as durable.
     pub acked_writes: u64,
