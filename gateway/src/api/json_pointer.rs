@@ -49,6 +49,48 @@ pub fn pointer_at(body: &[u8], line: usize, column: usize) -> String {
     pointer_at_offset(&body[..offset])
 }
 
+/// The pointer, relative to `base`, of the first member named `name` in the
+/// value at `base` in `body` (objects searched depth-first).
+pub fn find_key(body: &[u8], base: &str, name: &str) -> Option<String> {
+    fn walk(v: &serde_json::Value, name: &str, out: &mut String) -> bool {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.contains_key(name) {
+                    out.push('/');
+                    out.push_str(&escape(&safe_key(name)));
+                    return true;
+                }
+                for (k, child) in map {
+                    let len = out.len();
+                    out.push('/');
+                    out.push_str(&escape(&safe_key(k)));
+                    if walk(child, name, out) {
+                        return true;
+                    }
+                    out.truncate(len);
+                }
+                false
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = out.len();
+                    out.push('/');
+                    out.push_str(&i.to_string());
+                    if walk(child, name, out) {
+                        return true;
+                    }
+                    out.truncate(len);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = String::new();
+    walk(doc.pointer(base)?, name, &mut out).then_some(out)
+}
+
 fn pointer_at_offset(prefix: &[u8]) -> String {
     let mut frames: Vec<Frame> = Vec::new();
     let mut i = 0;

@@ -268,8 +268,22 @@ impl Problem {
     /// wrong type) is `validation` with rule `schema`. `field` points at the
     /// place of the error; serde's message is redacted of values.
     pub fn from_json_error(err: &serde_json::Error, body: &[u8]) -> Self {
-        let message = redact_serde_message(&err.to_string());
-        let field = super::json_pointer::pointer_at(body, err.line(), err.column());
+        let raw = err.to_string();
+        let message = redact_serde_message(&raw);
+        let mut field = super::json_pointer::pointer_at(body, err.line(), err.column());
+        // Inside a tagged enum (a message body) serde reports the end of the
+        // enum; an unknown field is then found by its name below that place.
+        if let Some(name) = raw
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(n, _)| n)
+        {
+            if !field.ends_with(&format!("/{}", super::json_pointer::escape(name))) {
+                if let Some(sub) = super::json_pointer::find_key(body, &field, name) {
+                    field.push_str(&sub);
+                }
+            }
+        }
         match err.classify() {
             serde_json::error::Category::Data => {
                 Self::new(ProblemType::Validation, "the JSON body does not match the schema")

@@ -96,10 +96,17 @@ pub(crate) const COSE_SIGN1_CONTENT_TYPE: &str = "application/cose; cose-type=\"
 const DEFAULT_LIMIT: u32 = 100;
 
 /// What the handlers share.
-#[derive(Debug)]
 pub(crate) struct Ctx<S> {
     pub service: Arc<S>,
     pub limits: ApiLimits,
+}
+
+impl<S> std::fmt::Debug for Ctx<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Finds the route of a path: its index in [`ROUTES`] and the path parameters.

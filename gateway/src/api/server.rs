@@ -149,13 +149,21 @@ pub enum BindError {
 }
 
 /// The local API server: a bound socket, not yet serving.
-#[derive(Debug)]
 pub struct ApiServer<S> {
     listener: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
     policy: Arc<AccessPolicy>,
     ctx: Arc<Ctx<S>>,
+}
+
+impl<S> std::fmt::Debug for ApiServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("path", &self.path)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
