@@ -790,6 +790,16 @@ async fn submit_errors_name_the_field() {
     );
     assert_eq!(v["errors"][0]["rule"], "schema");
     assert!(!String::from_utf8_lossy(&r.body).contains("секретное"));
+    // A key that looks like data is not repeated either.
+    let mut body = submit_body(&example("request.json"));
+    body["message"]["body"]["content"]["persons"][0]["Сейткали"] = json!(1);
+    let r = h.post_json("/v1/messages", &body).await;
+    let v = r.problem("validation", 422);
+    assert_eq!(
+        v["errors"][0]["field"], "/message/body/content/persons/0/*",
+        "{v}"
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains("Сейткали"), "{v}");
     // A value of the wrong shape: the value is not repeated either.
     let mut body = submit_body(&example("request.json"));
     body["message"]["body"]["content"]["persons"][0]["sex"] = json!("Сейткали");
@@ -1290,4 +1300,29 @@ fn openapi_documents_every_route_and_problem_type() {
             t.slug()
         );
     }
+}
+
+#[tokio::test]
+async fn too_many_headers_are_refused_by_the_http_layer() {
+    let h = Harness::start(
+        AccessPolicy::new(vec![], vec![]),
+        ApiLimits {
+            max_headers: 16,
+            ..ApiLimits::default()
+        },
+    )
+    .await;
+    let mut r = req("GET", "/v1/health", None, Full::new(Bytes::new()));
+    for i in 0..40 {
+        r.headers_mut().insert(
+            header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    assert_eq!(
+        send(&h.path, r).await.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(h.get("/v1/health").await.status, StatusCode::OK);
+    h.stop().await;
 }

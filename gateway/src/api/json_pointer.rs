@@ -18,13 +18,17 @@ pub fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn safe_key(key: &str) -> String {
-    let plain = !key.is_empty()
+/// Whether a key looks like a field name (and not like data).
+pub fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
         && key.len() <= 64
         && key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if plain {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn safe_key(key: &str) -> String {
+    if is_plain_key(key) {
         key.to_owned()
     } else {
         "*".to_owned()

@@ -269,7 +269,7 @@ impl Problem {
     /// place of the error; serde's message is redacted of values.
     pub fn from_json_error(err: &serde_json::Error, body: &[u8]) -> Self {
         let raw = err.to_string();
-        let message = redact_serde_message(&raw);
+        let mut message = redact_serde_message(&raw);
         let mut field = super::json_pointer::pointer_at(body, err.line(), err.column());
         // Inside a tagged enum (a message body) serde reports the end of the
         // enum; an unknown field is then found by its name below that place.
@@ -278,6 +278,10 @@ impl Problem {
             .and_then(|r| r.split_once('`'))
             .map(|(n, _)| n)
         {
+            if !super::json_pointer::is_plain_key(name) {
+                // A key that is not a field name may be data: not repeated.
+                message = message.replacen(&format!("`{name}`"), "`*`", 1);
+            }
             if !field.ends_with(&format!("/{}", super::json_pointer::escape(name))) {
                 if let Some(sub) = super::json_pointer::find_key(body, &field, name) {
                     field.push_str(&sub);
