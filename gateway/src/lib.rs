@@ -2,6 +2,7 @@
 //!
 //! - [`files`]: size-limited reads, atomic writes, owner-only secrets.
 //! - [`config`]: `konvert.toml`, the daemon configuration.
+//! - [`daemon`]: `konvertd`: the node, inbound and outbound delivery, the API service.
 //! - [`demo`]: `konvertctl demo`, the exchange a newcomer runs first.
 //! - [`retry`]: outbox retry timing (exponential backoff with jitter).
 //! - [`init`]: `konvertctl init` and `peer add`.
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod api;
 pub mod demo;
 pub mod files;

@@ -1,0 +1,342 @@
+//! `konvertd`: the gateway daemon.
+//!
+//! One [`Node`] joins the pieces: the configuration ([`crate::config`]), the
+//! node keys and signatories, the agreement profiles, the store
+//! (`konvert-store`), the QUIC endpoint ([`crate::transport`]) and the local
+//! API ([`crate::api`]). Its tasks:
+//!
+//! - [`outbound`]: submissions from applications are validated, signed,
+//!   sealed and queued durably; a dispatcher delivers the queue to each
+//!   peer over one long-lived connection per peer, one stream per envelope,
+//!   with retries (exponential backoff, jitter, address rotation) and a
+//!   limit after which a message is marked failed;
+//! - [`inbound`]: envelopes from peers are checked, stored durably and only
+//!   then answered with a signed receipt; a duplicate gets the same receipt;
+//! - [`service`]: the local API's operations on top of the store.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting API requests and QUIC
+//! connections, let in-flight work finish, sync the store, close QUIC
+//! cleanly. SIGHUP reloads peers and profiles without dropping connections
+//! or queued messages.
+
+pub mod inbound;
+pub mod outbound;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use konvert_envelope::envelope::Limits;
+use konvert_envelope::keys::{AuthorityCard, NodeKeys, SigningKey};
+use konvert_envelope::model::{AgreementId, AuthorityId, Timestamp};
+use konvert_envelope::profile::Profile;
+use konvert_store::{MasterKey, RetentionPolicy, Store, StoreConfig};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Loaded};
+use crate::files;
+use crate::offline;
+use crate::retry::Backoff;
+use crate::transport::{self, Endpoint, Peer, Pin, PinSet, TlsIdentity, TransportConfig};
+
+/// Why the daemon cannot start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or a file it names is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A key file is not usable.
+    #[error(transparent)]
+    Keys(#[from] offline::Error),
+    /// The TLS identity is not usable.
+    #[error("TLS identity in {path}: {reason}")]
+    Tls {
+        /// The keys directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store cannot be opened.
+    #[error("store in {path}: {source}")]
+    Store {
+        /// The data directory.
+        path: PathBuf,
+        /// The store's error.
+        source: konvert_store::Error,
+    },
+    /// The QUIC endpoint cannot be bound.
+    #[error("QUIC endpoint on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The API socket cannot be created.
+    #[error("API socket {path}: {reason}")]
+    Api {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What changes on SIGHUP: peers, their cards and the profiles.
+#[derive(Debug)]
+pub struct Directory {
+    /// Profiles by agreement.
+    pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Peers by authority.
+    pub peers: BTreeMap<AuthorityId, PeerEntry>,
+}
+
+/// A configured peer.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    /// Its card (keys, TLS pin, signatories).
+    pub card: AuthorityCard,
+    /// Addresses, tried in turn.
+    pub addresses: Vec<String>,
+    /// Agreements exchanged with it.
+    pub agreements: Vec<AgreementId>,
+    /// Pin of its TLS key.
+    pub pin: Pin,
+}
+
+impl Directory {
+    fn from_loaded(l: &Loaded) -> Result<Self, StartError> {
+        let mut peers = BTreeMap::new();
+        for p in &l.config.peers {
+            let card = l.cards[&p.authority].clone();
+            let pin_text = card.tls_pin.clone().unwrap_or_default();
+            let pin: Pin = pin_text
+                .parse()
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    path: l.path.clone(),
+                    key: format!("peers ({}).card.tls_pin", p.authority),
+                    reason: format!("{e}"),
+                })?;
+            peers.insert(
+                p.authority.clone(),
+                PeerEntry {
+                    card,
+                    addresses: p.addresses.clone(),
+                    agreements: p.agreements.clone(),
+                    pin,
+                },
+            );
+        }
+        Ok(Self {
+            profiles: l.profiles.clone(),
+            peers,
+        })
+    }
+
+    fn pins(&self) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .map(|(a, p)| Peer {
+                authority: a.clone(),
+                pin: p.pin.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The running gateway's shared state.
+#[derive(Debug)]
+pub struct Node {
+    /// The configuration file.
+    pub config_path: PathBuf,
+    /// The configuration as loaded at start (paths resolved).
+    pub config: Config,
+    /// This gateway's node keys.
+    pub keys: NodeKeys,
+    /// Signatories by id.
+    pub signatories: HashMap<String, SigningKey>,
+    /// Peers and profiles (replaced on SIGHUP).
+    pub directory: RwLock<Arc<Directory>>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// The QUIC endpoint.
+    pub endpoint: Endpoint,
+    /// Envelope limits for opening.
+    pub limits: Limits,
+    /// Retry timing.
+    pub backoff: Backoff,
+    /// Wakes the outbox dispatcher.
+    pub outbox_wake: Notify,
+    /// Signals new inbox items.
+    pub inbox_wake: Notify,
+    /// Per-peer connection and delivery state.
+    pub links: outbound::Links,
+    /// Where uploads wait until a submission uses them.
+    pub uploads_dir: PathBuf,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Envelopes being received now (shutdown waits for them).
+    pub inbound_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Node {
+    /// Loads everything the configuration names, opens the store and binds
+    /// the QUIC endpoint. Must run inside a tokio runtime.
+    pub fn start(config_path: &Path) -> Result<Arc<Node>, StartError> {
+        let loaded = Loaded::load(config_path)?;
+        let cfg = &loaded.config;
+        let keys = offline::load_node_keys(&cfg.keys_dir)?;
+        if keys.authority != cfg.authority {
+            return Err(StartError::Keys(offline::Error::Usage(format!(
+                "the keys in {} are for {}, the configuration is for {}",
+                cfg.keys_dir.display(),
+                keys.authority,
+                cfg.authority
+            ))));
+        }
+        let mut signatories = HashMap::new();
+        for s in &cfg.signatories {
+            signatories.insert(s.id.clone(), offline::load_signing_key(&s.key)?);
+        }
+        let tls = load_tls(&cfg.keys_dir)?;
+        let directory = Directory::from_loaded(&loaded)?;
+
+        let master = match (&cfg.store.master_key_file, &cfg.store.master_key_credential) {
+            (Some(f), _) => MasterKey::from_file(f),
+            (None, Some(name)) => MasterKey::from_systemd_credential(name),
+            (None, None) => unreachable_config(),
+        }
+        .map_err(|source| StartError::Store {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        files::create_private_dir(&cfg.data_dir).map_err(offline::Error::from)?;
+        let mut store_cfg = StoreConfig::new(cfg.data_dir.join("store"), master);
+        store_cfg.retention = retention(cfg);
+        let store = Store::open(store_cfg).map_err(|source| StartError::Store {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let uploads_dir = cfg.data_dir.join("uploads");
+        files::create_private_dir(&uploads_dir).map_err(offline::Error::from)?;
+
+        let tcfg = TransportConfig {
+            idle_timeout: cfg.quic.idle_timeout.0,
+            keep_alive: cfg.quic.keep_alive.0,
+            max_concurrent_streams_per_conn: cfg.quic.max_streams_per_connection,
+            max_connections_per_peer: cfg.quic.max_connections_per_peer as usize,
+            max_envelope_bytes: cfg.quic.max_envelope_bytes,
+            ..TransportConfig::default()
+        };
+        let pins = PinSet::new(directory.pins()).map_err(|e| StartError::Tls {
+            path: cfg.keys_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let endpoint = Endpoint::bind(cfg.quic.listen, tls, pins, tcfg).map_err(|e| StartError::Bind {
+            addr: cfg.quic.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+        let limits = Limits {
+            max_envelope: cfg.quic.max_envelope_bytes,
+            ..Limits::default()
+        };
+        let backoff = Backoff {
+            initial: cfg.outbox.initial_backoff.0,
+            max: cfg.outbox.max_backoff.0,
+            max_attempts: cfg.outbox.max_attempts,
+        };
+        let links = outbound::Links::new(&directory);
+        Ok(Arc::new(Node {
+            config_path: config_path.to_path_buf(),
+            config: loaded.config.clone(),
+            keys,
+            signatories,
+            directory: RwLock::new(Arc::new(directory)),
+            store: Arc::new(store),
+            endpoint,
+            limits,
+            backoff,
+            outbox_wake: Notify::new(),
+            inbox_wake: Notify::new(),
+            links,
+            uploads_dir,
+            started: Instant::now(),
+            inbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    /// The current peers and profiles.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory
+            .read()
+            .map(|d| Arc::clone(&d))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
+    /// Reloads peers and profiles from the configuration file (SIGHUP).
+    /// Connections and queued messages stay; removed peers' pins stop
+    /// admitting new connections.
+    pub fn reload(&self) -> Result<(), StartError> {
+        let loaded = Loaded::load(&self.config_path)?;
+        let dir = Directory::from_loaded(&loaded)?;
+        self.endpoint
+            .pins()
+            .replace(dir.pins())
+            .map_err(|e| StartError::Tls {
+                path: self.config.keys_dir.clone(),
+                reason: e.to_string(),
+            })?;
+        self.links.update(&dir);
+        if let Ok(mut d) = self.directory.write() {
+            *d = Arc::new(dir);
+        }
+        self.outbox_wake.notify_one();
+        tracing::info!(
+            peers = loaded.config.peers.len(),
+            profiles = loaded.profiles.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+fn unreachable_config() -> Result<MasterKey, konvert_store::Error> {
+    // Config::check refuses a configuration without a master key source.
+    Err(konvert_store::Error::Invalid("no master key configured".into()))
+}
+
+fn retention(cfg: &Config) -> RetentionPolicy {
+    let mut r = RetentionPolicy::default();
+    if let Some(d) = cfg.store.retention_default {
+        r.default = d.0;
+    }
+    if let Some(d) = cfg.store.audit_retention {
+        r.audit_retention = d.0;
+    }
+    for (agreement, kinds) in &cfg.store.retention {
+        for (kind, d) in kinds {
+            r.per_agreement_kind
+                .insert((agreement.clone(), kind.clone()), d.0);
+        }
+    }
+    r
+}
+
+/// Loads `tls.cert.pem` and `tls.key.pem` from the keys directory.
+pub fn load_tls(keys_dir: &Path) -> Result<TlsIdentity, StartError> {
+    let cert = files::read_limited(&keys_dir.join(crate::init::TLS_CERT_FILE), 64 * 1024)
+        .map_err(offline::Error::from)?;
+    let key = files::read_secret(&keys_dir.join(crate::init::TLS_KEY_FILE), 64 * 1024)
+        .map_err(offline::Error::from)?;
+    transport::TlsIdentity::from_pem(&cert, key.as_bytes()).map_err(|e| StartError::Tls {
+        path: keys_dir.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
