@@ -7,11 +7,13 @@
 //! - [`retry`]: outbox retry timing (exponential backoff with jitter).
 //! - [`init`]: `konvertctl init` and `peer add`.
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
+//! - [`client`]: the local API client behind `konvertctl`'s online commands (send, status, receipts, inbox, peers, health).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod daemon;
 pub mod api;
+pub mod client;
 pub mod demo;
 pub mod files;
 pub mod init;

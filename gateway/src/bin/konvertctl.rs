@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use konvert_envelope::envelope::Limits;
-use konvert_envelope::model::{AuthorityId, Timestamp};
+use konvert_envelope::model::{AuthorityId, Id, Timestamp};
+use konvert_gateway::api::types::{Cursor, ReceiptState};
+use konvert_gateway::client::{self, Client, ClientError, InboxQuery, ReceiptQuery};
 use konvert_gateway::offline;
 
 /// Konvert: secure message gateway for migration data exchanged under bilateral agreements.
@@ -19,13 +21,36 @@ use konvert_gateway::offline;
     propagate_version = true,
     after_help = "Examples:\n  konvertctl demo                                   # see three gateways exchange messages\n  \
         konvertctl keygen --authority kz.mvd --dir kz/    # keys and card for a gateway\n  \
-        konvertctl envelope seal --help                   # seal a message into an envelope\n\n\
+        konvertctl envelope seal --help                   # seal a message into an envelope\n  \
+        konvertctl --socket kz/api.sock send msg.json     # hand a message to a running konvertd\n\n\
         Exit status: 0 on success, 1 when the command failed (one line on stderr says why),\n\
         2 when the arguments are wrong."
 )]
 struct Cli {
+    #[command(flatten)]
+    online: OnlineArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the online commands reach konvertd.
+#[derive(Debug, Args)]
+struct OnlineArgs {
+    /// The konvertd API socket (online commands).
+    #[arg(
+        long,
+        global = true,
+        env = "KONVERT_SOCKET",
+        value_name = "PATH",
+        default_value = client::DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
+    /// Take the API socket path from this konvert.toml (instead of --socket); give it before the command.
+    #[arg(long = "config", value_name = "FILE")]
+    socket_config: Option<PathBuf>,
+    /// Print JSON instead of tables (online commands).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +119,151 @@ enum Command {
     /// Seal, open and inspect envelope files offline.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// Hand a message (JSON) to konvertd: upload its attachments, then submit it.
+    #[command(
+        after_help = "Example:\n  konvertctl --socket /run/konvert/api.sock send request.json --signatory ivanov\n\n\
+        FILE is a message (as in docs/examples) or a submit request {\"message\": ..., \"signatory\": ...}.\n\
+        Attachments with \"file\": \"PATH\" (relative to FILE) are uploaded first. Prints the id and state."
+    )]
+    Send {
+        /// The message JSON.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The signatory whose key signs it [default: the request's, else head].
+        #[arg(long, value_name = "ID")]
+        signatory: Option<String>,
+    },
+    /// Show the state of a message (sent or received) and its receipt.
+    #[command(
+        after_help = "Example:\n  konvertctl status 019ec9a6-9c80-7137-be01-be76fa861153\n  \
+        konvertctl --json status 019ec9a6-9c80-7137-be01-be76fa861153 | jq -r .state"
+    )]
+    Status {
+        /// The message id.
+        id: Id,
+    },
+    /// List delivery receipts, or show, export or verify one.
+    Receipts(ReceiptsArgs),
+    /// List received messages not yet acknowledged, or show or acknowledge one.
+    Inbox(InboxArgs),
+    /// List peer gateways: connected?, queue depth, oldest undelivered message.
+    #[command(after_help = "Example:\n  konvertctl peers\n  konvertctl --json peers")]
+    Peers,
+    /// Ask konvertd whether it is working (exit status 1 when it is unavailable).
+    #[command(after_help = "Example:\n  konvertctl --config /etc/konvert/konvert.toml health")]
+    Health,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Example:\n  konvertctl receipts --peer by.mvd --state rejected --since 2026-11-01T00:00:00Z\n  \
+    konvertctl receipts export 019ec9a6-9c80-7137-be01-be76fa861153 --out receipt.cose\n  \
+    konvertctl receipts verify receipt.cose --card by.mvd-card.toml"
+)]
+struct ReceiptsArgs {
+    #[command(subcommand)]
+    command: Option<ReceiptsCommand>,
+    /// Only receipts exchanged with this authority.
+    #[arg(long, value_name = "ID")]
+    peer: Option<AuthorityId>,
+    /// Only accepted or only rejected ones.
+    #[arg(long, value_parser = ["accepted", "rejected"])]
+    state: Option<String>,
+    /// Only receipts at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    since: Option<Timestamp>,
+    /// Only receipts before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    until: Option<Timestamp>,
+    /// At most this many (1-1000; the daemon's default is 100).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Continue after this envelope id (the `next` of the previous page).
+    #[arg(long, value_name = "ID")]
+    after: Option<Id>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptsCommand {
+    /// Show one receipt, decoded.
+    #[command(after_help = "Example:\n  konvertctl receipts show 019ec9a6-9c80-7137-be01-be76fa861153")]
+    Show {
+        /// The envelope id (the message id for messages sent by konvertd).
+        id: Id,
+    },
+    /// Write the signed receipt (COSE_Sign1, as received) to a file.
+    #[command(
+        after_help = "Example:\n  konvertctl receipts export 019ec9a6-9c80-7137-be01-be76fa861153 --out receipt.cose\n\n\
+        Check it later, without konvertd: konvertctl receipts verify receipt.cose --card PEER_CARD"
+    )]
+    Export {
+        /// The envelope id.
+        id: Id,
+        /// Where to write it (mode 0644).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify an exported receipt offline with the receiving authority's card.
+    #[command(
+        after_help = "Example:\n  konvertctl receipts verify receipt.cose --card by.mvd-card.toml\n\n\
+        Prints the envelope id, digest, sender, receiver, time and outcome; exit status 1 if the\n\
+        signature is not by the card's node key."
+    )]
+    Verify {
+        /// The exported receipt.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The receiver's authority card.
+        #[arg(long, value_name = "PEER_CARD")]
+        card: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Example:\n  konvertctl inbox --wait 30\n  \
+    konvertctl inbox show 019ec9a6-9c80-7137-be01-be76fa861153 --attachments-dir in/\n  \
+    konvertctl inbox ack 019ec9a6-9c80-7137-be01-be76fa861153"
+)]
+struct InboxArgs {
+    #[command(subcommand)]
+    command: Option<InboxCommand>,
+    /// Wait up to this many seconds (1-60) for a message if there is none.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u32>,
+    /// At most this many (1-1000; the daemon's default is 100).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Only messages that arrived after this cursor.
+    #[arg(long, value_name = "CURSOR")]
+    after: Option<Cursor>,
+}
+
+#[derive(Debug, Subcommand)]
+enum InboxCommand {
+    /// Print a received message (decrypted and verified) as JSON; fetching does not acknowledge it.
+    #[command(
+        after_help = "Example:\n  konvertctl inbox show 019ec9a6-9c80-7137-be01-be76fa861153 --attachments-dir in/\n\n\
+        With --json, prints the inbox entry, signatory and attachment list as well."
+    )]
+    Show {
+        /// The message id.
+        id: Id,
+        /// Download the attachments into this directory (attachment-N.EXT, mode 0600).
+        #[arg(long, value_name = "DIR")]
+        attachments_dir: Option<PathBuf>,
+    },
+    /// Acknowledge a received message: it is not listed again.
+    #[command(after_help = "Example:\n  konvertctl inbox ack 019ec9a6-9c80-7137-be01-be76fa861153")]
+    Ack {
+        /// The message id.
+        id: Id,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,7 +404,136 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), offline::Error> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), offline::Error> {
+/// Why a command failed: an offline command's error or an online one's.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Offline(#[from] offline::Error),
+    #[error(transparent)]
+    Online(#[from] ClientError),
+    #[error("konvertd is unavailable (health status unavailable)")]
+    Unavailable,
+    #[error("{0}")]
+    Other(String),
+}
+
+fn print_out<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce(&T) -> String) -> Result<(), Failure> {
+    if json {
+        print_json(v)?;
+    } else {
+        print!("{}", text(v));
+    }
+    Ok(())
+}
+
+/// The socket the online commands use: from --config's konvert.toml, else --socket/KONVERT_SOCKET.
+fn socket_path(o: &OnlineArgs) -> Result<PathBuf, Failure> {
+    match &o.socket_config {
+        Some(cfg) => {
+            let text = konvert_gateway::files::read_text(cfg, konvert_gateway::config::MAX_CONFIG)
+                .map_err(offline::Error::from)?;
+            let c = konvert_gateway::config::Config::parse(&text, cfg)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            Ok(c.api.socket)
+        }
+        None => Ok(o.socket.clone()),
+    }
+}
+
+async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
+    let json = o.json;
+    // receipts verify works offline: no socket needed.
+    if let Command::Receipts(ReceiptsArgs {
+        command: Some(ReceiptsCommand::Verify { file, card }),
+        ..
+    }) = &command
+    {
+        let (r, _card) = client::verify_receipt_file(file, card)?;
+        return print_out(json, &r, client::verified_receipt_text);
+    }
+    let c = Client::new(socket_path(o)?);
+    match command {
+        Command::Send { file, signatory } => {
+            let s = c.send_file(&file, signatory.as_deref()).await?;
+            print_out(json, &s, |s| format!("{} {}\n", s.id, s.state.as_str()))
+        }
+        Command::Status { id } => print_out(json, &c.status(id).await?, client::status_text),
+        Command::Receipts(args) => match args.command {
+            None => {
+                let q = ReceiptQuery {
+                    peer: args.peer,
+                    state: args.state.as_deref().and_then(|s| s.parse::<ReceiptState>().ok()),
+                    since: args.since,
+                    until: args.until,
+                    limit: args.limit,
+                    after: args.after,
+                };
+                let page = c.receipts(&q).await?;
+                print_out(json, &page, |p| client::receipts_table(&p.items))
+            }
+            Some(ReceiptsCommand::Show { id }) => {
+                print_out(json, &c.receipt(id).await?, client::receipt_text)
+            }
+            Some(ReceiptsCommand::Export { id, out, force }) => {
+                let n = c.export_receipt(id, &out, force).await?;
+                let v = serde_json::json!({"envelope_id": id, "file": out, "length": n});
+                print_out(json, &v, |_| {
+                    format!("wrote the receipt of {id} to {} ({n} bytes)\n", out.display())
+                })
+            }
+            Some(ReceiptsCommand::Verify { .. }) => Ok(()), // handled above
+        },
+        Command::Inbox(args) => match args.command {
+            None => {
+                let q = InboxQuery {
+                    wait: args.wait,
+                    limit: args.limit,
+                    after: args.after,
+                };
+                let page = c.inbox(&q).await?;
+                print_out(json, &page, |p| client::inbox_table(&p.items))
+            }
+            Some(InboxCommand::Show { id, attachments_dir }) => {
+                let m = c.inbox_get(id).await?;
+                if let Some(dir) = attachments_dir {
+                    for f in c.save_attachments(&m, &dir).await? {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+                if json {
+                    print_json(&m)?;
+                } else {
+                    print_json(&m.message)?;
+                }
+                Ok(())
+            }
+            Some(InboxCommand::Ack { id }) => {
+                let a = c.inbox_ack(id).await?;
+                print_out(json, &a, |a| format!("{} {}\n", a.id, a.state.as_str()))
+            }
+        },
+        Command::Peers => print_out(json, &c.peers().await?, |p| client::peers_table(p)),
+        Command::Health => {
+            let h = c.health().await?;
+            print_out(json, &h, client::health_text)?;
+            if h.status == konvert_gateway::api::types::HealthStatus::Unavailable {
+                return Err(Failure::Unavailable);
+            }
+            Ok(())
+        }
+        _ => Err(Failure::Other("not an online command".into())),
+    }
+}
+
+fn run_online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(online(o, command))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Demo { keep } => {
             let kept = keep.is_some();
@@ -358,6 +657,12 @@ fn run(cli: Cli) -> Result<(), offline::Error> {
             let s = offline::inspect_file(&input, age_body.as_deref(), &Limits::default(), force)?;
             print_json(&s)?;
         }
+        command @ (Command::Send { .. }
+        | Command::Status { .. }
+        | Command::Receipts(_)
+        | Command::Inbox(_)
+        | Command::Peers
+        | Command::Health) => run_online(&cli.online, command)?,
     }
     Ok(())
 }
