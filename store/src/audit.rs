@@ -1,10 +1,13 @@
 //! The tamper-evident audit trail: append-only, hash-chained entries.
 //!
-//! Entry `n` is stored under key `A || n` (big-endian) as
-//! `hash(32) || cbor(body)`, where `body = { seq, at, prev, event }` and
-//! `hash = SHA-256("konvert-audit v1" || cbor(body))`. `prev` is the hash of
-//! entry `n - 1` (all zeroes for the first). Entries carry ids, times, peers,
-//! counts, outcomes and digests, never personal data or message substance.
+//! The events of one atomic group of changes (a group commit of many puts,
+//! a state change, a sweep step) form one *block*, stored under key `A || n`
+//! (big-endian; `n` is the sequence number of its first event) as
+//! `hash(32) || cbor(body)`, where `body = { seq, prev, events: [{at, event}] }`
+//! and `hash = SHA-256("konvert-audit v2" || cbor(body))`. `prev` is the hash
+//! of the previous block (all zeroes for the first). Events carry ids, times,
+//! peers, counts, outcomes and digests, never personal data or message
+//! substance.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -163,21 +166,30 @@ pub struct AuditEntry {
     pub seq: u64,
     /// When (unix seconds).
     pub at: i64,
-    /// Hash of the previous entry.
+    /// Hash of the previous block (the events of one atomic group of
+    /// changes share a block).
     pub prev: [u8; 32],
-    /// This entry's hash.
+    /// Hash of the block holding this entry.
     pub hash: [u8; 32],
     /// What happened.
     pub event: AuditEvent,
 }
 
+/// One audited event inside a block.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct TimedEvent {
+    pub(crate) at: i64,
+    pub(crate) event: AuditEvent,
+}
+
+/// A block: the events of one atomic group of changes, chained to the
+/// previous block. `seq` is the sequence number of its first event.
 #[derive(Serialize, Deserialize)]
 struct Body {
     seq: u64,
-    at: i64,
     #[serde(with = "serde_bytes")]
     prev: [u8; 32],
-    event: AuditEvent,
+    events: Vec<TimedEvent>,
 }
 
 pub(crate) fn audit_key(seq: u64) -> [u8; 9] {
@@ -189,20 +201,16 @@ pub(crate) fn audit_key(seq: u64) -> [u8; 9] {
 
 fn hash_body(body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"konvert-audit v1");
+    h.update(b"konvert-audit v2");
     h.update(body);
     h.finalize().into()
 }
 
-/// Encode entry `seq`; returns (stored value, its hash).
-pub(crate) fn encode_entry(seq: u64, at: i64, prev: [u8; 32], event: &AuditEvent) -> (Vec<u8>, [u8; 32]) {
-    let body = Body {
-        seq,
-        at,
-        prev,
-        event: event.clone(),
-    };
-    let mut buf = Vec::with_capacity(160);
+/// Encode the block of `events` starting at sequence number `seq`; returns
+/// (stored value, its hash).
+pub(crate) fn encode_block(seq: u64, prev: [u8; 32], events: Vec<TimedEvent>) -> (Vec<u8>, [u8; 32]) {
+    let body = Body { seq, prev, events };
+    let mut buf = Vec::with_capacity(64 + 128 * body.events.len());
     buf.extend_from_slice(&[0u8; 32]);
     // Encoding into a Vec cannot fail for these types.
     let _ = ciborium::into_writer(&body, &mut buf);
@@ -211,34 +219,61 @@ pub(crate) fn encode_entry(seq: u64, at: i64, prev: [u8; 32], event: &AuditEvent
     (buf, hash)
 }
 
-/// Decode a stored entry; `None` if it is not well-formed. The stored hash
+/// A stored block as read back.
+pub(crate) struct Block {
+    pub(crate) seq: u64,
+    pub(crate) prev: [u8; 32],
+    /// The hash stored with the block.
+    pub(crate) hash: [u8; 32],
+    /// The hash of the block's content as it is now.
+    pub(crate) computed: [u8; 32],
+    pub(crate) events: Vec<TimedEvent>,
+}
+
+impl Block {
+    /// Sequence number after this block's last event.
+    pub(crate) fn end(&self) -> u64 {
+        self.seq + self.events.len() as u64
+    }
+    /// The block's events as entries (each carries the block's hashes).
+    pub(crate) fn entries(self) -> impl Iterator<Item = AuditEntry> {
+        let (seq, prev, hash) = (self.seq, self.prev, self.hash);
+        self.events.into_iter().enumerate().map(move |(i, e)| AuditEntry {
+            seq: seq + i as u64,
+            at: e.at,
+            prev,
+            hash,
+            event: e.event,
+        })
+    }
+}
+
+/// Decode a stored block; `None` if it is not well-formed. The stored hash
 /// is returned as is; [`verify_chain`] checks it.
-pub(crate) fn decode_entry(value: &[u8]) -> Option<(AuditEntry, [u8; 32])> {
+pub(crate) fn decode_block(value: &[u8]) -> Option<Block> {
     if value.len() < 33 {
         return None;
     }
     let (h, body) = value.split_at(32);
     let b: Body = ciborium::from_reader(body).ok()?;
-    let stored: [u8; 32] = h.try_into().ok()?;
-    let computed = hash_body(body);
-    Some((
-        AuditEntry {
-            seq: b.seq,
-            at: b.at,
-            prev: b.prev,
-            hash: stored,
-            event: b.event,
-        },
-        computed,
-    ))
+    if b.events.is_empty() {
+        return None;
+    }
+    Some(Block {
+        seq: b.seq,
+        prev: b.prev,
+        hash: h.try_into().ok()?,
+        computed: hash_body(body),
+        events: b.events,
+    })
 }
 
 /// The result of a successful verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {
-    /// Number of entries checked.
+    /// Number of entries (events) checked.
     pub entries: u64,
-    /// Hash of the last entry (all zeroes for an empty chain). Record it
+    /// Hash of the last block (all zeroes for an empty chain). Record it
     /// outside the machine to detect a later rewrite of the whole tail.
     pub head: [u8; 32],
 }
@@ -260,58 +295,67 @@ pub enum BreakKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("audit chain broken at entry {index}: {kind:?}")]
 pub struct AuditBreak {
-    /// Position (0-based, in storage order) of the first bad entry.
+    /// Sequence number of the first entry of the first bad block (blocks
+    /// hold the events of one atomic group; one event per block outside
+    /// group commits).
     pub index: u64,
     /// What is wrong there.
     pub kind: BreakKind,
 }
 
-/// Verify a chain given as (key sequence number, stored value) in key order.
-pub(crate) fn verify_chain<I>(entries: I) -> Result<VerifiedChain, AuditBreak>
+/// Verify a chain given as (key sequence number, stored block) in key order.
+/// Positions in an [`AuditBreak`] are event sequence numbers: the first
+/// event of the offending block.
+pub(crate) fn verify_chain<I>(blocks: I) -> Result<VerifiedChain, AuditBreak>
 where
     I: IntoIterator<Item = (u64, Vec<u8>)>,
 {
     let mut prev_hash = [0u8; 32];
+    // Hash before the previous block, and where the previous block starts.
     let mut prev_prev: Option<[u8; 32]> = None;
-    let mut index = 0u64;
-    for (key_seq, value) in entries {
-        let expected = index;
-        let brk = |kind| AuditBreak { index, kind };
-        let (e, computed) = decode_entry(&value).ok_or(brk(BreakKind::Modified))?;
-        if e.hash != computed {
+    let mut prev_start = 0u64;
+    let mut expected = 0u64;
+    for (key_seq, value) in blocks {
+        let brk = |kind| AuditBreak {
+            index: expected,
+            kind,
+        };
+        let b = decode_block(&value).ok_or(brk(BreakKind::Modified))?;
+        if b.hash != b.computed {
             return Err(brk(BreakKind::Modified));
         }
-        if e.seq != key_seq {
+        if b.seq != key_seq {
             return Err(brk(BreakKind::Reordered));
         }
-        if e.seq > expected {
+        if b.seq > expected {
             return Err(brk(BreakKind::Deleted));
         }
-        if e.seq < expected {
+        if b.seq < expected {
             return Err(brk(BreakKind::Reordered));
         }
-        if e.prev != prev_hash {
-            if Some(e.prev) == prev_prev {
-                // This entry links to the one before the previous one:
-                // the previous entry was slipped in.
+        if b.prev != prev_hash {
+            if Some(b.prev) == prev_prev {
+                // This block links to the one before the previous one:
+                // the previous block was slipped in.
                 return Err(AuditBreak {
-                    index: index.saturating_sub(1),
+                    index: prev_start,
                     kind: BreakKind::Inserted,
                 });
             }
-            // The previous entry is not the one this entry was chained to:
+            // The previous block is not the one this block was chained to:
             // it was rewritten (with a recomputed hash).
             return Err(AuditBreak {
-                index: index.saturating_sub(1),
+                index: prev_start,
                 kind: BreakKind::Modified,
             });
         }
         prev_prev = Some(prev_hash);
-        prev_hash = e.hash;
-        index += 1;
+        prev_hash = b.hash;
+        prev_start = b.seq;
+        expected = b.end();
     }
     Ok(VerifiedChain {
-        entries: index,
+        entries: expected,
         head: prev_hash,
     })
 }

@@ -316,6 +316,10 @@ pub(crate) struct MsgRec {
     pub destroyed_at: Option<i64>,
     pub outcome: Option<String>,
     pub attempts: u32,
+    /// The sealed payload itself when it is small (one sled value per
+    /// message); `None` when it lives in the `payloads` tree or is destroyed.
+    #[serde(default)]
+    pub sealed: Option<ByteBuf>,
 }
 
 impl MsgRec {

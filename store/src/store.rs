@@ -52,14 +52,23 @@ const P_RECEIPT_PEER: u8 = b'r';
 const P_CASE: u8 = b'C';
 const P_DEADLINE: u8 = b'D';
 const P_META: u8 = b'M';
+/// The group marker: which new records the last fast-path put group writes.
+const P_GROUP: u8 = b'G';
 
 // Expiry work classes.
 const X_PURGE_MANY: u8 = 2;
 const X_PURGE_RECEIPT: u8 = 4;
 const X_CASE_EXPIRE: u8 = 5;
 const X_CASE_PURGE: u8 = 6;
+/// A list of messages whose payload is inline in their record, to destroy.
+const X_INLINE: u8 = 7;
 
-const FORMAT_VERSION: &[u8] = b"konvert-store/1";
+/// Payloads up to this size are sealed into their message record (one sled
+/// value per message); larger ones go to the `payloads` tree, so that state
+/// changes do not rewrite them.
+const INLINE_MAX: usize = 8 << 10;
+
+const FORMAT_VERSION: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
 /// Records handled per sweep step (one sled batch, writers wait at most this long).
 const SWEEP_CHUNK: usize = 512;
@@ -104,6 +113,14 @@ struct Head {
     prev: [u8; 32],
     /// Sequence number of the next intent record.
     next_intent: u64,
+}
+
+/// One put of a group as applied: its result and, if it created a record,
+/// its audit event.
+struct Applied {
+    ticket: u64,
+    result: Result<Put>,
+    event: Option<(i64, AuditEvent)>,
 }
 
 /// A put sealed and encoded by its writer, waiting for the group-commit leader.
@@ -314,24 +331,16 @@ impl Store {
                 next_intent: 0,
             },
             Some(r) => {
-                let (k, v) = r?;
-                let seq = k
-                    .get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| Error::corrupt("audit key"))?;
-                let prev: [u8; 32] = v
-                    .get(..32)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| Error::corrupt(format!("audit entry {seq}")))?;
+                let (_, v) = r?;
+                let b = audit::decode_block(&v).ok_or_else(|| Error::corrupt("last audit block"))?;
                 Head {
-                    next_seq: seq + 1,
-                    prev,
+                    next_seq: b.end(),
+                    prev: b.hash,
                     next_intent: 0,
                 }
             }
         };
-
+        let next_intent = repair_group(&db, &sled_dir, &mut head, next_intent)?;
         head.next_intent = next_intent;
         let gc = GroupCommit::new(config.sync_mode, &sled_dir, next_intent)?;
         let payloads = db.open_tree("payloads")?;
@@ -380,13 +389,9 @@ impl Store {
 
     fn apply_timed(&self, head: &mut Head, mut batch: Batch, events: &[(i64, &AuditEvent)]) -> Result<u64> {
         let first = head.next_seq;
-        let mut seq = head.next_seq;
-        let mut prev = head.prev;
-        for (at, ev) in events {
-            let (v, h) = audit::encode_entry(seq, *at, prev, ev);
-            batch.insert(&audit::audit_key(seq)[..], v);
-            prev = h;
-            seq += 1;
+        let block = self.audit_block(head, events.iter().map(|(at, e)| (*at, (*e).clone())).collect());
+        if let Some((k, v, _)) = &block {
+            batch.insert(k, v);
         }
         let wseq = head.next_intent;
         let res = self
@@ -401,9 +406,30 @@ impl Store {
         }
         head.next_intent = wseq + 1;
         self.gc.intents_applied(wseq + 1);
-        head.next_seq = seq;
-        head.prev = prev;
+        if let Some((_, _, hash)) = block {
+            head.next_seq = first + events.len() as u64;
+            head.prev = hash;
+        }
         Ok(first)
+    }
+
+    /// The audit block of `events` (one per atomic group), chained to the
+    /// head: (key, value, hash), or `None` for no events. The caller writes it
+    /// and then advances the head.
+    fn audit_block(
+        &self,
+        head: &Head,
+        events: Vec<(i64, AuditEvent)>,
+    ) -> Option<(Vec<u8>, Vec<u8>, [u8; 32])> {
+        if events.is_empty() {
+            return None;
+        }
+        let events = events
+            .into_iter()
+            .map(|(at, event)| audit::TimedEvent { at, event })
+            .collect();
+        let (v, h) = audit::encode_block(head.next_seq, head.prev, events);
+        Some((audit::audit_key(head.next_seq).to_vec(), v, h))
     }
 
     /// Wait until everything applied so far is durable (group commit; this
@@ -489,29 +515,34 @@ impl Store {
         if let Some(case) = &msg.case {
             key = key.derive_with_case(&self.case_data_key(case)?);
         }
-        // An id already stored: nothing new is written (wait until what is
-        // stored is durable, it may still be in flight).
-        if let Some(existing) = self.db.get(msg_key(dir, &msg.id))? {
-            let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
-            self.commit()?;
-            return Ok(Put {
-                meta: old.meta(dir, msg.id)?,
-                created: false,
-            });
-        }
         let aad = payload_aad(dir, &msg.id, key_hour, msg.case.as_ref());
-        let sealed = key.seal(&aad, &msg.payload);
-        // The sealed payload goes in by this writer, in parallel with others;
-        // the group-commit leader then applies the record, its index and audit
-        // entries atomically, and its flush + fdatasync covers both.
         let tag: u32 = rand::random();
-        if let Err(e) = self
-            .payloads
-            .insert(payload_key(key_hour, dir, &msg.id, tag), sealed)
-        {
-            self.gc.poison();
-            return Err(e.into());
-        }
+        let inline = msg.payload.len() <= INLINE_MAX;
+        let sealed = if inline {
+            Some(ByteBuf::from(key.seal(&aad, &msg.payload)))
+        } else {
+            // An id already stored: nothing new is written (wait until what
+            // is stored is durable, it may still be in flight).
+            if let Some(existing) = self.db.get(msg_key(dir, &msg.id))? {
+                let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
+                self.commit()?;
+                return Ok(Put {
+                    meta: old.meta(dir, msg.id)?,
+                    created: false,
+                });
+            }
+            // A large payload goes into the `payloads` tree by this writer, in
+            // parallel with others; the leader's flush + fdatasync covers it.
+            let sealed = key.seal(&aad, &msg.payload);
+            if let Err(e) = self
+                .payloads
+                .insert(payload_key(key_hour, dir, &msg.id, tag), sealed)
+            {
+                self.gc.poison();
+                return Err(e.into());
+            }
+            None
+        };
         let digest: [u8; 32] = Sha256::digest(&msg.payload).into();
         let state = match dir {
             Direction::Outbound => MessageState::Queued,
@@ -533,6 +564,7 @@ impl Store {
             destroyed_at: None,
             outcome: None,
             attempts: 0,
+            sealed,
         };
         let job = PreparedPut {
             dir,
@@ -551,11 +583,173 @@ impl Store {
         }
     }
 
-    /// The group-commit leader applies all queued puts as one sled batch
-    /// (with their index entries and audit entries). An error here is a sled
-    /// failure and poisons the store; per-put refusals are in the results.
+    /// The group-commit leader applies the queued puts. Puts into a case
+    /// change the case's record too and go through an intent record
+    /// ([`Store::apply_case_puts`]); all others take the fast path: the group
+    /// marker `G` (which new records the group writes), the expiry lists of
+    /// their inline payloads, then per put the record (one compare-and-swap:
+    /// absent → record, which is also the duplicate check) and its two index
+    /// entries, and last the group's audit block. sled recovers a prefix of
+    /// this, and `repair_group` at open completes the index entries and the
+    /// audit block of a group cut short (docs/STORE.md). An error here is a
+    /// sled failure and poisons the store; per-put refusals are in the results.
     fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
         let mut head = self.head();
+        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.rec.case.is_some());
+        let mut results = if case_jobs.is_empty() {
+            Vec::with_capacity(jobs.len())
+        } else {
+            self.apply_case_puts(&mut head, case_jobs)?
+        };
+        if jobs.is_empty() {
+            return Ok(results);
+        }
+        let res = self.apply_plain_puts(&mut head, jobs, &mut results);
+        if res.is_err() {
+            // We can no longer tell what reached the disk.
+            self.gc.poison();
+        }
+        res.map(|_| results)
+    }
+
+    fn apply_plain_puts(
+        &self,
+        head: &mut Head,
+        jobs: Vec<(u64, PreparedPut)>,
+        results: &mut Vec<(u64, Result<Put>)>,
+    ) -> Result<()> {
+        let gseq = head.next_intent;
+        let marker: Vec<(Direction, MessageId, u32)> =
+            jobs.iter().map(|(_, j)| (j.dir, j.id, j.rec.tag)).collect();
+        self.db
+            .insert([P_GROUP], encode_group(gseq, head.next_seq, &marker))?;
+        head.next_intent = gseq + 1;
+        let mut by_hour: std::collections::BTreeMap<i64, Vec<(Direction, MessageId)>> = Default::default();
+        for (_, j) in &jobs {
+            if j.rec.sealed.is_some() {
+                by_hour.entry(j.rec.key_hour).or_default().push((j.dir, j.id));
+            }
+        }
+        for (hour, ids) in &by_hour {
+            self.db
+                .insert(exp_key(*hour, X_INLINE, &rand_id()), purge_list(ids))?;
+        }
+        // The first put of an id in the group writes; later ones of the same
+        // id get its result.
+        let mut first: HashMap<(Direction, MessageId), u64> = HashMap::new();
+        let mut unique = Vec::with_capacity(jobs.len());
+        let mut repeats = Vec::new();
+        for (ticket, job) in jobs {
+            match first.get(&(job.dir, job.id)) {
+                Some(t) => repeats.push((ticket, *t)),
+                None => {
+                    first.insert((job.dir, job.id), ticket);
+                    unique.push((ticket, job));
+                }
+            }
+        }
+        // (Writing them from several threads was measured: slower on 2 cores,
+        // see docs/STORE.md.)
+        let outs = [self.apply_put_chunk(unique)];
+        let mut applied = Vec::new();
+        for o in outs {
+            applied.extend(o?);
+        }
+        applied.sort_by_key(|a| a.ticket);
+        let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(applied.len());
+        let mut by_ticket: HashMap<u64, Result<Put>> = HashMap::with_capacity(repeats.len());
+        for a in applied {
+            if let Some(ev) = a.event {
+                events.push(ev);
+            }
+            if !repeats.is_empty() {
+                let again = match &a.result {
+                    Ok(p) => Ok(Put {
+                        meta: p.meta.clone(),
+                        created: false,
+                    }),
+                    Err(_) => Err(Error::Invalid("duplicate put in a failed group".into())),
+                };
+                by_ticket.insert(a.ticket, again);
+            }
+            results.push((a.ticket, a.result));
+        }
+        for (ticket, of) in repeats {
+            let r = by_ticket
+                .get(&of)
+                .map(|r| match r {
+                    Ok(p) => Ok(p.clone()),
+                    Err(_) => Err(Error::Invalid("duplicate put in a failed group".into())),
+                })
+                .unwrap_or(Err(Error::Poisoned));
+            results.push((ticket, r));
+        }
+        let created = events.len() as u64;
+        if let Some((k, v, hash)) = self.audit_block(head, events) {
+            self.db.insert(k, v)?;
+            head.next_seq += created;
+            head.prev = hash;
+        }
+        Ok(())
+    }
+
+    /// Write the records of `jobs` (compare-and-swap: absent → record, which
+    /// is also the duplicate check) and their index entries.
+    fn apply_put_chunk(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<Applied>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (ticket, job) in jobs {
+            let PreparedPut {
+                dir,
+                id,
+                value,
+                rec,
+                digest,
+                now,
+            } = job;
+            let meta = match rec.meta(dir, id) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(Applied {
+                        ticket,
+                        result: Err(e),
+                        event: None,
+                    });
+                    continue;
+                }
+            };
+            let mkey = msg_key(dir, &id);
+            if let Err(cas) = self.db.compare_and_swap(&mkey, None::<&[u8]>, Some(value))? {
+                let result = match cas.current {
+                    Some(existing) => decode::<MsgRec>(&existing, || what_msg(dir, &id))
+                        .and_then(|old| old.meta(dir, id))
+                        .map(|meta| Put { meta, created: false }),
+                    None => Err(Error::corrupt(what_msg(dir, &id))),
+                };
+                out.push(Applied {
+                    ticket,
+                    result,
+                    event: None,
+                });
+                continue;
+            }
+            self.db.insert(state_key(dir, rec.state(&id)?, &id), EMPTY)?;
+            self.db.insert(peer_key(dir, &rec.peer, &id), EMPTY)?;
+            out.push(Applied {
+                ticket,
+                result: Ok(Put { meta, created: true }),
+                event: Some((now, put_event(dir, &id, &rec, digest))),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Puts into cases, applied atomically with their cases' records through
+    /// an intent record.
+    fn apply_case_puts(
+        &self,
+        head: &mut Head,
+        jobs: Vec<(u64, PreparedPut)>,
+    ) -> Result<Vec<(u64, Result<Put>)>> {
         let mut batch = Batch::default();
         let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(jobs.len());
         let mut in_batch: HashMap<(Direction, MessageId), MessageMeta> = HashMap::new();
@@ -622,24 +816,16 @@ impl Store {
                 }
                 batch.insert(case_msg_key(case, dir, &id), EMPTY);
             }
-            let state = match dir {
-                Direction::Outbound => MessageState::Queued,
-                Direction::Inbound => MessageState::New,
-            };
+            if rec.sealed.is_some() {
+                batch.insert(
+                    exp_key(rec.key_hour, X_INLINE, &rand_id()),
+                    purge_list(&[(dir, id)]),
+                );
+            }
             batch.insert(mkey, value);
-            batch.insert(state_key(dir, state, &id), EMPTY);
+            batch.insert(state_key(dir, rec.state(&id)?, &id), EMPTY);
             batch.insert(peer_key(dir, &rec.peer, &id), EMPTY);
-            let kind = match dir {
-                Direction::Outbound => AuditKind::Accepted,
-                Direction::Inbound => AuditKind::Received,
-            };
-            let mut ev = AuditEvent::new(kind)
-                .message(id)
-                .peer(&rec.peer)
-                .count(rec.payload_len)
-                .digest(digest);
-            ev.case = rec.case;
-            events.push((now, ev));
+            events.push((now, put_event(dir, &id, &rec, digest)));
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
         }
@@ -651,7 +837,7 @@ impl Store {
             }
         }
         let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
-        self.apply_timed(&mut head, batch, &timed)?;
+        self.apply_timed(head, batch, &timed)?;
         Ok(results)
     }
 
@@ -687,10 +873,13 @@ impl Store {
             let ck = self.kr_read().cases.get(case).cloned().ok_or_else(destroyed)?;
             key = key.derive_with_case(&ck);
         }
-        let sealed = self
-            .payloads
-            .get(payload_key(rec.key_hour, dir, id, rec.tag))?
-            .ok_or_else(destroyed)?;
+        let sealed = match &rec.sealed {
+            Some(s) => sled::IVec::from(s.as_slice()),
+            None => self
+                .payloads
+                .get(payload_key(rec.key_hour, dir, id, rec.tag))?
+                .ok_or_else(destroyed)?,
+        };
         let aad = payload_aad(dir, id, rec.key_hour, rec.case.as_ref());
         let payload = key.open(&aad, &sealed).ok_or_else(|| Error::Unseal {
             what: what_msg(dir, id),
@@ -1251,9 +1440,8 @@ impl Store {
             let mut ids = Vec::new();
             let mut gone = Vec::new();
             for (d, m) in chunk {
-                if let Some(pk) = self.tombstone(&mut batch, *d, m, now)? {
+                if self.tombstone(&mut batch, *d, m, now, &mut gone)? {
                     ids.push((*d, *m));
-                    gone.push(pk);
                 }
             }
             let mut events = Vec::new();
@@ -1288,25 +1476,29 @@ impl Store {
     }
 
     /// Put into `batch` the replacement of one message by its metadata;
-    /// returns the key of its sealed payload, to be removed once the batch is
-    /// applied, or `None` if there was nothing to destroy. Caller holds the
-    /// head lock.
+    /// pushes onto `gone` the key of its sealed payload in the `payloads`
+    /// tree (if it is not inline), to be removed once the batch is applied.
+    /// `false` if there was nothing to destroy. Caller holds the head lock.
     fn tombstone(
         &self,
         batch: &mut Batch,
         dir: Direction,
         id: &MessageId,
         now: i64,
-    ) -> Result<Option<Vec<u8>>> {
+        gone: &mut Vec<Vec<u8>>,
+    ) -> Result<bool> {
         let raw = match self.db.get(msg_key(dir, id))? {
             Some(r) => r,
-            None => return Ok(None),
+            None => return Ok(false),
         };
         let rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
         if rec.destroyed_at.is_some() {
-            return Ok(None);
+            return Ok(false);
         }
-        self.tombstone_rec(batch, dir, id, rec, now).map(Some)
+        if let Some(pk) = self.tombstone_rec(batch, dir, id, rec, now)? {
+            gone.push(pk);
+        }
+        Ok(true)
     }
 
     fn tombstone_rec(
@@ -1316,12 +1508,13 @@ impl Store {
         id: &MessageId,
         mut rec: MsgRec,
         now: i64,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Option<Vec<u8>>> {
         let st = rec.state(id)?;
         rec.destroyed_at = Some(now);
+        let inline = rec.sealed.take().is_some();
         batch.remove(state_key(dir, st, id));
         batch.insert(msg_key(dir, id), encode(&rec));
-        Ok(payload_key(rec.key_hour, dir, id, rec.tag))
+        Ok((!inline).then(|| payload_key(rec.key_hour, dir, id, rec.tag)))
     }
 
     // ---- sweeping ----
@@ -1402,7 +1595,7 @@ impl Store {
                 if let Some(raw) = self.db.get(msg_key(dir, &id))? {
                     let rec: MsgRec = decode(&raw, || what_msg(dir, &id))?;
                     if rec.destroyed_at.is_none() && rec.key_hour == hour && rec.tag == tag {
-                        self.tombstone_rec(&mut batch, dir, &id, rec, now)?;
+                        let _ = self.tombstone_rec(&mut batch, dir, &id, rec, now)?;
                         destroyed_ids.push((dir, id));
                     }
                 }
@@ -1439,16 +1632,26 @@ impl Store {
         end.extend_from_slice(&sortable(cur));
         while done < budget {
             let take = SWEEP_CHUNK.min(budget - done);
-            let items: Vec<(Vec<u8>, sled::IVec)> = self
-                .db
-                .range(vec![P_EXP]..end.clone())
-                .take(take)
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v)))
-                .collect::<std::result::Result<_, _>>()?;
+            // Up to `take` records of work (a list of inline payloads counts
+            // each of its messages).
+            let mut items: Vec<(Vec<u8>, sled::IVec)> = Vec::new();
+            let mut work = 0usize;
+            for r in self.db.range(vec![P_EXP]..end.clone()) {
+                if work >= take {
+                    break;
+                }
+                let (k, v) = r?;
+                work += if k.get(9) == Some(&X_INLINE) {
+                    (v.len() / 17).max(1)
+                } else {
+                    1
+                };
+                items.push((k.to_vec(), v));
+            }
             if items.is_empty() {
                 break;
             }
-            done += items.len();
+            done += work;
             // Case keys first (keyring lock before head lock).
             for (k, _) in &items {
                 if k.get(9) == Some(&X_CASE_EXPIRE) {
@@ -1470,6 +1673,7 @@ impl Store {
             let mut head = self.head();
             let mut batch = Batch::default();
             let mut purged = 0u64;
+            let mut destroyed_ids = Vec::new();
             for (k, v) in &items {
                 let class = k.get(9).copied();
                 let id = k.get(10..).and_then(id16);
@@ -1478,6 +1682,29 @@ impl Store {
                     continue;
                 };
                 match class {
+                    X_INLINE => {
+                        let hour = k
+                            .get(1..9)
+                            .and_then(|b| b.try_into().ok())
+                            .map(|b| (u64::from_be_bytes(b) ^ (1u64 << 63)) as i64);
+                        for chunk in v.chunks(17) {
+                            let dir = chunk.first().copied().and_then(Direction::from_byte);
+                            let mid = chunk.get(1..).and_then(id16);
+                            let (Some(d), Some(m)) = (dir, mid) else { continue };
+                            let m = MessageId(m);
+                            let Some(raw) = self.db.get(msg_key(d, &m))? else {
+                                continue;
+                            };
+                            let rec: MsgRec = decode(&raw, || what_msg(d, &m))?;
+                            if rec.destroyed_at.is_none()
+                                && rec.sealed.is_some()
+                                && Some(rec.key_hour) == hour
+                            {
+                                let _ = self.tombstone_rec(&mut batch, d, &m, rec, now)?;
+                                destroyed_ids.push((d, m));
+                            }
+                        }
+                    }
                     X_PURGE_MANY => {
                         for chunk in v.chunks(17) {
                             let dir = chunk.first().copied().and_then(Direction::from_byte);
@@ -1508,12 +1735,29 @@ impl Store {
                 batch.remove(k.as_slice());
             }
             let mut events = Vec::new();
+            if !destroyed_ids.is_empty() {
+                batch.insert(
+                    exp_key(
+                        hour_of(self.retention.audit_expiry(now)),
+                        X_PURGE_MANY,
+                        &rand_id(),
+                    ),
+                    purge_list(&destroyed_ids),
+                );
+                events.push(
+                    AuditEvent::new(AuditKind::Destroyed)
+                        .detail("expired")
+                        .count(destroyed_ids.len() as u64)
+                        .digest(ids_digest(&destroyed_ids)),
+                );
+            }
             if purged > 0 {
                 events.push(AuditEvent::new(AuditKind::Purged).count(purged));
             }
             self.apply(&mut head, batch, &events, now)?;
             drop(head);
             report.purged += purged;
+            report.destroyed += destroyed_ids.len() as u64;
         }
         report.remaining = remaining_payloads || self.db.range(vec![P_EXP]..end).next().is_some();
         self.commit()?;
@@ -1562,19 +1806,27 @@ impl Store {
     /// Audit entries from sequence number `from`, at most `limit`.
     pub fn audit_list(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let mut out = Vec::new();
-        for r in self
+        // The block holding `from` starts at or before it.
+        let start = match self
             .db
-            .range(audit::audit_key(from).to_vec()..vec![P_AUDIT + 1])
-            .take(limit)
+            .range(vec![P_AUDIT]..=audit::audit_key(from).to_vec())
+            .next_back()
         {
+            Some(r) => r?.0.to_vec(),
+            None => vec![P_AUDIT],
+        };
+        for r in self.db.range(start..vec![P_AUDIT + 1]) {
+            if out.len() >= limit {
+                break;
+            }
             let (_, v) = r?;
-            let (e, _) = audit::decode_entry(&v).ok_or_else(|| Error::corrupt("audit entry"))?;
-            out.push(e);
+            let b = audit::decode_block(&v).ok_or_else(|| Error::corrupt("audit block"))?;
+            out.extend(b.entries().filter(|e| e.seq >= from).take(limit - out.len()));
         }
         Ok(out)
     }
 
-    /// Verify the whole audit chain: every entry's hash, sequence and link to
+    /// Verify the whole audit chain: every block's hash, sequence and link to
     /// the previous one. `Error::AuditBroken` says where and how it is broken.
     pub fn audit_verify(&self) -> Result<VerifiedChain> {
         let mut entries = Vec::new();
@@ -1623,40 +1875,156 @@ impl Store {
     }
 }
 
+/// flush + fdatasync of sled's log (used at open, before the group commit exists).
+fn sync_log(db: &sled::Db, sled_dir: &Path) -> Result<()> {
+    db.flush()?;
+    let log = sled_dir.join("db");
+    File::open(&log)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| Error::io(&log, e))
+}
+
 /// Apply again the intent records a crash left behind, make that durable,
-/// remove them. Returns the next intent sequence number.
+/// remove them. Intent records numbered below the group marker's were fully
+/// applied before the marker was written (sled recovers a prefix), so they
+/// are only removed. Returns the next intent sequence number.
 fn replay_intents(db: &sled::Db, sled_dir: &Path) -> Result<u64> {
+    let group_seq = match db.get([P_GROUP])? {
+        Some(v) => Some(decode_group(&v)?.0),
+        None => None,
+    };
     let mut keys = Vec::new();
-    let mut next = 0u64;
+    let mut next = group_seq.map_or(0, |g| g + 1);
+    let mut replayed = 0usize;
     for r in db.scan_prefix([wal::P_INTENT]) {
         let (k, v) = r?;
-        wal::apply_ops(db, wal::decode(&v)?)?;
-        if let Some(seq) = k
+        let seq = k
             .get(1..9)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
-        {
-            next = next.max(seq + 1);
+            .ok_or_else(|| Error::corrupt("intent key"))?;
+        if group_seq.is_none_or(|g| seq > g) {
+            wal::apply_ops(db, wal::decode(&v)?)?;
+            replayed += 1;
         }
+        next = next.max(seq + 1);
         keys.push(k);
     }
     if keys.is_empty() {
-        return Ok(0);
+        return Ok(next);
     }
-    tracing::info!(intents = keys.len(), "replayed intent records after a crash");
-    let log = sled_dir.join("db");
-    let sync = |db: &sled::Db| -> Result<()> {
-        db.flush()?;
-        File::open(&log)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| Error::io(&log, e))
-    };
-    sync(db)?;
+    if replayed > 0 {
+        tracing::info!(intents = replayed, "replayed intent records after a crash");
+    }
+    sync_log(db, sled_dir)?;
     for k in keys {
         db.remove(k)?;
     }
-    sync(db)?;
+    sync_log(db, sled_dir)?;
     Ok(next)
+}
+
+/// `gseq u64 | audit seq u64 | (dir u8, id 16, tag u32)*`
+fn encode_group(gseq: u64, audit_seq: u64, puts: &[(Direction, MessageId, u32)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + 21 * puts.len());
+    v.extend_from_slice(&gseq.to_be_bytes());
+    v.extend_from_slice(&audit_seq.to_be_bytes());
+    for (d, id, tag) in puts {
+        v.push(d.byte());
+        v.extend_from_slice(&id.0);
+        v.extend_from_slice(&tag.to_be_bytes());
+    }
+    v
+}
+
+type GroupMarker = (u64, u64, Vec<(Direction, MessageId, u32)>);
+
+fn decode_group(v: &[u8]) -> Result<GroupMarker> {
+    let bad = || Error::corrupt("group marker");
+    let u64_at = |i: usize| -> Result<u64> {
+        v.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(bad)
+    };
+    let (gseq, aseq) = (u64_at(0)?, u64_at(8)?);
+    let rest = v.get(16..).ok_or_else(bad)?;
+    if rest.len() % 21 != 0 {
+        return Err(bad());
+    }
+    let mut puts = Vec::with_capacity(rest.len() / 21);
+    for c in rest.chunks(21) {
+        let d = Direction::from_byte(c[0]).ok_or_else(bad)?;
+        let id = id16(&c[1..17]).ok_or_else(bad)?;
+        let tag = u32::from_be_bytes(c[17..21].try_into().map_err(|_| bad())?);
+        puts.push((d, MessageId(id), tag));
+    }
+    Ok((gseq, aseq, puts))
+}
+
+fn put_event(dir: Direction, id: &MessageId, rec: &MsgRec, digest: [u8; 32]) -> AuditEvent {
+    let kind = match dir {
+        Direction::Outbound => AuditKind::Accepted,
+        Direction::Inbound => AuditKind::Received,
+    };
+    let mut ev = AuditEvent::new(kind)
+        .message(*id)
+        .peer(&rec.peer)
+        .count(rec.payload_len)
+        .digest(digest);
+    ev.case = rec.case;
+    ev
+}
+
+/// Complete the last fast-path put group if a crash cut it short: its audit
+/// block (written last) is missing. Every record of the group that reached
+/// sled (same id and tag) gets its index entries and its audit event, in a
+/// block at the sequence number the group had reserved. Returns the next
+/// intent sequence number.
+fn repair_group(db: &sled::Db, sled_dir: &Path, head: &mut Head, next_intent: u64) -> Result<u64> {
+    let Some(v) = db.get([P_GROUP])? else {
+        return Ok(next_intent);
+    };
+    let (gseq, aseq, puts) = decode_group(&v)?;
+    let next_intent = next_intent.max(gseq + 1);
+    if head.next_seq > aseq {
+        return Ok(next_intent); // the group's audit block is there: complete
+    }
+    if head.next_seq < aseq {
+        return Err(Error::corrupt("group marker is ahead of the audit trail"));
+    }
+    let mut events = Vec::new();
+    for (dir, id, tag) in puts {
+        let Some(raw) = db.get(msg_key(dir, &id))? else {
+            continue;
+        };
+        let rec: MsgRec = decode(&raw, || what_msg(dir, &id))?;
+        if rec.tag != tag || rec.destroyed_at.is_some() {
+            continue; // a record stored before (a duplicate put)
+        }
+        db.insert(state_key(dir, rec.state(&id)?, &id), EMPTY)?;
+        db.insert(peer_key(dir, &rec.peer, &id), EMPTY)?;
+        let digest: [u8; 32] = rec
+            .payload_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::corrupt(what_msg(dir, &id)))?;
+        let ev = put_event(dir, &id, &rec, digest);
+        events.push(audit::TimedEvent {
+            at: rec.created_at,
+            event: ev,
+        });
+    }
+    if !events.is_empty() {
+        let n = events.len() as u64;
+        let (v, h) = audit::encode_block(aseq, head.prev, events);
+        db.insert(audit::audit_key(aseq), v)?;
+        head.next_seq = aseq + n;
+        head.prev = h;
+        tracing::info!(records = n, "completed a put group cut short by a crash");
+    }
+    sync_log(db, sled_dir)?;
+    Ok(next_intent)
 }
 
 fn rand_id() -> [u8; 16] {
@@ -1716,6 +2084,50 @@ mod tests {
         s.sync().unwrap();
         assert!(s.db.scan_prefix([wal::P_INTENT]).next().is_none());
         s.audit_verify().unwrap();
+    }
+
+    #[test]
+    fn a_put_group_cut_short_is_completed_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let msg = |ms: u64| NewMessage {
+            id: MessageId::new_v7(ms),
+            peer: "by.mvd".into(),
+            agreement: "kz-by-2019".into(),
+            kind: "request".into(),
+            case: None,
+            payload: vec![7u8; 100],
+        };
+        let (a, b) = (msg(1_750_000_000_001), msg(1_750_000_000_002));
+        let entries = {
+            let s = open(tmp.path());
+            s.put_inbox(&a).unwrap();
+            s.put_inbox(&b).unwrap();
+            let chain = s.audit_verify().unwrap();
+            // As if the process died after b's record was written and before
+            // its index entries and its group's audit block were.
+            let last = s.db.scan_prefix([P_AUDIT]).next_back().unwrap().unwrap().0;
+            s.db.remove(last).unwrap();
+            s.db.remove(state_key(Direction::Inbound, MessageState::New, &b.id))
+                .unwrap();
+            s.db.remove(peer_key(Direction::Inbound, "by.mvd", &b.id))
+                .unwrap();
+            s.db.flush().unwrap();
+            chain.entries
+        };
+        let s = open(tmp.path());
+        assert_eq!(s.audit_verify().unwrap().entries, entries);
+        let listed: Vec<MessageId> = s.inbox_list(None, 10).unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(listed, vec![a.id, b.id]);
+        assert_eq!(
+            s.list_by_peer(Direction::Inbound, "by.mvd", None, 10)
+                .unwrap()
+                .len(),
+            2
+        );
+        let last = s.audit_list(entries - 1, 10).unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].event.message, Some(b.id));
+        assert_eq!(s.get(Direction::Inbound, &b.id).unwrap().payload, b.payload);
     }
 
     #[test]

@@ -51,24 +51,30 @@ fn broken(dir: &Path) -> AuditBreak {
 /// can compute SHA-256 too).
 fn forge(seq: u64, prev: [u8; 32], count: u64) -> Vec<u8> {
     #[derive(serde::Serialize)]
+    struct Ev {
+        at: i64,
+        event: AuditEvent,
+    }
+    #[derive(serde::Serialize)]
     struct Body {
         seq: u64,
-        at: i64,
         #[serde(with = "serde_bytes")]
         prev: [u8; 32],
-        event: AuditEvent,
+        events: Vec<Ev>,
     }
     let body = Body {
         seq,
-        at: T0,
         prev,
-        event: AuditEvent::new(AuditKind::ConfigChanged).count(count),
+        events: vec![Ev {
+            at: T0,
+            event: AuditEvent::new(AuditKind::ConfigChanged).count(count),
+        }],
     };
     let mut b = Vec::new();
     ciborium::into_writer(&body, &mut b).unwrap();
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(b"konvert-audit v1");
+    h.update(b"konvert-audit v2");
     h.update(&b);
     let mut out = h.finalize().to_vec();
     out.extend_from_slice(&b);
