@@ -28,7 +28,7 @@ use crate::store::PreparedPut;
 pub(crate) type ApplyFn<'a> = dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> + 'a;
 
 /// Most puts applied and synced as one group.
-const MAX_GROUP: usize = 128;
+const MAX_GROUP: usize = 512;
 
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,8 +58,12 @@ struct State {
     issued: u64,
     /// Highest ticket made durable.
     durable: u64,
-    /// A leader is syncing.
-    leading: bool,
+    /// A writer is applying a group of queued puts.
+    applying: bool,
+    /// First ticket of the group being applied.
+    inflight: Option<u64>,
+    /// A writer is syncing.
+    syncing: bool,
     poisoned: bool,
     /// Prepared puts waiting for the next leader.
     queue: Vec<(u64, PreparedPut)>,
@@ -70,6 +74,19 @@ struct State {
     /// all of them (a condition variable's `notify_all`) costs a context
     /// switch per waiting writer per group.
     waiters: BTreeMap<u64, Thread>,
+}
+
+impl State {
+    /// Every ticket up to this one has its changes in sled: tickets of plain
+    /// commits are issued after their writes; queued puts are in sled once
+    /// their group has been applied.
+    fn applied(&self) -> u64 {
+        match (self.inflight, self.queue.first()) {
+            (Some(a), _) => a - 1,
+            (None, Some((q, _))) => q - 1,
+            (None, None) => self.issued,
+        }
+    }
 }
 
 /// The files sled writes to, opened once so that the leader can fsync them.
@@ -109,7 +126,9 @@ impl GroupCommit {
             state: Mutex::new(State {
                 issued: 0,
                 durable: 0,
-                leading: false,
+                applying: false,
+                inflight: None,
+                syncing: false,
                 poisoned: false,
                 queue: Vec::new(),
                 results: HashMap::new(),
@@ -188,39 +207,41 @@ impl GroupCommit {
                 }
                 return Ok(None);
             }
-            if !st.leading {
-                st.leading = true;
-                // At most MAX_GROUP puts per group (bounds the intent record
-                // below sled's blob threshold); the rest wait for the next one.
-                let (jobs, target) = if st.queue.len() > MAX_GROUP {
+            if !st.applying && !st.queue.is_empty() {
+                // Apply the next group (at most MAX_GROUP puts; the rest wait
+                // for the next one), while a sync of the previous may run.
+                st.applying = true;
+                let jobs = if st.queue.len() > MAX_GROUP {
                     let rest = st.queue.split_off(MAX_GROUP);
-                    let jobs = std::mem::replace(&mut st.queue, rest);
-                    // Plain commits below the first waiting put are applied.
-                    (jobs, st.queue[0].0 - 1)
+                    std::mem::replace(&mut st.queue, rest)
                 } else {
-                    (std::mem::take(&mut st.queue), st.issued)
+                    std::mem::take(&mut st.queue)
                 };
+                st.inflight = jobs.first().map(|j| j.0);
                 drop(st);
-                let res = if jobs.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    apply(jobs)
-                }
-                .and_then(|results| self.sync_now(db).map(|_| results));
+                let res = apply(jobs);
                 st = self.lock();
-                st.leading = false;
+                st.applying = false;
+                st.inflight = None;
                 match res {
-                    Ok(results) => {
-                        st.results.extend(results);
-                        st.durable = st.durable.max(target);
-                    }
-                    Err(e) => {
-                        st.poisoned = true;
-                        st.results.clear();
-                        tracing::error!(error = %e, "store write or sync failed; store poisoned");
-                        Self::wake(&mut st);
-                        return Err(e);
-                    }
+                    Ok(results) => st.results.extend(results),
+                    Err(e) => return Err(self.fail(st, e)),
+                }
+                Self::wake(&mut st);
+                continue;
+            }
+            let applied = st.applied();
+            if !st.syncing && applied > st.durable {
+                // Sync everything applied so far: one flush + fdatasync for
+                // all of it.
+                st.syncing = true;
+                drop(st);
+                let res = self.sync_now(db);
+                st = self.lock();
+                st.syncing = false;
+                match res {
+                    Ok(()) => st.durable = st.durable.max(applied),
+                    Err(e) => return Err(self.fail(st, e)),
                 }
                 Self::wake(&mut st);
                 continue;
@@ -233,8 +254,17 @@ impl GroupCommit {
         }
     }
 
+    fn fail(&self, mut st: MutexGuard<'_, State>, e: Error) -> Error {
+        st.poisoned = true;
+        st.results.clear();
+        tracing::error!(error = %e, "store write or sync failed; store poisoned");
+        Self::wake(&mut st);
+        e
+    }
+
     /// Wake the writers whose tickets are durable (all of them once
-    /// poisoned), and the first other waiter, to lead the next group.
+    /// poisoned), and the first two others: one to apply the next group, one
+    /// to sync.
     fn wake(st: &mut State) {
         if st.poisoned {
             for (_, t) in std::mem::take(&mut st.waiters) {
@@ -246,10 +276,8 @@ impl GroupCommit {
         for (_, t) in std::mem::replace(&mut st.waiters, rest) {
             t.unpark();
         }
-        if !st.leading {
-            if let Some((_, t)) = st.waiters.iter().next() {
-                t.unpark();
-            }
+        for (_, t) in st.waiters.iter().take(2) {
+            t.unpark();
         }
     }
 
