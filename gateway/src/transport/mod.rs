@@ -225,6 +225,10 @@ pub enum AcceptError {
     /// [`CloseCode::ProtocolError`].
     #[error("the client did not negotiate ALPN konvert/1")]
     Alpn,
+    /// No parsable client certificate after the handshake (cannot happen
+    /// with the pinning verifier); closed with [`CloseCode::ProtocolError`].
+    #[error("the client presented no usable certificate")]
+    NoCertificate,
     /// The client's pin was removed from the pin set during the handshake;
     /// closed with [`CloseCode::UnknownPeer`].
     #[error("client certificate {0} is not pinned")]
@@ -576,7 +580,7 @@ impl Incoming {
         }
         // The verifier accepted the pin; the set may have changed since.
         let Some(pin) = peer_pin(&conn) else {
-            return refuse(CloseCode::ProtocolError, AcceptError::Alpn);
+            return refuse(CloseCode::ProtocolError, AcceptError::NoCertificate);
         };
         let Some(peer) = shared.pins.authority_of(&pin) else {
             return refuse(CloseCode::UnknownPeer, AcceptError::UnknownPeer(pin));
@@ -730,7 +734,7 @@ impl Connection {
     /// and returns the receipt bytes (unverified: checking the signature is
     /// the caller's job).
     ///
-    /// `body` must yield exactly `len` bytes. If the receiver answers
+    /// `body` must yield exactly `len` bytes and then end (EOF). If the receiver answers
     /// without reading the body (STOP_SENDING [`StreamCode::BodyNotRead`],
     /// for example for a too-large envelope), sending stops and its receipt
     /// is returned.
