@@ -44,7 +44,6 @@ const EMPTY: &[u8] = &[];
 
 pub(crate) const P_AUDIT: u8 = b'A';
 const P_STATE: u8 = b'S';
-const P_PEER: u8 = b'P';
 const P_EXP: u8 = b'X';
 const P_CASEMSG: u8 = b'c';
 const P_RECEIPT: u8 = b'R';
@@ -60,6 +59,8 @@ const X_PURGE_MANY: u8 = 2;
 const X_PURGE_RECEIPT: u8 = 4;
 const X_CASE_EXPIRE: u8 = 5;
 const X_CASE_PURGE: u8 = 6;
+/// The index "state" of destroyed messages (not a [`MessageState`]).
+const S_DESTROYED: u8 = 0xfe;
 /// A list of messages whose payload is inline in their record, to destroy.
 const X_INLINE: u8 = 7;
 
@@ -167,11 +168,28 @@ fn msg_key(dir: Direction, id: &MessageId) -> Vec<u8> {
     k.extend_from_slice(&id.0);
     k
 }
-fn state_key(dir: Direction, st: MessageState, id: &MessageId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(19);
-    k.extend_from_slice(&[P_STATE, dir.byte(), st.byte()]);
+/// The one index entry of a message: `S dir state len peer id`. A range
+/// over `S dir state` merged across peers lists by state; a range over each
+/// `S dir state len peer` merged across states lists by peer.
+fn state_prefix(dir: Direction, st: u8, peer: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20 + peer.len());
+    k.extend_from_slice(&[P_STATE, dir.byte(), st]);
+    k.push(peer.len() as u8);
+    k.extend_from_slice(peer.as_bytes());
+    k
+}
+fn index_key(dir: Direction, st: u8, peer: &str, id: &MessageId) -> Vec<u8> {
+    let mut k = state_prefix(dir, st, peer);
     k.extend_from_slice(&id.0);
     k
+}
+/// The index entry of a message in `st`.
+fn state_key(dir: Direction, st: MessageState, peer: &str, id: &MessageId) -> Vec<u8> {
+    index_key(dir, st.byte(), peer, id)
+}
+/// The index entry of a destroyed message (listed by peer until purged).
+fn destroyed_key(dir: Direction, peer: &str, id: &MessageId) -> Vec<u8> {
+    index_key(dir, S_DESTROYED, peer, id)
 }
 fn peer_prefix(p: u8, dir: Option<Direction>, peer: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(19 + peer.len());
@@ -181,11 +199,6 @@ fn peer_prefix(p: u8, dir: Option<Direction>, peer: &str) -> Vec<u8> {
     }
     k.push(peer.len() as u8);
     k.extend_from_slice(peer.as_bytes());
-    k
-}
-fn peer_key(dir: Direction, peer: &str, id: &MessageId) -> Vec<u8> {
-    let mut k = peer_prefix(P_PEER, Some(dir), peer);
-    k.extend_from_slice(&id.0);
     k
 }
 fn exp_key(hour: i64, class: u8, id: &[u8; 16]) -> Vec<u8> {
@@ -732,8 +745,8 @@ impl Store {
                 });
                 continue;
             }
-            self.db.insert(state_key(dir, rec.state(&id)?, &id), EMPTY)?;
-            self.db.insert(peer_key(dir, &rec.peer, &id), EMPTY)?;
+            self.db
+                .insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY)?;
             out.push(Applied {
                 ticket,
                 result: Ok(Put { meta, created: true }),
@@ -823,8 +836,7 @@ impl Store {
                 );
             }
             batch.insert(mkey, value);
-            batch.insert(state_key(dir, rec.state(&id)?, &id), EMPTY);
-            batch.insert(peer_key(dir, &rec.peer, &id), EMPTY);
+            batch.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY);
             events.push((now, put_event(dir, &id, &rec, digest)));
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
@@ -912,31 +924,60 @@ impl Store {
         self.list_by_state(Direction::Outbound, MessageState::Queued, after, limit)
     }
 
-    fn list_index(
+    /// The ids under the index prefixes `prefixes` (each followed by ids),
+    /// merged in id order, after the cursor, at most `limit`: a k-way merge of
+    /// lazy range scans, reading about `limit + k` index entries.
+    fn merge_index(
         &self,
-        prefix: Vec<u8>,
+        prefixes: Vec<Vec<u8>>,
         after: Option<&MessageId>,
         limit: usize,
+    ) -> Result<Vec<MessageId>> {
+        use std::cmp::Reverse;
+        let mut iters = Vec::with_capacity(prefixes.len());
+        let mut heap = std::collections::BinaryHeap::new();
+        for p in prefixes {
+            let mut start = p.clone();
+            if let Some(a) = after {
+                start.extend_from_slice(&a.0);
+                start.push(0); // strictly after
+            }
+            let mut end = p.clone();
+            end.extend_from_slice(&[0xff; 17]);
+            let mut it = self.db.range(start..end);
+            if let Some(r) = it.next() {
+                let (k, _) = r?;
+                if let Some(id) = k.get(p.len()..).and_then(id16) {
+                    heap.push(Reverse((id, iters.len())));
+                }
+            }
+            iters.push((p.len(), it));
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        while out.len() < limit {
+            let Some(Reverse((id, i))) = heap.pop() else { break };
+            out.push(MessageId(id));
+            let (plen, it) = &mut iters[i];
+            if let Some(r) = it.next() {
+                let (k, _) = r?;
+                if let Some(id) = k.get(*plen..).and_then(id16) {
+                    heap.push(Reverse((id, i)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The metadata of `ids`, skipping those purged in the meantime and those
+    /// `filter` rejects.
+    fn metas(
+        &self,
         dir: Direction,
+        ids: Vec<MessageId>,
         filter: impl Fn(&MessageMeta) -> bool,
     ) -> Result<Vec<MessageMeta>> {
-        let mut start = prefix.clone();
-        if let Some(a) = after {
-            start.extend_from_slice(&a.0);
-            start.push(0); // strictly after
-        }
-        let mut end = prefix.clone();
-        end.extend_from_slice(&[0xff; 17]);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for r in self.db.range(start..end) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = r?;
-            let Some(id) = k.get(prefix.len()..).and_then(id16) else {
-                continue;
-            };
-            let id = MessageId(id);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
             match self.load(dir, &id) {
                 Ok(rec) => {
                     let m = rec.meta(dir, id)?;
@@ -952,8 +993,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The index prefixes `S dir st len peer` present, one seek per peer.
+    fn peers_in(&self, dir: Direction, st: u8) -> Result<Vec<Vec<u8>>> {
+        let base = [P_STATE, dir.byte(), st];
+        let end = vec![P_STATE, dir.byte(), st + 1];
+        let mut out = Vec::new();
+        let mut start = base.to_vec();
+        while let Some(r) = self.db.range(start..end.clone()).next() {
+            let (k, _) = r?;
+            let plen = usize::from(*k.get(3).ok_or_else(|| Error::corrupt("state index"))?);
+            let prefix = k
+                .get(..4 + plen)
+                .ok_or_else(|| Error::corrupt("state index"))?
+                .to_vec();
+            start = prefix.clone();
+            start.extend_from_slice(&[0xff; 17]);
+            out.push(prefix);
+        }
+        Ok(out)
+    }
+
     /// Messages in `state`, oldest first, after the cursor, at most `limit`
-    /// (a range scan over the state index).
+    /// (range scans over the index, merged across peers).
     pub fn list_by_state(
         &self,
         dir: Direction,
@@ -961,14 +1022,13 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<MessageMeta>> {
-        let prefix = vec![P_STATE, dir.byte(), state.byte()];
-        self.list_index(prefix, after, limit, dir, |m| {
-            m.state == state && m.destroyed_at.is_none()
-        })
+        let ids = self.merge_index(self.peers_in(dir, state.byte())?, after, limit)?;
+        self.metas(dir, ids, |m| m.state == state && m.destroyed_at.is_none())
     }
 
     /// Messages exchanged with `peer`, oldest first (metadata, including
-    /// destroyed ones until purged).
+    /// destroyed ones until purged): range scans over the index, merged
+    /// across states.
     pub fn list_by_peer(
         &self,
         dir: Direction,
@@ -977,7 +1037,25 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MessageMeta>> {
         check_name("peer", peer)?;
-        self.list_index(peer_prefix(P_PEER, Some(dir), peer), after, limit, dir, |_| true)
+        let states = match dir {
+            Direction::Outbound => [
+                MessageState::Queued,
+                MessageState::Sent,
+                MessageState::Delivered,
+                MessageState::Failed,
+            ]
+            .iter()
+            .map(|s| s.byte())
+            .collect::<Vec<_>>(),
+            Direction::Inbound => vec![MessageState::New.byte(), MessageState::Acknowledged.byte()],
+        };
+        let prefixes = states
+            .into_iter()
+            .chain([S_DESTROYED])
+            .map(|st| state_prefix(dir, st, peer))
+            .collect();
+        let ids = self.merge_index(prefixes, after, limit)?;
+        self.metas(dir, ids, |_| true)
     }
 
     /// Messages whose id time lies in `[from_ms, to_ms)` (unix milliseconds),
@@ -1061,8 +1139,8 @@ impl Store {
                     rec.attempts = rec.attempts.saturating_add(1);
                 }
                 let mut batch = Batch::default();
-                batch.remove(state_key(dir, cur, id));
-                batch.insert(state_key(dir, to, id), EMPTY);
+                batch.remove(state_key(dir, cur, &rec.peer, id));
+                batch.insert(state_key(dir, to, &rec.peer, id), EMPTY);
                 batch.insert(msg_key(dir, id), encode(&rec));
                 let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
                 if let Some(o) = outcome {
@@ -1512,7 +1590,8 @@ impl Store {
         let st = rec.state(id)?;
         rec.destroyed_at = Some(now);
         let inline = rec.sealed.take().is_some();
-        batch.remove(state_key(dir, st, id));
+        batch.remove(state_key(dir, st, &rec.peer, id));
+        batch.insert(destroyed_key(dir, &rec.peer, id), EMPTY);
         batch.insert(msg_key(dir, id), encode(&rec));
         Ok((!inline).then(|| payload_key(rec.key_hour, dir, id, rec.tag)))
     }
@@ -1780,12 +1859,12 @@ impl Store {
             return Ok(false);
         };
         let rec: MsgRec = decode(&raw, || what_msg(dir, id))?;
-        batch.remove(peer_key(dir, &rec.peer, id));
+        batch.remove(destroyed_key(dir, &rec.peer, id));
         if let Some(c) = &rec.case {
             batch.remove(case_msg_key(c, dir, id));
         }
         if let Ok(st) = rec.state(id) {
-            batch.remove(state_key(dir, st, id));
+            batch.remove(state_key(dir, st, &rec.peer, id));
         }
         batch.remove(msg_key(dir, id));
         Ok(true)
@@ -2002,8 +2081,7 @@ fn repair_group(db: &sled::Db, sled_dir: &Path, head: &mut Head, next_intent: u6
         if rec.tag != tag || rec.destroyed_at.is_some() {
             continue; // a record stored before (a duplicate put)
         }
-        db.insert(state_key(dir, rec.state(&id)?, &id), EMPTY)?;
-        db.insert(peer_key(dir, &rec.peer, &id), EMPTY)?;
+        db.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY)?;
         let digest: [u8; 32] = rec
             .payload_sha256
             .as_slice()
@@ -2107,9 +2185,7 @@ mod tests {
             // its index entries and its group's audit block were.
             let last = s.db.scan_prefix([P_AUDIT]).next_back().unwrap().unwrap().0;
             s.db.remove(last).unwrap();
-            s.db.remove(state_key(Direction::Inbound, MessageState::New, &b.id))
-                .unwrap();
-            s.db.remove(peer_key(Direction::Inbound, "by.mvd", &b.id))
+            s.db.remove(state_key(Direction::Inbound, MessageState::New, "by.mvd", &b.id))
                 .unwrap();
             s.db.flush().unwrap();
             chain.entries
