@@ -228,7 +228,7 @@ pub fn peer_add(
         peers: [&'a PeerConfig; 1],
     }
     let table = toml::to_string(&One { peers: [&peer] }).map_err(|e| Error::Usage(e.to_string()))?;
-    let new_text = format!("{}\n{table}", text.trim_end());
+    let new_text = format!("{}\n\n{table}", text.trim_end());
     // Check the result before anything is replaced.
     let card_text = files::read_text(card_path, offline::MAX_SMALL_FILE)?;
     Config::parse(&new_text, config_path).map_err(|e| Error::Usage(e.to_string()))?;

@@ -1,2 +1,336 @@
-//! End-to-end tests live in `tests/tests/`; they run the real `konvertctl` and `konvertd` binaries.
+//! Harness for the end-to-end tests in `tests/tests/`: builds the real
+//! `konvertctl` and `konvertd` binaries, makes gateway directories with
+//! `konvertctl init` / `peer add`, runs `konvertd` processes on loopback,
+//! and talks to their local API over its Unix socket with plain HTTP/1.1.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // test harness: a panic is the failure report
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `target/<profile>/NAME`, after building the gateway's binaries once per test process.
+pub fn bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace_root())
+            .args(["build", "-p", "konvert-gateway", "--bins"]);
+        if profile_dir.file_name() == Some(OsStr::new("release")) {
+            build.arg("--release");
+        }
+        let out = build.output().unwrap();
+        assert!(
+            out.status.success(),
+            "cargo build -p konvert-gateway --bins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir
+    });
+    dir.join(name)
+}
+
+/// Runs `konvertctl ARGS`.
+pub fn konvertctl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
+    Command::new(bin("konvertctl")).args(args).output().unwrap()
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gateway directory and, while running, its `konvertd` process.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Its authority.
+    pub authority: String,
+    /// Its directory (from `konvertctl init`).
+    pub dir: PathBuf,
+    /// Its QUIC port.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// `konvertctl init` of `authority` in `parent/authority`.
+    pub fn init(parent: &Path, authority: &str) -> Self {
+        let port = free_udp_port();
+        let dir = parent.join(authority);
+        let out = konvertctl([
+            "init",
+            "--authority",
+            authority,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "init {authority}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            authority: authority.into(),
+            dir,
+            port,
+            child: None,
+        }
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("konvert.toml")
+    }
+
+    /// The public card.
+    pub fn card(&self) -> PathBuf {
+        self.dir.join("card.toml")
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// Makes `other` a peer of this gateway under `agreement`.
+    pub fn add_peer(&self, other: &Gateway, agreement: &str) {
+        let out = konvertctl([
+            "peer",
+            "add",
+            "--config",
+            self.config().to_str().unwrap(),
+            "--card",
+            other.card().to_str().unwrap(),
+            "--address",
+            &format!("127.0.0.1:{}", other.port),
+            "--agreement",
+            agreement,
+        ]);
+        assert!(
+            out.status.success(),
+            "peer add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Replaces `from` by `to` in the configuration file (for limits in tests).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        assert!(text.contains(from), "{from:?} not in the configuration:\n{text}");
+        std::fs::write(self.config(), text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Starts `konvertd` and waits until its API answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.authority);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("konvertd.log"))
+            .unwrap();
+        let child = Command::new(bin("konvertd"))
+            .arg("--config")
+            .arg(self.config())
+            .env("KONVERT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!(
+                        "konvertd of {} exited with {status}:\n{}",
+                        self.authority,
+                        self.log()
+                    );
+                }
+            }
+            if let Ok((200, _)) = self.try_request("GET", "/v1/health", None) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "konvertd of {} did not come up:\n{}",
+                self.authority,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("konvertd.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "konvertd of {} stopped with {status}:\n{}",
+                self.authority,
+                self.log()
+            );
+        }
+    }
+
+    /// Kills the daemon (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One HTTP/1.1 request to the local API; returns status and body.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        http(&self.socket(), method, path, body)
+    }
+
+    /// Like [`Gateway::try_request`], panicking on I/O errors.
+    pub fn request(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, Vec<u8>) {
+        self.try_request(method, path, body).unwrap()
+    }
+
+    /// GET returning JSON; panics unless 200.
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// POST a JSON document; returns status and parsed body.
+    pub fn post_json(&self, path: &str, doc: &Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(doc).unwrap();
+        let (status, body) = self.request("POST", path, Some(("application/json", &bytes)));
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Polls `GET /v1/messages/{id}` until its state is one of `states`; returns the status document.
+    pub fn wait_state(&self, id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, body) = self.request("GET", &format!("/v1/messages/{id}"), None);
+            if code == 200 {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                if states.contains(&v["state"].as_str().unwrap_or("")) {
+                    return v;
+                }
+                if Instant::now() > deadline {
+                    panic!("message {id} stayed {}:\n{}", v["state"], self.log());
+                }
+            } else if Instant::now() > deadline {
+                panic!("message {id}: HTTP {code}: {}", String::from_utf8_lossy(&body));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
+pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some((ct, b)) = body {
+        req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
+    } else if method == "POST" {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    if let Some((_, b)) = body {
+        s.write_all(b)?;
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..start + size]);
+        b = &b[start + size + 2..];
+    }
+    out
+}
+
+/// An example message from `docs/examples/NAME.json`.
+pub fn example(name: &str) -> Value {
+    let text = std::fs::read_to_string(
+        workspace_root()
+            .join("docs/examples")
+            .join(format!("{name}.json")),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A fresh message id (UUIDv7 text).
+pub fn new_id() -> String {
+    konvert_envelope::model::Id::new(konvert_envelope::model::Timestamp::now()).to_string()
+}

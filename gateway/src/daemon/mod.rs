@@ -140,7 +140,7 @@ impl Directory {
             .iter()
             .map(|(a, p)| Peer {
                 authority: a.clone(),
-                pin: p.pin.clone(),
+                pin: p.pin,
             })
             .collect()
     }

@@ -352,10 +352,7 @@ async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: Messa
                     if let Ok(mut r) = node.links.retry.lock() {
                         r.remove(&id.0);
                     }
-                    if let Err(e) = node
-                        .store
-                        .mark_failed(&id, &format!("undeliverable after {attempts} attempts: {e}"))
-                    {
+                    if let Err(e) = node.store.mark_failed(&id, &failure_outcome(attempts, &e)) {
                         warn!(error = %e, "cannot mark a message failed");
                     }
                 }
@@ -380,10 +377,23 @@ async fn attempt(
     let receipt_bytes = match conn.send_envelope(len, msg.payload.as_slice()).await {
         Ok(r) => r,
         Err(e) => {
-            // Drop a broken connection so that the next attempt reconnects.
-            let mut c = link.connection.lock().await;
-            if c.as_ref().is_some_and(|c| c.close_reason().is_some()) {
-                *c = None;
+            // A lost connection, or a peer that stopped answering (timeout: it
+            // may have restarted and cannot tell us), is dropped so that the
+            // next attempt connects afresh.
+            let stale = e.connection_error().is_some()
+                || matches!(
+                    e,
+                    crate::transport::SendError::Timeout(_) | crate::transport::SendError::Receipt(_)
+                );
+            if stale {
+                let mut c = link.connection.lock().await;
+                if c.as_ref()
+                    .is_some_and(|c| c.remote_address() == conn.remote_address())
+                {
+                    if let Some(old) = c.take() {
+                        old.close(crate::transport::CloseCode::Normal);
+                    }
+                }
             }
             return Err(AttemptError::Send(e.to_string()));
         }
@@ -397,10 +407,17 @@ async fn attempt(
     let receipt = Receipt::verify(&receipt_bytes, &card.node_key)
         .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
     let digest = envelope_digest(&msg.payload).map_err(AttemptError::BadReceipt)?;
-    if receipt.envelope_id.as_bytes() != &id.0
-        || receipt.envelope_digest != digest
-        || &receipt.receiver != peer
-    {
+    // A receiver that refuses an envelope unread (too large) cannot name it:
+    // it answers on the envelope's own stream with the nil id and digest.
+    let unread_refusal = matches!(
+        receipt.outcome,
+        Outcome::Rejected {
+            code: konvert_envelope::receipt::RejectCode::TooLarge
+        }
+    ) && receipt.envelope_id.as_bytes() == &[0; 16]
+        && receipt.envelope_digest.is_zero();
+    let names_this = receipt.envelope_id.as_bytes() == &id.0 && receipt.envelope_digest == digest;
+    if !(names_this || unread_refusal) || &receipt.receiver != peer {
         return Err(AttemptError::BadReceipt(
             "it names another envelope or receiver".into(),
         ));
@@ -433,6 +450,26 @@ async fn attempt(
     Ok(outcome)
 }
 
+/// The outcome recorded for a message that could not be delivered: short,
+/// one line, no control characters (the store's rule for outcome texts).
+fn failure_outcome(attempts: u32, e: &AttemptError) -> String {
+    let reason: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut s = format!("undeliverable after {attempts} attempts: {reason}");
+    if s.len() > 120 {
+        let mut cut = 117;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
 /// The envelope digest of stored envelope bytes (what the receipt must name).
 pub fn envelope_digest(bytes: &[u8]) -> Result<konvert_envelope::model::Digest, String> {
     let limits = envelope::Limits {
@@ -460,7 +497,7 @@ async fn connection(node: &Arc<Node>, peer: &AuthorityId, link: &Link) -> Result
         .ok_or_else(|| AttemptError::Connect("peer no longer configured".into()))?;
     let expected = Peer {
         authority: peer.clone(),
-        pin: entry.pin.clone(),
+        pin: entry.pin,
     };
     let tries = entry.addresses.len().max(1);
     let mut last = String::new();

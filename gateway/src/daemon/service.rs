@@ -237,6 +237,13 @@ impl ApiService for Service {
             } else {
                 None
             };
+            let mut state = api_state(&meta);
+            if receipt
+                .as_ref()
+                .is_some_and(|r| matches!(r.outcome, Outcome::Rejected { .. }))
+            {
+                state = MessageState::Rejected;
+            }
             Ok(MessageStatus {
                 id,
                 direction: dir,
@@ -244,7 +251,7 @@ impl ApiService for Service {
                 agreement: AgreementId::new(meta.agreement.clone()).map_err(|_| Problem::internal())?,
                 kind: meta.kind.clone(),
                 envelope_id: Some(id),
-                state: api_state(&meta),
+                state,
                 times: MessageTimes {
                     created: Some(ts(meta.created_at)),
                     sent: None,

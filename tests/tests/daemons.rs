@@ -1,0 +1,304 @@
+//! End-to-end tests of the gateway daemon: real `konvertd` processes for
+//! kz.mvd, by.mvd and am.police on loopback, made with `konvertctl init` and
+//! `peer add`, driven through their local API sockets.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use konvert_tests::{example, new_id, Gateway};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Replaces every attachment of `v` (objects with a `media_type` and a
+/// `sha256`) by an upload to `gw` of `bytes`; returns how many.
+fn upload_attachments(gw: &Gateway, v: &mut Value, bytes: &[u8]) -> usize {
+    let mut n = 0;
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("media_type") && map.contains_key("sha256") {
+                let mt = map["media_type"].as_str().unwrap().to_string();
+                let (code, body) = gw.request("POST", "/v1/uploads", Some((&mt, bytes)));
+                assert_eq!(code, 201, "upload: {}", String::from_utf8_lossy(&body));
+                let up: Value = serde_json::from_slice(&body).unwrap();
+                *v = json!({ "media_type": mt, "file": format!("upload:{}", up["id"].as_str().unwrap()) });
+                return 1;
+            }
+            for (_, x) in map.iter_mut() {
+                n += upload_attachments(gw, x, bytes);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                n += upload_attachments(gw, x, bytes);
+            }
+        }
+        _ => {}
+    }
+    n
+}
+
+/// An example made ready to send from `gw` to `to`: fresh id, current
+/// time, the given reply link, attachments uploaded.
+fn message(
+    gw: &Gateway,
+    name: &str,
+    to: &str,
+    in_reply_to: Option<&str>,
+    attachment: &[u8],
+) -> (String, Value) {
+    let mut m = example(name);
+    let id = new_id();
+    m["header"]["id"] = json!(id);
+    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+    m["header"]["from"] = json!(gw.authority);
+    m["header"]["to"] = json!(to);
+    match in_reply_to {
+        Some(r) => m["header"]["in_reply_to"] = json!(r),
+        None => {
+            m["header"].as_object_mut().unwrap().remove("in_reply_to");
+        }
+    }
+    upload_attachments(gw, &mut m, attachment);
+    (id, json!({ "message": m, "signatory": "head" }))
+}
+
+fn submit(gw: &Gateway, doc: &Value) -> String {
+    let (code, body) = gw.post_json("/v1/messages", doc);
+    assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
+    body["id"].as_str().unwrap().to_string()
+}
+
+fn inbox_ids(gw: &Gateway) -> Vec<String> {
+    gw.get_json("/v1/inbox?limit=1000")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Short timers, so that a peer's restart is noticed in seconds.
+fn fast(g: &Gateway) {
+    g.edit_config("initial_backoff = \"1s\"", "initial_backoff = \"100ms\"");
+    g.edit_config("max_backoff = \"10m\"", "max_backoff = \"1s\"");
+    g.edit_config("idle_timeout = \"1m\"", "idle_timeout = \"3s\"");
+    g.edit_config("keep_alive = \"15s\"", "keep_alive = \"1s\"");
+}
+
+fn pair(t: &std::path::Path) -> (Gateway, Gateway) {
+    let kz = Gateway::init(t, "kz.mvd");
+    let by = Gateway::init(t, "by.mvd");
+    kz.add_peer(&by, "kz-by-2019");
+    by.add_peer(&kz, "kz-by-2019");
+    for g in [&kz, &by] {
+        fast(g);
+    }
+    (kz, by)
+}
+
+#[test]
+fn three_gateways_request_answer_receipts_and_acknowledgement() {
+    let t = tempfile::tempdir().unwrap();
+    let mut kz = Gateway::init(t.path(), "kz.mvd");
+    let mut by = Gateway::init(t.path(), "by.mvd");
+    let mut am = Gateway::init(t.path(), "am.police");
+    kz.add_peer(&by, "kz-by-2019");
+    kz.add_peer(&am, "kz-am-2024");
+    by.add_peer(&kz, "kz-by-2019");
+    am.add_peer(&kz, "kz-am-2024");
+    kz.start();
+    by.start();
+    am.start();
+
+    // A request with a photograph from KZ to BY; the receipt comes back verified.
+    let photo: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+    let (req_id, doc) = message(&kz, "request", "by.mvd", None, &photo);
+    assert_eq!(submit(&kz, &doc), req_id);
+    let status = kz.wait_state(&req_id, &["delivered"], WAIT);
+    assert_eq!(status["receipt"]["verified"], json!(true), "{status}");
+    assert_eq!(status["receipt"]["outcome"]["status"], json!("accepted"));
+    let raw = kz.request("GET", &format!("/v1/receipts/{req_id}/raw"), None);
+    assert_eq!(raw.0, 200);
+
+    // BY's application waits for it, reads it with its attachment.
+    let items = by.get_json("/v1/inbox?wait=20");
+    assert_eq!(items["items"][0]["id"], json!(req_id), "{items}");
+    let got = by.get_json(&format!("/v1/inbox/{req_id}"));
+    assert_eq!(got["message"]["body"]["kind"], json!("request"));
+    assert!(got["purpose"].as_str().is_some_and(|p| !p.is_empty()));
+    let n_att = got["attachments"].as_array().unwrap().len();
+    assert!(n_att > 0);
+    let (code, bytes) = by.request("GET", &format!("/v1/inbox/{req_id}/attachments/0"), None);
+    assert_eq!(code, 200);
+    assert_eq!(bytes, photo);
+
+    // BY answers: refused in part, with grounds.
+    let (ans_id, doc) = message(&by, "response-refused", "kz.mvd", Some(&req_id), &photo);
+    submit(&by, &doc);
+    by.wait_state(&ans_id, &["delivered"], WAIT);
+    let items = kz.get_json("/v1/inbox?wait=20");
+    assert_eq!(items["items"][0]["id"], json!(ans_id));
+    assert_eq!(items["items"][0]["in_reply_to"], json!(req_id));
+
+    // Acknowledged items are never shown as new again, also after a restart.
+    for (gw, id) in [(&kz, &ans_id), (&by, &req_id)] {
+        let (code, _) = gw.request("POST", &format!("/v1/inbox/{id}/ack"), None);
+        assert_eq!(code, 200);
+        assert!(inbox_ids(gw).is_empty());
+    }
+    by.stop();
+    by.start();
+    assert!(inbox_ids(&by).is_empty());
+
+    // KZ to Armenia under the other agreement.
+    let (info_id, doc) = message(
+        &kz,
+        "unsolicited_information-kz-am-2024",
+        "am.police",
+        None,
+        &photo,
+    );
+    submit(&kz, &doc);
+    kz.wait_state(&info_id, &["delivered"], WAIT);
+    assert_eq!(inbox_ids(&am), vec![info_id.clone()]);
+
+    // Receipts can be listed by peer.
+    let receipts = kz.get_json("/v1/receipts?peer=by.mvd");
+    assert_eq!(receipts["items"].as_array().unwrap().len(), 1, "{receipts}");
+    for g in [&mut kz, &mut by, &mut am] {
+        g.stop();
+    }
+}
+
+#[test]
+fn a_peer_restarted_mid_flight_gets_every_message_exactly_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    // BY is down: messages wait in KZ's outbox.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        assert_eq!(submit(&kz, &doc), id);
+        ids.push(id);
+    }
+    by.start();
+    for id in &ids {
+        kz.wait_state(id, &["delivered"], WAIT);
+    }
+    // More messages, and BY crashes (SIGKILL) while they are in flight.
+    for _ in 0..20 {
+        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        assert_eq!(submit(&kz, &doc), id);
+        ids.push(id);
+    }
+    by.kill();
+    by.start();
+    for id in &ids {
+        kz.wait_state(id, &["delivered"], WAIT);
+    }
+    let inbox = inbox_ids(&by);
+    let distinct: BTreeSet<_> = inbox.iter().collect();
+    assert_eq!(inbox.len(), ids.len(), "each message exactly once");
+    assert_eq!(distinct.len(), ids.len());
+    assert_eq!(distinct, ids.iter().collect());
+    kz.stop();
+    by.stop();
+}
+
+#[test]
+fn a_gateway_whose_key_is_not_pinned_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let mut kz = Gateway::init(t.path(), "kz.mvd");
+    let mut am = Gateway::init(t.path(), "am.police");
+    // am.police knows kz.mvd, but kz.mvd has not pinned am.police's key.
+    am.add_peer(&kz, "kz-am-2024");
+    am.edit_config("max_attempts = 50", "max_attempts = 2");
+    fast(&am);
+    kz.start();
+    am.start();
+    let (id, doc) = message(&am, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+    // clarification_answer is a kz-by-2019 example: use the other agreement.
+    let mut doc = doc;
+    doc["message"]["header"]["agreement"] = json!("kz-am-2024");
+    submit(&am, &doc);
+    let status = am.wait_state(&id, &["failed"], WAIT);
+    if std::env::var_os("KONVERT_TEST_LOGS").is_some() {
+        eprintln!("{}", am.log());
+    }
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("undeliverable")),
+        "{status}"
+    );
+    assert!(inbox_ids(&kz).is_empty());
+    assert!(
+        kz.log().contains("refused") || kz.log().contains("not pinned"),
+        "{}",
+        kz.log()
+    );
+    kz.stop();
+    am.stop();
+}
+
+#[test]
+fn an_oversize_envelope_is_refused_with_a_receipt_code() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    by.edit_config("max_envelope_bytes = 536870912", "max_envelope_bytes = 8192");
+    kz.start();
+    by.start();
+    let big = vec![7u8; 50_000];
+    let (id, doc) = message(&kz, "request", "by.mvd", None, &big);
+    submit(&kz, &doc);
+    let status = kz.wait_state(&id, &["rejected"], WAIT);
+    assert_eq!(
+        status["receipt"]["outcome"],
+        json!({"status": "rejected", "code": "too_large"}),
+        "{status}"
+    );
+    assert!(inbox_ids(&by).is_empty());
+    kz.stop();
+    by.stop();
+}
+
+#[test]
+fn a_socket_user_not_on_the_allow_list_is_refused() {
+    // Needs root to run a client as another user.
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, _by) = pair(t.path());
+    kz.start();
+    // Open the directory and socket to everyone so that only SO_PEERCRED decides.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [t.path().to_path_buf(), kz.dir.clone(), kz.socket()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(kz.socket())
+        .arg("http://localhost/v1/health")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim_end().ends_with("403"), "{text}");
+    assert!(text.contains("unauthorized-caller"), "{text}");
+    // The daemon's own user is still served.
+    assert_eq!(kz.request("GET", "/v1/health", None).0, 200);
+    kz.stop();
+}
