@@ -10,10 +10,10 @@
 //! - [`client`]: the local API client behind `konvertctl`'s online commands (send, status, receipts, inbox, peers, health).
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod daemon;
 pub mod api;
 pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod files;
 pub mod init;
