@@ -35,6 +35,7 @@ mod ids;
 mod keys;
 mod model;
 mod retention;
+mod segments;
 mod store;
 mod sync;
 mod wal;

@@ -316,10 +316,16 @@ pub(crate) struct MsgRec {
     pub destroyed_at: Option<i64>,
     pub outcome: Option<String>,
     pub attempts: u32,
-    /// The sealed payload itself when it is small (one sled value per
-    /// message); `None` when it lives in the `payloads` tree or is destroyed.
-    #[serde(default)]
-    pub sealed: Option<ByteBuf>,
+    /// Where the sealed payload is in its hour's payload file; `None` once
+    /// destroyed.
+    pub seg: Option<SegRef>,
+}
+
+/// A sealed payload's place in the payload file of its key hour.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub(crate) struct SegRef {
+    pub off: u64,
+    pub len: u32,
 }
 
 impl MsgRec {

@@ -37,6 +37,7 @@ use crate::ids::{CaseId, Clock, MessageId};
 use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
 use crate::model::*;
 use crate::retention::{hour_of, RetentionPolicy};
+use crate::segments::Segments;
 use crate::sync::{GroupCommit, SyncMode};
 use crate::wal::{self, Batch};
 
@@ -63,11 +64,6 @@ const X_CASE_PURGE: u8 = 6;
 const S_DESTROYED: u8 = 0xfe;
 /// A list of messages whose payload is inline in their record, to destroy.
 const X_INLINE: u8 = 7;
-
-/// Payloads up to this size are sealed into their message record (one sled
-/// value per message); larger ones go to the `payloads` tree, so that state
-/// changes do not rewrite them.
-const INLINE_MAX: usize = 8 << 10;
 
 const FORMAT_VERSION: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
@@ -138,8 +134,8 @@ pub(crate) struct PreparedPut {
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
-    /// Sealed payloads, keyed by expiry hour first: the expiry index itself.
-    payloads: sled::Tree,
+    /// Sealed payloads, in one append-only file per key hour.
+    segs: Segments,
     keyring: RwLock<Keyring>,
     head: Mutex<Head>,
     gc: GroupCommit,
@@ -235,24 +231,6 @@ fn deadline_key(deadline: i64, id: &CaseId) -> Vec<u8> {
 }
 fn id16(b: &[u8]) -> Option<[u8; 16]> {
     b.try_into().ok()
-}
-fn payload_key(key_hour: i64, dir: Direction, id: &MessageId, tag: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(29);
-    k.extend_from_slice(&sortable(key_hour));
-    k.push(dir.byte());
-    k.extend_from_slice(&id.0);
-    k.extend_from_slice(&tag.to_be_bytes());
-    k
-}
-fn parse_payload_key(k: &[u8]) -> Option<(i64, Direction, MessageId, u32)> {
-    if k.len() != 29 {
-        return None;
-    }
-    let hour = (u64::from_be_bytes(k[..8].try_into().ok()?) ^ (1u64 << 63)) as i64;
-    let dir = Direction::from_byte(k[8])?;
-    let id = MessageId(k[9..25].try_into().ok()?);
-    let tag = u32::from_be_bytes(k[25..29].try_into().ok()?);
-    Some((hour, dir, id, tag))
 }
 fn payload_aad(dir: Direction, id: &MessageId, key_hour: i64, case: Option<&CaseId>) -> Vec<u8> {
     let mut a = Vec::with_capacity(48);
@@ -356,11 +334,11 @@ impl Store {
         let next_intent = repair_group(&db, &sled_dir, &mut head, next_intent)?;
         head.next_intent = next_intent;
         let gc = GroupCommit::new(config.sync_mode, &sled_dir, next_intent)?;
-        let payloads = db.open_tree("payloads")?;
+        let segs = Segments::open(dir.join("payloads"))?;
         let store = Store {
             dir,
             db,
-            payloads,
+            segs,
             keyring: RwLock::new(keyring),
             head: Mutex::new(head),
             gc,
@@ -373,6 +351,7 @@ impl Store {
         };
         let now = store.clock.now();
         store.destroy_expired_keys(now)?;
+        store.segs.remove_before(hour_of(now))?;
         Ok(store)
     }
 
@@ -530,31 +509,17 @@ impl Store {
         }
         let aad = payload_aad(dir, &msg.id, key_hour, msg.case.as_ref());
         let tag: u32 = rand::random();
-        let inline = msg.payload.len() <= INLINE_MAX;
-        let sealed = if inline {
-            Some(ByteBuf::from(key.seal(&aad, &msg.payload)))
-        } else {
-            // An id already stored: nothing new is written (wait until what
-            // is stored is durable, it may still be in flight).
-            if let Some(existing) = self.db.get(msg_key(dir, &msg.id))? {
-                let old: MsgRec = decode(&existing, || what_msg(dir, &msg.id))?;
-                self.commit()?;
-                return Ok(Put {
-                    meta: old.meta(dir, msg.id)?,
-                    created: false,
-                });
-            }
-            // A large payload goes into the `payloads` tree by this writer, in
-            // parallel with others; the leader's flush + fdatasync covers it.
-            let sealed = key.seal(&aad, &msg.payload);
-            if let Err(e) = self
-                .payloads
-                .insert(payload_key(key_hour, dir, &msg.id, tag), sealed)
-            {
+        // The sealed payload goes into its hour's file by this writer, in
+        // parallel with others; the group-commit applier fdatasyncs it before
+        // the record goes to sled.
+        let sealed = key.seal(&aad, &msg.payload);
+        let len = u32::try_from(sealed.len()).map_err(|_| Error::Invalid("payload too large".into()))?;
+        let off = match self.segs.append(key_hour, &sealed) {
+            Ok(o) => o,
+            Err(e) => {
                 self.gc.poison();
-                return Err(e.into());
+                return Err(e);
             }
-            None
         };
         let digest: [u8; 32] = Sha256::digest(&msg.payload).into();
         let state = match dir {
@@ -577,7 +542,7 @@ impl Store {
             destroyed_at: None,
             outcome: None,
             attempts: 0,
-            sealed,
+            seg: Some(SegRef { off, len }),
         };
         let job = PreparedPut {
             dir,
@@ -607,6 +572,10 @@ impl Store {
     /// audit block of a group cut short (docs/STORE.md). An error here is a
     /// sled failure and poisons the store; per-put refusals are in the results.
     fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
+        if self.gc.mode() == SyncMode::Fdatasync {
+            // The group's payloads are on disk before its records are in sled.
+            self.segs.sync_dirty()?;
+        }
         let mut head = self.head();
         let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.rec.case.is_some());
         let mut results = if case_jobs.is_empty() {
@@ -639,9 +608,7 @@ impl Store {
         head.next_intent = gseq + 1;
         let mut by_hour: std::collections::BTreeMap<i64, Vec<(Direction, MessageId)>> = Default::default();
         for (_, j) in &jobs {
-            if j.rec.sealed.is_some() {
-                by_hour.entry(j.rec.key_hour).or_default().push((j.dir, j.id));
-            }
+            by_hour.entry(j.rec.key_hour).or_default().push((j.dir, j.id));
         }
         for (hour, ids) in &by_hour {
             self.db
@@ -829,12 +796,10 @@ impl Store {
                 }
                 batch.insert(case_msg_key(case, dir, &id), EMPTY);
             }
-            if rec.sealed.is_some() {
-                batch.insert(
-                    exp_key(rec.key_hour, X_INLINE, &rand_id()),
-                    purge_list(&[(dir, id)]),
-                );
-            }
+            batch.insert(
+                exp_key(rec.key_hour, X_INLINE, &rand_id()),
+                purge_list(&[(dir, id)]),
+            );
             batch.insert(mkey, value);
             batch.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY);
             events.push((now, put_event(dir, &id, &rec, digest)));
@@ -857,7 +822,20 @@ impl Store {
         let raw = self.db.get(msg_key(dir, id))?.ok_or_else(|| Error::NotFound {
             what: what_msg(dir, id),
         })?;
-        decode(&raw, || what_msg(dir, id))
+        let mut rec = decode(&raw, || what_msg(dir, id))?;
+        self.settle(&mut rec);
+        Ok(rec)
+    }
+
+    /// A record whose hour key is gone was destroyed with it: the sweeper
+    /// does not rewrite expired records (that would cost a sled write each);
+    /// it removes their payload file and moves their index entry. Their
+    /// `destroyed_at` is the end of the key hour, when the key was due.
+    fn settle(&self, rec: &mut MsgRec) {
+        if rec.destroyed_at.is_none() && !self.kr_read().buckets.contains_key(&rec.key_hour) {
+            rec.destroyed_at = Some(rec.key_hour.saturating_add(1).saturating_mul(3600));
+            rec.seg = None;
+        }
     }
 
     /// A message's metadata (also after its payload was destroyed).
@@ -885,13 +863,11 @@ impl Store {
             let ck = self.kr_read().cases.get(case).cloned().ok_or_else(destroyed)?;
             key = key.derive_with_case(&ck);
         }
-        let sealed = match &rec.sealed {
-            Some(s) => sled::IVec::from(s.as_slice()),
-            None => self
-                .payloads
-                .get(payload_key(rec.key_hour, dir, id, rec.tag))?
-                .ok_or_else(destroyed)?,
-        };
+        let seg = rec.seg.ok_or_else(destroyed)?;
+        let sealed = self
+            .segs
+            .read(rec.key_hour, seg.off, seg.len)?
+            .ok_or_else(destroyed)?;
         let aad = payload_aad(dir, id, rec.key_hour, rec.case.as_ref());
         let payload = key.open(&aad, &sealed).ok_or_else(|| Error::Unseal {
             what: what_msg(dir, id),
@@ -1077,7 +1053,8 @@ impl Store {
                     .and_then(id16)
                     .ok_or_else(|| Error::corrupt("message key"))?,
             );
-            let rec: MsgRec = decode(&v, || what_msg(dir, &id))?;
+            let mut rec: MsgRec = decode(&v, || what_msg(dir, &id))?;
+            self.settle(&mut rec);
             out.push(rec.meta(dir, id)?);
         }
         Ok(out)
@@ -1516,9 +1493,8 @@ impl Store {
             let mut head = self.head();
             let mut batch = Batch::default();
             let mut ids = Vec::new();
-            let mut gone = Vec::new();
             for (d, m) in chunk {
-                if self.tombstone(&mut batch, *d, m, now, &mut gone)? {
+                if self.tombstone(&mut batch, *d, m, now)? {
                     ids.push((*d, *m));
                 }
             }
@@ -1543,28 +1519,17 @@ impl Store {
             }
             destroyed += ids.len() as u64;
             self.apply(&mut head, batch, &events, now)?;
-            drop(head);
-            for pk in gone {
-                self.payloads.remove(pk)?;
-            }
         }
         self.commit()?;
         self.destroyed.fetch_add(destroyed, Ordering::Relaxed);
         Ok(destroyed)
     }
 
-    /// Put into `batch` the replacement of one message by its metadata;
-    /// pushes onto `gone` the key of its sealed payload in the `payloads`
-    /// tree (if it is not inline), to be removed once the batch is applied.
-    /// `false` if there was nothing to destroy. Caller holds the head lock.
-    fn tombstone(
-        &self,
-        batch: &mut Batch,
-        dir: Direction,
-        id: &MessageId,
-        now: i64,
-        gone: &mut Vec<Vec<u8>>,
-    ) -> Result<bool> {
+    /// Put into `batch` the replacement of one message by its metadata
+    /// (its payload bytes stay in their hour's file, unreadable without the
+    /// key, until that file is removed at the hour's end); `false` if there
+    /// was nothing to destroy. Caller holds the head lock.
+    fn tombstone(&self, batch: &mut Batch, dir: Direction, id: &MessageId, now: i64) -> Result<bool> {
         let raw = match self.db.get(msg_key(dir, id))? {
             Some(r) => r,
             None => return Ok(false),
@@ -1573,9 +1538,7 @@ impl Store {
         if rec.destroyed_at.is_some() {
             return Ok(false);
         }
-        if let Some(pk) = self.tombstone_rec(batch, dir, id, rec, now)? {
-            gone.push(pk);
-        }
+        self.tombstone_rec(batch, dir, id, rec, now)?;
         Ok(true)
     }
 
@@ -1586,14 +1549,14 @@ impl Store {
         id: &MessageId,
         mut rec: MsgRec,
         now: i64,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<()> {
         let st = rec.state(id)?;
         rec.destroyed_at = Some(now);
-        let inline = rec.sealed.take().is_some();
+        rec.seg = None;
         batch.remove(state_key(dir, st, &rec.peer, id));
         batch.insert(destroyed_key(dir, &rec.peer, id), EMPTY);
         batch.insert(msg_key(dir, id), encode(&rec));
-        Ok((!inline).then(|| payload_key(rec.key_hour, dir, id, rec.tag)))
+        Ok(())
     }
 
     // ---- sweeping ----
@@ -1650,63 +1613,9 @@ impl Store {
             ..Default::default()
         };
         let mut done = 0usize;
-        // 1. Payloads of expired hours (the payload tree is keyed by hour).
-        let pend = sortable(cur).to_vec();
-        while done < budget {
-            let take = SWEEP_CHUNK.min(budget - done);
-            let keys: Vec<sled::IVec> = self
-                .payloads
-                .range(..pend.clone())
-                .keys()
-                .take(take)
-                .collect::<std::result::Result<_, _>>()?;
-            if keys.is_empty() {
-                break;
-            }
-            done += keys.len();
-            let mut head = self.head();
-            let mut batch = Batch::default();
-            let mut destroyed_ids = Vec::new();
-            for k in &keys {
-                let Some((hour, dir, id, tag)) = parse_payload_key(k) else {
-                    continue;
-                };
-                if let Some(raw) = self.db.get(msg_key(dir, &id))? {
-                    let rec: MsgRec = decode(&raw, || what_msg(dir, &id))?;
-                    if rec.destroyed_at.is_none() && rec.key_hour == hour && rec.tag == tag {
-                        let _ = self.tombstone_rec(&mut batch, dir, &id, rec, now)?;
-                        destroyed_ids.push((dir, id));
-                    }
-                }
-            }
-            let mut events = Vec::new();
-            if !destroyed_ids.is_empty() {
-                batch.insert(
-                    exp_key(
-                        hour_of(self.retention.audit_expiry(now)),
-                        X_PURGE_MANY,
-                        &rand_id(),
-                    ),
-                    purge_list(&destroyed_ids),
-                );
-                events.push(
-                    AuditEvent::new(AuditKind::Destroyed)
-                        .detail("expired")
-                        .count(destroyed_ids.len() as u64)
-                        .digest(ids_digest(&destroyed_ids)),
-                );
-            }
-            self.apply(&mut head, batch, &events, now)?;
-            drop(head);
-            // Payloads go after their records say so: a crash in between
-            // leaves payload entries that the next sweep removes.
-            for k in keys {
-                self.payloads.remove(k)?;
-            }
-            report.destroyed += destroyed_ids.len() as u64;
-        }
-        let remaining_payloads = self.payloads.range(..pend).next().is_some();
-        // 2. Metadata, receipts and cases past their time.
+        // 1. The payload files of expired hours (their keys are gone).
+        self.segs.remove_before(cur)?;
+        // 2. Records to mark destroyed, metadata, receipts and cases past their time.
         let mut end = vec![P_EXP];
         end.extend_from_slice(&sortable(cur));
         while done < budget {
@@ -1775,11 +1684,12 @@ impl Store {
                                 continue;
                             };
                             let rec: MsgRec = decode(&raw, || what_msg(d, &m))?;
-                            if rec.destroyed_at.is_none()
-                                && rec.sealed.is_some()
-                                && Some(rec.key_hour) == hour
-                            {
-                                let _ = self.tombstone_rec(&mut batch, d, &m, rec, now)?;
+                            if rec.destroyed_at.is_none() && Some(rec.key_hour) == hour {
+                                // The record stays as it is (see `settle`);
+                                // its index entry moves to "destroyed".
+                                let st = rec.state(&m)?;
+                                batch.remove(state_key(d, st, &rec.peer, &m));
+                                batch.insert(destroyed_key(d, &rec.peer, &m), EMPTY);
                                 destroyed_ids.push((d, m));
                             }
                         }
@@ -1838,7 +1748,7 @@ impl Store {
             report.purged += purged;
             report.destroyed += destroyed_ids.len() as u64;
         }
-        report.remaining = remaining_payloads || self.db.range(vec![P_EXP]..end).next().is_some();
+        report.remaining = self.db.range(vec![P_EXP]..end).next().is_some();
         self.commit()?;
         self.destroyed.fetch_add(report.destroyed, Ordering::Relaxed);
         self.purged.fetch_add(report.purged, Ordering::Relaxed);
@@ -2216,13 +2126,5 @@ mod tests {
         assert_eq!(wal::decode(&wal::encode(&ops)).unwrap(), ops);
         assert!(wal::decode(&[0, 0, 0, 9, 1]).is_err());
         assert!(wal::decode(&[0, 0, 0, 0, 7]).is_err());
-    }
-
-    #[test]
-    fn payload_keys_round_trip() {
-        let id = MessageId::new_v7(1_750_000_000_000);
-        let k = payload_key(-5, Direction::Inbound, &id, 77);
-        assert_eq!(parse_payload_key(&k), Some((-5, Direction::Inbound, id, 77)));
-        assert!(payload_key(-1, Direction::Inbound, &id, 0) < payload_key(0, Direction::Outbound, &id, 0));
     }
 }

@@ -147,6 +147,10 @@ impl GroupCommit {
         })
     }
 
+    pub(crate) fn mode(&self) -> SyncMode {
+        self.mode
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves consistent counters behind.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -1,0 +1,202 @@
+//! Sealed payloads in append-only files, one per key hour.
+//!
+//! `DATA_DIR/payloads/<hour>.seg` holds the sealed payloads whose data key is
+//! that hour's, back to back; a message record in sled refers to its payload
+//! by (offset, length). Keeping payloads out of sled keeps sled's values
+//! small: sled 0.34 rewrites whole leaf nodes (16 entries) on splits and
+//! consolidations, so 1 KiB values cost it several KiB of log each, which is
+//! CPU on every write and log to replay at open. Destroying an hour is one
+//! `unlink` (after its key is gone).
+//!
+//! Writers reserve a range with an atomic add and `pwrite` into it in
+//! parallel. Durability: the group-commit applier `fdatasync`s every file
+//! written since the last time *before* it writes the group's records to
+//! sled, so a record never reaches the disk before its payload (also not
+//! through sled's own background flush). Bytes after the last record a file
+//! had at a crash are unreferenced (an unacknowledged put); new appends go
+//! after them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+
+struct Seg {
+    file: File,
+    len: AtomicU64,
+}
+
+/// The payload files of a store.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    files: RwLock<BTreeMap<i64, Arc<Seg>>>,
+    /// Hours written since their last fdatasync.
+    dirty: Mutex<HashSet<i64>>,
+}
+
+fn file_name(hour: i64) -> String {
+    format!("{hour}.seg")
+}
+
+impl Segments {
+    /// Open the payload directory (created, mode 0700, if missing).
+    pub(crate) fn open(dir: PathBuf) -> Result<Self> {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
+            if let Some(parent) = dir.parent() {
+                crate::keys::sync_dir(parent)?;
+            }
+        }
+        let mut files = BTreeMap::new();
+        for ent in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let ent = ent.map_err(|e| Error::io(&dir, e))?;
+            let name = ent.file_name();
+            let Some(hour) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|h| h.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let path = ent.path();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+            files.insert(
+                hour,
+                Arc::new(Seg {
+                    file,
+                    len: AtomicU64::new(len),
+                }),
+            );
+        }
+        Ok(Segments {
+            dir,
+            files: RwLock::new(files),
+            dirty: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn seg(&self, hour: i64) -> Option<Arc<Seg>> {
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hour)
+            .cloned()
+    }
+
+    fn seg_or_create(&self, hour: i64) -> Result<Arc<Seg>> {
+        if let Some(s) = self.seg(hour) {
+            return Ok(s);
+        }
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = files.get(&hour) {
+            return Ok(s.clone());
+        }
+        let path = self.dir.join(file_name(hour));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        // The new file's directory entry is durable before anything refers to it.
+        crate::keys::sync_dir(&self.dir)?;
+        let s = Arc::new(Seg {
+            file,
+            len: AtomicU64::new(len),
+        });
+        files.insert(hour, s.clone());
+        Ok(s)
+    }
+
+    /// Append `bytes` to the file of `hour`; returns their offset.
+    pub(crate) fn append(&self, hour: i64, bytes: &[u8]) -> Result<u64> {
+        let s = self.seg_or_create(hour)?;
+        let off = s.len.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        s.file
+            .write_all_at(bytes, off)
+            .map_err(|e| Error::io(self.dir.join(file_name(hour)), e))?;
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(hour);
+        Ok(off)
+    }
+
+    /// The `len` bytes at `off` in the file of `hour`; `None` once that file
+    /// has been destroyed.
+    pub(crate) fn read(&self, hour: i64, off: u64, len: u32) -> Result<Option<Vec<u8>>> {
+        let Some(s) = self.seg(hour) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; len as usize];
+        match s.file.read_exact_at(&mut buf, off) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(Error::corrupt(format!("payload file {}", file_name(hour))))
+            }
+            Err(e) => Err(Error::io(self.dir.join(file_name(hour)), e)),
+        }
+    }
+
+    /// `fdatasync` every file written since its last sync.
+    pub(crate) fn sync_dirty(&self) -> Result<()> {
+        let hours: Vec<i64> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for h in hours {
+            if let Some(s) = self.seg(h) {
+                if let Err(e) = s.file.sync_data() {
+                    // Mark it again: the failure poisons the store anyway.
+                    self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(h);
+                    return Err(Error::io(self.dir.join(file_name(h)), e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the files of every hour before `hour` (their keys are gone);
+    /// returns how many.
+    pub(crate) fn remove_before(&self, hour: i64) -> Result<usize> {
+        let gone: Vec<i64> = {
+            let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+            let keep = files.split_off(&hour);
+            let gone = std::mem::replace(&mut *files, keep);
+            gone.into_keys().collect()
+        };
+        for h in &gone {
+            let p = self.dir.join(file_name(*h));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+        if !gone.is_empty() {
+            crate::keys::sync_dir(&self.dir)?;
+        }
+        Ok(gone.len())
+    }
+
+    /// The payload directory.
+    #[allow(dead_code)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
