@@ -1,26 +1,27 @@
 //! The store itself: layout in sled, writes, reads, destruction.
 //!
-//! Metadata, indexes and the audit trail live in sled's default tree under
-//! one-byte key prefixes; a group of changes (a record, its index entries and
-//! its audit entry) is applied atomically through an intent record (`wal.rs`).
-//! Sealed payloads live in the `payloads` tree, keyed by expiry hour first,
-//! which makes that tree its own expiry index.
+//! Metadata, the index and the audit trail live in sled's default tree under
+//! one-byte key prefixes. Sealed payloads live outside sled, in one
+//! append-only file per key hour (`segments.rs`). A group of puts is written
+//! as: group marker `G`, expiry lists, per put the record (compare-and-swap)
+//! and its one index entry, then the group's audit block; `repair_group`
+//! completes a group cut short at open. Other changes (state transitions,
+//! cases, sweeps) are applied atomically through an intent record (`wal.rs`).
 //!
 //! | key | value |
 //! |---|---|
-//! | `O`/`I` id | message record (metadata, no payload) |
-//! | `S` dir state id | (index by state) |
-//! | `P` dir len peer id | (index by peer) |
-//! | `X` hour class id | expiry work item (purge, receipt, case) |
+//! | `O`/`I` id | message record (metadata and where its sealed payload is) |
+//! | `S` dir state len peer id | (the index: by state, merged across peers; by peer, merged across states) |
+//! | `X` hour class id | expiry work: messages of a key hour, purge, receipt, case |
 //! | `c` case dir id | (messages of a case) |
 //! | `R` id | delivery receipt (sealed) |
 //! | `r` len peer id | (receipts by peer) |
 //! | `C` case | case record |
 //! | `D` deadline case | (cases by deadline) |
-//! | `A` seq | audit entry |
+//! | `A` seq | audit block (the events of one atomic group) |
 //! | `W` seq | intent record (a group being applied) |
+//! | `G` | group marker: the new records of the last put group |
 //! | `M` | store format version |
-//! | `payloads`: hour dir id tag | sealed payload |
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,8 +63,8 @@ const X_CASE_EXPIRE: u8 = 5;
 const X_CASE_PURGE: u8 = 6;
 /// The index "state" of destroyed messages (not a [`MessageState`]).
 const S_DESTROYED: u8 = 0xfe;
-/// A list of messages whose payload is inline in their record, to destroy.
-const X_INLINE: u8 = 7;
+/// The messages of one put group whose key hour this is (destroyed with it).
+const X_HOUR_MSGS: u8 = 7;
 
 const FORMAT_VERSION: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
@@ -565,9 +566,9 @@ impl Store {
     /// change the case's record too and go through an intent record
     /// ([`Store::apply_case_puts`]); all others take the fast path: the group
     /// marker `G` (which new records the group writes), the expiry lists of
-    /// their inline payloads, then per put the record (one compare-and-swap:
-    /// absent → record, which is also the duplicate check) and its two index
-    /// entries, and last the group's audit block. sled recovers a prefix of
+    /// their key hours, then per put the record (one compare-and-swap:
+    /// absent → record, which is also the duplicate check) and its index
+    /// entry, and last the group's audit block. sled recovers a prefix of
     /// this, and `repair_group` at open completes the index entries and the
     /// audit block of a group cut short (docs/STORE.md). An error here is a
     /// sled failure and poisons the store; per-put refusals are in the results.
@@ -612,7 +613,7 @@ impl Store {
         }
         for (hour, ids) in &by_hour {
             self.db
-                .insert(exp_key(*hour, X_INLINE, &rand_id()), purge_list(ids))?;
+                .insert(exp_key(*hour, X_HOUR_MSGS, &rand_id()), purge_list(ids))?;
         }
         // The first put of an id in the group writes; later ones of the same
         // id get its result.
@@ -797,7 +798,7 @@ impl Store {
                 batch.insert(case_msg_key(case, dir, &id), EMPTY);
             }
             batch.insert(
-                exp_key(rec.key_hour, X_INLINE, &rand_id()),
+                exp_key(rec.key_hour, X_HOUR_MSGS, &rand_id()),
                 purge_list(&[(dir, id)]),
             );
             batch.insert(mkey, value);
@@ -1421,8 +1422,8 @@ impl Store {
 
     /// Destroy a case early (case closed, purpose fulfilled): its key is
     /// destroyed first (the keyring is rewritten durably), so every message
-    /// of the case is unreadable at once; then their payloads are removed and
-    /// an audit entry is written. Returns the number of messages destroyed.
+    /// of the case is unreadable at once; then their records are marked
+    /// destroyed and an audit entry is written. Returns the number of messages destroyed.
     pub fn destroy_case(&self, id: &CaseId) -> Result<u64> {
         self.gc.check()?;
         let now = self.clock.now();
@@ -1599,11 +1600,12 @@ impl Store {
     }
 
     /// Destroy what has expired, doing at most `budget` records of work:
-    /// first the keys of every expired hour (one keyring rewrite), then the
-    /// payloads of their records, in steps of a few hundred records so that
-    /// writers are never held up for long; then metadata past the audit
-    /// retention. Each step leaves an audit entry; the end is synced. Call it
-    /// periodically; `remaining` says whether to call again soon.
+    /// first the keys of every expired hour (one keyring rewrite) and their
+    /// payload files, then the index entries of their records (moved to
+    /// "destroyed"), in steps of a few hundred records so that writers are
+    /// never held up for long; then metadata past the audit retention. Each
+    /// step leaves an audit entry; the end is synced. Call it periodically;
+    /// `remaining` says whether to call again soon.
     pub fn sweep(&self, budget: usize) -> Result<SweepReport> {
         self.gc.check()?;
         let now = self.clock.now();
@@ -1620,7 +1622,7 @@ impl Store {
         end.extend_from_slice(&sortable(cur));
         while done < budget {
             let take = SWEEP_CHUNK.min(budget - done);
-            // Up to `take` records of work (a list of inline payloads counts
+            // Up to `take` records of work (a list of an hour's messages counts
             // each of its messages).
             let mut items: Vec<(Vec<u8>, sled::IVec)> = Vec::new();
             let mut work = 0usize;
@@ -1629,7 +1631,7 @@ impl Store {
                     break;
                 }
                 let (k, v) = r?;
-                work += if k.get(9) == Some(&X_INLINE) {
+                work += if k.get(9) == Some(&X_HOUR_MSGS) {
                     (v.len() / 17).max(1)
                 } else {
                     1
@@ -1670,7 +1672,7 @@ impl Store {
                     continue;
                 };
                 match class {
-                    X_INLINE => {
+                    X_HOUR_MSGS => {
                         let hour = k
                             .get(1..9)
                             .and_then(|b| b.try_into().ok())
@@ -2114,6 +2116,53 @@ mod tests {
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].event.message, Some(b.id));
         assert_eq!(s.get(Direction::Inbound, &b.id).unwrap().payload, b.payload);
+    }
+
+    #[test]
+    fn audit_blocks_of_several_events_verify_and_break() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        s.audit_append(&AuditEvent::new(AuditKind::ConfigChanged))
+            .unwrap();
+        let events: Vec<AuditEvent> = (0..3)
+            .map(|i| AuditEvent::new(AuditKind::ConfigChanged).count(i))
+            .collect();
+        {
+            let mut head = s.head();
+            assert_eq!(s.apply(&mut head, Batch::default(), &events, 1).unwrap(), 1);
+        }
+        s.audit_append(&AuditEvent::new(AuditKind::ConfigChanged))
+            .unwrap();
+        assert_eq!(s.audit_verify().unwrap().entries, 5);
+        let listed = s.audit_list(2, 10).unwrap();
+        let seqs: Vec<u64> = listed.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(listed[0].event.count, Some(1));
+        assert_eq!(listed[0].hash, listed[1].hash); // one block
+                                                    // Tampering with the block of events 1..=3 is found at event 1.
+        let key = audit::audit_key(1);
+        let orig = s.db.get(key).unwrap().unwrap();
+        let mut v = orig.to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 1;
+        s.db.insert(key, v).unwrap();
+        assert!(matches!(
+            s.audit_verify(),
+            Err(Error::AuditBroken(audit::AuditBreak {
+                index: 1,
+                kind: audit::BreakKind::Modified
+            }))
+        ));
+        s.db.remove(key).unwrap();
+        assert!(matches!(
+            s.audit_verify(),
+            Err(Error::AuditBroken(audit::AuditBreak {
+                index: 1,
+                kind: audit::BreakKind::Deleted
+            }))
+        ));
+        s.db.insert(key, orig).unwrap();
+        assert_eq!(s.audit_verify().unwrap().entries, 5);
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! Group commit: many writers, one flush and one fdatasync.
 //!
-//! A put is prepared (sealed, encoded) by its writer and queued; other
-//! changes are applied to sled by their writer. Either way the writer then
-//! takes a ticket. If no sync is running, the writer becomes the leader:
-//! it notes the highest ticket handed out so far (every one of those writers
-//! has finished its sled write or queued its put), applies all queued puts as
-//! one sled batch, calls `sled::Db::flush()` (which writes sled's
-//! buffers with `sync_file_range`, no fsync), then `fdatasync`s sled's log
-//! file, any new blob files and their directory. When that returns, all
-//! tickets up to the noted one are durable and their writers are released.
-//! Writers that arrived during the sync wait for the next leader, so under
-//! load one sync serves a whole batch. A failed flush or sync poisons the
+//! A put is prepared (sealed, its payload appended to its hour's file,
+//! record encoded) by its writer and queued; other changes are applied to
+//! sled by their writer. Either way the writer then takes a ticket and waits.
+//! Two roles are taken by waiting writers, one writer each at a time:
+//! - the *applier* takes the queued puts (at most `MAX_GROUP`) and applies
+//!   them as one group (`Store::apply_puts`);
+//! - the *syncer* notes the highest ticket whose changes are all in sled
+//!   (plain commits are issued after their writes; queued puts once their
+//!   group is applied), calls `sled::Db::flush()` (which writes sled's
+//!   buffers with `sync_file_range`, no fsync), then `fdatasync`s sled's log
+//!   file, any new blob files and their directory. When that returns, all
+//!   tickets up to the noted one are durable and exactly those writers are
+//!   woken (plus up to two others, to take the roles).
+//!
+//! The next group is applied while the previous one is being synced, and
+//! writers that arrive during a sync join the next group, so under load one
+//! sync serves a whole group. A failed write, flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -8,7 +8,10 @@
 //! sled insert, atomic by itself), then applies the changes one by one. Once a
 //! sync has made the applied changes durable, the intent record is removed.
 //! At open, intent records still present are applied again (in order; every
-//! change is an idempotent put or delete of a fixed value) and removed.
+//! change is an idempotent put or delete of a fixed value) and removed;
+//! those numbered below the last put group's marker are only removed (they
+//! were fully applied before the marker was written, and sled recovers a
+//! prefix). Puts without a case do not use intent records (`Store::apply_puts`).
 
 use crate::error::{Error, Result};
 
