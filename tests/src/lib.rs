@@ -202,6 +202,13 @@ impl Gateway {
         }
     }
 
+    /// Asks the daemon to reload its configuration (SIGHUP).
+    pub fn reload(&self) {
+        let c = self.child.as_ref().expect("daemon not running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+
     /// Kills the daemon (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -302,3 +302,34 @@ fn a_socket_user_not_on_the_allow_list_is_refused() {
     assert_eq!(kz.request("GET", "/v1/health", None).0, 200);
     kz.stop();
 }
+
+#[test]
+fn a_peer_added_on_sighup_is_served_without_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let mut kz = Gateway::init(t.path(), "kz.mvd");
+    let mut by = Gateway::init(t.path(), "by.mvd");
+    // kz.mvd knows by.mvd; by.mvd does not know kz.mvd yet and refuses it.
+    kz.add_peer(&by, "kz-by-2019");
+    fast(&kz);
+    kz.start();
+    by.start();
+    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    submit(&kz, &doc);
+    // Refused while unknown: the message stays queued at kz.mvd.
+    let st = kz.wait_state(&id, &["queued"], WAIT);
+    assert_eq!(st["state"], json!("queued"));
+    assert!(inbox_ids(&by).is_empty());
+    by.add_peer(&kz, "kz-by-2019");
+    by.reload();
+    kz.wait_state(&id, &["delivered"], WAIT);
+    assert_eq!(inbox_ids(&by), vec![id.clone()]);
+    // The same envelope again would get the same receipt: resubmitting the
+    // same message id is idempotent at the sender.
+    let (code, body) = kz.post_json("/v1/messages", &doc);
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["state"], json!("delivered"));
+    assert_eq!(inbox_ids(&by).len(), 1);
+    assert!(by.log().contains("configuration reloaded"), "{}", by.log());
+    kz.stop();
+    by.stop();
+}
