@@ -298,33 +298,53 @@ pub struct StoreStats {
 
 // ---- on-disk records ----
 
+/// A message record as stored: CBOR with one-letter field names (this is
+/// sled's most frequent value; its size is log to write and to replay).
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct MsgRec {
+    #[serde(rename = "p")]
     pub peer: String,
+    #[serde(rename = "a")]
     pub agreement: String,
+    #[serde(rename = "k")]
     pub kind: String,
+    #[serde(rename = "s")]
     pub state: u8,
+    #[serde(rename = "c")]
     pub case: Option<CaseId>,
+    #[serde(rename = "t")]
     pub created_at: i64,
+    #[serde(rename = "u")]
     pub updated_at: i64,
+    #[serde(rename = "e")]
     pub expires_at: i64,
+    #[serde(rename = "h")]
     pub key_hour: i64,
+    #[serde(rename = "l")]
     pub payload_len: u64,
+    #[serde(rename = "d")]
     pub payload_sha256: ByteBuf,
     /// Random tag in the payload's key (a duplicate put never overwrites).
+    #[serde(rename = "g")]
     pub tag: u32,
+    #[serde(rename = "x")]
     pub destroyed_at: Option<i64>,
+    #[serde(rename = "o")]
     pub outcome: Option<String>,
+    #[serde(rename = "n")]
     pub attempts: u32,
     /// Where the sealed payload is in its hour's payload file; `None` once
     /// destroyed.
+    #[serde(rename = "f")]
     pub seg: Option<SegRef>,
 }
 
 /// A sealed payload's place in the payload file of its key hour.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
 pub(crate) struct SegRef {
+    #[serde(rename = "o")]
     pub off: u64,
+    #[serde(rename = "l")]
     pub len: u32,
 }
 

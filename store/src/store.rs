@@ -68,6 +68,11 @@ const X_HOUR_MSGS: u8 = 7;
 
 const FORMAT_VERSION: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
+/// Most events per audit block. sled 0.34 keeps 16 entries per leaf and
+/// writes a leaf larger than 128 KiB as a blob file (created, and fsynced by
+/// the group commit) every time it rewrites it: values must stay well under
+/// 8 KiB.
+const AUDIT_BLOCK_MAX: usize = 32;
 /// Records handled per sweep step (one sled batch, writers wait at most this long).
 const SWEEP_CHUNK: usize = 512;
 
@@ -334,7 +339,7 @@ impl Store {
         };
         let next_intent = repair_group(&db, &sled_dir, &mut head, next_intent)?;
         head.next_intent = next_intent;
-        let gc = GroupCommit::new(config.sync_mode, &sled_dir, next_intent)?;
+        let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
         let segs = Segments::open(dir.join("payloads"))?;
         let store = Store {
             dir,
@@ -382,47 +387,44 @@ impl Store {
 
     fn apply_timed(&self, head: &mut Head, mut batch: Batch, events: &[(i64, &AuditEvent)]) -> Result<u64> {
         let first = head.next_seq;
-        let block = self.audit_block(head, events.iter().map(|(at, e)| (*at, (*e).clone())).collect());
-        if let Some((k, v, _)) = &block {
+        let (blocks, next_seq, prev) =
+            self.audit_blocks(head, events.iter().map(|(at, e)| (*at, (*e).clone())).collect());
+        for (k, v) in blocks {
             batch.insert(k, v);
         }
         let wseq = head.next_intent;
+        // The intent record goes as soon as its changes are applied: sled
+        // recovers a prefix, so if its removal is recovered, so is every
+        // change before it; if not, the intent is replayed at open. (Kept
+        // until the next sync, intents piled up in one sled leaf, which sled
+        // then rewrote as a blob file on every change.)
         let res = self
             .db
             .insert(wal::intent_key(wseq), wal::encode(&batch.ops))
             .map_err(Error::from)
-            .and_then(|_| wal::apply_ops(&self.db, batch.ops));
+            .and_then(|_| wal::apply_ops(&self.db, batch.ops))
+            .and_then(|_| self.db.remove(wal::intent_key(wseq)).map_err(Error::from));
         if let Err(e) = res {
             // We can no longer tell what reached the disk.
             self.gc.poison();
             return Err(e);
         }
         head.next_intent = wseq + 1;
-        self.gc.intents_applied(wseq + 1);
-        if let Some((_, _, hash)) = block {
-            head.next_seq = first + events.len() as u64;
-            head.prev = hash;
-        }
+        head.next_seq = next_seq;
+        head.prev = prev;
         Ok(first)
     }
 
-    /// The audit block of `events` (one per atomic group), chained to the
-    /// head: (key, value, hash), or `None` for no events. The caller writes it
-    /// and then advances the head.
-    fn audit_block(
+    /// The audit blocks of `events` (one per atomic group, split every
+    /// [`AUDIT_BLOCK_MAX`] events), chained to the head: the (key, value)
+    /// writes and the head after them. The caller writes them in order.
+    #[allow(clippy::type_complexity)]
+    fn audit_blocks(
         &self,
         head: &Head,
         events: Vec<(i64, AuditEvent)>,
-    ) -> Option<(Vec<u8>, Vec<u8>, [u8; 32])> {
-        if events.is_empty() {
-            return None;
-        }
-        let events = events
-            .into_iter()
-            .map(|(at, event)| audit::TimedEvent { at, event })
-            .collect();
-        let (v, h) = audit::encode_block(head.next_seq, head.prev, events);
-        Some((audit::audit_key(head.next_seq).to_vec(), v, h))
+    ) -> (Vec<(Vec<u8>, Vec<u8>)>, u64, [u8; 32]) {
+        audit_blocks_from(head.next_seq, head.prev, events)
     }
 
     /// Wait until everything applied so far is durable (group commit; this
@@ -665,12 +667,12 @@ impl Store {
                 .unwrap_or(Err(Error::Poisoned));
             results.push((ticket, r));
         }
-        let created = events.len() as u64;
-        if let Some((k, v, hash)) = self.audit_block(head, events) {
+        let (blocks, next_seq, prev) = self.audit_blocks(head, events);
+        for (k, v) in blocks {
             self.db.insert(k, v)?;
-            head.next_seq += created;
-            head.prev = hash;
         }
+        head.next_seq = next_seq;
+        head.prev = prev;
         Ok(())
     }
 
@@ -1620,13 +1622,17 @@ impl Store {
         // 2. Records to mark destroyed, metadata, receipts and cases past their time.
         let mut end = vec![P_EXP];
         end.extend_from_slice(&sortable(cur));
+        // Each step goes on after the last key the previous one removed:
+        // starting from the front every time would walk sled's emptied
+        // leaves again and again (quadratic over a large sweep).
+        let mut from = vec![P_EXP];
         while done < budget {
             let take = SWEEP_CHUNK.min(budget - done);
             // Up to `take` records of work (a list of an hour's messages counts
             // each of its messages).
             let mut items: Vec<(Vec<u8>, sled::IVec)> = Vec::new();
             let mut work = 0usize;
-            for r in self.db.range(vec![P_EXP]..end.clone()) {
+            for r in self.db.range(from.clone()..end.clone()) {
                 if work >= take {
                     break;
                 }
@@ -1638,9 +1644,11 @@ impl Store {
                 };
                 items.push((k.to_vec(), v));
             }
-            if items.is_empty() {
+            let Some((last, _)) = items.last() else {
                 break;
-            }
+            };
+            from = last.clone();
+            from.push(0);
             done += work;
             // Case keys first (keyring lock before head lock).
             for (k, _) in &items {
@@ -1978,43 +1986,84 @@ fn repair_group(db: &sled::Db, sled_dir: &Path, head: &mut Head, next_intent: u6
     };
     let (gseq, aseq, puts) = decode_group(&v)?;
     let next_intent = next_intent.max(gseq + 1);
-    if head.next_seq > aseq {
-        return Ok(next_intent); // the group's audit block is there: complete
-    }
     if head.next_seq < aseq {
         return Err(Error::corrupt("group marker is ahead of the audit trail"));
     }
-    let mut events = Vec::new();
+    // Events of the group already in the trail: its blocks come first from
+    // `aseq` on, in order (at most one event per put); a crash may have cut
+    // the last ones.
+    let end = aseq + puts.len() as u64;
+    let mut audited = std::collections::HashSet::new();
+    for r in db.range(audit::audit_key(aseq).to_vec()..audit::audit_key(end).to_vec()) {
+        let (_, v) = r?;
+        let b = audit::decode_block(&v).ok_or_else(|| Error::corrupt("audit block"))?;
+        audited.extend(
+            b.entries()
+                .filter(|e| e.seq < end)
+                .filter_map(|e| e.event.message),
+        );
+    }
+    let mut missing = Vec::new();
     for (dir, id, tag) in puts {
         let Some(raw) = db.get(msg_key(dir, &id))? else {
             continue;
         };
         let rec: MsgRec = decode(&raw, || what_msg(dir, &id))?;
-        if rec.tag != tag || rec.destroyed_at.is_some() {
-            continue; // a record stored before (a duplicate put)
+        if rec.tag != tag || rec.destroyed_at.is_some() || audited.contains(&id) {
+            continue; // a record stored before (a duplicate put), or complete
         }
+        missing.push((dir, id, rec));
+    }
+    if missing.is_empty() {
+        return Ok(next_intent); // the group is complete
+    }
+    // Cut short: nothing was written after it, so the records are as the
+    // group wrote them.
+    let mut events = Vec::new();
+    for (dir, id, rec) in missing {
         db.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY)?;
         let digest: [u8; 32] = rec
             .payload_sha256
             .as_slice()
             .try_into()
             .map_err(|_| Error::corrupt(what_msg(dir, &id)))?;
-        let ev = put_event(dir, &id, &rec, digest);
-        events.push(audit::TimedEvent {
-            at: rec.created_at,
-            event: ev,
-        });
+        events.push((rec.created_at, put_event(dir, &id, &rec, digest)));
     }
     if !events.is_empty() {
-        let n = events.len() as u64;
-        let (v, h) = audit::encode_block(aseq, head.prev, events);
-        db.insert(audit::audit_key(aseq), v)?;
-        head.next_seq = aseq + n;
-        head.prev = h;
+        let n = events.len();
+        let (blocks, next_seq, prev) = audit_blocks_from(head.next_seq, head.prev, events);
+        for (k, v) in blocks {
+            db.insert(k, v)?;
+        }
+        head.next_seq = next_seq;
+        head.prev = prev;
         tracing::info!(records = n, "completed a put group cut short by a crash");
     }
     sync_log(db, sled_dir)?;
     Ok(next_intent)
+}
+
+#[allow(clippy::type_complexity)]
+fn audit_blocks_from(
+    mut seq: u64,
+    mut prev: [u8; 32],
+    events: Vec<(i64, AuditEvent)>,
+) -> (Vec<(Vec<u8>, Vec<u8>)>, u64, [u8; 32]) {
+    let mut out = Vec::with_capacity(events.len().div_ceil(AUDIT_BLOCK_MAX));
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<audit::TimedEvent> = events
+            .by_ref()
+            .take(AUDIT_BLOCK_MAX)
+            .map(|(at, event)| audit::TimedEvent { at, event })
+            .collect();
+        let n = chunk.len() as u64;
+        let (v, h) = audit::encode_block(seq, prev, chunk);
+        out.push((audit::audit_key(seq).to_vec(), v));
+        seq += n;
+        prev = h;
+    }
+    (out, seq, prev)
 }
 
 fn rand_id() -> [u8; 16] {

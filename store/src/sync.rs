@@ -110,10 +110,6 @@ pub(crate) struct GroupCommit {
     files: Mutex<SyncFiles>,
     pub(crate) counters: Counters,
     fail_next: AtomicBool,
-    /// Intent records below this number are fully applied.
-    intents_applied: AtomicU64,
-    /// Intent records below this number have been removed.
-    intents_removed: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -124,7 +120,7 @@ impl std::fmt::Debug for GroupCommit {
 
 impl GroupCommit {
     /// `sled_dir` is sled's directory (holding `db`, `conf`, `blobs/`).
-    pub(crate) fn new(mode: SyncMode, sled_dir: &Path, next_intent: u64) -> Result<Self> {
+    pub(crate) fn new(mode: SyncMode, sled_dir: &Path) -> Result<Self> {
         let log_path = sled_dir.join("db");
         let log = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
         Ok(GroupCommit {
@@ -148,8 +144,6 @@ impl GroupCommit {
             }),
             counters: Counters::default(),
             fail_next: AtomicBool::new(false),
-            intents_applied: AtomicU64::new(next_intent),
-            intents_removed: AtomicU64::new(next_intent),
         })
     }
 
@@ -172,11 +166,6 @@ impl GroupCommit {
         } else {
             Ok(())
         }
-    }
-
-    /// Intent records below `n` are fully applied to sled.
-    pub(crate) fn intents_applied(&self, n: u64) {
-        self.intents_applied.fetch_max(n, Ordering::SeqCst);
     }
 
     /// Make the next sync fail (fault injection for tests).
@@ -306,9 +295,6 @@ impl GroupCommit {
             ));
         }
         let t0 = std::time::Instant::now();
-        // Every change of the intents below this is in sled already, so the
-        // flush below covers them; after it they can go.
-        let applied = self.intents_applied.load(Ordering::SeqCst);
         match self.mode {
             SyncMode::DangerousNoSync => {}
             SyncMode::DangerousFlushOnly => {
@@ -320,11 +306,6 @@ impl GroupCommit {
                 files.sync()?;
             }
         }
-        let removed = self.intents_removed.load(Ordering::SeqCst);
-        for seq in removed..applied {
-            db.remove(crate::wal::intent_key(seq))?;
-        }
-        self.intents_removed.store(applied.max(removed), Ordering::SeqCst);
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.counters.sync_nanos.fetch_add(
             u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),

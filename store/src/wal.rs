@@ -5,8 +5,9 @@
 //! for all readers) and forces its I/O buffer out for each batch; under many
 //! concurrent writers that costs more than the writes themselves. So the store
 //! writes a group of changes as one *intent record* under `W || seq` (a single
-//! sled insert, atomic by itself), then applies the changes one by one. Once a
-//! sync has made the applied changes durable, the intent record is removed.
+//! sled insert, atomic by itself), then applies the changes one by one, then
+//! removes the intent record: sled recovers a prefix, so if the removal is
+//! recovered, every change before it is too.
 //! At open, intent records still present are applied again (in order; every
 //! change is an idempotent put or delete of a fixed value) and removed;
 //! those numbered below the last put group's marker are only removed (they
