@@ -600,7 +600,7 @@ impl Client {
 
     /// `GET /v1/inbox/{id}/attachments/{n}`, streamed into a new file `target`
     /// (mode 0600, written to a temporary file and renamed once complete).
-    /// The bytes must have `expected_length` and `expected_sha256`.
+    /// The bytes must have the length and SHA-256 that `view` states.
     pub async fn download_attachment(
         &self,
         id: Id,
@@ -694,7 +694,8 @@ impl Client {
 }
 
 /// Every attachment object of a message JSON (an object with a string
-/// `media_type` and a `file`), in document order.
+/// `media_type` and a `file`). The order does not matter: each is uploaded
+/// and rewritten in place.
 fn collect_attachments<'a>(v: &'a mut Value, out: &mut Vec<&'a mut serde_json::Map<String, Value>>) {
     match v {
         Value::Object(map) => {
@@ -1075,14 +1076,15 @@ mod tests {
     }
 
     #[test]
-    fn attachments_are_found_in_document_order() {
+    fn attachments_with_files_are_found() {
         let mut v = serde_json::json!({"body": {"content": {
             "persons": [{"photographs": [{"media_type": "image/jpeg", "file": "a.jpg"}]}],
             "attachments": [{"media_type": "application/pdf", "file": "b.pdf"}, {"media_type": "x/y"}]
         }}});
         let mut out = Vec::new();
         collect_attachments(&mut v, &mut out);
-        let files: Vec<&str> = out.iter().filter_map(|m| m.get("file")?.as_str()).collect();
+        let mut files: Vec<&str> = out.iter().filter_map(|m| m.get("file")?.as_str()).collect();
+        files.sort_unstable();
         assert_eq!(files, ["a.jpg", "b.pdf"]);
     }
 }
