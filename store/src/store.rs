@@ -301,11 +301,26 @@ impl Store {
         let keyring = Keyring::open(&keyring_path, config.master_key.clone())?;
 
         let sled_dir = dir.join("sled");
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&sled_dir)
             .cache_capacity(config.cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        // We hold DATA_DIR/LOCK, so sled's own lock can only be held by a
+        // store of this process that was just dropped and whose sled threads
+        // are still finishing: wait for them a little.
+        let mut tries = 0;
+        let db = loop {
+            match sled_config.open() {
+                Err(sled::Error::Io(e))
+                    if tries < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    tracing::debug!(error = %e, "sled still locked by a closing store; retrying");
+                }
+                r => break r?,
+            }
+        };
         // Make sled's files and our own durable as directory entries.
         crate::keys::sync_dir(&sled_dir)?;
         crate::keys::sync_dir(&dir)?;
