@@ -179,6 +179,7 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
         return Ok((Id::from_bytes(meta.id.0), false));
     }
     let mut sources = Vec::new();
+    let mut used = Vec::new();
     for (index, a) in msg.attachments().into_iter().enumerate() {
         let name = a
             .file
@@ -193,6 +194,7 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
             reason: "the upload id is not a UUID".into(),
         })?;
         let path = node.uploads_dir.join(upload.to_string());
+        used.push(path.clone());
         let f = std::fs::File::open(&path).map_err(|_| SubmitError::Attachment {
             index,
             reason: format!("upload {upload} does not exist (or has expired)"),
@@ -213,6 +215,12 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
         case: None,
         payload: bytes,
     })?;
+    // The envelope now holds the attachments (sealed); the uploads are spent.
+    drop(dyns);
+    drop(sources);
+    for p in used {
+        let _ = std::fs::remove_file(p);
+    }
     info!(
         id = %h.id,
         peer = %h.to,
