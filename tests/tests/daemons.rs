@@ -333,3 +333,23 @@ fn a_peer_added_on_sighup_is_served_without_a_restart() {
     kz.stop();
     by.stop();
 }
+
+#[test]
+fn a_peers_addresses_are_tried_in_turn() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // The first address has nobody listening.
+    let dead = konvert_tests::free_udp_port();
+    kz.edit_config(
+        &format!("addresses = [\"127.0.0.1:{}\"]", by.port),
+        &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:{}\"]", by.port),
+    );
+    kz.start();
+    by.start();
+    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    submit(&kz, &doc);
+    kz.wait_state(&id, &["delivered"], WAIT);
+    assert_eq!(inbox_ids(&by), vec![id]);
+    kz.stop();
+    by.stop();
+}
