@@ -446,7 +446,9 @@ impl Store {
     /// writer may lead and apply the queued puts of others).
     fn commit(&self) -> Result<()> {
         self.gc
-            .commit_with(&self.db, None, &|jobs| self.apply_puts(jobs))
+            .commit_with(&self.db, None, &|| self.segs.sync_dirty(), &|jobs| {
+                self.apply_puts(jobs)
+            })
             .map(|_| ())
     }
 
@@ -572,8 +574,9 @@ impl Store {
         };
         match self
             .gc
-            .commit_with(&self.db, Some(job), &|jobs| self.apply_puts(jobs))?
-        {
+            .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
+                self.apply_puts(jobs)
+            })? {
             Some(p) => Ok(p),
             None => Err(Error::Poisoned),
         }
@@ -590,10 +593,9 @@ impl Store {
     /// audit block of a group cut short (docs/STORE.md). An error here is a
     /// sled failure and poisons the store; per-put refusals are in the results.
     fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
-        if self.gc.mode() == SyncMode::Fdatasync {
-            // The group's payloads are on disk before its records are in sled.
-            self.segs.sync_dirty()?;
-        }
+        // (In `Fdatasync` mode the group commit has made the group's payloads
+        // durable before handing it over: no record reaches sled before its
+        // payload is on disk.)
         let mut head = self.head();
         let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.rec.case.is_some());
         let mut results = if case_jobs.is_empty() {

@@ -3,8 +3,11 @@
 //! A put is prepared (sealed, its payload appended to its hour's file,
 //! record encoded) by its writer and queued; other changes are applied to
 //! sled by their writer. Either way the writer then takes a ticket and waits.
-//! Two roles are taken by waiting writers, one writer each at a time:
-//! - the *applier* takes the queued puts (at most `MAX_GROUP`) and applies
+//! Three roles are taken by waiting writers, one writer each at a time:
+//! - the *preparer* (in `Fdatasync` mode) takes all queued puts and
+//!   `fdatasync`s the payload files written since the last time, so that no
+//!   record reaches sled before its payload is on disk;
+//! - the *applier* takes prepared puts (at most `MAX_GROUP`) and applies
 //!   them as one group (`Store::apply_puts`);
 //! - the *syncer* notes the highest ticket whose changes are all in sled
 //!   (plain commits are issued after their writes; queued puts once their
@@ -12,9 +15,10 @@
 //!   buffers with `sync_file_range`, no fsync), then `fdatasync`s sled's log
 //!   file, any new blob files and their directory. When that returns, all
 //!   tickets up to the noted one are durable and exactly those writers are
-//!   woken (plus up to two others, to take the roles).
+//!   woken (plus up to three others, to take the roles).
 //!
-//! The next group is applied while the previous one is being synced, and
+//! The three run at the same time on consecutive groups (payloads of group
+//! n+2, records of n+1, sled sync of n), and
 //! writers that arrive during a sync join the next group, so under load one
 //! sync serves a whole group. A failed write, flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].
@@ -64,6 +68,12 @@ struct State {
     issued: u64,
     /// Highest ticket made durable.
     durable: u64,
+    /// A writer is making the payloads of queued puts durable.
+    preparing: bool,
+    /// First ticket of the puts whose payloads are being synced.
+    prep_inflight: Option<u64>,
+    /// Puts whose payloads are durable, waiting to be applied.
+    ready: Vec<(u64, PreparedPut)>,
     /// A writer is applying a group of queued puts.
     applying: bool,
     /// First ticket of the group being applied.
@@ -87,11 +97,16 @@ impl State {
     /// commits are issued after their writes; queued puts are in sled once
     /// their group has been applied.
     fn applied(&self) -> u64 {
-        match (self.inflight, self.queue.first()) {
-            (Some(a), _) => a - 1,
-            (None, Some((q, _))) => q - 1,
-            (None, None) => self.issued,
-        }
+        [
+            self.inflight,
+            self.ready.first().map(|j| j.0),
+            self.prep_inflight,
+            self.queue.first().map(|j| j.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(self.issued, |t| t - 1)
     }
 }
 
@@ -128,6 +143,9 @@ impl GroupCommit {
             state: Mutex::new(State {
                 issued: 0,
                 durable: 0,
+                preparing: false,
+                prep_inflight: None,
+                ready: Vec::new(),
                 applying: false,
                 inflight: None,
                 syncing: false,
@@ -145,10 +163,6 @@ impl GroupCommit {
             counters: Counters::default(),
             fail_next: AtomicBool::new(false),
         })
-    }
-
-    pub(crate) fn mode(&self) -> SyncMode {
-        self.mode
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -174,14 +188,17 @@ impl GroupCommit {
     }
 
     /// Queue `job` (a prepared put) or, with `None`, just wait for a sync
-    /// covering every write already applied. The leader applies all queued
-    /// jobs in one go with `apply` (under the store's write lock; every caller
-    /// passes the same function, since any of them may lead), then
-    /// flushes and syncs once for all of them.
+    /// covering every write already applied. Waiting writers take turns in
+    /// three roles that run at the same time: `prepare` (in `Fdatasync` mode:
+    /// make the payloads of all queued puts durable), `apply` (write a group
+    /// of at most `MAX_GROUP` prepared puts to sled) and the sync (flush +
+    /// fdatasync of sled). Every caller passes the same functions, since any
+    /// of them may take a role.
     pub(crate) fn commit_with(
         &self,
         db: &sled::Db,
         job: Option<PreparedPut>,
+        prepare: &dyn Fn() -> Result<()>,
         apply: &ApplyFn<'_>,
     ) -> Result<Option<Put>> {
         let mut st = self.lock();
@@ -206,15 +223,37 @@ impl GroupCommit {
                 }
                 return Ok(None);
             }
-            if !st.applying && !st.queue.is_empty() {
+            if !st.preparing && !st.queue.is_empty() {
+                let jobs = std::mem::take(&mut st.queue);
+                if self.mode == SyncMode::Fdatasync {
+                    // Make the payloads of all queued puts durable (one
+                    // fdatasync per payload file), while the previous group
+                    // is applied and the one before it synced.
+                    st.preparing = true;
+                    st.prep_inflight = jobs.first().map(|j| j.0);
+                    drop(st);
+                    let res = prepare();
+                    st = self.lock();
+                    st.preparing = false;
+                    st.prep_inflight = None;
+                    if let Err(e) = res {
+                        return Err(self.fail(st, e));
+                    }
+                    st.ready.extend(jobs);
+                    Self::wake(&mut st);
+                    continue;
+                }
+                st.ready.extend(jobs);
+            }
+            if !st.applying && !st.ready.is_empty() {
                 // Apply the next group (at most MAX_GROUP puts; the rest wait
                 // for the next one), while a sync of the previous may run.
                 st.applying = true;
-                let jobs = if st.queue.len() > MAX_GROUP {
-                    let rest = st.queue.split_off(MAX_GROUP);
-                    std::mem::replace(&mut st.queue, rest)
+                let jobs = if st.ready.len() > MAX_GROUP {
+                    let rest = st.ready.split_off(MAX_GROUP);
+                    std::mem::replace(&mut st.ready, rest)
                 } else {
-                    std::mem::take(&mut st.queue)
+                    std::mem::take(&mut st.ready)
                 };
                 st.inflight = jobs.first().map(|j| j.0);
                 drop(st);
@@ -262,8 +301,8 @@ impl GroupCommit {
     }
 
     /// Wake the writers whose tickets are durable (all of them once
-    /// poisoned), and the first two others: one to apply the next group, one
-    /// to sync.
+    /// poisoned), and the first three others: to sync payloads, to apply
+    /// the next group, to sync sled.
     fn wake(st: &mut State) {
         if st.poisoned {
             for (_, t) in std::mem::take(&mut st.waiters) {
@@ -275,7 +314,7 @@ impl GroupCommit {
         for (_, t) in std::mem::replace(&mut st.waiters, rest) {
             t.unpark();
         }
-        for (_, t) in st.waiters.iter().take(2) {
+        for (_, t) in st.waiters.iter().take(3) {
             t.unpark();
         }
     }
