@@ -55,14 +55,14 @@ struct OnlineArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Play a short exchange between three gateways (kz.mvd, by.mvd, am.police) on fresh keys.
+    /// Start three gateways (kz.mvd, by.mvd, am.police) on 127.0.0.1 with fresh keys and play a short exchange.
     #[command(
         after_help = "Example:\n  konvertctl demo\n  konvertctl demo --keep /tmp/konvert-demo   # keep keys, envelopes and receipts\n\n\
         Runs a request, a clarification, an answer, a partial refusal with grounds and unsolicited\n\
         information through seal and open, with signed receipts, and prints the timeline."
     )]
     Demo {
-        /// Keep the keys, messages, envelopes and receipts in this (new or empty) directory.
+        /// Keep the gateway directories (configs, keys, stores) in this new or empty directory.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
@@ -538,18 +538,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { keep } => {
             let kept = keep.is_some();
             let (dir, _guard) = konvert_gateway::demo::workdir(keep)?;
-            print!("{}", konvert_gateway::demo::run(&dir, Timestamp::now())?);
+            print!("{}", konvert_gateway::demo::run(&dir)?);
             if kept {
                 println!(
-                    "\nKept in {}: per-authority key directories, messages/, envelopes/, receipts/.",
+                    "\nKept in {}: a working directory per gateway (konvert.toml, keys, store).",
                     dir.display()
                 );
                 println!(
-                    "Try: konvertctl envelope inspect --in {}/envelopes/01-kz.mvd-to-by.mvd.env",
+                    "Continue by hand: konvertd --config {0}/kz.mvd/konvert.toml & konvertctl --config {0}/kz.mvd/konvert.toml peers",
                     dir.display()
                 );
             } else {
-                println!("\nNothing was left behind (use --keep DIR to keep the files).");
+                println!("\nThe daemons were stopped and nothing was left behind (--keep DIR keeps the directories).");
             }
         }
         Command::Init {

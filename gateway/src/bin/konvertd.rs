@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use konvert_gateway::api::{AccessPolicy, ApiLimits, ApiServer};
 use konvert_gateway::config::LogFormat;
-use konvert_gateway::daemon::{inbound, outbound, service::Service, Node};
+use konvert_gateway::daemon::{self, Control, Node};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Konvert gateway daemon: delivers sealed envelopes between ministries over QUIC.
@@ -68,66 +66,21 @@ async fn run(args: Args) -> Result<(), String> {
     }
     init_logging(LogFormat::Text, "info");
     let node = Node::start(&args.config).map_err(|e| e.to_string())?;
-    let policy = AccessPolicy::from_names(&node.config.api.users, &node.config.api.groups)
-        .map_err(|e| e.to_string())?;
-    let limits = ApiLimits {
-        max_json_body: node.config.api.max_json_bytes,
-        max_upload: node.config.api.max_upload_bytes,
-        ..ApiLimits::default()
-    };
-    let api = ApiServer::bind(
-        &node.config.api.socket,
-        0o660,
-        policy,
-        Arc::new(Service(Arc::clone(&node))),
-        limits,
-    )
-    .map_err(|e| e.to_string())?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut api_stop = stop_rx.clone();
-    let api_task = tokio::spawn(api.serve(async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    }));
-    let accept_task = tokio::spawn(inbound::accept_loop(Arc::clone(&node)));
-    let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx.clone()));
-    tracing::info!(
-        authority = %node.keys.authority,
-        quic = %node.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        api = %node.config.api.socket.display(),
-        "konvertd ready"
-    );
-
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match node.reload() {
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "reload refused; keeping the previous configuration"),
-            },
+    tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                _ = term.recv() => Control::Stop,
+                _ = int.recv() => Control::Stop,
+                _ = hup.recv() => Control::Reload,
+            };
+            if tx.send(c).await.is_err() || c == Control::Stop {
+                break;
+            }
         }
-    }
-    tracing::info!("shutting down: finishing in-flight work");
-    let _ = stop_tx.send(true);
-    node.endpoint.refuse_new_connections();
-    let _ = api_task.await;
-    let _ = dispatch_task.await;
-    // Let envelopes being received finish and their receipts go out.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while node.inbound_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    node.endpoint.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node.endpoint.wait_idle()).await;
-    accept_task.abort();
-    if let Err(e) = node.store.sync() {
-        tracing::error!(error = %e, "final store sync failed");
-    }
-    tracing::info!("stopped");
-    Ok(())
+    });
+    daemon::run(node, rx).await.map_err(|e| e.to_string())
 }

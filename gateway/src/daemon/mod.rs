@@ -41,6 +41,89 @@ use crate::offline;
 use crate::retry::Backoff;
 use crate::transport::{self, Endpoint, Peer, Pin, PinSet, TlsIdentity, TransportConfig};
 
+/// What the daemon's supervisor (signals, or the demo) asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Reload peers and profiles (SIGHUP).
+    Reload,
+    /// Stop gracefully (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// Runs a started node: the local API, the QUIC accept loop and the outbox
+/// dispatcher, until [`Control::Stop`] arrives (or the channel closes);
+/// then shuts down gracefully: the API stops accepting and finishes
+/// in-flight requests, the dispatcher stops, envelopes being received
+/// finish and get their receipts, QUIC closes cleanly, the store syncs.
+pub async fn run(
+    node: Arc<Node>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+) -> Result<(), StartError> {
+    use crate::api::{AccessPolicy, ApiLimits, ApiServer};
+    let api_err = |reason: String| StartError::Api {
+        path: node.config.api.socket.clone(),
+        reason,
+    };
+    let policy = AccessPolicy::from_names(&node.config.api.users, &node.config.api.groups)
+        .map_err(|e| api_err(e.to_string()))?;
+    let limits = ApiLimits {
+        max_json_body: node.config.api.max_json_bytes,
+        max_upload: node.config.api.max_upload_bytes,
+        ..ApiLimits::default()
+    };
+    let api = ApiServer::bind(
+        &node.config.api.socket,
+        0o660,
+        policy,
+        Arc::new(service::Service(Arc::clone(&node))),
+        limits,
+    )
+    .map_err(|e| api_err(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(api.serve(async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    }));
+    let accept_task = tokio::spawn(inbound::accept_loop(Arc::clone(&node)));
+    let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx));
+    tracing::info!(
+        authority = %node.keys.authority,
+        quic = %node.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api = %node.config.api.socket.display(),
+        "konvertd ready"
+    );
+    while let Some(c) = control.recv().await {
+        match c {
+            Control::Reload => {
+                if let Err(e) = node.reload() {
+                    tracing::error!(error = %e, "reload refused; keeping the previous configuration");
+                }
+            }
+            Control::Stop => break,
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight work");
+    let _ = stop_tx.send(true);
+    node.endpoint.refuse_new_connections();
+    let _ = api_task.await;
+    let _ = dispatch_task.await;
+    // Let envelopes being received finish and their receipts go out.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.inbound_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    node.endpoint.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node.endpoint.wait_idle()).await;
+    accept_task.abort();
+    if let Err(e) = node.store.sync() {
+        tracing::error!(error = %e, "final store sync failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Why the daemon cannot start or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
