@@ -98,6 +98,16 @@ impl Gateway {
         }
     }
 
+    /// A gateway directory made earlier (for example by `konvertctl demo --keep`).
+    pub fn existing(parent: &Path, authority: &str) -> Self {
+        Self {
+            authority: authority.into(),
+            dir: parent.join(authority),
+            port: 0,
+            child: None,
+        }
+    }
+
     /// The configuration file.
     pub fn config(&self) -> PathBuf {
         self.dir.join("konvert.toml")

@@ -353,3 +353,26 @@ fn a_peers_addresses_are_tried_in_turn() {
     kz.stop();
     by.stop();
 }
+
+#[test]
+fn the_newcomer_demo_runs_and_keeps_working_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let keep = t.path().join("demo");
+    let out = konvert_tests::konvertctl(["demo", "--keep", keep.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("accepted, verified").count(), 7, "{text}");
+    for a in ["kz.mvd", "by.mvd", "am.police"] {
+        assert!(keep.join(a).join("konvert.toml").exists());
+    }
+    // The kept directory is a working configuration.
+    let mut kz = Gateway::existing(&keep, "kz.mvd");
+    kz.start();
+    let peers = kz.get_json("/v1/peers");
+    assert_eq!(peers["items"].as_array().unwrap().len(), 2, "{peers}");
+    kz.stop();
+}
