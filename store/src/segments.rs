@@ -9,10 +9,10 @@
 //! `unlink` (after its key is gone).
 //!
 //! Writers reserve a range with an atomic add and `pwrite` into it in
-//! parallel. Durability: the group-commit applier `fdatasync`s every file
-//! written since the last time *before* it writes the group's records to
-//! sled, so a record never reaches the disk before its payload (also not
-//! through sled's own background flush). Bytes after the last record a file
+//! parallel. Durability: the group commit (its preparer stage) `fdatasync`s
+//! every file written since the last time *before* the group's records are
+//! written to sled, so a record never reaches the disk before its payload
+//! (also not through sled's own background flush). Bytes after the last record a file
 //! had at a crash are unreferenced (an unacknowledged put); new appends go
 //! after them.
 

@@ -530,7 +530,7 @@ impl Store {
         let aad = payload_aad(dir, &msg.id, key_hour, msg.case.as_ref());
         let tag: u32 = rand::random();
         // The sealed payload goes into its hour's file by this writer, in
-        // parallel with others; the group-commit applier fdatasyncs it before
+        // parallel with others; the group commit fdatasyncs it before
         // the record goes to sled.
         let sealed = key.seal(&aad, &msg.payload);
         let len = u32::try_from(sealed.len()).map_err(|_| Error::Invalid("payload too large".into()))?;
