@@ -254,6 +254,8 @@ pub struct Node {
     pub outbox_wake: Notify,
     /// Signals new inbox items.
     pub inbox_wake: Notify,
+    /// Signals that outbound messages got their receipts.
+    pub delivered_wake: Notify,
     /// Per-peer connection and delivery state.
     pub links: outbound::Links,
     /// Where uploads wait until a submission uses them.
@@ -343,6 +345,7 @@ impl Node {
             backoff,
             outbox_wake: Notify::new(),
             inbox_wake: Notify::new(),
+            delivered_wake: Notify::new(),
             links,
             uploads_dir,
             started: Instant::now(),

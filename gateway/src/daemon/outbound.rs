@@ -455,6 +455,7 @@ async fn attempt(
     if let Ok(mut t) = link.last_delivery.lock() {
         *t = Some(Timestamp::now());
     }
+    node.delivered_wake.notify_waiters();
     Ok(outcome)
 }
 

@@ -1,0 +1,196 @@
+//! End-to-end load generator: two real gateways (kz.mvd → by.mvd) in this
+//! process on 127.0.0.1, set up with `init` and `peer add` in a temporary
+//! directory. It measures submit → verified delivery receipt: validation,
+//! signing, sealing (age), the durable outbox write (fdatasync), QUIC with
+//! pinned mutual TLS, every check at the receiver, its durable inbox write,
+//! the signed receipt and its verification. Messages are unsolicited
+//! information with one attachment of 1 KiB or 1 MiB, 1 / 16 / 256 in flight.
+//!
+//! ```text
+//! cargo run --release -p konvert-gateway --example loadgen [-- --quick]
+//! ```
+//!
+//! Compare with the bare-quinn figures of `cargo bench -p konvert-gateway --bench quic`
+//! and the crypto ceiling from `cargo bench -p konvert-envelope` (see docs/BENCHMARKS.md).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use konvert_envelope::model::{AgreementId, AuthorityId, Id, Message, MessageBody, Timestamp};
+use konvert_gateway::daemon::outbound::{self, Submission};
+use konvert_gateway::daemon::{self, Control, Node};
+use konvert_gateway::init::{self, InitOptions};
+use konvert_store::{Direction, MessageId, MessageState};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn port() -> Result<u16, Error> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), Error> {
+    let mut out = Vec::new();
+    for a in ["kz.mvd", "by.mvd"] {
+        let r = init::init(&InitOptions {
+            authority: AuthorityId::new(a)?,
+            dir: dir.join(a),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], port()?)),
+            api_socket: None,
+            name: None,
+            signatory: "head".into(),
+            force: false,
+        })?;
+        out.push(r);
+    }
+    let ag = AgreementId::new("kz-by-2019")?;
+    let addr = |i: usize| -> Result<String, Error> {
+        let cfg = konvert_gateway::config::Config::parse(
+            &std::fs::read_to_string(&out[i].config)?,
+            &out[i].config,
+        )?;
+        Ok(cfg.quic.listen.to_string())
+    };
+    init::peer_add(
+        &out[0].config,
+        &out[1].card,
+        &[addr(1)?],
+        std::slice::from_ref(&ag),
+    )?;
+    init::peer_add(
+        &out[1].config,
+        &out[0].card,
+        &[addr(0)?],
+        std::slice::from_ref(&ag),
+    )?;
+    Ok((out[0].config.clone(), out[1].config.clone()))
+}
+
+fn template() -> Result<Message, Error> {
+    let mut m: Message =
+        serde_json::from_str(include_str!("../../docs/examples/unsolicited_information.json"))?;
+    if let MessageBody::UnsolicitedInformation(u) = &mut m.body {
+        for p in &mut u.persons {
+            p.photographs.clear();
+            p.fingerprint_card = None;
+        }
+        u.attachments = vec![konvert_envelope::model::Attachment {
+            media_type: "application/pdf".into(),
+            length: 0,
+            sha256: Default::default(),
+            file: None,
+        }];
+    }
+    Ok(m)
+}
+
+async fn delivered(node: &Node, id: Id) -> Result<(), Error> {
+    let key = MessageId(*id.as_bytes());
+    loop {
+        let notified = node.delivered_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let meta = node.store.meta(Direction::Outbound, &key)?;
+        match meta.state {
+            MessageState::Delivered => return Ok(()),
+            MessageState::Failed => return Err(format!("message {id} failed").into()),
+            _ => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+    }
+}
+
+/// Submits `count` messages with `in_flight` outstanding; returns latencies.
+async fn round(
+    node: &Arc<Node>,
+    size: usize,
+    count: usize,
+    in_flight: usize,
+) -> Result<Vec<Duration>, Error> {
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        // Each message carries its own upload, as an application would send it.
+        let id = Id::new(Timestamp::now());
+        let upload = Id::new(Timestamp::now());
+        std::fs::write(node.uploads_dir.join(upload.to_string()), &data)?;
+        let mut m = template()?;
+        m.header.id = id;
+        m.header.time = Timestamp::now();
+        for a in m.attachments_mut() {
+            a.file = Some(format!("upload:{upload}"));
+        }
+        let node = Arc::clone(node);
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let r = outbound::submit(
+                &node,
+                Submission {
+                    message: m,
+                    signatory: "head".into(),
+                },
+            )
+            .await;
+            let r = match r {
+                Ok(_) => delivered(&node, id).await.map(|()| start.elapsed()),
+                Err(e) => Err(e.to_string().into()),
+            };
+            drop(permit);
+            r
+        });
+    }
+    let mut lat = Vec::with_capacity(count);
+    while let Some(r) = tasks.join_next().await {
+        lat.push(r??);
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dir = tempfile::tempdir()?;
+    let (kz_cfg, by_cfg) = setup(dir.path())?;
+    let kz = Node::start(&kz_cfg)?;
+    let by = Node::start(&by_cfg)?;
+    let (kz_tx, kz_rx) = tokio::sync::mpsc::channel(1);
+    let (by_tx, by_rx) = tokio::sync::mpsc::channel(1);
+    let kz_task = tokio::spawn(daemon::run(Arc::clone(&kz), kz_rx));
+    let by_task = tokio::spawn(daemon::run(Arc::clone(&by), by_rx));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Warm up: connection established, caches filled.
+    round(&kz, 1024, 20, 4).await?;
+
+    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (size, label, counts) in [
+        (1024, "1 KiB", [200usize, 1000, 2000]),
+        (1024 * 1024, "1 MiB", [20, 64, 256]),
+    ] {
+        for (in_flight, count) in [1usize, 16, 256].into_iter().zip(counts) {
+            let count = if quick { count.min(40) } else { count };
+            let start = Instant::now();
+            let lat = round(&kz, size, count, in_flight).await?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "| {label} | {in_flight} | {count} | {:.0} | {:.1} | {:.1} ms | {:.1} ms |",
+                count as f64 / secs,
+                (count * size) as f64 / secs / 1e6,
+                pct(&lat, 0.5).as_secs_f64() * 1e3,
+                pct(&lat, 0.99).as_secs_f64() * 1e3,
+            );
+        }
+    }
+    kz_tx.send(Control::Stop).await?;
+    by_tx.send(Control::Stop).await?;
+    kz_task.await??;
+    by_task.await??;
+    Ok(())
+}
