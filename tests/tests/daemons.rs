@@ -329,6 +329,11 @@ fn a_peer_added_on_sighup_is_served_without_a_restart() {
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["state"], json!("delivered"));
     assert_eq!(inbox_ids(&by).len(), 1);
+    // A different message under the same id is refused.
+    let mut other = doc.clone();
+    other["message"]["body"]["content"]["answers"] = json!(["другой текст"]);
+    let (code, body) = kz.post_json("/v1/messages", &other);
+    assert_eq!(code, 409, "{body}");
     assert!(by.log().contains("configuration reloaded"), "{}", by.log());
     kz.stop();
     by.stop();

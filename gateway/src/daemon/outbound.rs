@@ -52,6 +52,9 @@ pub enum SubmitError {
         /// What is wrong.
         reason: String,
     },
+    /// A different message was already submitted with this id.
+    #[error("message id {0} is already used by a different message")]
+    IdInUse(Id),
     /// Sealing failed (validation errors included).
     #[error(transparent)]
     Seal(#[from] envelope::SealError),
@@ -134,6 +137,46 @@ impl Links {
     }
 }
 
+/// What the store keeps (sealed at rest) for a queued message.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct OutboxRecord {
+    /// The envelope exactly as it is sent.
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+    /// Its envelope digest (what the receipt must name).
+    pub digest: konvert_envelope::model::Digest,
+    /// Fingerprint of the submission (the message without attachment
+    /// sources), to tell a resubmission from a different message reusing
+    /// the id.
+    pub fingerprint: konvert_envelope::model::Digest,
+}
+
+impl OutboxRecord {
+    fn to_vec(&self) -> Result<Vec<u8>, SubmitError> {
+        let mut out = Vec::with_capacity(self.envelope.len() + 128);
+        ciborium::into_writer(self, &mut out).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        Ok(out)
+    }
+    /// Decodes a stored record.
+    pub fn from_slice(b: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(b).map_err(|e| e.to_string())
+    }
+}
+
+/// The fingerprint of a submitted message: SHA-256 of its deterministic
+/// CBOR with attachment sources, lengths and digests cleared.
+fn fingerprint(m: &Message) -> Result<konvert_envelope::model::Digest, SubmitError> {
+    let mut m = m.clone();
+    for a in m.attachments_mut() {
+        a.file = None;
+        a.length = 0;
+        a.sha256 = Default::default();
+    }
+    let bytes =
+        konvert_envelope::cbor::to_deterministic_vec(&m).map_err(|e| SubmitError::Internal(e.to_string()))?;
+    Ok(konvert_envelope::model::Digest::of(&bytes))
+}
+
 /// A submission after the API layer parsed it.
 #[derive(Debug)]
 pub struct Submission {
@@ -174,9 +217,21 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
         .get(&sub.signatory)
         .ok_or_else(|| SubmitError::UnknownSignatory(sub.signatory.clone()))?;
     let id = MessageId(*h.id.as_bytes());
-    // Idempotent: the same message id submitted again is the same message.
-    if let Ok(meta) = node.store.meta(konvert_store::Direction::Outbound, &id) {
-        return Ok((Id::from_bytes(meta.id.0), false));
+    let print = fingerprint(&msg)?;
+    // Idempotent: the same message submitted again is the same message; a
+    // different one with the same id is refused.
+    if node.store.meta(konvert_store::Direction::Outbound, &id).is_ok() {
+        let same = node
+            .store
+            .outbox_get(&id)
+            .ok()
+            .and_then(|m| OutboxRecord::from_slice(&m.payload).ok())
+            .is_some_and(|r| r.fingerprint == print);
+        return if same {
+            Ok((h.id, false))
+        } else {
+            Err(SubmitError::IdInUse(h.id))
+        };
     }
     let mut sources = Vec::new();
     let mut used = Vec::new();
@@ -213,7 +268,12 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
         agreement: h.agreement.to_string(),
         kind: sealed.message.kind().as_str().to_string(),
         case: None,
-        payload: bytes,
+        payload: OutboxRecord {
+            envelope: bytes,
+            digest: sealed.envelope_digest,
+            fingerprint: print,
+        }
+        .to_vec()?,
     })?;
     // The envelope now holds the attachments (sealed); the uploads are spent.
     drop(dyns);
@@ -381,8 +441,9 @@ async fn attempt(
         .await
         .map_err(|e| AttemptError::Send(e.to_string()))??;
     let conn = connection(node, peer, link).await?;
-    let len = msg.payload.len() as u64;
-    let receipt_bytes = match conn.send_envelope(len, msg.payload.as_slice()).await {
+    let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
+    let len = record.envelope.len() as u64;
+    let receipt_bytes = match conn.send_envelope(len, record.envelope.as_slice()).await {
         Ok(r) => r,
         Err(e) => {
             // A lost connection, or a peer that stopped answering (timeout: it
@@ -414,7 +475,7 @@ async fn attempt(
         .card;
     let receipt = Receipt::verify(&receipt_bytes, &card.node_key)
         .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
-    let digest = envelope_digest(&msg.payload).map_err(AttemptError::BadReceipt)?;
+    let digest = record.digest;
     // A receiver that refuses an envelope unread (too large) cannot name it:
     // it answers on the envelope's own stream with the nil id and digest.
     let unread_refusal = matches!(
@@ -477,17 +538,6 @@ fn failure_outcome(attempts: u32, e: &AttemptError) -> String {
         s.push_str("...");
     }
     s
-}
-
-/// The envelope digest of stored envelope bytes (what the receipt must name).
-pub fn envelope_digest(bytes: &[u8]) -> Result<konvert_envelope::model::Digest, String> {
-    let limits = envelope::Limits {
-        max_envelope: bytes.len() as u64,
-        ..envelope::Limits::default()
-    };
-    envelope::receive(bytes, &limits, std::io::sink())
-        .map(|r| r.envelope_digest())
-        .map_err(|e| e.to_string())
 }
 
 /// The connection to `peer`, made if needed: addresses tried in turn.

@@ -544,6 +544,7 @@ fn submit_problem(e: SubmitError) -> Problem {
                 "attachment",
                 reason.clone(),
             ),
+        SubmitError::IdInUse(_) => Problem::conflict(e.to_string()),
         SubmitError::Store(s) => store_err(s),
         other => {
             tracing::error!(error = %other, "submit failed");
