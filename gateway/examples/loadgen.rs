@@ -149,6 +149,66 @@ async fn round(
     Ok(lat)
 }
 
+/// Median of `f` over `n` runs.
+fn median(n: usize, mut f: impl FnMut()) -> Duration {
+    let mut t: Vec<Duration> = (0..n)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[n / 2]
+}
+
+/// The bare cost of the public-key work one 1 KiB message needs across both
+/// gateways, measured now: one age encryption and one decryption (X25519),
+/// three Ed25519 signatures (signatory, sender node, receipt) and three
+/// verifications. Divided into the machine's cores, it is the most messages
+/// per second any design with these operations could reach.
+fn crypto_ceiling() -> Result<(Duration, f64), Error> {
+    use ed25519_dalek::{Signer, Verifier};
+    use std::io::{Read, Write};
+    let id = age::x25519::Identity::generate();
+    let rcpt = id.to_public();
+    let data = vec![7u8; 1024];
+    let encrypt = || -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Ok(e) = age::Encryptor::with_recipients(std::iter::once(&rcpt as &dyn age::Recipient)) {
+            if let Ok(mut w) = e.wrap_output(&mut out) {
+                let _ = w.write_all(&data);
+                let _ = w.finish();
+            }
+        }
+        out
+    };
+    let ct = encrypt();
+    let enc = median(200, || {
+        std::hint::black_box(encrypt());
+    });
+    let dec = median(200, || {
+        if let Ok(d) = age::Decryptor::new_buffered(ct.as_slice()) {
+            if let Ok(mut r) = d.decrypt(std::iter::once(&id as &dyn age::Identity)) {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+            }
+        }
+    });
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let digest = [9u8; 64];
+    let sig = key.sign(&digest);
+    let sign = median(500, || {
+        std::hint::black_box(key.sign(&digest));
+    });
+    let verify = median(500, || {
+        let _ = std::hint::black_box(key.verifying_key().verify(&digest, &sig));
+    });
+    let per_message = enc + dec + sign * 3 + verify * 3;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Ok((per_message, cores / per_message.as_secs_f64()))
+}
+
 fn pct(v: &[Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -168,8 +228,15 @@ async fn main() -> Result<(), Error> {
     // Warm up: connection established, caches filled.
     round(&kz, 1024, 20, 4).await?;
 
-    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 |");
-    println!("|---|---|---|---|---|---|---|");
+    let (per_message, ceiling) = crypto_ceiling()?;
+    println!(
+        "crypto ceiling (1 KiB): {:.0} µs of public-key work per message -> {:.0} msg/s on {} cores\n",
+        per_message.as_secs_f64() * 1e6,
+        ceiling,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (size, label, counts) in [
         (1024, "1 KiB", [200usize, 1000, 2000]),
         (1024 * 1024, "1 MiB", [20, 64, 256]),
@@ -179,9 +246,14 @@ async fn main() -> Result<(), Error> {
             let start = Instant::now();
             let lat = round(&kz, size, count, in_flight).await?;
             let secs = start.elapsed().as_secs_f64();
+            let rate = count as f64 / secs;
+            let share = if size == 1024 {
+                format!("{:.0} %", 100.0 * rate / ceiling)
+            } else {
+                "-".into()
+            };
             println!(
-                "| {label} | {in_flight} | {count} | {:.0} | {:.1} | {:.1} ms | {:.1} ms |",
-                count as f64 / secs,
+                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} |",
                 (count * size) as f64 / secs / 1e6,
                 pct(&lat, 0.5).as_secs_f64() * 1e3,
                 pct(&lat, 0.99).as_secs_f64() * 1e3,
