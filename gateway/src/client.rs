@@ -20,13 +20,11 @@
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -36,7 +34,7 @@ use konvert_envelope::receipt::{Outcome, Receipt, ReceiptError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::Digest as _;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
 use crate::api::types::{
     Acknowledged, Cursor, Health, InboxItem, InboxMessage, MessageStatus, Page, PeerView, ReceiptState,
@@ -57,8 +55,6 @@ pub const MAX_RECEIPT_RESPONSE: usize = 64 << 10;
 const MAX_PROBLEM_RESPONSE: usize = 1 << 20;
 /// Largest message or submit-request JSON file read by [`Client::send_file`].
 pub const MAX_MESSAGE_FILE: u64 = 16 << 20;
-/// Pieces in which uploads are read from disk.
-const CHUNK: usize = 64 << 10;
 
 /// Why a call of the local API failed; `Display` is one sentence for a person.
 #[derive(Debug, thiserror::Error)]
@@ -455,12 +451,7 @@ impl Client {
                 source,
             })?
             .len();
-        let body = ReaderBody {
-            reader: Box::pin(file),
-            buf: vec![0u8; CHUNK].into_boxed_slice(),
-            done: false,
-            length,
-        };
+        let body = crate::reader_body::ReaderBody::new(Box::pin(file), Some(length));
         let resp = self
             .request(Method::POST, "/v1/uploads", Some(media_type), body.boxed_unsync())
             .await?;
@@ -766,52 +757,6 @@ fn empty() -> ReqBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-/// A request body read from a file in pieces of [`CHUNK`] bytes.
-struct ReaderBody {
-    reader: Pin<Box<dyn AsyncRead + Send>>,
-    buf: Box<[u8]>,
-    done: bool,
-    length: u64,
-}
-
-impl Body for ReaderBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let mut rb = ReadBuf::new(&mut this.buf);
-        match this.reader.as_mut().poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled()))))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // The file's size when opened; hyper sends it as Content-Length
-        // and fails the request if the file changes length meanwhile.
-        SizeHint::with_exact(self.length)
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -18,5 +18,6 @@ pub mod demo;
 pub mod files;
 pub mod init;
 pub mod offline;
+mod reader_body;
 pub mod retry;
 pub mod transport;

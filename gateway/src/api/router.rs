@@ -2,21 +2,18 @@
 //! (path ids, query parameters, content types, sizes) before the service
 //! sees typed values.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use konvert_envelope::model::{AuthorityId, Id, Timestamp};
 use serde::Serialize;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 
 use super::problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
@@ -632,12 +629,7 @@ pub(crate) fn problem_response(mut p: Problem, path: &str) -> Response<ApiBody> 
 }
 
 fn download_response(d: Download) -> Response<ApiBody> {
-    let body = ReaderBody {
-        reader: d.reader,
-        buf: vec![0u8; 64 << 10].into_boxed_slice(),
-        done: false,
-        length: d.length,
-    };
+    let body = crate::reader_body::ReaderBody::new(d.reader, d.length);
     let mut r = Response::new(body.boxed_unsync());
     let h = r.headers_mut();
     let ct = HeaderValue::from_str(&d.media_type)
@@ -658,53 +650,6 @@ fn download_response(d: Download) -> Response<ApiBody> {
         HeaderValue::from_static("nosniff"),
     );
     r
-}
-
-/// A response body read from an [`AsyncRead`] in pieces of 64 KiB.
-struct ReaderBody {
-    reader: Pin<Box<dyn AsyncRead + Send>>,
-    buf: Box<[u8]>,
-    done: bool,
-    length: Option<u64>,
-}
-
-impl Body for ReaderBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let mut rb = ReadBuf::new(&mut this.buf);
-        match this.reader.as_mut().poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled()))))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
 }
 
 #[cfg(test)]
