@@ -146,7 +146,9 @@ pub struct Config {
 pub struct QuicConfig {
     /// UDP address to listen on, e.g. `0.0.0.0:7443` or `[::]:7443`.
     pub listen: SocketAddr,
-    /// Largest envelope accepted from a peer.
+    /// Largest envelope accepted from a peer (default 64 MiB). Received
+    /// envelopes are still read into memory before they are checked, so this
+    /// also bounds the memory one incoming stream can take.
     #[serde(default = "default_max_envelope")]
     pub max_envelope_bytes: u64,
     /// Close a connection idle for this long.
@@ -164,7 +166,7 @@ pub struct QuicConfig {
 }
 
 fn default_max_envelope() -> u64 {
-    512 * 1024 * 1024
+    64 * 1024 * 1024
 }
 fn default_idle() -> Span {
     Span(Duration::from_secs(60))

@@ -248,7 +248,7 @@ fn a_gateway_whose_key_is_not_pinned_is_refused() {
 fn an_oversize_envelope_is_refused_with_a_receipt_code() {
     let t = tempfile::tempdir().unwrap();
     let (mut kz, mut by) = pair(t.path());
-    by.edit_config("max_envelope_bytes = 536870912", "max_envelope_bytes = 8192");
+    by.edit_config("max_envelope_bytes = 67108864", "max_envelope_bytes = 8192");
     kz.start();
     by.start();
     let big = vec![7u8; 50_000];
