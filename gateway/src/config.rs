@@ -4,6 +4,15 @@
 //! refused with the file, the line and the reason. Paths may be relative:
 //! they are resolved against the directory of the configuration file.
 //!
+//! Under systemd, key material comes from `LoadCredential=` /
+//! `LoadCredentialEncrypted=`: `keys_dir`, `store.master_key_file` and
+//! `signatories[].key` may start with `${CREDENTIALS_DIRECTORY}`, which
+//! is replaced by the directory systemd names in `$CREDENTIALS_DIRECTORY`
+//! (see `deploy/systemd/konvertd.service`). Without that variable (an
+//! operator's `konvertctl`), such paths stay as written and
+//! [`Config::unresolved_credentials`] names them; `konvertd` refuses to
+//! start with them.
+//!
 //! ```toml
 //! authority = "kz.mvd"
 //! keys_dir = "keys"                      # node.key.pem, age.key, tls.cert.pem, tls.key.pem, card.toml
@@ -46,6 +55,38 @@ use crate::files::{self, FileError};
 
 /// Largest configuration file read.
 pub const MAX_CONFIG: u64 = 1024 * 1024;
+
+/// The environment variable in which systemd names the directory of the
+/// credentials it passes to the service (`LoadCredential=`).
+pub const CREDENTIALS_VAR: &str = "CREDENTIALS_DIRECTORY";
+
+/// How a key path in `konvert.toml` names that directory.
+pub const CREDENTIALS_PLACEHOLDER: &str = "${CREDENTIALS_DIRECTORY}";
+
+/// For a path starting with [`CREDENTIALS_PLACEHOLDER`]: the rest (empty for
+/// the directory itself), or why it is not acceptable. `None` for other paths.
+fn credential_suffix(p: &Path) -> Option<Result<PathBuf, String>> {
+    let text = p.to_str()?;
+    let rest = text.strip_prefix(CREDENTIALS_PLACEHOLDER)?;
+    if rest.is_empty() {
+        return Some(Ok(PathBuf::new()));
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Some(Err(format!(
+            "write {CREDENTIALS_PLACEHOLDER} alone or followed by /NAME"
+        )));
+    };
+    let rest = Path::new(rest);
+    let plain = rest
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || rest.as_os_str().is_empty() {
+        return Some(Err(format!(
+            "{text:?}: a credential is named by plain names below {CREDENTIALS_PLACEHOLDER}"
+        )));
+    }
+    Some(Ok(rest.to_path_buf()))
+}
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -340,8 +381,21 @@ pub struct Loaded {
 }
 
 impl Config {
-    /// Parses configuration text; `path` is named in errors and relative paths resolve against its directory.
+    /// Parses configuration text; `path` is named in errors and relative paths
+    /// resolve against its directory; `${CREDENTIALS_DIRECTORY}` in key paths
+    /// resolves against `$CREDENTIALS_DIRECTORY` when that is set.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let credentials = std::env::var_os(CREDENTIALS_VAR).filter(|d| !d.is_empty());
+        Self::parse_with_credentials(text, path, credentials.as_deref().map(Path::new))
+    }
+
+    /// Like [`Config::parse`], with the credentials directory given instead of
+    /// taken from the environment (`None`: leave such paths as written).
+    pub fn parse_with_credentials(
+        text: &str,
+        path: &Path,
+        credentials: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
             ConfigError::Syntax {
@@ -351,23 +405,99 @@ impl Config {
                 reason: e.message().to_string(),
             }
         })?;
+        Self::resolve(&mut cfg, path, credentials)?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// Resolves relative paths against the configuration file's directory and
+    /// `${CREDENTIALS_DIRECTORY}` in key paths against `credentials` (left as
+    /// written when it is `None`).
+    fn resolve(cfg: &mut Config, path: &Path, credentials: Option<&Path>) -> Result<(), ConfigError> {
         let base = files::parent_dir(path);
-        let abs = |p: &mut PathBuf| {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        // Paths that may name the credentials directory: the keys.
+        let key_path = |p: &mut PathBuf, key: String| -> Result<(), ConfigError> {
+            match credential_suffix(p) {
+                Some(Err(reason)) => Err(invalid(key, reason)),
+                Some(Ok(rest)) => {
+                    if let Some(dir) = credentials {
+                        *p = if rest.as_os_str().is_empty() {
+                            dir.to_path_buf()
+                        } else {
+                            dir.join(rest)
+                        };
+                    }
+                    Ok(())
+                }
+                None => {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                    Ok(())
+                }
+            }
+        };
+        key_path(&mut cfg.keys_dir, "keys_dir".into())?;
+        if let Some(p) = cfg.store.master_key_file.as_mut() {
+            key_path(p, "store.master_key_file".into())?;
+        }
+        for (i, s) in cfg.signatories.iter_mut().enumerate() {
+            key_path(&mut s.key, format!("signatories[{i}].key"))?;
+        }
+        // Everything else: relative to the configuration file; no credentials.
+        let plain = |p: &mut PathBuf, key: String| -> Result<(), ConfigError> {
+            if credential_suffix(p).is_some() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{CREDENTIALS_PLACEHOLDER} is only for keys_dir, store.master_key_file and signatories[].key"
+                    ),
+                ));
+            }
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+            Ok(())
         };
-        abs(&mut cfg.keys_dir);
-        abs(&mut cfg.data_dir);
-        abs(&mut cfg.api.socket);
-        cfg.profiles.iter_mut().for_each(abs);
-        if let Some(p) = cfg.store.master_key_file.as_mut() {
-            abs(p);
+        plain(&mut cfg.data_dir, "data_dir".into())?;
+        plain(&mut cfg.api.socket, "api.socket".into())?;
+        for (i, p) in cfg.profiles.iter_mut().enumerate() {
+            plain(p, format!("profiles[{i}]"))?;
         }
-        cfg.signatories.iter_mut().for_each(|s| abs(&mut s.key));
-        cfg.peers.iter_mut().for_each(|p| abs(&mut p.card));
-        cfg.check(path)?;
-        Ok(cfg)
+        for (i, p) in cfg.peers.iter_mut().enumerate() {
+            plain(&mut p.card, format!("peers[{i}].card"))?;
+        }
+        Ok(())
+    }
+
+    /// The keys whose paths still start with `${CREDENTIALS_DIRECTORY}`
+    /// because `$CREDENTIALS_DIRECTORY` was not set when the file was parsed.
+    /// `konvertd` refuses to start while any remain; other tools that only
+    /// need the API socket, peers or profiles do not care.
+    pub fn unresolved_credentials(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if credential_suffix(&self.keys_dir).is_some() {
+            out.push("keys_dir".to_string());
+        }
+        if self
+            .store
+            .master_key_file
+            .as_deref()
+            .is_some_and(|p| credential_suffix(p).is_some())
+        {
+            out.push("store.master_key_file".to_string());
+        }
+        for (i, s) in self.signatories.iter().enumerate() {
+            if credential_suffix(&s.key).is_some() {
+                out.push(format!("signatories[{i}].key"));
+            }
+        }
+        out
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
@@ -595,6 +725,90 @@ card = "peers/by.mvd.toml"
         let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
         assert!(err.starts_with("k.toml:13:"), "{err}");
         assert!(err.contains("groupz"), "{err}");
+    }
+
+    const CREDS: &str = r#"
+authority = "kz.mvd"
+keys_dir = "${CREDENTIALS_DIRECTORY}"
+data_dir = "/var/lib/konvert"
+profiles = ["profiles/kz-by-2019.toml"]
+
+[quic]
+listen = "127.0.0.1:7443"
+
+[api]
+socket = "/run/konvert/api.sock"
+
+[store]
+master_key_file = "${CREDENTIALS_DIRECTORY}/master.key"
+
+[[signatories]]
+id = "ivanov"
+key = "${CREDENTIALS_DIRECTORY}/signatory_ivanov.key.pem"
+
+[[peers]]
+authority = "by.mvd"
+addresses = ["127.0.0.1:7444"]
+agreements = ["kz-by-2019"]
+card = "peers/by.mvd.toml"
+"#;
+
+    #[test]
+    fn key_paths_resolve_against_the_credentials_directory() {
+        let text = CREDS.to_string();
+        let creds = Path::new("/run/credentials/konvertd.service");
+        let cfg = Config::parse_with_credentials(&text, Path::new("/etc/konvert/konvert.toml"), Some(creds))
+            .unwrap();
+        assert_eq!(cfg.keys_dir, creds);
+        assert_eq!(
+            cfg.store.master_key_file.as_deref(),
+            Some(creds.join("master.key").as_path())
+        );
+        assert_eq!(cfg.signatories[0].key, creds.join("signatory_ivanov.key.pem"));
+        assert!(cfg.unresolved_credentials().is_empty());
+        // Other paths are not affected.
+        assert_eq!(
+            cfg.profiles[0],
+            Path::new("/etc/konvert/profiles/kz-by-2019.toml")
+        );
+    }
+
+    #[test]
+    fn without_the_variable_key_paths_stay_and_are_named() {
+        let text = CREDS.to_string();
+        let cfg =
+            Config::parse_with_credentials(&text, Path::new("/etc/konvert/konvert.toml"), None).unwrap();
+        assert_eq!(cfg.keys_dir, Path::new("${CREDENTIALS_DIRECTORY}"));
+        assert_eq!(
+            cfg.unresolved_credentials(),
+            ["keys_dir", "store.master_key_file", "signatories[0].key"]
+        );
+        // The API socket, peers and profiles are still usable (konvertctl).
+        assert_eq!(cfg.api.socket, Path::new("/run/konvert/api.sock"));
+        assert_eq!(cfg.peers[0].card, Path::new("/etc/konvert/peers/by.mvd.toml"));
+    }
+
+    #[test]
+    fn bad_credential_paths_are_refused() {
+        for (bad, key) in [
+            ("${CREDENTIALS_DIRECTORY}/../master.key", "store.master_key_file"),
+            ("${CREDENTIALS_DIRECTORY}master.key", "store.master_key_file"),
+            ("${CREDENTIALS_DIRECTORY}/", "store.master_key_file"),
+        ] {
+            let text = CREDS.replace("${CREDENTIALS_DIRECTORY}/master.key", bad);
+            let err = Config::parse_with_credentials(&text, Path::new("k.toml"), Some(Path::new("/c")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let text = GOOD.replace(
+            "data_dir = \"data\"",
+            "data_dir = \"${CREDENTIALS_DIRECTORY}/data\"",
+        );
+        let err = Config::parse_with_credentials(&text, Path::new("k.toml"), Some(Path::new("/c")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data_dir"), "{err}");
     }
 
     #[test]

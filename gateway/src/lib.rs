@@ -7,6 +7,7 @@
 //! - [`retry`]: outbox retry timing (exponential backoff with jitter).
 //! - [`init`]: `konvertctl init` and `peer add`.
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
+//! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd (`Type=notify`).
 //! - [`client`]: the local API client behind `konvertctl`'s online commands (send, status, receipts, inbox, peers, health).
 #![forbid(unsafe_code)]
 
@@ -20,4 +21,5 @@ pub mod init;
 pub mod offline;
 mod reader_body;
 pub mod retry;
+pub mod systemd;
 pub mod transport;

@@ -17,7 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
     version,
     after_help = "Example:\n  konvertd --config /etc/konvert/konvert.toml\n\n\
         Signals: SIGTERM/SIGINT stop gracefully (finish in-flight work, sync the store, close QUIC);\n\
-        SIGHUP reloads peers and profiles. Make a configuration with `konvertctl init`."
+        SIGHUP reloads peers and profiles. Make a configuration with `konvertctl init`.\n\n\
+        Under systemd (Type=notify) it reports READY=1 once the QUIC endpoint and the API socket are up,\n\
+        RELOADING=1 around a reload, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set. Key paths in the\n\
+        configuration may start with ${CREDENTIALS_DIRECTORY} (LoadCredential=); see docs/OPERATIONS.md."
 )]
 struct Args {
     /// The configuration file.
@@ -62,9 +65,22 @@ async fn run(args: Args) -> Result<(), String> {
     if let Ok(text) = std::fs::read_to_string(&args.config) {
         if let Ok(cfg) = konvert_gateway::config::Config::parse(&text, &args.config) {
             init_logging(cfg.log.format, &cfg.log.level);
+            let unresolved = cfg.unresolved_credentials();
+            if !unresolved.is_empty() {
+                return Err(format!(
+                    "{}: {} refer to {}, but {} is not set: start konvertd from its systemd unit \
+                     (LoadCredential=), or write the key paths out",
+                    args.config.display(),
+                    unresolved.join(", "),
+                    konvert_gateway::config::CREDENTIALS_PLACEHOLDER,
+                    konvert_gateway::config::CREDENTIALS_VAR,
+                ));
+            }
         }
     }
     init_logging(LogFormat::Text, "info");
+    // READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1 go to systemd when it set NOTIFY_SOCKET.
+    konvert_gateway::systemd::enable();
     let node = Node::start(&args.config).map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -92,16 +92,33 @@ pub async fn run(
         api = %node.config.api.socket.display(),
         "konvertd ready"
     );
+    crate::systemd::ready("QUIC endpoint and API socket up");
+    let _watchdog = crate::systemd::Watchdog::spawn({
+        let node = Arc::clone(&node);
+        let tasks = [&api_task, &accept_task, &dispatch_task].map(|t| t.abort_handle());
+        move || {
+            if tasks.iter().any(|t| t.is_finished()) {
+                Err("a daemon task (API, QUIC accept or dispatcher) has stopped")
+            } else if node.store.stats().poisoned {
+                Err("the store is poisoned after a failed sync")
+            } else {
+                Ok(())
+            }
+        }
+    });
     while let Some(c) = control.recv().await {
         match c {
             Control::Reload => {
+                crate::systemd::reloading();
                 if let Err(e) = node.reload() {
                     tracing::error!(error = %e, "reload refused; keeping the previous configuration");
                 }
+                crate::systemd::ready("QUIC endpoint and API socket up");
             }
             Control::Stop => break,
         }
     }
+    crate::systemd::stopping();
     tracing::info!("shutting down: finishing in-flight work");
     let _ = stop_tx.send(true);
     node.endpoint.refuse_new_connections();
