@@ -210,6 +210,57 @@ fn durable_write(c: &mut Criterion) {
                 (after.sync_micros - before.sync_micros) as f64 / syncs as f64
             );
         }
+        // The same through the async API: `threads` tasks on a two-thread
+        // tokio runtime (how the gateway writes), the group commit's service
+        // threads taking its roles.
+        {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = Arc::new(
+                Store::open(cfg(
+                    tmp.path(),
+                    Arc::new(ManualClock::new(T0)),
+                    SyncMode::Fdatasync,
+                ))
+                .unwrap(),
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            let before = store.stats();
+            let next = Arc::new(std::sync::atomic::AtomicU64::new(1 << 40));
+            let name = "store_put_async_fdatasync";
+            g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, _| {
+                b.iter_custom(|iters| {
+                    let per = iters.div_ceil(threads as u64);
+                    let start = Instant::now();
+                    rt.block_on(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for _ in 0..threads {
+                            let (st, p, next) = (store.clone(), payload.clone(), next.clone());
+                            tasks.spawn(async move {
+                                for _ in 0..per {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    st.put_inbox_async(&message(i, &p)).await.unwrap();
+                                }
+                            });
+                        }
+                        while let Some(r) = tasks.join_next().await {
+                            r.unwrap();
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+            let after = store.stats();
+            let acked = after.acked_writes - before.acked_writes;
+            let syncs = (after.syncs - before.syncs).max(1);
+            println!(
+                "{name}/{threads}: {acked} acknowledged writes, {syncs} fdatasyncs, {:.1} writes per sync, mean sync {:.0} µs",
+                acked as f64 / syncs as f64,
+                (after.sync_micros - before.sync_micros) as f64 / syncs as f64
+            );
+        }
     }
     g.finish();
 }

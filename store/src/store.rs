@@ -39,7 +39,7 @@ use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
 use crate::model::*;
 use crate::retention::{hour_of, RetentionPolicy};
 use crate::segments::Segments;
-use crate::sync::{GroupCommit, SyncMode};
+use crate::sync::{GroupCommit, Served, SyncMode};
 use crate::wal::{self, Batch};
 
 const EMPTY: &[u8] = &[];
@@ -150,6 +150,8 @@ pub struct Store {
     destroyed: AtomicU64,
     purged: AtomicU64,
     keys_destroyed: AtomicU64,
+    /// The group commit's service threads, started by the first async put.
+    servers: std::sync::OnceLock<()>,
     _lock: File,
 }
 
@@ -295,7 +297,17 @@ impl Store {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
-        fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| Error::Locked { dir: dir.clone() })?;
+        // A store of this process that was just dropped may still be closing
+        // in one of its commit threads: wait a little before refusing.
+        let mut tries = 0;
+        while fs2::FileExt::try_lock_exclusive(&lock).is_err() {
+            tries += 1;
+            if tries > 50 {
+                return Err(Error::Locked { dir: dir.clone() });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
 
         let keyring_path = config.keyring.clone().unwrap_or_else(|| dir.join("keyring"));
         let keyring = Keyring::open(&keyring_path, config.master_key.clone())?;
@@ -368,6 +380,7 @@ impl Store {
             destroyed: AtomicU64::new(0),
             purged: AtomicU64::new(0),
             keys_destroyed: AtomicU64::new(0),
+            servers: std::sync::OnceLock::new(),
             _lock: lock,
         };
         let now = store.clock.now();
@@ -515,7 +528,60 @@ impl Store {
         self.put_message(Direction::Inbound, msg)
     }
 
+    /// [`Store::put_outbox`] for async callers: the same durability, but
+    /// the caller's task waits without blocking its thread (the group
+    /// commit's service threads sync and apply).
+    pub async fn put_outbox_async(self: &Arc<Self>, msg: &NewMessage) -> Result<Put> {
+        self.put_message_async(Direction::Outbound, msg).await
+    }
+
+    /// [`Store::put_inbox`] for async callers (see [`Store::put_outbox_async`]).
+    pub async fn put_inbox_async(self: &Arc<Self>, msg: &NewMessage) -> Result<Put> {
+        self.put_message_async(Direction::Inbound, msg).await
+    }
+
+    async fn put_message_async(self: &Arc<Self>, dir: Direction, msg: &NewMessage) -> Result<Put> {
+        self.ensure_servers();
+        let job = self.prepare_put(dir, msg)?;
+        match self.gc.commit_async(job).await {
+            Ok(Ok(Some(p))) => Ok(p),
+            Ok(Ok(None)) | Err(_) => Err(Error::Poisoned),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Start the group commit's service threads (once): they take its
+    /// roles for async writers. They hold only a weak reference and end
+    /// when the store is dropped.
+    fn ensure_servers(self: &Arc<Self>) {
+        self.servers.get_or_init(|| {
+            for i in 0..3 {
+                let weak = Arc::downgrade(self);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("konvert-store-commit-{i}"))
+                    .spawn(move || serve(weak));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a store commit thread");
+                }
+            }
+        });
+    }
+
     fn put_message(&self, dir: Direction, msg: &NewMessage) -> Result<Put> {
+        let job = self.prepare_put(dir, msg)?;
+        match self
+            .gc
+            .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
+                self.apply_puts(jobs)
+            })? {
+            Some(p) => Ok(p),
+            None => Err(Error::Poisoned),
+        }
+    }
+
+    /// Seal a put's payload into its hour's file and encode its record: the
+    /// writer's own share of the work, done in parallel with other writers.
+    fn prepare_put(&self, dir: Direction, msg: &NewMessage) -> Result<PreparedPut> {
         self.gc.check()?;
         check_name("peer", &msg.peer)?;
         check_name("agreement", &msg.agreement)?;
@@ -564,22 +630,14 @@ impl Store {
             attempts: 0,
             seg: Some(SegRef { off, len }),
         };
-        let job = PreparedPut {
+        Ok(PreparedPut {
             dir,
             id: msg.id,
             value: encode(&rec),
             rec,
             digest,
             now,
-        };
-        match self
-            .gc
-            .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
-                self.apply_puts(jobs)
-            })? {
-            Some(p) => Ok(p),
-            None => Err(Error::Poisoned),
-        }
+        })
     }
 
     /// The group-commit leader applies the queued puts. Puts into a case
@@ -2089,6 +2147,32 @@ fn audit_blocks_from(
 /// The id of an expiry list: the time part of its first message id (so that
 /// a sweep visits records and index entries in id order, not at random: 2x
 /// faster at 1,000,000 records), then a number unique to the list.
+/// A group-commit service thread: takes roles while the store lives.
+fn serve(weak: std::sync::Weak<Store>) {
+    loop {
+        let Some(store) = weak.upgrade() else {
+            return;
+        };
+        let served = store
+            .gc
+            .serve_once(&store.db, &|| store.segs.sync_dirty(), &|jobs| {
+                store.apply_puts(jobs)
+            });
+        match served {
+            Served::Worked => {}
+            Served::Idle => {
+                drop(store);
+                // Unparked when work arrives; the timeout notices a dropped store.
+                std::thread::park_timeout(std::time::Duration::from_millis(200));
+            }
+            Served::Stop => {
+                store.gc.servers_gone();
+                return;
+            }
+        }
+    }
+}
+
 fn list_id(first: &MessageId, unique: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&first.0[..8]);

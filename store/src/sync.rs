@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::Thread;
 
+use tokio::sync::oneshot;
+
 use crate::error::{Error, Result};
 use crate::model::Put;
 use crate::store::PreparedPut;
@@ -85,11 +87,34 @@ struct State {
     queue: Vec<(u64, PreparedPut)>,
     /// Results of applied puts, by ticket, until their writer picks them up.
     results: HashMap<u64, Result<Put>>,
-    /// Writers waiting (parked), by ticket. A finished sync wakes exactly
-    /// the writers it made durable plus one to lead the next group: waking
+    /// Writers waiting, by ticket. A finished sync wakes exactly the writers
+    /// it made durable plus the ones needed to take the free roles: waking
     /// all of them (a condition variable's `notify_all`) costs a context
     /// switch per waiting writer per group.
-    waiters: BTreeMap<u64, Thread>,
+    waiters: BTreeMap<u64, Waiter>,
+    /// Service threads parked for lack of work (see [`GroupCommit::serve_once`]).
+    idle_servers: Vec<Thread>,
+    /// Service threads exist: they take the roles, waiting writers need not.
+    servers: bool,
+}
+
+/// A writer waiting for its ticket to become durable.
+enum Waiter {
+    /// A thread in [`GroupCommit::commit_with`], parked.
+    Thread(Thread),
+    /// A task awaiting [`GroupCommit::commit_async`]: the result is sent.
+    Task(oneshot::Sender<Result<Option<Put>>>),
+}
+
+/// What a service thread did in [`GroupCommit::serve_once`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// It took a role; there may be more work.
+    Worked,
+    /// Nothing to do: it is registered as idle and should park.
+    Idle,
+    /// The store is poisoned: the thread should stop.
+    Stop,
 }
 
 impl State {
@@ -153,6 +178,8 @@ impl GroupCommit {
                 queue: Vec::new(),
                 results: HashMap::new(),
                 waiters: BTreeMap::new(),
+                idle_servers: Vec::new(),
+                servers: false,
             }),
             files: Mutex::new(SyncFiles {
                 dir: sled_dir.to_path_buf(),
@@ -223,68 +250,12 @@ impl GroupCommit {
                 }
                 return Ok(None);
             }
-            if !st.preparing && !st.queue.is_empty() {
-                let jobs = std::mem::take(&mut st.queue);
-                if self.mode == SyncMode::Fdatasync {
-                    // Make the payloads of all queued puts durable (one
-                    // fdatasync per payload file), while the previous group
-                    // is applied and the one before it synced.
-                    st.preparing = true;
-                    st.prep_inflight = jobs.first().map(|j| j.0);
-                    drop(st);
-                    let res = prepare();
-                    st = self.lock();
-                    st.preparing = false;
-                    st.prep_inflight = None;
-                    if let Err(e) = res {
-                        return Err(self.fail(st, e));
-                    }
-                    st.ready.extend(jobs);
-                    Self::wake(&mut st);
-                    continue;
-                }
-                st.ready.extend(jobs);
-            }
-            if !st.applying && !st.ready.is_empty() {
-                // Apply the next group (at most MAX_GROUP puts; the rest wait
-                // for the next one), while a sync of the previous may run.
-                st.applying = true;
-                let jobs = if st.ready.len() > MAX_GROUP {
-                    let rest = st.ready.split_off(MAX_GROUP);
-                    std::mem::replace(&mut st.ready, rest)
-                } else {
-                    std::mem::take(&mut st.ready)
-                };
-                st.inflight = jobs.first().map(|j| j.0);
-                drop(st);
-                let res = apply(jobs);
-                st = self.lock();
-                st.applying = false;
-                st.inflight = None;
-                match res {
-                    Ok(results) => st.results.extend(results),
-                    Err(e) => return Err(self.fail(st, e)),
-                }
-                Self::wake(&mut st);
+            let worked;
+            (st, worked) = self.take_role(st, db, prepare, apply);
+            if worked {
                 continue;
             }
-            let applied = st.applied();
-            if !st.syncing && applied > st.durable {
-                // Sync everything applied so far: one flush + fdatasync for
-                // all of it.
-                st.syncing = true;
-                drop(st);
-                let res = self.sync_now(db);
-                st = self.lock();
-                st.syncing = false;
-                match res {
-                    Ok(()) => st.durable = st.durable.max(applied),
-                    Err(e) => return Err(self.fail(st, e)),
-                }
-                Self::wake(&mut st);
-                continue;
-            }
-            st.waiters.insert(ticket, std::thread::current());
+            st.waiters.insert(ticket, Waiter::Thread(std::thread::current()));
             drop(st);
             std::thread::park();
             st = self.lock();
@@ -292,29 +263,198 @@ impl GroupCommit {
         }
     }
 
-    fn fail(&self, mut st: MutexGuard<'_, State>, e: Error) -> Error {
+    /// Queue `job` (a prepared put) for the service threads and return at
+    /// once; the receiver gets its result when it is durable. Used by async
+    /// writers, which must not block their executor's thread on a sync: the
+    /// roles are taken by service threads ([`GroupCommit::serve_once`]),
+    /// which the caller must have started.
+    pub(crate) fn commit_async(&self, job: PreparedPut) -> oneshot::Receiver<Result<Option<Put>>> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.poisoned {
+            let _ = tx.send(Err(Error::Poisoned));
+            return rx;
+        }
+        st.issued += 1;
+        let ticket = st.issued;
+        st.queue.push((ticket, job));
+        st.waiters.insert(ticket, Waiter::Task(tx));
+        Self::wake_servers(&mut st);
+        rx
+    }
+
+    /// Called in a loop by a service thread: take a free role if there is
+    /// work for it. The thread parks after `Idle` (it is unparked when work
+    /// arrives) and ends after `Stop`.
+    pub(crate) fn serve_once(
+        &self,
+        db: &sled::Db,
+        prepare: &dyn Fn() -> Result<()>,
+        apply: &ApplyFn<'_>,
+    ) -> Served {
+        let mut st = self.lock();
+        st.servers = true;
+        if st.poisoned {
+            return Served::Stop;
+        }
+        let worked;
+        (st, worked) = self.take_role(st, db, prepare, apply);
+        if worked {
+            return Served::Worked;
+        }
+        if st.poisoned {
+            return Served::Stop;
+        }
+        st.idle_servers.push(std::thread::current());
+        Served::Idle
+    }
+
+    /// Stop counting on service threads (they are ending): waiting writers
+    /// take the roles again.
+    pub(crate) fn servers_gone(&self) {
+        let mut st = self.lock();
+        st.servers = false;
+        st.idle_servers.clear();
+        self.wake(&mut st);
+    }
+
+    /// Take one free role that has work, do it and return `true`; or return
+    /// `false` with the lock still held.
+    fn take_role<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        db: &sled::Db,
+        prepare: &dyn Fn() -> Result<()>,
+        apply: &ApplyFn<'_>,
+    ) -> (MutexGuard<'a, State>, bool) {
+        if !st.preparing && !st.queue.is_empty() {
+            let jobs = std::mem::take(&mut st.queue);
+            if self.mode == SyncMode::Fdatasync {
+                // Make the payloads of all queued puts durable (one
+                // fdatasync per payload file), while the previous group
+                // is applied and the one before it synced.
+                st.preparing = true;
+                st.prep_inflight = jobs.first().map(|j| j.0);
+                drop(st);
+                let res = prepare();
+                st = self.lock();
+                st.preparing = false;
+                st.prep_inflight = None;
+                if let Err(e) = res {
+                    self.fail(&mut st, e);
+                    return (st, true);
+                }
+                st.ready.extend(jobs);
+                self.wake(&mut st);
+                return (st, true);
+            }
+            st.ready.extend(jobs);
+        }
+        if !st.applying && !st.ready.is_empty() {
+            // Apply the next group (at most MAX_GROUP puts; the rest wait
+            // for the next one), while a sync of the previous may run.
+            st.applying = true;
+            let jobs = if st.ready.len() > MAX_GROUP {
+                let rest = st.ready.split_off(MAX_GROUP);
+                std::mem::replace(&mut st.ready, rest)
+            } else {
+                std::mem::take(&mut st.ready)
+            };
+            st.inflight = jobs.first().map(|j| j.0);
+            drop(st);
+            let res = apply(jobs);
+            st = self.lock();
+            st.applying = false;
+            st.inflight = None;
+            match res {
+                Ok(results) => st.results.extend(results),
+                Err(e) => {
+                    self.fail(&mut st, e);
+                    return (st, true);
+                }
+            }
+            self.wake(&mut st);
+            return (st, true);
+        }
+        let applied = st.applied();
+        if !st.syncing && applied > st.durable {
+            // Sync everything applied so far: one flush + fdatasync for
+            // all of it.
+            st.syncing = true;
+            drop(st);
+            let res = self.sync_now(db);
+            st = self.lock();
+            st.syncing = false;
+            match res {
+                Ok(()) => st.durable = st.durable.max(applied),
+                Err(e) => {
+                    self.fail(&mut st, e);
+                    return (st, true);
+                }
+            }
+            self.wake(&mut st);
+            return (st, true);
+        }
+        (st, false)
+    }
+
+    fn fail(&self, st: &mut State, e: Error) {
         st.poisoned = true;
         st.results.clear();
         tracing::error!(error = %e, "store write or sync failed; store poisoned");
-        Self::wake(&mut st);
-        e
+        self.wake(st);
     }
 
-    /// Wake the writers whose tickets are durable (all of them once
-    /// poisoned), and the first three others: to sync payloads, to apply
-    /// the next group, to sync sled.
-    fn wake(st: &mut State) {
+    /// Wake (or answer) the writers whose tickets are durable (all of them
+    /// once poisoned), and whoever takes the roles next: the idle service
+    /// threads if there are any, else the first three other waiting writers
+    /// (to sync payloads, to apply the next group, to sync sled).
+    fn wake(&self, st: &mut State) {
+        let done = if st.poisoned {
+            std::mem::take(&mut st.waiters)
+        } else {
+            let rest = st.waiters.split_off(&(st.durable + 1));
+            std::mem::replace(&mut st.waiters, rest)
+        };
+        for (ticket, w) in done {
+            match w {
+                Waiter::Thread(t) => t.unpark(),
+                Waiter::Task(tx) => {
+                    let r = if st.poisoned {
+                        Err(Error::Poisoned)
+                    } else {
+                        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                        match st.results.remove(&ticket) {
+                            Some(r) => r.map(Some),
+                            None => Err(Error::Poisoned),
+                        }
+                    };
+                    // The task may have gone (its future dropped): the
+                    // write stays durable all the same.
+                    let _ = tx.send(r);
+                }
+            }
+        }
         if st.poisoned {
-            for (_, t) in std::mem::take(&mut st.waiters) {
+            for t in std::mem::take(&mut st.idle_servers) {
                 t.unpark();
             }
             return;
         }
-        let rest = st.waiters.split_off(&(st.durable + 1));
-        for (_, t) in std::mem::replace(&mut st.waiters, rest) {
-            t.unpark();
+        if st.servers {
+            Self::wake_servers(st);
+            return;
         }
-        for (_, t) in st.waiters.iter().take(3) {
+        for (_, w) in st.waiters.iter().take(3) {
+            if let Waiter::Thread(t) = w {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Unpark the idle service threads (at most three roles can be taken).
+    fn wake_servers(st: &mut State) {
+        for t in st.idle_servers.drain(..) {
             t.unpark();
         }
     }
@@ -323,7 +463,7 @@ impl GroupCommit {
     pub(crate) fn poison(&self) {
         let mut st = self.lock();
         st.poisoned = true;
-        Self::wake(&mut st);
+        self.wake(&mut st);
     }
 
     fn sync_now(&self, db: &sled::Db) -> Result<()> {

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! Crash test: a child process (this test binary, re-invoked) writes as fast
-//! as it can from several threads and prints every id the store acknowledged;
+//! as it can from several threads and async tasks and prints every id the store acknowledged;
 //! it is SIGKILLed at a random moment, 20 times over the same data directory.
 //! After each kill the parent reopens the store: every acknowledged write must
 //! be there and intact, every record present must be whole, and the audit
@@ -62,6 +62,39 @@ fn crash_child() {
             })
         })
         .collect();
+    // And 32 async writers on a tokio runtime (the gateway's way).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..32u64 {
+            let (s, out) = (s.clone(), out.clone());
+            tasks.spawn(async move {
+                for n in 0u64.. {
+                    let mut m = msg(0, "am.police", "request", &[]);
+                    m.id = MessageId::new_v7((T0 as u64) * 1000 + 500_000_000 + t * 10_000_000 + n);
+                    m.payload = payload_for(&m.id);
+                    let (dir, r) = if t % 2 == 0 {
+                        ("O", s.put_outbox_async(&m).await)
+                    } else {
+                        ("I", s.put_inbox_async(&m).await)
+                    };
+                    match r {
+                        Ok(_) => writeln!(out.lock().unwrap(), "ACK {dir} {}", m.id).unwrap(),
+                        Err(e) => {
+                            writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
     for t in threads {
         t.join().unwrap();
     }

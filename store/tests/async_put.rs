@@ -1,0 +1,202 @@
+#![allow(clippy::unwrap_used)]
+//! The async write path: tasks queue puts, the group commit's service
+//! threads prepare, apply and sync them; synchronous writers share the
+//! same groups.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::*;
+use konvert_store::*;
+
+/// The tests count this process's commit threads: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Those of an earlier test's store end on their own once it is dropped.
+    wait_for_commit_threads_to_end();
+    guard
+}
+
+fn wait_for_commit_threads_to_end() {
+    let mut waited = 0;
+    while commit_threads() > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "commit threads did not end");
+    }
+}
+
+fn ms(t: i64) -> u64 {
+    (t as u64) * 1000
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The names of this process's threads that serve the group commit.
+fn commit_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|c| c.starts_with("konvert-store-c"))
+        .count()
+}
+
+#[test]
+fn async_and_blocking_writers_share_groups_and_every_write_lands() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = Arc::new(open(tmp.path(), clock.clone()));
+    let before = s.stats();
+    let rt = runtime();
+    // 64 tasks x 20 async puts, while 4 threads put and mark messages sent.
+    let blocking: Vec<_> = (0..4u64)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                for i in 0..25u64 {
+                    let m = msg(
+                        ms(T0) + 1_000_000 + t * 1000 + i,
+                        "am.police",
+                        "request",
+                        b"blocking",
+                    );
+                    s.put_outbox(&m).unwrap();
+                    s.mark_sent(&m.id).unwrap();
+                    ids.push(m.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let async_ids: Vec<MessageId> = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..64u64 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..20u64 {
+                    let m = msg(
+                        ms(T0) + t * 100 + i,
+                        "by.mvd",
+                        "request",
+                        format!("async {t}/{i}").as_bytes(),
+                    );
+                    let put = s.put_inbox_async(&m).await.unwrap();
+                    assert!(put.created);
+                    assert_eq!(put.meta.state, MessageState::New);
+                    // Readable as soon as the put returns.
+                    assert_eq!(s.inbox_get(&m.id).unwrap().payload, m.payload);
+                    ids.push(m.id);
+                }
+                ids
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r.unwrap());
+        }
+        all
+    });
+    let blocking_ids: Vec<MessageId> = blocking.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(async_ids.len(), 1280);
+    assert_eq!(async_ids.iter().collect::<HashSet<_>>().len(), 1280);
+    let after = s.stats();
+    assert!(after.acked_writes - before.acked_writes >= 1280 + 200);
+    // Group commit: far fewer syncs than acknowledged writes.
+    assert!(
+        after.syncs - before.syncs < after.acked_writes - before.acked_writes,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(commit_threads(), 3);
+
+    // Every acknowledged write is there after a reopen, and the audit chain
+    // (which the service threads extended) verifies.
+    drop(rt);
+    drop(s);
+    let s = open(tmp.path(), clock);
+    for id in &async_ids {
+        assert_eq!(s.meta(Direction::Inbound, id).unwrap().state, MessageState::New);
+    }
+    for id in &blocking_ids {
+        assert_eq!(s.meta(Direction::Outbound, id).unwrap().state, MessageState::Sent);
+    }
+    assert_eq!(s.inbox_list(None, 2000).unwrap().len(), 1280);
+    s.audit_verify().unwrap();
+}
+
+#[test]
+fn async_duplicates_are_stored_once() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(tmp.path(), Arc::new(ManualClock::new(T0))));
+    let m = msg(ms(T0), "by.mvd", "request", b"same envelope");
+    let created = runtime().block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (s, m) = (s.clone(), m.clone());
+            tasks.spawn(async move { s.put_inbox_async(&m).await.unwrap().created });
+        }
+        let mut n = 0;
+        while let Some(r) = tasks.join_next().await {
+            n += usize::from(r.unwrap());
+        }
+        n
+    });
+    assert_eq!(created, 1);
+    assert_eq!(s.inbox_list(None, 10).unwrap().len(), 1);
+    // A blocking put of the same id agrees.
+    assert!(!s.put_inbox(&m).unwrap().created);
+}
+
+#[test]
+fn a_failed_sync_fails_async_writers_and_poisons_the_store() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(tmp.path(), Arc::new(ManualClock::new(T0))));
+    let rt = runtime();
+    rt.block_on(s.put_outbox_async(&msg(ms(T0), "by.mvd", "request", b"ok")))
+        .unwrap();
+    s.fail_next_sync_for_tests();
+    let lost = rt.block_on(s.put_outbox_async(&msg(ms(T0) + 1, "by.mvd", "request", b"lost")));
+    assert!(lost.is_err(), "{lost:?}");
+    assert!(matches!(
+        rt.block_on(s.put_outbox_async(&msg(ms(T0) + 2, "by.mvd", "request", b"x"))),
+        Err(Error::Poisoned)
+    ));
+    assert!(matches!(
+        s.put_outbox(&msg(ms(T0) + 3, "by.mvd", "request", b"y")),
+        Err(Error::Poisoned)
+    ));
+    assert!(s.stats().poisoned);
+}
+
+#[test]
+fn service_threads_end_with_the_store() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    {
+        let s = Arc::new(open(tmp.path(), clock.clone()));
+        rt.block_on(s.put_inbox_async(&msg(ms(T0), "by.mvd", "request", b"one")))
+            .unwrap();
+        assert_eq!(commit_threads(), 3);
+    }
+    // They notice the dropped store and end; the data directory can be
+    // opened again (its lock released) meanwhile or after.
+    let s = open(tmp.path(), clock);
+    assert_eq!(s.inbox_list(None, 10).unwrap().len(), 1);
+    wait_for_commit_threads_to_end();
+}
