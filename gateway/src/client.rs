@@ -37,8 +37,9 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
 use crate::api::types::{
-    Acknowledged, Cursor, Health, InboxItem, InboxMessage, MessageStatus, Page, PeerView, ReceiptState,
-    ReceiptView, Submitted, Upload, UPLOAD_REF_PREFIX,
+    Acknowledged, Cursor, Direction, Health, HealthReasonCode, InboxItem, InboxMessage, MessageStatus, Page,
+    PausedReason, PeerView, ReceiptState, ReceiptView, Submitted, UnverifiedReason, Upload,
+    UPLOAD_REF_PREFIX,
 };
 use crate::api::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::files::{self, FileError};
@@ -182,6 +183,9 @@ type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
 pub struct ReceiptQuery {
     /// Only receipts exchanged with this authority.
     pub peer: Option<AuthorityId>,
+    /// Only receipts of outbound (received from peers) or inbound (issued
+    /// by this gateway) messages.
+    pub direction: Option<Direction>,
     /// Only accepted or only rejected ones.
     pub state: Option<ReceiptState>,
     /// Only receipts at or after this time.
@@ -191,13 +195,14 @@ pub struct ReceiptQuery {
     /// At most this many (the daemon's default is 100).
     pub limit: Option<u32>,
     /// The `next` of the previous page.
-    pub after: Option<Id>,
+    pub after: Option<Cursor>,
 }
 
 impl ReceiptQuery {
     fn to_query(&self) -> String {
         let mut q = Query::default();
         q.opt("peer", self.peer.as_ref().map(|p| p.as_str().to_owned()));
+        q.opt("direction", self.direction.map(|d| direction_text(d).to_owned()));
         q.opt(
             "state",
             self.state.map(|s| match s {
@@ -208,7 +213,7 @@ impl ReceiptQuery {
         q.opt("since", self.since.map(|t| t.to_string()));
         q.opt("until", self.until.map(|t| t.to_string()));
         q.opt("limit", self.limit.map(|n| n.to_string()));
-        q.opt("after", self.after.map(|a| a.to_string()));
+        q.opt("after", self.after.as_ref().map(|c| c.as_str().to_owned()));
         q.finish()
     }
 }
@@ -533,10 +538,38 @@ impl Client {
         self.json(Method::GET, &format!("/v1/messages/{id}"), None).await
     }
 
-    /// `GET /v1/receipts`.
+    /// `GET /v1/receipts`: one page.
     pub async fn receipts(&self, q: &ReceiptQuery) -> Result<Page<ReceiptView>, ClientError> {
         self.json(Method::GET, &format!("/v1/receipts{}", q.to_query()), None)
             .await
+    }
+
+    /// `GET /v1/receipts`, following `next` until the last page; at most
+    /// `max_pages` pages (a guard against a daemon that never ends the list).
+    pub async fn receipts_all(
+        &self,
+        q: &ReceiptQuery,
+        max_pages: usize,
+    ) -> Result<Page<ReceiptView>, ClientError> {
+        let mut q = q.clone();
+        let mut items = Vec::new();
+        for _ in 0..max_pages {
+            let page = self.receipts(&q).await?;
+            items.extend(page.items);
+            match page.next {
+                Some(n) => {
+                    q.after = Some(Cursor::new(n).map_err(|e| ClientError::Unexpected {
+                        what: "GET /v1/receipts".into(),
+                        reason: e.to_string(),
+                    })?)
+                }
+                None => return Ok(Page { items, next: None }),
+            }
+        }
+        Ok(Page {
+            items,
+            next: q.after.map(|c| c.as_str().to_owned()),
+        })
     }
 
     /// `GET /v1/receipts/{id}`.
@@ -837,16 +870,46 @@ pub fn receipts_table(items: &[ReceiptView]) -> String {
             direction_text(r.direction).to_owned(),
             r.time.to_string(),
             outcome_text(&r.outcome),
-            if r.verified { "yes" } else { "no" }.to_owned(),
+            verified_text(r),
         ]);
     }
     t.render()
 }
 
-fn direction_text(d: crate::api::types::Direction) -> &'static str {
+fn direction_text(d: Direction) -> &'static str {
     match d {
-        crate::api::types::Direction::Outbound => "outbound",
-        crate::api::types::Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    }
+}
+
+fn unverified_text(r: Option<UnverifiedReason>) -> &'static str {
+    match r {
+        None => "no",
+        Some(UnverifiedReason::PeerNotConfigured) => "no (peer not configured)",
+        Some(UnverifiedReason::SignatureInvalid) => "no (signature invalid)",
+        Some(UnverifiedReason::Destroyed) => "no (destroyed)",
+        Some(UnverifiedReason::Unreadable) => "no (unreadable)",
+    }
+}
+
+fn verified_text(r: &ReceiptView) -> String {
+    if r.verified {
+        "yes".to_owned()
+    } else {
+        unverified_text(r.unverified_reason).to_owned()
+    }
+}
+
+/// The stable name of a health reason code.
+pub fn health_reason_text(c: HealthReasonCode) -> &'static str {
+    match c {
+        HealthReasonCode::StoreUnavailable => "store_unavailable",
+        HealthReasonCode::PeerUnreachable => "peer_unreachable",
+        HealthReasonCode::FailedMessages => "failed_messages",
+        HealthReasonCode::UndeliveredTooOld => "undelivered_too_old",
+        HealthReasonCode::MessagesPaused => "messages_paused",
+        HealthReasonCode::DiskSpaceLow => "disk_space_low",
     }
 }
 
@@ -912,8 +975,13 @@ pub fn status_text(s: &MessageStatus) -> String {
         ("created", opt(s.times.created)),
         ("sent", opt(s.times.sent)),
         ("receipt", opt(s.times.receipt)),
+        ("delivered", opt(s.times.delivered)),
+        ("acknowledged", opt(s.times.acknowledged)),
         ("expires", opt(s.times.expires)),
     ];
+    if let Some(PausedReason::PeerNotConfigured) = s.paused {
+        rows.push(("paused", "the peer is not configured".to_owned()));
+    }
     if let Some(a) = s.attempts {
         rows.push(("attempts", a.to_string()));
     }
@@ -922,10 +990,7 @@ pub fn status_text(s: &MessageStatus) -> String {
     }
     if let Some(r) = &s.receipt {
         rows.push(("outcome", outcome_text(&r.outcome)));
-        rows.push((
-            "receipt verified",
-            if r.verified { "yes" } else { "no" }.to_owned(),
-        ));
+        rows.push(("receipt verified", verified_text(r)));
     }
     fields(&rows)
 }
@@ -940,8 +1005,8 @@ pub fn receipt_text(r: &ReceiptView) -> String {
         ("receiver", r.receiver.to_string()),
         ("time", r.time.to_string()),
         ("outcome", outcome_text(&r.outcome)),
-        ("digest", r.envelope_digest.to_string()),
-        ("verified", if r.verified { "yes" } else { "no" }.to_owned()),
+        ("digest", opt(r.envelope_digest)),
+        ("verified", verified_text(r)),
     ])
 }
 
@@ -968,7 +1033,7 @@ pub fn health_text(h: &Health) -> String {
         }
         .to_owned()
     };
-    fields(&[
+    let mut rows = vec![
         ("status", s(h.status)),
         ("version", h.version.clone()),
         ("store", s(h.store)),
@@ -978,8 +1043,13 @@ pub fn health_text(h: &Health) -> String {
         ),
         ("queue", h.queue_depth.to_string()),
         ("inbox", h.inbox_depth.to_string()),
+        ("connections", h.connections.to_string()),
         ("uptime", format!("{} s", h.uptime_seconds)),
-    ])
+    ];
+    for r in &h.reasons {
+        rows.push(("reason", format!("{}: {}", health_reason_text(r.code), r.detail)));
+    }
+    fields(&rows)
 }
 
 #[cfg(test)]

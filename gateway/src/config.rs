@@ -173,6 +173,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// When `GET /v1/health` reports `degraded`.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Signatories whose keys this gateway holds and signs with on their behalf.
     #[serde(default)]
     pub signatories: Vec<SignatoryConfig>,
@@ -240,6 +243,15 @@ pub struct ApiConfig {
     /// Largest attachment upload.
     #[serde(default = "default_max_upload")]
     pub max_upload_bytes: u64,
+    /// Uploads no submitted message has used are removed after this long
+    /// (default 24 h); a sweep runs every `upload_max_age / 4`, at most
+    /// every 10 minutes.
+    #[serde(default = "default_upload_max_age")]
+    pub upload_max_age: Span,
+}
+
+fn default_upload_max_age() -> Span {
+    Span(Duration::from_secs(24 * 3600))
 }
 
 fn default_max_json() -> u64 {
@@ -303,6 +315,52 @@ fn default_initial_backoff() -> Span {
 }
 fn default_max_backoff() -> Span {
     Span(Duration::from_secs(600))
+}
+
+/// `[health]`: thresholds of the `degraded` health reasons (docs/API.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `undelivered_too_old` when the oldest undelivered outbound message is
+    /// older than this (default 1 h).
+    #[serde(default = "default_max_undelivered_age")]
+    pub max_undelivered_age: Span,
+    /// `failed_messages` while a message was marked failed within this
+    /// window (default 24 h).
+    #[serde(default = "default_failed_window")]
+    pub failed_window: Span,
+    /// `peer_unreachable` after this many failed delivery attempts to a peer
+    /// in a row (default 3).
+    #[serde(default = "default_peer_failures")]
+    pub peer_failures: u32,
+    /// `disk_space_low` when the data directory's file system has less free
+    /// space than this, in bytes (default 1 GiB; 0 turns the check off).
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            max_undelivered_age: default_max_undelivered_age(),
+            failed_window: default_failed_window(),
+            peer_failures: default_peer_failures(),
+            min_free_bytes: default_min_free_bytes(),
+        }
+    }
+}
+
+fn default_max_undelivered_age() -> Span {
+    Span(Duration::from_secs(3600))
+}
+fn default_failed_window() -> Span {
+    Span(Duration::from_secs(24 * 3600))
+}
+fn default_peer_failures() -> u32 {
+    3
+}
+fn default_min_free_bytes() -> u64 {
+    1 << 30
 }
 
 /// `[log]`
@@ -536,6 +594,12 @@ impl Config {
                 "stream and connection limits must be at least 1",
             ));
         }
+        if self.api.upload_max_age.0 < Duration::from_secs(1) {
+            return Err(invalid("api.upload_max_age".into(), "must be at least 1s"));
+        }
+        if self.health.peer_failures == 0 {
+            return Err(invalid("health.peer_failures".into(), "must be at least 1"));
+        }
         if self.outbox.max_attempts == 0 {
             return Err(invalid("outbox.max_attempts".into(), "must be at least 1"));
         }
@@ -717,6 +781,30 @@ card = "peers/by.mvd.toml"
             Span(Duration::from_secs(90 * 86400))
         );
         assert_eq!(cfg.quic.max_connections_per_peer, 4);
+        assert_eq!(cfg.api.upload_max_age, Span(Duration::from_secs(86_400)));
+        assert_eq!(cfg.health.peer_failures, 3);
+        assert_eq!(cfg.health.max_undelivered_age, Span(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn upload_age_and_health_thresholds_are_read_and_checked() {
+        let text = GOOD.replace(
+            "groups = [\"konvert\"]",
+            "groups = [\"konvert\"]\nupload_max_age = \"2h\"",
+        ) + "\n[health]\nmax_undelivered_age = \"10m\"\nmin_free_bytes = 0\n";
+        let cfg = Config::parse(&text, Path::new("k.toml")).unwrap();
+        assert_eq!(cfg.api.upload_max_age, Span(Duration::from_secs(7200)));
+        assert_eq!(cfg.health.max_undelivered_age, Span(Duration::from_secs(600)));
+        assert_eq!(cfg.health.min_free_bytes, 0);
+        let bad = GOOD.replace(
+            "groups = [\"konvert\"]",
+            "groups = [\"konvert\"]\nupload_max_age = \"0s\"",
+        );
+        let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
+        assert!(err.contains("api.upload_max_age"), "{err}");
+        let bad = GOOD.to_owned() + "\n[health]\npeer_failures = 0\n";
+        let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
+        assert!(err.contains("health.peer_failures"), "{err}");
     }
 
     #[test]

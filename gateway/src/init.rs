@@ -153,6 +153,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
             groups: Vec::new(),
             max_json_bytes: 16 * 1024 * 1024,
             max_upload_bytes: 256 * 1024 * 1024,
+            upload_max_age: crate::config::Span(std::time::Duration::from_secs(24 * 3600)),
         },
         store: StoreSection {
             master_key_file: Some(PathBuf::from("keys").join(MASTER_KEY_FILE)),
@@ -160,6 +161,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
         },
         outbox: Default::default(),
         log: Default::default(),
+        health: Default::default(),
         signatories: vec![SignatoryConfig {
             id: o.signatory.clone(),
             key: PathBuf::from("keys/signatories").join(format!("{}.key.pem", o.signatory)),

@@ -100,13 +100,19 @@ impl Double {
             let mut s = d.state.lock().unwrap();
             for n in 1..=3u8 {
                 let rejected = n == 3;
+                // The second is one this gateway issued for a message it received.
+                let inbound = n == 2;
                 let view = ReceiptView {
                     envelope_id: id(100 + n),
                     message_id: Some(id(n)),
-                    direction: Direction::Outbound,
+                    direction: if inbound {
+                        Direction::Inbound
+                    } else {
+                        Direction::Outbound
+                    },
                     peer: auth("by.mvd"),
-                    receiver: auth("by.mvd"),
-                    sender: auth("kz.mvd"),
+                    receiver: auth(if inbound { "kz.mvd" } else { "by.mvd" }),
+                    sender: auth(if inbound { "by.mvd" } else { "kz.mvd" }),
                     time: Timestamp::from_unix(1_790_000_000 + i64::from(n) * 3600),
                     outcome: if rejected {
                         Outcome::Rejected {
@@ -115,8 +121,9 @@ impl Double {
                     } else {
                         Outcome::Accepted
                     },
-                    envelope_digest: Digest::of(&[n]),
+                    envelope_digest: Some(Digest::of(&[n])),
                     verified: true,
+                    unverified_reason: None,
                 };
                 s.receipts.push((view, vec![0xd2, 0x84, n]));
             }
@@ -264,16 +271,29 @@ impl ApiService for Double {
             },
             attempts: Some(0),
             error: None,
+            paused: None,
             receipt: s.receipts.first().map(|r| r.0.clone()),
         })
     }
 
-    async fn receipts(&self, _caller: Caller, f: ReceiptFilter) -> Result<Vec<ReceiptView>, Problem> {
+    async fn receipts(&self, _caller: Caller, f: ReceiptFilter) -> Result<Page<ReceiptView>, Problem> {
         let s = self.state.lock().unwrap();
-        Ok(s.receipts
+        // The double's cursor is the last envelope id.
+        let after = f
+            .after
+            .as_ref()
+            .map(|c| {
+                c.as_str().parse::<Id>().map_err(|_| {
+                    Problem::bad_param("after", "invalid_format", "not a cursor of this gateway")
+                })
+            })
+            .transpose()?;
+        let items: Vec<ReceiptView> = s
+            .receipts
             .iter()
             .map(|r| &r.0)
             .filter(|r| f.peer.as_ref().is_none_or(|p| *p == r.peer))
+            .filter(|r| f.direction.is_none_or(|d| d == r.direction))
             .filter(|r| match f.state {
                 Some(ReceiptState::Accepted) => r.outcome == Outcome::Accepted,
                 Some(ReceiptState::Rejected) => r.outcome != Outcome::Accepted,
@@ -281,10 +301,14 @@ impl ApiService for Double {
             })
             .filter(|r| f.since.is_none_or(|t| r.time >= t))
             .filter(|r| f.until.is_none_or(|t| r.time < t))
-            .filter(|r| f.after.is_none_or(|a| r.envelope_id > a))
+            .filter(|r| after.is_none_or(|a| r.envelope_id > a))
             .take(f.limit as usize)
             .cloned()
-            .collect())
+            .collect();
+        let next = (items.len() >= f.limit as usize)
+            .then(|| items.last().map(|r| r.envelope_id.to_string()))
+            .flatten();
+        Ok(Page { items, next })
     }
 
     async fn receipt(&self, _caller: Caller, envelope_id: Id) -> Result<ReceiptView, Problem> {
@@ -402,6 +426,8 @@ impl ApiService for Double {
     async fn health(&self, _caller: Caller) -> Result<Health, Problem> {
         Ok(Health {
             status: HealthStatus::Ok,
+            reasons: Vec::new(),
+            connections: 1,
             version: env!("CARGO_PKG_VERSION").into(),
             store: HealthStatus::Ok,
             peers_connected: 1,
@@ -965,6 +991,10 @@ async fn receipts_list_filter_show_and_export() {
     let v = h.get("/v1/receipts?peer=by.mvd&state=rejected").await.json();
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
     assert_eq!(v["items"][0]["outcome"]["code"], "invalid_message");
+    let v = h.get("/v1/receipts?direction=inbound").await.json();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["direction"], "inbound");
+    assert_eq!(v["items"][0]["receiver"], "kz.mvd");
     // Pages.
     let v = h.get("/v1/receipts?limit=2").await.json();
     assert_eq!(v["items"].as_array().unwrap().len(), 2);
@@ -988,6 +1018,8 @@ async fn receipts_list_filter_show_and_export() {
         ("until=2020-01-01T00:00:00Z&since=2021-01-01T00:00:00Z", "until"),
         ("peer=BY.MVD", "peer"),
         ("after=12", "after"),
+        ("after=not%20a%20cursor", "after"),
+        ("direction=sideways", "direction"),
         ("limit=1&limit=2", "limit"),
         ("colour=red", "colour"),
     ] {

@@ -5,6 +5,14 @@
 //! under the master key with XChaCha20-Poly1305, and is rewritten atomically:
 //! write a temporary file, fsync it, rename it over the old one, fsync the
 //! directory. Destroying a key is rewriting the keyring without it.
+//! Rotating the master key is rewriting it, the same way, sealed under the
+//! new key ([`rekey_keyring`] offline, `Store::rotate_master_key` online).
+//!
+//! Whoever has the keyring open holds an exclusive `flock` on `<keyring>.lock`,
+//! so an offline re-key cannot race a running store (whose next rewrite
+//! would otherwise undo it, or lose a key it just created). A `<keyring>.tmp`
+//! left by an interrupted rewrite is removed at open: the rename never
+//! happened, so the keyring in place is the last complete one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -234,6 +242,8 @@ pub(crate) struct Keyring {
     generation: u64,
     pub(crate) buckets: BTreeMap<i64, DataKey>,
     pub(crate) cases: BTreeMap<CaseId, DataKey>,
+    /// The exclusive lock on `<keyring>.lock`, held while the keyring is open.
+    _lock: File,
 }
 
 impl fmt::Debug for Keyring {
@@ -251,12 +261,22 @@ impl Keyring {
     /// Open the keyring at `path`, or start an empty one (written at once) if
     /// there is no file.
     pub(crate) fn open(path: &Path, master: MasterKey) -> Result<Self> {
+        Self::load(path, master, true)
+    }
+
+    /// Open the keyring at `path`: take its lock, remove a temporary file
+    /// left by an interrupted rewrite, read it; if there is no file, start an
+    /// empty one when `create`, else fail.
+    fn load(path: &Path, master: MasterKey, create: bool) -> Result<Self> {
+        let lock = lock_keyring(path)?;
+        remove_leftover_tmp(path)?;
         let mut kr = Keyring {
             path: path.into(),
             master,
             generation: 0,
             buckets: BTreeMap::new(),
             cases: BTreeMap::new(),
+            _lock: lock,
         };
         match File::open(path) {
             Ok(_) => {
@@ -273,10 +293,30 @@ impl Keyring {
                     kr.cases.insert(CaseId(id), key_from(k, path)?);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => kr.persist()?,
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => kr.persist()?,
             Err(e) => return Err(Error::io(path, e)),
         }
         Ok(kr)
+    }
+
+    /// Re-seal the keyring under `new` (atomic rewrite: temporary file,
+    /// fsync, rename, fsync of the directory). The data keys are unchanged.
+    /// On failure the keyring keeps whichever master key seals the file on
+    /// disk now (the rename may have happened before the failure).
+    pub(crate) fn rekey(&mut self, new: MasterKey) -> Result<()> {
+        let old = std::mem::replace(&mut self.master, new);
+        if let Err(e) = self.persist() {
+            if read_keyring_file(&self.path, &self.master).is_err() {
+                self.master = old;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// How many times the keyring has been rewritten.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn summary(&self) -> KeyringSummary {
@@ -366,12 +406,97 @@ pub fn read_keyring_summary(path: &Path, master: &MasterKey) -> Result<KeyringSu
     })
 }
 
+/// Re-seal the keyring file at `path` under the master key `new`, offline
+/// (the store that uses it must be closed: the keyring's lock is taken, and
+/// `Error::Locked` returned if a running store holds it). The data keys are
+/// unchanged, so every message stays readable with the new key; the old key
+/// no longer opens the keyring (`Error::KeyringAuth`).
+///
+/// The rewrite is atomic: a crash leaves the keyring under the old key or
+/// under the new one, never neither, and a temporary file left behind is
+/// removed at the next open. Running it again after a crash is safe: a
+/// keyring that `old` does not open but `new` does is already re-keyed and
+/// is left as it is. A keyring that neither opens is `Error::KeyringAuth`;
+/// a missing one is `Error::Io` (this never creates a keyring).
+pub fn rekey_keyring(path: &Path, old: &MasterKey, new: &MasterKey) -> Result<KeyringSummary> {
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mut kr = match Keyring::load(path, old.clone(), false) {
+        Ok(kr) => kr,
+        Err(Error::KeyringAuth { path: p }) => {
+            return match Keyring::load(path, new.clone(), false) {
+                Ok(kr) => {
+                    tracing::info!(keyring = %path.display(), "keyring is already sealed under the new master key");
+                    Ok(kr.summary())
+                }
+                Err(_) => Err(Error::KeyringAuth { path: p }),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    kr.rekey(new.clone())?;
+    tracing::info!(keyring = %path.display(), generation = kr.generation, "keyring re-sealed under a new master key");
+    Ok(kr.summary())
+}
+
+/// `<path><suffix>`.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Take the exclusive lock of the keyring at `path` (`<path>.lock`, created
+/// mode 0600); `Error::Locked` if another open keyring holds it.
+fn lock_keyring(path: &Path) -> Result<File> {
+    let lock_path = with_suffix(path, ".lock");
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    // A store of this process that was just dropped may still be closing in
+    // one of its commit threads: wait a little before refusing.
+    let mut tries = 0;
+    while fs2::FileExt::try_lock_exclusive(&lock).is_err() {
+        tries += 1;
+        if tries > 50 {
+            return Err(Error::Locked { dir: lock_path });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(lock)
+}
+
+/// Remove `<path>.tmp` left by a rewrite that a crash interrupted before its
+/// rename: the keyring in place is the last complete one. (It is sealed, so
+/// its blocks hold nothing readable without the master key it was sealed
+/// under.)
+fn remove_leftover_tmp(path: &Path) -> Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {
+            tracing::info!(file = %tmp.display(), "removed a keyring rewrite interrupted by a crash");
+            sync_dir(parent_dir(path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&tmp, e)),
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Write `bytes` to `path` atomically and durably: write `path.tmp`, fsync,
 /// rename over `path`, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = with_suffix(path, ".tmp");
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -384,11 +509,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    sync_dir(dir)
+    sync_dir(parent_dir(path))
 }
 
 /// fsync a directory (makes renames and new files in it durable).

@@ -40,10 +40,13 @@ mod store;
 mod sync;
 mod wal;
 
-pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditKind, BreakKind, VerifiedChain};
+pub use audit::{
+    last_audit_head, AuditAnchor, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind,
+    VerifiedChain,
+};
 pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
-pub use keys::{read_keyring_summary, KeyringSummary, MasterKey};
+pub use keys::{read_keyring_summary, rekey_keyring, KeyringSummary, MasterKey};
 pub use model::{
     CaseInfo, Direction, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt, Put, Receipt,
     StoreStats, SweepReport,

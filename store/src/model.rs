@@ -272,6 +272,9 @@ pub struct SweepReport {
     pub purged: u64,
     /// Data keys destroyed (expiry buckets and cases).
     pub keys_destroyed: u64,
+    /// Audit entries pruned after the audit retention (see
+    /// [`crate::Store::audit_verify`] for the anchor they leave).
+    pub audit_pruned: u64,
     /// Whether expired work is left (the budget ran out).
     pub remaining: bool,
 }

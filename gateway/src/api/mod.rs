@@ -64,12 +64,15 @@ pub trait ApiService: Send + Sync + 'static {
     /// The state of a message (either direction) and its receipt.
     fn status(&self, caller: Caller, id: Id) -> impl Future<Output = Result<MessageStatus, Problem>> + Send;
 
-    /// Receipts matching the filter, in envelope id order, at most `filter.limit`.
+    /// Receipts matching the filter, in a stable order, at most
+    /// `filter.limit`, and the position to continue from (`next`, absent
+    /// when nothing more follows). A page may hold fewer items than the
+    /// limit and still have a `next` (the service bounds the work per page).
     fn receipts(
         &self,
         caller: Caller,
         filter: ReceiptFilter,
-    ) -> impl Future<Output = Result<Vec<ReceiptView>, Problem>> + Send;
+    ) -> impl Future<Output = Result<Page<ReceiptView>, Problem>> + Send;
 
     /// One receipt by envelope id.
     fn receipt(

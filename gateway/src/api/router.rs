@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 use super::types::{
-    Acknowledged, Caller, Cursor, HealthStatus, MessageState, Page, ReceiptFilter, ReceiptState,
+    Acknowledged, Caller, Cursor, Direction, HealthStatus, MessageState, Page, ReceiptFilter, ReceiptState,
 };
 use super::{ApiLimits, ApiService, Download, UploadBody};
 
@@ -217,10 +217,8 @@ async fn route<S: ApiService>(
         }
         ("/v1/receipts", _) => {
             let filter = receipt_filter(q, limits)?;
-            let limit = filter.limit;
-            let items = svc.receipts(caller, filter).await?;
-            let next = page_next(&items, limit, |r| r.envelope_id.to_string());
-            Ok(json_response(StatusCode::OK, &Page { items, next }))
+            let page = svc.receipts(caller, filter).await?;
+            Ok(json_response(StatusCode::OK, &page))
         }
         ("/v1/receipts/{id}", _) => {
             no_query(q)?;
@@ -331,7 +329,10 @@ async fn inbox<S: ApiService>(
 }
 
 fn receipt_filter(q: Option<&str>, limits: &ApiLimits) -> Result<ReceiptFilter, Problem> {
-    let params = Query::parse(q, &["peer", "state", "since", "until", "limit", "after"])?;
+    let params = Query::parse(
+        q,
+        &["peer", "direction", "state", "since", "until", "limit", "after"],
+    )?;
     let peer = params
         .get("peer")
         .map(|s| AuthorityId::new(s).map_err(|e| Problem::bad_param("peer", "invalid_format", e.reason)))
@@ -350,10 +351,29 @@ fn receipt_filter(q: Option<&str>, limits: &ApiLimits) -> Result<ReceiptFilter, 
             return Err(Problem::bad_param("until", "date_order", "until is before since"));
         }
     }
+    let direction = params
+        .get("direction")
+        .map(|s| match s {
+            "outbound" => Ok(Direction::Outbound),
+            "inbound" => Ok(Direction::Inbound),
+            _ => Err(Problem::bad_param(
+                "direction",
+                "invalid_value",
+                "expected outbound or inbound",
+            )),
+        })
+        .transpose()?;
     let limit = list_limit(&params, limits)?;
-    let after = params.get("after").map(|s| parse_id("after", s)).transpose()?;
+    let after = params
+        .get("after")
+        .map(|s| {
+            s.parse::<Cursor>()
+                .map_err(|e| Problem::bad_param("after", "invalid_format", e.to_string()))
+        })
+        .transpose()?;
     Ok(ReceiptFilter {
         peer,
+        direction,
         state,
         since,
         until,

@@ -140,6 +140,10 @@ pub struct MessageTimes {
     /// Time of the delivery receipt (outbound: received; inbound: issued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Timestamp>,
+    /// Outbound: when the gateway stored the peer's receipt (`delivered`
+    /// or `rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<Timestamp>,
     /// Inbound: first acknowledged by an application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged: Option<Timestamp>,
@@ -172,15 +176,47 @@ pub struct MessageStatus {
     pub state: MessageState,
     /// When things happened.
     pub times: MessageTimes,
-    /// Outbound: send attempts so far.
+    /// Outbound: delivery attempts so far (docs/API.md says exactly what is
+    /// counted, and what survives a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
     /// The last failure code (`failed`), no personal data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Outbound, not yet delivered: why delivery is on hold, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedReason>,
     /// The delivery receipt, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ReceiptView>,
+}
+
+/// Why delivery of a queued message is on hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PausedReason {
+    /// The recipient is no longer a configured peer (removed on reload).
+    /// The message stays queued and is delivered if the peer is added again.
+    PeerNotConfigured,
+}
+
+/// Why a listed receipt could not be verified (`verified: false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnverifiedReason {
+    /// Outbound: the receiver is no longer a configured peer, so there is no
+    /// card to verify with.
+    PeerNotConfigured,
+    /// The signature does not verify with the current key (outbound: the
+    /// peer's card, for example after a key change; inbound: this gateway's
+    /// node key).
+    SignatureInvalid,
+    /// Inbound: the receipt was kept with the message, which was destroyed
+    /// at the end of its retention period; what is shown comes from the
+    /// metadata.
+    Destroyed,
+    /// The stored record could not be read; the gateway log has details.
+    Unreadable,
 }
 
 /// Outcome of a receipt, for filtering.
@@ -222,14 +258,22 @@ pub struct ReceiptView {
     pub receiver: AuthorityId,
     /// The sending authority.
     pub sender: AuthorityId,
-    /// When the receiver decided.
+    /// When the receiver decided (from the signed receipt; when it cannot be
+    /// verified, when the gateway stored it).
     pub time: Timestamp,
     /// `{"status": "accepted"}` or `{"status": "rejected", "code": "..."}`.
     pub outcome: Outcome,
-    /// The envelope digest the receipt commits to.
-    pub envelope_digest: Digest,
-    /// Whether the gateway verified the signature with the receiver's card.
+    /// The envelope digest the receipt commits to; absent when it is not
+    /// verified and the gateway no longer holds the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_digest: Option<Digest>,
+    /// Whether the gateway verified the signature: outbound with the
+    /// receiver's card, inbound with its own node key.
     pub verified: bool,
+    /// Why not, when `verified` is false. The other fields then come from
+    /// the gateway's own records, not from the signed receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_reason: Option<UnverifiedReason>,
 }
 
 /// `GET /v1/receipts` query, checked.
@@ -237,6 +281,9 @@ pub struct ReceiptView {
 pub struct ReceiptFilter {
     /// Only receipts exchanged with this authority.
     pub peer: Option<AuthorityId>,
+    /// Only receipts of outbound messages (received from peers) or of
+    /// inbound messages (issued by this gateway).
+    pub direction: Option<Direction>,
     /// Only accepted or only rejected ones.
     pub state: Option<ReceiptState>,
     /// Only receipts with `time` at or after this.
@@ -245,11 +292,11 @@ pub struct ReceiptFilter {
     pub until: Option<Timestamp>,
     /// At most this many (1..=1000).
     pub limit: u32,
-    /// Only receipts whose envelope id sorts after this one (the `next` of the previous page).
-    pub after: Option<Id>,
+    /// Continue after this position (the `next` of the previous page; opaque).
+    pub after: Option<Cursor>,
 }
 
-/// An opaque position in the inbox, in order of arrival at this gateway.
+/// An opaque position in a list (the inbox, in order of arrival; receipts).
 /// Made by the service; 1 to 128 characters of `A-Z a-z 0-9 - . _ ~`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor(String);
@@ -278,7 +325,7 @@ impl Cursor {
 
 /// A cursor of the wrong shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("not an inbox cursor (1 to 128 characters of A-Z a-z 0-9 - . _ ~)")]
+#[error("not a cursor (1 to 128 characters of A-Z a-z 0-9 - . _ ~)")]
 pub struct InvalidCursor;
 
 impl FromStr for Cursor {
@@ -418,12 +465,58 @@ pub enum HealthStatus {
     Unavailable,
 }
 
+/// Why the gateway is not fully `ok`: stable, machine-readable codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthReasonCode {
+    /// The store refuses writes (a failed sync poisoned it): `unavailable`.
+    StoreUnavailable,
+    /// A peer with undelivered messages failed that many delivery attempts
+    /// in a row (connect or send; its backoff has grown past its first
+    /// steps).
+    PeerUnreachable,
+    /// Outbound messages were marked failed (undeliverable) within the
+    /// configured window.
+    FailedMessages,
+    /// The oldest undelivered outbound message is older than the configured
+    /// threshold.
+    UndeliveredTooOld,
+    /// Undelivered messages wait for a peer that is no longer configured.
+    MessagesPaused,
+    /// Free space on the data directory's file system is below the
+    /// configured minimum.
+    DiskSpaceLow,
+}
+
+/// One reason for a health status other than `ok`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReason {
+    /// What it is.
+    pub code: HealthReasonCode,
+    /// The peer concerned, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<AuthorityId>,
+    /// How many messages (or attempts, bytes: see `detail`), if it counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Since when, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// One sentence for people (ids and numbers only).
+    pub detail: String,
+}
+
 /// `GET /v1/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// Overall.
+    /// Overall: `unavailable` if the store is; else `degraded` if there is
+    /// any reason; else `ok`.
     pub status: HealthStatus,
+    /// Why it is not `ok` (empty when it is).
+    #[serde(default)]
+    pub reasons: Vec<HealthReason>,
     /// konvertd version.
     pub version: String,
     /// The store.
@@ -436,6 +529,9 @@ pub struct Health {
     pub queue_depth: u64,
     /// Inbound messages not yet acknowledged.
     pub inbox_depth: u64,
+    /// Open QUIC connections with peers (both directions).
+    #[serde(default)]
+    pub connections: u32,
     /// Seconds since the daemon started.
     pub uptime_seconds: u64,
 }
@@ -447,7 +543,7 @@ pub struct Health {
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
-    /// Pass as `after` for the next page; absent when this page is not full.
+    /// Pass as `after` for the next page; absent when there is nothing more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use konvert_envelope::envelope::Limits;
 use konvert_envelope::model::{AuthorityId, Id, Timestamp};
-use konvert_gateway::api::types::{Cursor, ReceiptState};
+use konvert_gateway::api::types::{Cursor, Direction, ReceiptState};
 use konvert_gateway::client::{self, Client, ClientError, InboxQuery, ReceiptQuery};
 use konvert_gateway::offline;
 
@@ -179,9 +179,16 @@ struct ReceiptsArgs {
     /// At most this many (1-1000; the daemon's default is 100).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
-    /// Continue after this envelope id (the `next` of the previous page).
-    #[arg(long, value_name = "ID")]
-    after: Option<Id>,
+    /// Continue after this position (the `next` printed with --json).
+    #[arg(long, value_name = "CURSOR")]
+    after: Option<Cursor>,
+    /// Only receipts of messages sent (outbound: signed by the peer) or
+    /// received (inbound: issued by this gateway).
+    #[arg(long, value_parser = ["outbound", "inbound"])]
+    direction: Option<String>,
+    /// Follow `next` and list every page.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -462,13 +469,24 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
             None => {
                 let q = ReceiptQuery {
                     peer: args.peer,
+                    direction: args.direction.as_deref().map(|d| match d {
+                        "inbound" => Direction::Inbound,
+                        _ => Direction::Outbound,
+                    }),
                     state: args.state.as_deref().and_then(|s| s.parse::<ReceiptState>().ok()),
                     since: args.since,
                     until: args.until,
                     limit: args.limit,
                     after: args.after,
                 };
-                let page = c.receipts(&q).await?;
+                let page = if args.all {
+                    c.receipts_all(&q, usize::MAX).await?
+                } else {
+                    c.receipts(&q).await?
+                };
+                if let (false, Some(next)) = (json, &page.next) {
+                    eprintln!("more receipts follow: add --after {next} (or list them all with --all)");
+                }
                 print_out(json, &page, |p| client::receipts_table(&p.items))
             }
             Some(ReceiptsCommand::Show { id }) => {

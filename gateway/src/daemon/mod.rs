@@ -391,7 +391,7 @@ impl Node {
                 path: self.config.keys_dir.clone(),
                 reason: e.to_string(),
             })?;
-        self.links.update(&dir);
+        self.links.update(&dir, &self.endpoint);
         if let Ok(mut d) = self.directory.write() {
             *d = Arc::new(dir);
         }

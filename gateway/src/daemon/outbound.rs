@@ -10,21 +10,23 @@
 //! configured number of attempts the message is marked failed for operators.
 //! A receipt is verified with the peer's card before it is stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
 use konvert_envelope::receipt::{Outcome, Receipt};
-use konvert_store::{MessageId, NewMessage, NewReceipt};
+use konvert_store::{Direction, MessageId, MessageMeta, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::{Directory, Node};
 use crate::retry::{AddressRotation, Next};
-use crate::transport::{Connection, Peer};
+use crate::transport::{CloseCode, Connection, Endpoint, Peer};
 
 /// Envelopes in flight to one peer at a time.
 pub const IN_FLIGHT_PER_PEER: usize = 64;
@@ -74,6 +76,11 @@ pub struct Link {
     slots: Arc<Semaphore>,
     /// When the last receipt arrived.
     pub last_delivery: Mutex<Option<Timestamp>>,
+    /// Delivery attempts to this peer that failed in a row (no connection,
+    /// or the envelope could not be sent or got no receipt).
+    failures: AtomicU32,
+    /// When the current run of failures began.
+    failing_since: Mutex<Option<Timestamp>>,
 }
 
 impl Link {
@@ -83,6 +90,8 @@ impl Link {
             addresses: Mutex::new(AddressRotation::new(addresses)),
             slots: Arc::new(Semaphore::new(IN_FLIGHT_PER_PEER)),
             last_delivery: Mutex::new(None),
+            failures: AtomicU32::new(0),
+            failing_since: Mutex::new(None),
         }
     }
 
@@ -93,6 +102,61 @@ impl Link {
             .map(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()))
             .unwrap_or(true)
     }
+
+    /// Failed delivery attempts in a row, and since when.
+    pub fn failing(&self) -> (u32, Option<Timestamp>) {
+        (
+            self.failures.load(Ordering::Acquire),
+            self.failing_since.lock().ok().and_then(|t| *t),
+        )
+    }
+
+    fn record_failure(&self) {
+        if self.failures.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Ok(mut t) = self.failing_since.lock() {
+                *t = Some(Timestamp::now());
+            }
+        }
+    }
+
+    fn record_success(&self) {
+        self.failures.store(0, Ordering::Release);
+        if let Ok(mut t) = self.failing_since.lock() {
+            *t = None;
+        }
+    }
+
+    /// Closes the connection this link holds, if any.
+    fn close(&self) {
+        if let Ok(mut c) = self.connection.try_lock() {
+            if let Some(c) = c.take() {
+                c.close(CloseCode::UnknownPeer);
+            }
+        }
+    }
+}
+
+/// What the dispatcher knows of one message's delivery since the daemon
+/// started (memory only; see [`Links::live`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveDelivery {
+    /// The recipient.
+    pub peer: AuthorityId,
+    /// Attempts begun since the daemon started (connect, send, receipt).
+    pub attempts: u32,
+    /// When the envelope last went out on a connection.
+    pub last_sent: Option<Timestamp>,
+    /// Earliest time of the next attempt after a failure.
+    next_at: Option<Instant>,
+}
+
+/// Finished deliveries whose [`LiveDelivery`] is kept for status queries.
+const LIVE_FINISHED_KEPT: usize = 16_384;
+
+#[derive(Debug, Default)]
+struct LiveLog {
+    map: HashMap<[u8; 16], LiveDelivery>,
+    finished: VecDeque<[u8; 16]>,
 }
 
 /// Links of all peers.
@@ -101,20 +165,48 @@ pub struct Links {
     inner: Mutex<HashMap<AuthorityId, Arc<Link>>>,
     /// Messages being delivered now (not to be picked up twice).
     in_flight: Mutex<HashSet<[u8; 16]>>,
-    /// Earliest time of the next attempt, and attempts so far, per message.
-    retry: Mutex<HashMap<[u8; 16], (Instant, u32)>>,
+    /// Delivery state per message since the daemon started.
+    live: Mutex<LiveLog>,
 }
 
 impl Links {
     /// Links for the peers of `dir`.
     pub fn new(dir: &Directory) -> Self {
         let l = Self::default();
-        l.update(dir);
+        l.add_and_refresh(dir);
         l
     }
 
-    /// Adds links of new peers and refreshes addresses (SIGHUP); existing connections stay.
-    pub fn update(&self, dir: &Directory) {
+    /// Applies a reloaded directory (SIGHUP): links of new peers are added
+    /// (their paused messages become due at once), addresses refreshed,
+    /// existing connections stay. A peer no longer in `dir` loses its link:
+    /// every connection with it, both directions, is closed on `endpoint`,
+    /// and its queued messages stay in the outbox, paused, until it is
+    /// added again.
+    pub fn update(&self, dir: &Directory, endpoint: &Endpoint) {
+        let removed: Vec<(AuthorityId, Arc<Link>)> = match self.inner.lock() {
+            Ok(mut m) => {
+                let gone: Vec<AuthorityId> = m
+                    .keys()
+                    .filter(|a| !dir.peers.contains_key(*a))
+                    .cloned()
+                    .collect();
+                gone.into_iter()
+                    .filter_map(|a| m.remove(&a).map(|l| (a, l)))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (peer, link) in removed {
+            link.close();
+            let closed = endpoint.close_peer(&peer, CloseCode::UnknownPeer);
+            info!(peer = %peer, connections_closed = closed, "peer removed: delivery to it paused");
+        }
+        self.add_and_refresh(dir);
+    }
+
+    fn add_and_refresh(&self, dir: &Directory) {
+        let mut added = Vec::new();
         if let Ok(mut m) = self.inner.lock() {
             for (a, p) in &dir.peers {
                 match m.get(a) {
@@ -125,7 +217,15 @@ impl Links {
                     }
                     None => {
                         m.insert(a.clone(), Arc::new(Link::new(p.addresses.clone())));
+                        added.push(a.clone());
                     }
+                }
+            }
+        }
+        if !added.is_empty() {
+            if let Ok(mut l) = self.live.lock() {
+                for d in l.map.values_mut().filter(|d| added.contains(&d.peer)) {
+                    d.next_at = None;
                 }
             }
         }
@@ -134,6 +234,75 @@ impl Links {
     /// The link of `peer`.
     pub fn get(&self, peer: &AuthorityId) -> Option<Arc<Link>> {
         self.inner.lock().ok().and_then(|m| m.get(peer).cloned())
+    }
+
+    /// What the dispatcher knows of a message's delivery since the daemon
+    /// started (attempts, last send). Kept while the message is undelivered
+    /// and for the last 16,384 finished ones.
+    pub fn live(&self, id: &MessageId) -> Option<LiveDelivery> {
+        self.live.lock().ok().and_then(|l| l.map.get(&id.0).cloned())
+    }
+
+    fn next_at(&self, id: &[u8; 16]) -> Option<Instant> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.map.get(id).and_then(|d| d.next_at))
+    }
+
+    /// An attempt begins; returns the attempts so far, this one included.
+    fn begin_attempt(&self, id: &MessageId, peer: &AuthorityId) -> u32 {
+        let Ok(mut l) = self.live.lock() else { return 1 };
+        let d = l.map.entry(id.0).or_insert_with(|| LiveDelivery {
+            peer: peer.clone(),
+            attempts: 0,
+            last_sent: None,
+            next_at: None,
+        });
+        d.attempts = d.attempts.saturating_add(1);
+        d.next_at = None;
+        d.attempts
+    }
+
+    /// An attempt interrupted because the peer was removed: not counted.
+    fn uncount_attempt(&self, id: &MessageId) {
+        if let Ok(mut l) = self.live.lock() {
+            if let Some(d) = l.map.get_mut(&id.0) {
+                d.attempts = d.attempts.saturating_sub(1);
+                d.next_at = None;
+            }
+        }
+    }
+
+    fn sent(&self, id: &MessageId) {
+        if let Ok(mut l) = self.live.lock() {
+            if let Some(d) = l.map.get_mut(&id.0) {
+                d.last_sent = Some(Timestamp::now());
+            }
+        }
+    }
+
+    fn retry_at(&self, id: &MessageId, at: Instant) {
+        if let Ok(mut l) = self.live.lock() {
+            if let Some(d) = l.map.get_mut(&id.0) {
+                d.next_at = Some(at);
+            }
+        }
+    }
+
+    /// Delivered or failed for good: kept (bounded) for status queries.
+    fn finish(&self, id: &MessageId) {
+        if let Ok(mut l) = self.live.lock() {
+            if let Some(d) = l.map.get_mut(&id.0) {
+                d.next_at = None;
+                l.finished.push_back(id.0);
+            }
+            while l.finished.len() > LIVE_FINISHED_KEPT {
+                if let Some(old) = l.finished.pop_front() {
+                    l.map.remove(&old);
+                }
+            }
+        }
     }
 }
 
@@ -292,9 +461,11 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
     Ok((h.id, put.created))
 }
 
-/// Delivers queued messages until `shutdown` resolves.
+/// Delivers queued messages until `shutdown` resolves; also runs the
+/// sweep of unused uploads ([`sweep_uploads`]).
 pub async fn dispatch(node: Arc<Node>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut shutdown = shutdown;
+    let sweeper = tokio::spawn(upload_sweeper(Arc::clone(&node), shutdown.clone()));
     loop {
         if *shutdown.borrow() {
             break;
@@ -312,64 +483,125 @@ pub async fn dispatch(node: Arc<Node>, shutdown: tokio::sync::watch::Receiver<bo
             _ = shutdown.changed() => {}
         }
     }
+    let _ = sweeper.await;
 }
 
-/// Starts deliveries of queued messages that are due; returns how long to wait before looking again.
+/// Removes every upload in `dir` last written more than `max_age` before
+/// `now` (uploads a submission used are removed at once, so whatever is
+/// left is unused; interrupted uploads, `.ID.part`, too). Returns how many.
+pub fn sweep_uploads(dir: &Path, max_age: Duration, now: SystemTime) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let Ok(modified) = meta.modified() else { continue };
+        if now.duration_since(modified).is_ok_and(|age| age > max_age) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// How often the upload sweep runs for a maximum age: a quarter of it,
+/// between 1 s and 10 minutes.
+pub fn upload_sweep_interval(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+async fn upload_sweeper(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let max_age = node.config.api.upload_max_age.0;
+    let every = upload_sweep_interval(max_age);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let dir = node.uploads_dir.clone();
+        match tokio::task::spawn_blocking(move || sweep_uploads(&dir, max_age, SystemTime::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(removed = n, "expired uploads removed"),
+            Ok(Err(e)) => warn!(error = %e, "upload sweep failed"),
+            Err(e) => warn!(error = %e, "upload sweep task failed"),
+        }
+    }
+}
+
+/// Starts deliveries of undelivered messages (queued, or sent without a
+/// receipt yet) that are due; returns how long to wait before looking again.
 fn schedule(node: &Arc<Node>) -> Result<Duration, konvert_store::Error> {
     let mut next_check = Duration::from_secs(30);
-    let mut after: Option<MessageId> = None;
     let now = Instant::now();
-    loop {
-        let batch = node.store.outbox_pending(after.as_ref(), 256)?;
-        let Some(last) = batch.last() else { break };
-        after = Some(last.id);
-        for meta in &batch {
-            let key = meta.id.0;
-            if node
-                .links
-                .in_flight
-                .lock()
-                .map(|s| s.contains(&key))
-                .unwrap_or(true)
-            {
-                continue;
+    for state in [MessageState::Queued, MessageState::Sent] {
+        let mut after: Option<MessageId> = None;
+        loop {
+            let batch = node
+                .store
+                .list_by_state(Direction::Outbound, state, after.as_ref(), 256)?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            for meta in &batch {
+                start_delivery(node, meta, now, &mut next_check);
             }
-            if let Some((at, _)) = node.links.retry.lock().ok().and_then(|r| r.get(&key).copied()) {
-                if at > now {
-                    next_check = next_check.min(at - now);
-                    continue;
-                }
+            if batch.len() < 256 {
+                break;
             }
-            let Ok(peer) = AuthorityId::new(meta.peer.clone()) else {
-                continue;
-            };
-            let Some(link) = node.links.get(&peer) else {
-                // Peer removed from the configuration: keep the message queued.
-                continue;
-            };
-            let Ok(permit) = Arc::clone(&link.slots).try_acquire_owned() else {
-                // This peer has enough in flight; look again soon.
-                next_check = next_check.min(Duration::from_millis(50));
-                continue;
-            };
-            if let Ok(mut s) = node.links.in_flight.lock() {
-                s.insert(key);
-            }
-            let node = Arc::clone(node);
-            tokio::spawn(async move {
-                deliver(&node, peer, link, meta_id(key)).await;
-                drop(permit);
-                if let Ok(mut s) = node.links.in_flight.lock() {
-                    s.remove(&key);
-                }
-                node.outbox_wake.notify_one();
-            });
-        }
-        if batch.len() < 256 {
-            break;
         }
     }
     Ok(next_check)
+}
+
+fn start_delivery(node: &Arc<Node>, meta: &MessageMeta, now: Instant, next_check: &mut Duration) {
+    let key = meta.id.0;
+    if node
+        .links
+        .in_flight
+        .lock()
+        .map(|s| s.contains(&key))
+        .unwrap_or(true)
+    {
+        return;
+    }
+    if let Some(at) = node.links.next_at(&key) {
+        if at > now {
+            *next_check = (*next_check).min(at - now);
+            return;
+        }
+    }
+    let Ok(peer) = AuthorityId::new(meta.peer.clone()) else {
+        return;
+    };
+    let Some(link) = node.links.get(&peer) else {
+        // Peer removed from the configuration: the message stays, paused.
+        return;
+    };
+    let Ok(permit) = Arc::clone(&link.slots).try_acquire_owned() else {
+        // This peer has enough in flight; look again soon.
+        *next_check = (*next_check).min(Duration::from_millis(50));
+        return;
+    };
+    if let Ok(mut s) = node.links.in_flight.lock() {
+        s.insert(key);
+    }
+    let first_send = meta.state == MessageState::Queued;
+    let node = Arc::clone(node);
+    tokio::spawn(async move {
+        deliver(&node, peer, link, meta_id(key), first_send).await;
+        drop(permit);
+        if let Ok(mut s) = node.links.in_flight.lock() {
+            s.remove(&key);
+        }
+        node.outbox_wake.notify_one();
+    });
 }
 
 fn meta_id(key: [u8; 16]) -> MessageId {
@@ -391,35 +623,42 @@ enum AttemptError {
     Store(#[from] konvert_store::Error),
 }
 
-async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: MessageId) {
+impl AttemptError {
+    /// Whether the peer could not be reached (no connection, or the
+    /// envelope could not be sent or got no receipt), as opposed to an
+    /// answer it gave or a local failure.
+    fn unreachable(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Send(_))
+    }
+}
+
+async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: MessageId, first_send: bool) {
     let started = Instant::now();
-    match attempt(node, &peer, &link, &id).await {
+    let attempts = node.links.begin_attempt(&id, &peer);
+    match attempt(node, &peer, &link, &id, first_send).await {
         Ok(outcome) => {
-            if let Ok(mut r) = node.links.retry.lock() {
-                r.remove(&id.0);
-            }
-            info!(id = %Id::from_bytes(id.0), peer = %peer, outcome = %outcome, ms = started.elapsed().as_millis() as u64, "delivered");
+            link.record_success();
+            node.links.finish(&id);
+            info!(id = %Id::from_bytes(id.0), peer = %peer, outcome = %outcome, attempt = attempts, ms = started.elapsed().as_millis() as u64, "delivered");
         }
         Err(e) => {
-            let attempts = node
-                .links
-                .retry
-                .lock()
-                .map(|r| r.get(&id.0).map_or(0, |x| x.1))
-                .unwrap_or(0)
-                + 1;
+            if node.links.get(&peer).is_none_or(|l| !Arc::ptr_eq(&l, &link)) {
+                // Removed on reload while in flight: paused, not counted.
+                node.links.uncount_attempt(&id);
+                info!(id = %Id::from_bytes(id.0), peer = %peer, "delivery interrupted: peer removed; message paused");
+                return;
+            }
+            if e.unreachable() {
+                link.record_failure();
+            }
             match node.backoff.next(attempts, &mut rand::thread_rng()) {
                 Next::RetryAfter(d) => {
                     warn!(id = %Id::from_bytes(id.0), peer = %peer, attempt = attempts, retry_in_ms = d.as_millis() as u64, error = %e, "delivery failed; will retry");
-                    if let Ok(mut r) = node.links.retry.lock() {
-                        r.insert(id.0, (Instant::now() + d, attempts));
-                    }
+                    node.links.retry_at(&id, Instant::now() + d);
                 }
                 Next::GiveUp => {
                     warn!(id = %Id::from_bytes(id.0), peer = %peer, attempts, error = %e, "delivery failed; giving up");
-                    if let Ok(mut r) = node.links.retry.lock() {
-                        r.remove(&id.0);
-                    }
+                    node.links.finish(&id);
                     if let Err(e) = node.store.mark_failed(&id, &failure_outcome(attempts, &e)) {
                         warn!(error = %e, "cannot mark a message failed");
                     }
@@ -434,6 +673,7 @@ async fn attempt(
     peer: &AuthorityId,
     link: &Link,
     id: &MessageId,
+    first_send: bool,
 ) -> Result<String, AttemptError> {
     let store = Arc::clone(&node.store);
     let key = *id;
@@ -443,6 +683,14 @@ async fn attempt(
     let conn = connection(node, peer, link).await?;
     let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
     let len = record.envelope.len() as u64;
+    // The envelope goes out now: queued → sent (durable, audited), written
+    // while the envelope travels; the receipt's transition waits for it.
+    node.links.sent(id);
+    let marked_sent = first_send.then(|| {
+        let store = Arc::clone(&node.store);
+        let key = *id;
+        tokio::task::spawn_blocking(move || store.mark_sent(&key))
+    });
     let receipt_bytes = match conn.send_envelope(len, record.envelope.as_slice()).await {
         Ok(r) => r,
         Err(e) => {
@@ -496,12 +744,16 @@ async fn attempt(
         Outcome::Rejected { code } if code.is_temporary() => return Err(AttemptError::Temporary),
         Outcome::Rejected { code } => format!("rejected:{code}"),
     };
+    if let Some(m) = marked_sent {
+        if let Ok(Err(e)) = m.await {
+            debug!(error = %e, "marking a message sent failed");
+        }
+    }
     let store = Arc::clone(&node.store);
     let key = *id;
     let out = outcome.clone();
     tokio::task::spawn_blocking(move || -> Result<(), konvert_store::Error> {
-        // queued → sent → delivered, each audited.
-        let _ = store.mark_sent(&key);
+        // (queued →) sent → delivered, each audited.
         store.mark_delivered(
             &key,
             &NewReceipt {
@@ -588,4 +840,82 @@ async fn connection(node: &Arc<Node>, peer: &AuthorityId, link: &Link) -> Result
 
 async fn resolve(addr: &str) -> Option<std::net::SocketAddr> {
     tokio::net::lookup_host(addr).await.ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sweep_removes_only_uploads_older_than_the_maximum_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("019ec9a6-9a00-7000-8000-0000000000b4");
+        let part = dir.path().join(".019ec9a6-9a00-7000-8000-0000000000b5.part");
+        std::fs::write(&old, b"pdf").unwrap();
+        std::fs::write(&part, b"half").unwrap();
+        std::fs::create_dir(dir.path().join("subdir")).unwrap();
+        let written = std::fs::metadata(&old).unwrap().modified().unwrap();
+        let hour = Duration::from_secs(3600);
+        // The clock is passed in: an hour after writing nothing is older than two hours.
+        assert_eq!(sweep_uploads(dir.path(), 2 * hour, written + hour).unwrap(), 0);
+        assert!(old.exists() && part.exists());
+        // Three hours after: both the upload and the interrupted one go.
+        assert_eq!(
+            sweep_uploads(dir.path(), 2 * hour, written + 3 * hour).unwrap(),
+            2
+        );
+        assert!(!old.exists() && !part.exists());
+        assert!(dir.path().join("subdir").is_dir());
+        // A clock before the files' time removes nothing.
+        std::fs::write(&old, b"again").unwrap();
+        assert_eq!(sweep_uploads(dir.path(), hour, written - hour).unwrap(), 0);
+    }
+
+    #[test]
+    fn sweep_interval_follows_the_maximum_age() {
+        assert_eq!(
+            upload_sweep_interval(Duration::from_secs(86_400)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            upload_sweep_interval(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            upload_sweep_interval(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn live_attempts_are_counted_and_finished_ones_kept_bounded() {
+        let links = Links::default();
+        let peer = AuthorityId::new("by.mvd").unwrap();
+        let id = MessageId([1; 16]);
+        assert_eq!(links.begin_attempt(&id, &peer), 1);
+        links.retry_at(&id, Instant::now() + Duration::from_secs(60));
+        assert!(links.next_at(&id.0).is_some());
+        assert_eq!(links.begin_attempt(&id, &peer), 2);
+        assert!(links.next_at(&id.0).is_none());
+        links.sent(&id);
+        // An attempt cut short by the peer's removal does not count.
+        assert_eq!(links.begin_attempt(&id, &peer), 3);
+        links.uncount_attempt(&id);
+        let live = links.live(&id).unwrap();
+        assert_eq!(live.attempts, 2);
+        assert!(live.last_sent.is_some());
+        links.finish(&id);
+        assert_eq!(links.live(&id).unwrap().attempts, 2);
+        // Only the most recent finished ones are kept.
+        for i in 0..LIVE_FINISHED_KEPT as u32 {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            b[15] = 9;
+            let other = MessageId(b);
+            links.begin_attempt(&other, &peer);
+            links.finish(&other);
+        }
+        assert!(links.live(&id).is_none());
+    }
 }

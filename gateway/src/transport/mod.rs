@@ -30,7 +30,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use konvert_envelope::model::AuthorityId;
@@ -68,8 +68,10 @@ pub struct TransportConfig {
     /// one connection; uni-directional streams and datagrams are off.
     /// Default 256.
     pub max_concurrent_streams_per_conn: u32,
-    /// Incoming connections one peer authority may hold at once; more are
-    /// closed with [`CloseCode::TooManyConnections`]. Default 4.
+    /// Connections one peer authority may hold at once, counted apart per
+    /// direction: incoming ones over the cap are closed with
+    /// [`CloseCode::TooManyConnections`], outgoing ones over the cap are not
+    /// dialled ([`ConnectError::TooManyConnections`]). Default 4.
     pub max_connections_per_peer: usize,
     /// Incoming connection attempts (handshakes) waiting at once, all peers
     /// together; more are refused by QUIC. Default 64.
@@ -209,6 +211,15 @@ pub enum ConnectError {
     /// The server did not select ALPN `konvert/1`.
     #[error("the peer did not agree on ALPN konvert/1")]
     Alpn,
+    /// This endpoint already holds `max_connections_per_peer` outgoing
+    /// connections to the peer; none was dialled.
+    #[error("already {max} outgoing connections to {peer}")]
+    TooManyConnections {
+        /// The peer.
+        peer: AuthorityId,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Why an incoming connection was not established ([`Incoming::establish`]).
@@ -338,8 +349,75 @@ struct Shared {
     pins: PinSet,
     cfg: TransportConfig,
     transport: Arc<quinn::TransportConfig>,
+    /// Incoming connections per peer.
     slots: Arc<Mutex<HashMap<AuthorityId, usize>>>,
+    /// Outgoing handshakes under way per peer (they count against the cap).
+    dialling: Mutex<HashMap<AuthorityId, usize>>,
+    /// Every established connection, by peer (closed ones are pruned).
+    live: Mutex<HashMap<AuthorityId, Vec<Weak<ConnInner>>>>,
     draining: AtomicBool,
+}
+
+impl Shared {
+    fn register(&self, conn: &Connection) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = live.entry(conn.inner.peer.clone()).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&conn.inner));
+    }
+
+    /// Open (not closed) connections with `peer` in `direction` (`None`: both).
+    fn open_with(&self, peer: &AuthorityId, direction: Option<&str>) -> usize {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.get(peer).map_or(0, |l| {
+            l.iter()
+                .filter_map(Weak::upgrade)
+                .filter(|c| direction.is_none_or(|d| c.direction == d))
+                .filter(|c| c.quinn.close_reason().is_none())
+                .count()
+        })
+    }
+
+    /// Reserves an outgoing connection to `peer` if fewer than the cap are
+    /// open or being dialled.
+    fn reserve_dial(self: &Arc<Self>, peer: &AuthorityId) -> Option<Dialling> {
+        let mut d = self.dialling.lock().unwrap_or_else(PoisonError::into_inner);
+        let under_way = d.get(peer).copied().unwrap_or(0);
+        if self.open_with(peer, Some(OUTGOING)) + under_way >= self.cfg.max_connections_per_peer {
+            return None;
+        }
+        *d.entry(peer.clone()).or_insert(0) += 1;
+        Some(Dialling {
+            shared: Arc::clone(self),
+            peer: peer.clone(),
+        })
+    }
+}
+
+const OUTGOING: &str = "outgoing";
+const INCOMING: &str = "incoming";
+
+/// An outgoing handshake under way; its reservation ends on drop (after
+/// the connection, if any, was registered).
+struct Dialling {
+    shared: Arc<Shared>,
+    peer: AuthorityId,
+}
+
+impl Drop for Dialling {
+    fn drop(&mut self) {
+        let mut d = self
+            .shared
+            .dialling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = d.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                d.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// The gateway's QUIC endpoint: one UDP socket, server and client.
@@ -411,6 +489,8 @@ impl Endpoint {
                 cfg,
                 transport,
                 slots: Arc::default(),
+                dialling: Mutex::default(),
+                live: Mutex::default(),
                 draining: AtomicBool::new(false),
             }),
         })
@@ -441,7 +521,18 @@ impl Endpoint {
     /// server's certificate has `expected.pin`. The server checks our
     /// certificate at the end of the handshake: a refusal may show only on
     /// the first stream (TLS 1.3 completes on the client first).
+    ///
+    /// At most `max_connections_per_peer` outgoing connections to one peer
+    /// are open or being dialled at a time (a connection counts until it is
+    /// closed); beyond that, [`ConnectError::TooManyConnections`] without
+    /// dialling.
     pub async fn connect(&self, addr: SocketAddr, expected: &Peer) -> Result<Connection, ConnectError> {
+        let reservation = self.shared.reserve_dial(&expected.authority).ok_or_else(|| {
+            ConnectError::TooManyConnections {
+                peer: expected.authority.clone(),
+                max: self.shared.cfg.max_connections_per_peer,
+            }
+        })?;
         let crypto = QuicClientConfig::try_from(tls::client_config(&self.shared.identity, expected.pin)?)?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(self.shared.transport.clone());
@@ -460,13 +551,37 @@ impl Endpoint {
             return Err(ConnectError::Alpn);
         }
         info!(peer = %expected.authority, remote = %addr, "QUIC connection established (outgoing)");
-        Ok(Connection::new(
-            conn,
-            expected.authority.clone(),
-            &self.shared,
-            None,
-            "outgoing",
-        ))
+        let c = Connection::new(conn, expected.authority.clone(), &self.shared, None, OUTGOING);
+        self.shared.register(&c);
+        drop(reservation);
+        Ok(c)
+    }
+
+    /// Closes every open connection with `peer`, both directions, with
+    /// `code` (streams in flight are aborted); returns how many. Used when a
+    /// peer is removed from the configuration: its pin is already gone, so
+    /// it cannot connect again.
+    pub fn close_peer(&self, peer: &AuthorityId, code: CloseCode) -> usize {
+        let conns = {
+            let mut live = self.shared.live.lock().unwrap_or_else(PoisonError::into_inner);
+            live.remove(peer).unwrap_or_default()
+        };
+        let mut n = 0;
+        for c in conns.iter().filter_map(Weak::upgrade) {
+            if c.quinn.close_reason().is_none() {
+                c.quinn.close(code.code(), code.reason());
+                n += 1;
+            }
+        }
+        if n > 0 {
+            info!(%peer, connections = n, "QUIC connections to a removed peer closed");
+        }
+        n
+    }
+
+    /// Open connections with `peer` (both directions).
+    pub fn peer_connections(&self, peer: &AuthorityId) -> usize {
+        self.shared.open_with(peer, None)
     }
 
     /// The next incoming connection attempt, or `None` once the endpoint is
@@ -593,7 +708,9 @@ impl Incoming {
             );
         };
         info!(%peer, %remote, "QUIC connection established (incoming)");
-        Ok(Connection::new(conn, peer, &shared, Some(slot), "incoming"))
+        let c = Connection::new(conn, peer, &shared, Some(slot), INCOMING);
+        shared.register(&c);
+        Ok(c)
     }
 }
 
@@ -991,5 +1108,143 @@ impl EnvelopeStream {
             "envelope answered"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn authority(s: &str) -> AuthorityId {
+        AuthorityId::new(s).unwrap()
+    }
+
+    fn endpoint(name: &str, pins: Vec<Peer>, max: usize) -> (Endpoint, Peer) {
+        let id = TlsIdentity::generate(&authority(name)).unwrap();
+        let me = Peer {
+            authority: authority(name),
+            pin: *id.pin(),
+        };
+        let cfg = TransportConfig {
+            max_connections_per_peer: max,
+            ..TransportConfig::default()
+        };
+        let ep = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            id,
+            PinSet::new(pins).unwrap(),
+            cfg,
+        )
+        .unwrap();
+        (ep, me)
+    }
+
+    /// Accepts and keeps connections until the endpoint closes.
+    fn serve(ep: &Endpoint) -> tokio::task::JoinHandle<()> {
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            while let Some(inc) = ep.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(c) = inc.establish().await {
+                        let _ = c.closed().await;
+                    }
+                });
+            }
+        })
+    }
+
+    async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), fut)
+            .await
+            .expect("hung")
+    }
+
+    #[tokio::test]
+    async fn outgoing_connections_per_peer_are_capped() {
+        let id_a = TlsIdentity::generate(&authority("kz.mvd")).unwrap();
+        let a_peer = Peer {
+            authority: authority("kz.mvd"),
+            pin: *id_a.pin(),
+        };
+        let (b, b_peer) = endpoint("by.mvd", vec![a_peer.clone()], 8);
+        let a = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            id_a,
+            PinSet::new(vec![b_peer.clone()]).unwrap(),
+            TransportConfig {
+                max_connections_per_peer: 2,
+                ..TransportConfig::default()
+            },
+        )
+        .unwrap();
+        let _server = serve(&b);
+        let addr = b.local_addr().unwrap();
+        let c1 = within(a.connect(addr, &b_peer)).await.unwrap();
+        let c2 = within(a.connect(addr, &b_peer)).await.unwrap();
+        match within(a.connect(addr, &b_peer)).await {
+            Err(ConnectError::TooManyConnections { peer, max }) => {
+                assert_eq!(peer, b_peer.authority);
+                assert_eq!(max, 2);
+            }
+            other => panic!("a third connection was allowed: {other:?}"),
+        }
+        assert_eq!(a.peer_connections(&b_peer.authority), 2);
+        // A clone keeps the connection open and counted; closing it frees
+        // its place even while handles remain.
+        let c1b = c1.clone();
+        drop(c1);
+        assert!(matches!(
+            within(a.connect(addr, &b_peer)).await,
+            Err(ConnectError::TooManyConnections { .. })
+        ));
+        c1b.close(CloseCode::Normal);
+        let c3 = within(a.connect(addr, &b_peer)).await.unwrap();
+        assert_eq!(a.peer_connections(&b_peer.authority), 2);
+        drop((c1b, c2, c3));
+    }
+
+    #[tokio::test]
+    async fn close_peer_closes_both_directions() {
+        let id_a = TlsIdentity::generate(&authority("kz.mvd")).unwrap();
+        let a_peer = Peer {
+            authority: authority("kz.mvd"),
+            pin: *id_a.pin(),
+        };
+        let (b, b_peer) = endpoint("by.mvd", vec![a_peer.clone()], 4);
+        let a = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            id_a,
+            PinSet::new(vec![b_peer.clone()]).unwrap(),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let _sa = serve(&a);
+        // b keeps what it accepts, to see it closed from a's side.
+        let b2 = b.clone();
+        let accepted = tokio::spawn(async move { b2.accept().await.unwrap().establish().await.unwrap() });
+        let out = within(a.connect(b.local_addr().unwrap(), &b_peer)).await.unwrap();
+        let at_b = within(accepted).await.unwrap();
+        // b dials a as well: an incoming connection at a.
+        let back = within(b.connect(a.local_addr().unwrap(), &a_peer)).await.unwrap();
+        // Wait (bounded) until a has registered the incoming one.
+        within(async {
+            while a.peer_connections(&b_peer.authority) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(a.close_peer(&b_peer.authority, CloseCode::UnknownPeer), 2);
+        assert!(out.close_reason().is_some());
+        assert_eq!(
+            CloseCode::of(&within(at_b.closed()).await),
+            Some(CloseCode::UnknownPeer)
+        );
+        assert_eq!(
+            CloseCode::of(&within(back.closed()).await),
+            Some(CloseCode::UnknownPeer)
+        );
+        assert_eq!(a.peer_connections(&b_peer.authority), 0);
+        assert_eq!(a.close_peer(&b_peer.authority, CloseCode::UnknownPeer), 0);
     }
 }
