@@ -164,9 +164,13 @@ fn three_gateways_request_answer_receipts_and_acknowledgement() {
     kz.wait_state(&info_id, &["delivered"], WAIT);
     assert_eq!(inbox_ids(&am), vec![info_id.clone()]);
 
-    // Receipts can be listed by peer.
+    // Receipts can be listed by peer: the one by.mvd signed for the request,
+    // and the one kz.mvd issued for the answer.
     let receipts = kz.get_json("/v1/receipts?peer=by.mvd");
+    assert_eq!(receipts["items"].as_array().unwrap().len(), 2, "{receipts}");
+    let receipts = kz.get_json("/v1/receipts?peer=by.mvd&direction=outbound");
     assert_eq!(receipts["items"].as_array().unwrap().len(), 1, "{receipts}");
+    assert_eq!(receipts["items"][0]["envelope_id"], json!(req_id));
     for g in [&mut kz, &mut by, &mut am] {
         g.stop();
     }
@@ -380,4 +384,355 @@ fn the_newcomer_demo_runs_and_keeps_working_directories() {
     let peers = kz.get_json("/v1/peers");
     assert_eq!(peers["items"].as_array().unwrap().len(), 2, "{peers}");
     kz.stop();
+}
+
+/// Polls `f` until it returns `Some`, for at most [`WAIT`] (a hang guard, not a timing assertion).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn reason_codes(health: &Value) -> Vec<String> {
+    health["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn receipt_page(gw: &Gateway, query: &str) -> (Vec<Value>, Option<String>) {
+    let v = gw.get_json(&format!("/v1/receipts?{query}"));
+    let items = v["items"].as_array().unwrap().clone();
+    (items, v["next"].as_str().map(str::to_string))
+}
+
+/// Every receipt, page by page, following `next`.
+fn all_receipts(gw: &Gateway, query: &str, limit: u32) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut q = vec![format!("limit={limit}")];
+        if !query.is_empty() {
+            q.push(query.to_string());
+        }
+        if let Some(a) = &after {
+            q.push(format!("after={a}"));
+        }
+        let q = q.join("&");
+        let (items, next) = receipt_page(gw, &q);
+        assert!(items.len() <= limit as usize);
+        out.extend(items);
+        match next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+    panic!("the receipt list never ended");
+}
+
+fn envelope_ids(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|r| r["envelope_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn receipts_of_both_directions_are_listed_paged_and_never_dropped() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        submit(&kz, &doc);
+        sent.push(id);
+    }
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let (id, doc) = message(&by, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+        submit(&by, &doc);
+        received.push(id);
+    }
+    for id in &sent {
+        kz.wait_state(id, &["delivered"], WAIT);
+    }
+    for id in &received {
+        by.wait_state(id, &["delivered"], WAIT);
+    }
+
+    // Both directions, verified, in one order with and without a peer filter.
+    let (all, next) = receipt_page(&kz, "limit=100");
+    assert!(next.is_none());
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(all.iter().all(|r| r["verified"] == json!(true)), "{all:?}");
+    let ids = envelope_ids(&all);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "ordered by envelope id (time, then id)");
+    assert_eq!(envelope_ids(&receipt_page(&kz, "peer=by.mvd").0), ids);
+    let inbound = receipt_page(&kz, "direction=inbound").0;
+    let mut expect = received.clone();
+    expect.sort();
+    assert_eq!(envelope_ids(&inbound), expect);
+    for r in &inbound {
+        assert_eq!(r["receiver"], json!("kz.mvd"));
+        assert_eq!(r["sender"], json!("by.mvd"));
+        assert_eq!(r["outcome"]["status"], json!("accepted"));
+    }
+    assert_eq!(receipt_page(&kz, "direction=outbound").0.len(), 3);
+    assert!(receipt_page(&kz, "direction=inbound&state=rejected").0.is_empty());
+
+    // Pages of two, following `next`, give the same list; with a peer too.
+    assert_eq!(envelope_ids(&all_receipts(&kz, "", 2)), ids);
+    assert_eq!(envelope_ids(&all_receipts(&kz, "peer=by.mvd", 2)), ids);
+    let (page, next) = receipt_page(&kz, "limit=2");
+    assert_eq!(page.len(), 2);
+    let next = next.unwrap();
+    let (rest, _) = receipt_page(&kz, &format!("limit=100&after={next}"));
+    assert_eq!(envelope_ids(&rest), ids[2..].to_vec());
+    // A cursor this gateway did not make is refused.
+    let (code, body) = kz.request("GET", "/v1/receipts?after=nonsense", None);
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+
+    // One inbound receipt: shown and exported like an outbound one.
+    let one = kz.get_json(&format!("/v1/receipts/{}", received[0]));
+    assert_eq!(one["direction"], json!("inbound"));
+    assert_eq!(one["verified"], json!(true));
+    let (code, raw) = kz.request("GET", &format!("/v1/receipts/{}/raw", received[0]), None);
+    assert_eq!(code, 200);
+    assert!(!raw.is_empty());
+    let st = kz.get_json(&format!("/v1/messages/{}", received[0]));
+    assert_eq!(st["receipt"]["direction"], json!("inbound"));
+
+    // konvertctl follows the pages.
+    let out = konvert_tests::konvertctl([
+        "--config",
+        kz.config().to_str().unwrap(),
+        "--json",
+        "receipts",
+        "--limit",
+        "2",
+        "--all",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope_ids(v["items"].as_array().unwrap()), ids);
+
+    // by.mvd removed from the configuration: its receipts stay listed,
+    // unverified, with the reason; the ones kz.mvd issued stay verified.
+    let cfg = std::fs::read_to_string(kz.config()).unwrap();
+    let cut = cfg.find("\n[[peers]]").unwrap();
+    std::fs::write(kz.config(), &cfg[..cut]).unwrap();
+    kz.reload();
+    let all = eventually("reload", || {
+        let (all, _) = receipt_page(&kz, "limit=100");
+        all.iter().any(|r| r["verified"] == json!(false)).then_some(all)
+    });
+    assert_eq!(envelope_ids(&all), ids, "nothing dropped");
+    for r in &all {
+        if r["direction"] == json!("outbound") {
+            assert_eq!(r["verified"], json!(false), "{r}");
+            assert_eq!(r["unverified_reason"], json!("peer_not_configured"), "{r}");
+            assert_eq!(r["outcome"]["status"], json!("accepted"));
+            assert!(r["envelope_digest"].as_str().is_some(), "{r}");
+        } else {
+            assert_eq!(r["verified"], json!(true), "{r}");
+        }
+    }
+    kz.stop();
+    by.stop();
+}
+
+#[test]
+fn a_peer_removed_on_sighup_is_disconnected_and_its_queue_waits_until_it_is_back() {
+    let t = tempfile::tempdir().unwrap();
+    let mut kz = Gateway::init(t.path(), "kz.mvd");
+    let mut by = Gateway::init(t.path(), "by.mvd");
+    let mut am = Gateway::init(t.path(), "am.police");
+    kz.add_peer(&by, "kz-by-2019");
+    kz.add_peer(&am, "kz-am-2024");
+    by.add_peer(&kz, "kz-by-2019");
+    am.add_peer(&kz, "kz-am-2024");
+    for g in [&kz, &by, &am] {
+        fast(g);
+    }
+    kz.start();
+    by.start();
+    // Connections both ways between kz.mvd and by.mvd.
+    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    submit(&kz, &doc);
+    kz.wait_state(&id, &["delivered"], WAIT);
+    let (id, doc) = message(&by, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+    submit(&by, &doc);
+    by.wait_state(&id, &["delivered"], WAIT);
+    assert!(kz.get_json("/v1/health")["connections"].as_u64().unwrap() >= 1);
+    // am.police is down: two messages wait in kz.mvd's outbox.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let (id, mut doc) = message(&kz, "clarification_answer", "am.police", Some(&new_id()), b"");
+        doc["message"]["header"]["agreement"] = json!("kz-am-2024");
+        submit(&kz, &doc);
+        queued.push(id);
+    }
+
+    // Both peers removed; SIGHUP.
+    let full = std::fs::read_to_string(kz.config()).unwrap();
+    let cut = full.find("\n[[peers]]").unwrap();
+    std::fs::write(kz.config(), &full[..cut]).unwrap();
+    kz.reload();
+    // Its connections are closed (by.mvd sees its end too) ...
+    eventually("connections to the removed peer closed", || {
+        (kz.get_json("/v1/health")["connections"] == json!(0)).then_some(())
+    });
+    eventually("by.mvd sees the connection closed", || {
+        by.log().contains("peer connection closed").then_some(())
+    });
+    assert!(kz.get_json("/v1/peers")["items"].as_array().unwrap().is_empty());
+    // ... and the queue stays, reported as paused.
+    for id in &queued {
+        let st = kz.get_json(&format!("/v1/messages/{id}"));
+        assert!(
+            ["queued", "sent"].contains(&st["state"].as_str().unwrap()),
+            "{st}"
+        );
+        assert_eq!(st["paused"], json!("peer_not_configured"), "{st}");
+    }
+    let health = kz.get_json("/v1/health");
+    assert_eq!(health["status"], json!("degraded"), "{health}");
+    let paused = health["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == json!("messages_paused"))
+        .unwrap_or_else(|| panic!("{health}"));
+    assert_eq!(paused["peer"], json!("am.police"));
+    assert_eq!(paused["count"], json!(2));
+
+    // am.police comes up and both peers are added again: the queue is delivered.
+    am.start();
+    std::fs::write(kz.config(), &full).unwrap();
+    kz.reload();
+    for id in &queued {
+        let st = kz.wait_state(id, &["delivered"], WAIT);
+        assert!(st.get("paused").is_none(), "{st}");
+        assert!(st["attempts"].as_u64().unwrap() >= 1, "{st}");
+        assert!(st["times"]["sent"].as_str().is_some(), "{st}");
+        assert!(st["times"]["delivered"].as_str().is_some(), "{st}");
+    }
+    let mut got = inbox_ids(&am);
+    got.sort();
+    queued.sort();
+    assert_eq!(got, queued, "each queued message exactly once");
+    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    submit(&kz, &doc);
+    kz.wait_state(&id, &["delivered"], WAIT);
+    for g in [&mut kz, &mut by, &mut am] {
+        g.stop();
+    }
+}
+
+#[test]
+fn health_is_degraded_with_machine_readable_reasons() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, by) = pair(t.path());
+    kz.edit_config("max_undelivered_age = \"1h\"", "max_undelivered_age = \"1s\"");
+    kz.edit_config(
+        "min_free_bytes = 1073741824",
+        "min_free_bytes = 9223372036854775807",
+    );
+    kz.start();
+    // Nothing to deliver yet: only the disk (whose threshold is above any real disk).
+    let h = kz.get_json("/v1/health");
+    assert_eq!(h["status"], json!("degraded"), "{h}");
+    assert_eq!(reason_codes(&h), vec!["disk_space_low".to_string()], "{h}");
+    // by.mvd never starts: the message is retried, the peer becomes unreachable,
+    // and the message grows older than its threshold.
+    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    submit(&kz, &doc);
+    let h = eventually("peer_unreachable and undelivered_too_old", || {
+        let h = kz.get_json("/v1/health");
+        let codes = reason_codes(&h);
+        (codes.contains(&"peer_unreachable".to_string())
+            && codes.contains(&"undelivered_too_old".to_string()))
+        .then_some(h)
+    });
+    let r = h["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == json!("peer_unreachable"))
+        .unwrap();
+    assert_eq!(r["peer"], json!(by.authority));
+    assert!(r["count"].as_u64().unwrap() >= 3, "{r}");
+    let st = kz.get_json(&format!("/v1/messages/{id}"));
+    assert!(st["attempts"].as_u64().unwrap() >= 3, "{st}");
+    // konvertctl shows the reasons; degraded is still exit status 0.
+    let out = konvert_tests::konvertctl(["--config", kz.config().to_str().unwrap(), "health"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("peer_unreachable"));
+
+    // Two attempts at most: after a restart the message fails for good.
+    kz.stop();
+    kz.edit_config("max_attempts = 50", "max_attempts = 2");
+    kz.start();
+    let st = kz.wait_state(&id, &["failed"], WAIT);
+    assert_eq!(st["attempts"], json!(2), "{st}");
+    let h = kz.get_json("/v1/health");
+    let failed = h["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == json!("failed_messages"))
+        .unwrap_or_else(|| panic!("{h}"));
+    assert_eq!(failed["count"], json!(1));
+    kz.stop();
+}
+
+#[test]
+fn unused_uploads_expire() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, _by) = pair(t.path());
+    kz.edit_config("upload_max_age = \"24h\"", "upload_max_age = \"2s\"");
+    kz.start();
+    let (code, body) = kz.request("POST", "/v1/uploads", Some(("application/pdf", b"%PDF-1.7")));
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let up: Value = serde_json::from_slice(&body).unwrap();
+    assert!(up["expires"].as_str().is_some(), "{up}");
+    let file = kz.dir.join("data/uploads").join(up["id"].as_str().unwrap());
+    assert!(file.exists());
+    eventually("the unused upload is swept", || (!file.exists()).then_some(()));
+    // A message naming it is refused, naming the attachment.
+    let mut m = example("unsolicited_information");
+    m["header"]["id"] = json!(new_id());
+    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+    let n = upload_ref_all(&mut m, &format!("upload:{}", up["id"].as_str().unwrap()));
+    assert!(n > 0);
+    let (code, body) = kz.post_json("/v1/messages", &json!({"message": m, "signatory": "head"}));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.to_string().contains("expired"), "{body}");
+    assert!(kz.log().contains("expired uploads removed"), "{}", kz.log());
+    kz.stop();
+}
+
+/// Points every attachment of `v` at `file`; returns how many.
+fn upload_ref_all(v: &mut Value, file: &str) -> usize {
+    match v {
+        Value::Object(map) if map.contains_key("media_type") && map.contains_key("sha256") => {
+            let mt = map["media_type"].clone();
+            *v = json!({ "media_type": mt, "file": file });
+            1
+        }
+        Value::Object(map) => map.values_mut().map(|x| upload_ref_all(x, file)).sum(),
+        Value::Array(a) => a.iter_mut().map(|x| upload_ref_all(x, file)).sum(),
+        _ => 0,
+    }
 }

@@ -683,17 +683,26 @@ async fn attempt(
     let conn = connection(node, peer, link).await?;
     let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
     let len = record.envelope.len() as u64;
-    // The envelope goes out now: queued → sent (durable, audited), written
-    // while the envelope travels; the receipt's transition waits for it.
-    node.links.sent(id);
-    let marked_sent = first_send.then(|| {
-        let store = Arc::clone(&node.store);
-        let key = *id;
-        tokio::task::spawn_blocking(move || store.mark_sent(&key))
-    });
-    let receipt_bytes = match conn.send_envelope(len, record.envelope.as_slice()).await {
+    let sent = conn.send_envelope(len, record.envelope.as_slice()).await;
+    // `sent`: the envelope went out on a connection the peer accepted (a
+    // refused or lost connection is not sending). Recorded in memory, and
+    // the first time durably as queued → sent (audited).
+    let reached = sent
+        .as_ref()
+        .map_or_else(|e| e.connection_error().is_none(), |_| true);
+    if reached {
+        node.links.sent(id);
+    }
+    let receipt_bytes = match sent {
         Ok(r) => r,
         Err(e) => {
+            if reached && first_send {
+                let store = Arc::clone(&node.store);
+                let key = *id;
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.mark_sent(&key)).await {
+                    debug!(error = %e, "marking a message sent failed");
+                }
+            }
             // A lost connection, or a peer that stopped answering (timeout: it
             // may have restarted and cannot tell us), is dropped so that the
             // next attempt connects afresh.
@@ -744,16 +753,14 @@ async fn attempt(
         Outcome::Rejected { code } if code.is_temporary() => return Err(AttemptError::Temporary),
         Outcome::Rejected { code } => format!("rejected:{code}"),
     };
-    if let Some(m) = marked_sent {
-        if let Ok(Err(e)) = m.await {
-            debug!(error = %e, "marking a message sent failed");
-        }
-    }
     let store = Arc::clone(&node.store);
     let key = *id;
     let out = outcome.clone();
     tokio::task::spawn_blocking(move || -> Result<(), konvert_store::Error> {
         // (queued →) sent → delivered, each audited.
+        if first_send {
+            let _ = store.mark_sent(&key);
+        }
         store.mark_delivered(
             &key,
             &NewReceipt {

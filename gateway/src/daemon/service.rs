@@ -90,9 +90,12 @@ fn authority(s: &str) -> Result<AuthorityId, Problem> {
 /// The receipt a peer signed for a message this gateway sent; when it
 /// cannot be verified (peer removed, key changed), it is still shown, from
 /// the store's record, with `verified: false` and the reason.
-fn outbound_receipt_view(node: &Node, r: &konvert_store::Receipt) -> Result<ReceiptView, Problem> {
+fn outbound_receipt_view(
+    node: &Node,
+    dir: &super::Directory,
+    r: &konvert_store::Receipt,
+) -> Result<ReceiptView, Problem> {
     let peer = authority(&r.peer)?;
-    let dir = node.directory();
     let checked = match dir.peers.get(&peer) {
         None => Err(UnverifiedReason::PeerNotConfigured),
         Some(p) => {
@@ -371,10 +374,12 @@ fn receipts_page(node: &Node, f: &ReceiptFilter) -> Result<Page<ReceiptView>, Pr
         .filter(|(p, _)| horizon.is_none_or(|h| *p <= h))
         .collect();
     entries.sort_by_key(|(p, _)| *p);
+    // One directory for the whole page, also across a reload.
+    let dir = node.directory();
     let mut items = Vec::new();
     for (pos, e) in entries {
         let view = match e {
-            Entry::Out(r) => Some(outbound_receipt_view(node, &r)?),
+            Entry::Out(r) => Some(outbound_receipt_view(node, &dir, &r)?),
             Entry::In(m) => inbound_receipt_view(node, &m)?,
         };
         let Some(v) = view else { continue };
@@ -407,7 +412,7 @@ fn receipts_page(node: &Node, f: &ReceiptFilter) -> Result<Page<ReceiptView>, Pr
 fn receipt_by_id(node: &Node, id: Id) -> Result<ReceiptView, Problem> {
     let key = MessageId(*id.as_bytes());
     match node.store.receipt(&key) {
-        Ok(r) => return outbound_receipt_view(node, &r),
+        Ok(r) => return outbound_receipt_view(node, &node.directory(), &r),
         Err(konvert_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(store_err(e)),
     }
@@ -919,7 +924,7 @@ fn health(node: &Node) -> Result<Health, Problem> {
         }
     }
     let (status, reasons) = assess(&facts, &node.config.health);
-    let connections: usize = dir.peers.keys().map(|a| node.endpoint.peer_connections(a)).sum();
+    let connections = node.endpoint.peer_connections_total();
     Ok(Health {
         status,
         reasons,
@@ -963,7 +968,7 @@ fn message_status(node: &Node, id: Id) -> Result<MessageStatus, Problem> {
     };
     let receipt = match dir {
         Direction::Outbound => match node.store.receipt(&key) {
-            Ok(r) => Some(outbound_receipt_view(node, &r)?),
+            Ok(r) => Some(outbound_receipt_view(node, &node.directory(), &r)?),
             Err(_) => None,
         },
         Direction::Inbound => inbound_receipt_view(node, &meta)?,

@@ -584,6 +584,16 @@ impl Endpoint {
         self.shared.open_with(peer, None)
     }
 
+    /// Open, authenticated connections with any peer (both directions).
+    pub fn peer_connections_total(&self) -> usize {
+        let live = self.shared.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.values()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.quinn.close_reason().is_none())
+            .count()
+    }
+
     /// The next incoming connection attempt, or `None` once the endpoint is
     /// closed. Establish it with [`Incoming::establish`], best in a task of
     /// its own so that a slow handshake does not hold up the others.
@@ -1201,6 +1211,7 @@ mod tests {
         c1b.close(CloseCode::Normal);
         let c3 = within(a.connect(addr, &b_peer)).await.unwrap();
         assert_eq!(a.peer_connections(&b_peer.authority), 2);
+        assert_eq!(a.peer_connections_total(), 2);
         drop((c1b, c2, c3));
     }
 
@@ -1245,6 +1256,7 @@ mod tests {
             Some(CloseCode::UnknownPeer)
         );
         assert_eq!(a.peer_connections(&b_peer.authority), 0);
+        assert_eq!(a.peer_connections_total(), 0);
         assert_eq!(a.close_peer(&b_peer.authority, CloseCode::UnknownPeer), 0);
     }
 }
