@@ -1088,6 +1088,12 @@ mod tests {
         };
         assert_eq!(q.to_query(), "?since=2026-11-01T00%3A00%3A00Z&limit=5");
         assert_eq!(ReceiptQuery::default().to_query(), "");
+        let q = ReceiptQuery {
+            direction: Some(Direction::Inbound),
+            after: Cursor::new("0a1bo").ok(),
+            ..ReceiptQuery::default()
+        };
+        assert_eq!(q.to_query(), "?direction=inbound&after=0a1bo");
     }
 
     #[test]
