@@ -32,7 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{self, AuditEntry, AuditEvent, AuditKind, VerifiedChain};
+use crate::audit::{
+    self, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind, VerifiedChain,
+};
 use crate::error::{Error, Result};
 use crate::ids::{CaseId, Clock, MessageId};
 use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
@@ -93,6 +95,15 @@ pub struct StoreConfig {
     pub clock: Arc<dyn Clock>,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
+    /// An append-only file to which the store appends the head of the audit
+    /// chain (one JSON line: `{"seq":..,"hash":"<hex>","at":..}`) whenever
+    /// it has made a newer head durable in the calls that publish it
+    /// ([`Store::sweep`], [`Store::audit_append`], [`Store::audit_head`],
+    /// [`Store::rotate_master_key`]); each line is fdatasynced before that
+    /// call returns. Keep it off the data directory's disk or ship it away
+    /// (see docs/STORE.md for what it does and does not guarantee).
+    /// `None` (the default): no head log.
+    pub audit_head_log: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -107,6 +118,7 @@ impl StoreConfig {
             sync_mode: SyncMode::Fdatasync,
             clock: Arc::new(crate::ids::SystemClock),
             cache_bytes: 256 << 20,
+            audit_head_log: None,
         }
     }
 }
@@ -150,6 +162,8 @@ pub struct Store {
     destroyed: AtomicU64,
     purged: AtomicU64,
     keys_destroyed: AtomicU64,
+    /// Where durable audit heads are published, if configured.
+    audit_log: Option<audit::HeadLog>,
     /// The group commit's service threads, started by the first async put.
     servers: std::sync::OnceLock<()>,
     _lock: File,
@@ -192,6 +206,23 @@ fn state_key(dir: Direction, st: MessageState, peer: &str, id: &MessageId) -> Ve
     index_key(dir, st.byte(), peer, id)
 }
 /// The index entry of a destroyed message (listed by peer until purged).
+/// The value of a state index entry: the key hour of its message, so that
+/// lists skip the messages of a destroyed hour without loading their records
+/// (the sweeper moves their entries to "destroyed" later, in bounded steps).
+fn hour_value(hour: i64) -> [u8; 8] {
+    hour.to_be_bytes()
+}
+
+/// Which index entries a list wants, by the key hour in their value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HourFilter {
+    /// All of them.
+    Any,
+    /// Those whose key hour is still held (entries without an hour count as
+    /// live: their records say, when loaded).
+    Live,
+}
+
 fn destroyed_key(dir: Direction, peer: &str, id: &MessageId) -> Vec<u8> {
     index_key(dir, S_DESTROYED, peer, id)
 }
@@ -308,7 +339,6 @@ impl Store {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
 
-
         let keyring_path = config.keyring.clone().unwrap_or_else(|| dir.join("keyring"));
         let keyring = Keyring::open(&keyring_path, config.master_key.clone())?;
 
@@ -380,6 +410,10 @@ impl Store {
             destroyed: AtomicU64::new(0),
             purged: AtomicU64::new(0),
             keys_destroyed: AtomicU64::new(0),
+            audit_log: match &config.audit_head_log {
+                Some(p) => Some(audit::HeadLog::open(p)?),
+                None => None,
+            },
             servers: std::sync::OnceLock::new(),
             _lock: lock,
         };
@@ -793,8 +827,10 @@ impl Store {
                 });
                 continue;
             }
-            self.db
-                .insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY)?;
+            self.db.insert(
+                state_key(dir, rec.state(&id)?, &rec.peer, &id),
+                &hour_value(rec.key_hour)[..],
+            )?;
             out.push(Applied {
                 ticket,
                 result: Ok(Put { meta, created: true }),
@@ -882,7 +918,10 @@ impl Store {
                 purge_list(&[(dir, id)]),
             );
             batch.insert(mkey, value);
-            batch.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY);
+            batch.insert(
+                state_key(dir, rec.state(&id)?, &rec.peer, &id),
+                hour_value(rec.key_hour),
+            );
             events.push((now, put_event(dir, &id, &rec, digest)));
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
@@ -986,14 +1025,37 @@ impl Store {
     /// lazy range scans, reading about `limit + k` index entries.
     fn merge_index(
         &self,
-        prefixes: Vec<Vec<u8>>,
+        prefixes: Vec<(Vec<u8>, HourFilter)>,
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<MessageId>> {
         use std::cmp::Reverse;
+        let live: std::collections::BTreeSet<i64> = if prefixes.iter().any(|(_, f)| *f != HourFilter::Any) {
+            self.kr_read().buckets.keys().copied().collect()
+        } else {
+            Default::default()
+        };
+        let wanted = |filter: HourFilter, v: &[u8]| -> bool {
+            let hour = <[u8; 8]>::try_from(v).ok().map(i64::from_be_bytes);
+            match (filter, hour) {
+                (HourFilter::Any, _) => true,
+                (HourFilter::Live, None) => true,
+                (HourFilter::Live, Some(h)) => live.contains(&h),
+            }
+        };
+        // The next wanted id of a scan.
+        let next = |plen: usize, filter: HourFilter, it: &mut sled::Iter| -> Result<Option<[u8; 16]>> {
+            for r in it.by_ref() {
+                let (k, v) = r?;
+                if wanted(filter, &v) {
+                    return Ok(k.get(plen..).and_then(id16));
+                }
+            }
+            Ok(None)
+        };
         let mut iters = Vec::with_capacity(prefixes.len());
         let mut heap = std::collections::BinaryHeap::new();
-        for p in prefixes {
+        for (p, filter) in prefixes {
             let mut start = p.clone();
             if let Some(a) = after {
                 start.extend_from_slice(&a.0);
@@ -1002,24 +1064,18 @@ impl Store {
             let mut end = p.clone();
             end.extend_from_slice(&[0xff; 17]);
             let mut it = self.db.range(start..end);
-            if let Some(r) = it.next() {
-                let (k, _) = r?;
-                if let Some(id) = k.get(p.len()..).and_then(id16) {
-                    heap.push(Reverse((id, iters.len())));
-                }
+            if let Some(id) = next(p.len(), filter, &mut it)? {
+                heap.push(Reverse((id, iters.len())));
             }
-            iters.push((p.len(), it));
+            iters.push((p.len(), filter, it));
         }
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
             let Some(Reverse((id, i))) = heap.pop() else { break };
             out.push(MessageId(id));
-            let (plen, it) = &mut iters[i];
-            if let Some(r) = it.next() {
-                let (k, _) = r?;
-                if let Some(id) = k.get(*plen..).and_then(id16) {
-                    heap.push(Reverse((id, i)));
-                }
+            let (plen, filter, it) = &mut iters[i];
+            if let Some(id) = next(*plen, *filter, it)? {
+                heap.push(Reverse((id, i)));
             }
         }
         Ok(out)
@@ -1079,7 +1135,14 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<MessageMeta>> {
-        let ids = self.merge_index(self.peers_in(dir, state.byte())?, after, limit)?;
+        // Entries whose key hour is gone are skipped without loading their
+        // records (destroyed; the sweeper moves them to "destroyed" later).
+        let prefixes = self
+            .peers_in(dir, state.byte())?
+            .into_iter()
+            .map(|p| (p, HourFilter::Live))
+            .collect();
+        let ids = self.merge_index(prefixes, after, limit)?;
         self.metas(dir, ids, |m| m.state == state && m.destroyed_at.is_none())
     }
 
@@ -1109,7 +1172,7 @@ impl Store {
         let prefixes = states
             .into_iter()
             .chain([S_DESTROYED])
-            .map(|st| state_prefix(dir, st, peer))
+            .map(|st| (state_prefix(dir, st, peer), HourFilter::Any))
             .collect();
         let ids = self.merge_index(prefixes, after, limit)?;
         self.metas(dir, ids, |_| true)
@@ -1198,7 +1261,7 @@ impl Store {
                 }
                 let mut batch = Batch::default();
                 batch.remove(state_key(dir, cur, &rec.peer, id));
-                batch.insert(state_key(dir, to, &rec.peer, id), EMPTY);
+                batch.insert(state_key(dir, to, &rec.peer, id), hour_value(rec.key_hour));
                 batch.insert(msg_key(dir, id), encode(&rec));
                 let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
                 if let Some(o) = outcome {
@@ -1837,6 +1900,11 @@ impl Store {
             report.destroyed += destroyed_ids.len() as u64;
         }
         report.remaining = self.db.range(vec![P_EXP]..end).next().is_some();
+        // 3. Audit blocks past the audit retention, with what is left of the budget.
+        let (audit_pruned, more) = self.audit_prune(now, budget.saturating_sub(done))?;
+        report.audit_pruned = audit_pruned;
+        report.remaining |= more;
+        self.audit_publish_head();
         self.commit()?;
         self.destroyed.fetch_add(report.destroyed, Ordering::Relaxed);
         self.purged.fetch_add(report.purged, Ordering::Relaxed);
@@ -1873,11 +1941,20 @@ impl Store {
     /// Append an event to the audit trail (for events outside the store:
     /// configuration changed, envelope sealed, ...). Returns its sequence
     /// number once durable.
+    /// Events of kind [`AuditKind::AuditPruned`] are refused: the store
+    /// writes them itself, and verification relies on that.
     pub fn audit_append(&self, event: &AuditEvent) -> Result<u64> {
         if let Some(d) = &event.detail {
             check_name("audit detail", d)?;
         }
-        self.write_events(std::slice::from_ref(event), self.clock.now())
+        if event.kind == AuditKind::AuditPruned {
+            return Err(Error::Invalid(
+                "AuditPruned events are written by the store only".into(),
+            ));
+        }
+        let seq = self.write_events(std::slice::from_ref(event), self.clock.now())?;
+        self.audit_publish_head();
+        Ok(seq)
     }
 
     /// Audit entries from sequence number `from`, at most `limit`.
@@ -1905,18 +1982,304 @@ impl Store {
 
     /// Verify the whole audit chain: every block's hash, sequence and link to
     /// the previous one. `Error::AuditBroken` says where and how it is broken.
+    ///
+    /// After pruning, the chain is verified from its anchor (the last pruned
+    /// block's sequence number and hash): the first block kept must link to
+    /// it, and the newest [`AuditKind::AuditPruned`] event in the chain must
+    /// carry the anchor's digest ([`crate::AuditAnchor::digest`]).
+    /// [`VerifiedChain::first`] and [`VerifiedChain::anchor`] say where it
+    /// started. Truncation of the tail is not visible here; see
+    /// [`Store::audit_verify_against`].
     pub fn audit_verify(&self) -> Result<VerifiedChain> {
-        let mut entries = Vec::new();
+        // A pruning between reading the anchor and walking the chain would
+        // look like a break: walk again if the anchor moved meanwhile.
+        let mut tries = 0;
+        loop {
+            let anchor = audit::read_anchor(&self.db)?;
+            let res = self.audit_walk(anchor);
+            match res {
+                Err(Error::AuditBroken(_)) if tries < 3 && audit::read_anchor(&self.db)? != anchor => {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn audit_walk(&self, anchor: Option<audit::AuditAnchor>) -> Result<VerifiedChain> {
+        let mut walk = audit::ChainWalk::new(anchor);
         for r in self.db.scan_prefix([P_AUDIT]) {
             let (k, v) = r?;
-            let seq = k
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            entries.push((seq, v.to_vec()));
+            walk.push(audit::key_seq(&k), &v)?;
         }
-        audit::verify_chain(entries).map_err(Error::AuditBroken)
+        Ok(walk.finish()?)
+    }
+
+    /// The head of the audit chain (sequence number after its last entry,
+    /// hash and time of its newest block), once durable: keep it elsewhere
+    /// (with an operator, a peer, a log host) and check the store against it
+    /// later with [`Store::audit_verify_against`] — removing the newest
+    /// blocks is not visible from the store alone. Also appended to the head
+    /// log if one is configured.
+    pub fn audit_head(&self) -> Result<AuditHead> {
+        let head = self.audit_read_head()?;
+        self.sync()?;
+        self.audit_log_head(&head);
+        Ok(head)
+    }
+
+    /// [`Store::audit_verify`], and check that the chain still holds a head
+    /// saved earlier: `BreakKind::Truncated` if the chain ends before it;
+    /// `BreakKind::Modified` if the block that ended at `saved.seq` is not
+    /// the one saved (the tail was rewritten since); `BreakKind::Anchor` if
+    /// pruning moved past the saved head although its audit retention has
+    /// not ended. A saved head whose block was pruned after its retention
+    /// cannot be checked any more (accepted; [`VerifiedChain::first`] is past
+    /// it): check against a recent head.
+    pub fn audit_verify_against(&self, saved: &AuditHead) -> Result<VerifiedChain> {
+        let chain = self.audit_verify()?;
+        if saved.seq > chain.end {
+            return Err(Error::AuditBroken(AuditBreak {
+                index: chain.end,
+                kind: BreakKind::Truncated,
+            }));
+        }
+        self.audit_check_head(saved)?;
+        Ok(chain)
+    }
+
+    /// [`Store::audit_verify_against`] the last head of the configured head
+    /// log ([`StoreConfig::audit_head_log`], read from the file); just
+    /// [`Store::audit_verify`] if the log has no head yet.
+    /// `Error::Invalid` if no head log is configured.
+    pub fn audit_verify_against_log(&self) -> Result<VerifiedChain> {
+        let log = self
+            .audit_log
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no audit head log is configured".into()))?;
+        match audit::last_audit_head(log.path())? {
+            Some(h) => self.audit_verify_against(&h),
+            None => self.audit_verify(),
+        }
+    }
+
+    /// The head as it is in sled now (its block may not be durable yet).
+    fn audit_read_head(&self) -> Result<AuditHead> {
+        let _head = self.head();
+        match self.db.scan_prefix([P_AUDIT]).next_back() {
+            Some(r) => {
+                let (_, v) = r?;
+                let b = audit::decode_block(&v).ok_or_else(|| Error::corrupt("last audit block"))?;
+                Ok(AuditHead {
+                    seq: b.end(),
+                    hash: b.hash,
+                    at: b.newest(),
+                })
+            }
+            None => Ok(match audit::read_anchor(&self.db)? {
+                Some(a) => AuditHead {
+                    seq: a.next_seq,
+                    hash: a.hash,
+                    at: a.last_at,
+                },
+                None => AuditHead {
+                    seq: 0,
+                    hash: [0u8; 32],
+                    at: 0,
+                },
+            }),
+        }
+    }
+
+    /// Whether the chain in sled still holds `saved`: the block ending at
+    /// `saved.seq` has its hash (or the anchor does, or it was pruned after
+    /// its retention). Only that block is read; [`Store::audit_verify_against`]
+    /// verifies the chain first.
+    fn audit_check_head(&self, saved: &AuditHead) -> Result<()> {
+        let brk = |index, kind| Err(Error::AuditBroken(AuditBreak { index, kind }));
+        if saved.seq == 0 {
+            if saved.hash != [0u8; 32] {
+                return Err(Error::Invalid(
+                    "an audit head at sequence 0 has an all-zero hash".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let anchor = audit::read_anchor(&self.db)?;
+        if let Some(a) = &anchor {
+            if saved.seq < a.next_seq {
+                // Its block was pruned: only legitimate once its retention ended.
+                if self.retention.audit_expiry(saved.at) > self.clock.now() {
+                    return brk(a.next_seq, BreakKind::Anchor);
+                }
+                return Ok(());
+            }
+            if saved.seq == a.next_seq {
+                return if saved.hash == a.hash {
+                    Ok(())
+                } else {
+                    brk(a.next_seq, BreakKind::Anchor)
+                };
+            }
+        }
+        // The block holding entry `saved.seq - 1`.
+        let found = self
+            .db
+            .range(vec![P_AUDIT]..=audit::audit_key(saved.seq - 1).to_vec())
+            .next_back();
+        let Some(r) = found else {
+            return brk(anchor.map_or(0, |a| a.next_seq), BreakKind::Truncated);
+        };
+        let (k, v) = r?;
+        let Some(b) = audit::decode_block(&v) else {
+            return brk(audit::key_seq(&k), BreakKind::Modified);
+        };
+        if b.end() < saved.seq {
+            return brk(b.end(), BreakKind::Truncated);
+        }
+        if b.end() != saved.seq || b.hash != saved.hash {
+            return brk(b.seq, BreakKind::Modified);
+        }
+        Ok(())
+    }
+
+    /// Append `head` (durable) to the head log, if one is configured and it
+    /// is newer than the last line — and only if the chain still holds the
+    /// last line's head: after a truncation the log stays at the last good
+    /// head, as evidence. Failures are logged, not returned: publishing must
+    /// not stop the sweeper or the caller.
+    fn audit_log_head(&self, head: &AuditHead) {
+        let Some(log) = &self.audit_log else { return };
+        match log.append(head, |last| self.audit_check_head(last)) {
+            Ok(true) => tracing::info!(
+                seq = head.seq,
+                hash = %hex::encode(head.hash),
+                at = head.at,
+                "audit head published"
+            ),
+            Ok(false) => {}
+            Err(Error::AuditBroken(b)) => tracing::error!(
+                index = b.index,
+                kind = ?b.kind,
+                "the audit chain no longer holds the last head of the head log \
+                 (truncated or rewritten); head not published"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot append to the audit head log"),
+        }
+    }
+
+    /// Make the current head durable and publish it to the head log, if
+    /// one is configured and the head moved since the last line.
+    fn audit_publish_head(&self) {
+        let Some(log) = &self.audit_log else { return };
+        let head = match self.audit_read_head() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit head to publish it");
+                return;
+            }
+        };
+        if log.last().is_some_and(|l| l.seq >= head.seq) {
+            return;
+        }
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "audit head not published: sync failed");
+            return;
+        }
+        self.audit_log_head(&head);
+    }
+
+    /// Prune audit blocks past the audit retention from the front of the
+    /// chain, at most `budget` blocks, in steps of at most [`SWEEP_CHUNK`]
+    /// (writers wait at most one step). Each step removes its blocks, writes
+    /// the new anchor and an [`AuditKind::AuditPruned`] event in one intent
+    /// record. The blocks of the last put group are kept (the group repair
+    /// at open reads them), and a chain that does not verify where it would
+    /// be pruned is left alone. Returns the entries pruned and whether more
+    /// are due.
+    fn audit_prune(&self, now: i64, budget: usize) -> Result<(u64, bool)> {
+        // Blocks from the last put group's sequence number on stay.
+        let limit = match self.db.get([P_GROUP])? {
+            Some(v) => decode_group(&v)?.1,
+            None => u64::MAX,
+        };
+        let expired = |at: i64| self.retention.audit_expiry(at) <= now;
+        let mut pruned = 0u64;
+        let mut left = budget;
+        loop {
+            let anchor = audit::read_anchor(&self.db)?;
+            let planned = audit::plan_prune(&self.db, anchor, expired, limit, left.min(SWEEP_CHUNK), now);
+            let (plan, more) = match planned {
+                Ok(p) => p,
+                Err(Error::AuditBroken(b)) => {
+                    tracing::error!(
+                        index = b.index,
+                        kind = ?b.kind,
+                        "the audit chain does not verify where it is due for pruning; not pruned"
+                    );
+                    return Ok((pruned, false));
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(plan) = plan else {
+                return Ok((pruned, more));
+            };
+            let mut head = self.head();
+            if audit::read_anchor(&self.db)? != anchor {
+                return Ok((pruned, true)); // another sweep pruned meanwhile
+            }
+            let mut batch = Batch::default();
+            for k in &plan.keys {
+                batch.remove(k);
+            }
+            batch.insert(audit::ANCHOR_KEY, plan.anchor.encode());
+            let event = AuditEvent::new(AuditKind::AuditPruned)
+                .detail("audit")
+                .count(plan.anchor.pruned)
+                .digest(plan.anchor.digest());
+            self.apply(&mut head, batch, &[event], now)?;
+            drop(head);
+            pruned += plan.anchor.pruned;
+            left -= plan.keys.len();
+            tracing::info!(
+                entries = plan.anchor.pruned,
+                next_seq = plan.anchor.next_seq,
+                "pruned audit entries past the audit retention"
+            );
+            if !more || left == 0 {
+                return Ok((pruned, more));
+            }
+        }
+    }
+
+    // ---- master key ----
+
+    /// Re-seal the keyring under a new master key, online: the keyring is
+    /// rewritten atomically (temporary file, fsync, rename, fsync of the
+    /// directory) under the keyring lock, then a
+    /// [`AuditKind::MasterKeyRotated`] event is written (no key material).
+    /// The data keys do not change, so every message stays readable; from
+    /// now on only `new` opens the keyring. Point the configuration at the
+    /// new key before the next start. A crash before the rename leaves the
+    /// keyring under the old key, after it under the new one: keep both
+    /// until this has returned. See [`crate::rekey_keyring`] for the offline
+    /// form.
+    pub fn rotate_master_key(&self, new: MasterKey) -> Result<()> {
+        self.gc.check()?;
+        let generation = {
+            let mut kr = self.kr_write();
+            kr.rekey(new)?;
+            kr.generation()
+        };
+        tracing::info!(generation, "keyring re-sealed under a new master key");
+        self.write_events(
+            &[AuditEvent::new(AuditKind::MasterKeyRotated)
+                .detail("keyring")
+                .count(generation)],
+            self.clock.now(),
+        )?;
+        self.audit_publish_head();
+        Ok(())
     }
 
     // ---- misc ----
@@ -2099,7 +2462,10 @@ fn repair_group(db: &sled::Db, sled_dir: &Path, head: &mut Head, next_intent: u6
     // group wrote them.
     let mut events = Vec::new();
     for (dir, id, rec) in missing {
-        db.insert(state_key(dir, rec.state(&id)?, &rec.peer, &id), EMPTY)?;
+        db.insert(
+            state_key(dir, rec.state(&id)?, &rec.peer, &id),
+            &hour_value(rec.key_hour)[..],
+        )?;
         let digest: [u8; 32] = rec
             .payload_sha256
             .as_slice()
