@@ -202,6 +202,14 @@ pub enum OpenError {
         /// Why (dates of the agreement, never message content).
         reason: String,
     },
+    /// Art. 17: the agreement's termination period has ended.
+    #[error("agreement {agreement} is no longer in force: {reason}")]
+    AgreementTerminated {
+        /// The agreement named by the envelope.
+        agreement: AgreementId,
+        /// When it ended (dates of the agreement only).
+        reason: String,
+    },
     /// The body could not be decrypted with this gateway's age identity.
     #[error("cannot decrypt envelope body: {0}")]
     Decrypt(String),
@@ -871,12 +879,19 @@ impl Authenticated {
                 reason: format!("it is checked against the profile of {}", profile.id),
             });
         }
-        profile
-            .in_force_at(now)
-            .map_err(|e| OpenError::AgreementNotInForce {
-                agreement: header.agreement.clone(),
-                reason: e.message,
-            })?;
+        profile.in_force_at(now).map_err(|e| {
+            if e.is_terminated() {
+                OpenError::AgreementTerminated {
+                    agreement: header.agreement.clone(),
+                    reason: e.reason.to_string(),
+                }
+            } else {
+                OpenError::AgreementNotInForce {
+                    agreement: header.agreement.clone(),
+                    reason: e.reason.to_string(),
+                }
+            }
+        })?;
         let decryptor = age::Decryptor::new_buffered(io::BufReader::with_capacity(CHUNK_SIZE, body))
             .map_err(decrypt_err)?;
         let mut plain = decryptor

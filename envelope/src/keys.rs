@@ -304,6 +304,7 @@ impl NodeKeys {
             age_recipients: vec![self.age.recipient()],
             node_key: self.signing.verifying_key(),
             tls_pin: None,
+            root_key: None,
             signatories: Vec::new(),
         }
     }
@@ -327,6 +328,12 @@ pub struct AuthorityCard {
     /// Pin of the gateway's QUIC TLS key (`sha256/<base64 of SHA-256(SPKI)>`), if it runs a daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_pin: Option<String>,
+    /// The authority root key (SPKI PEM): signs the authority's signatory
+    /// rosters (Art. 9.3, 9.4) and its directory changes (Art. 2), see
+    /// `crate::roster`. Optional so that cards written before it existed
+    /// still parse; a peer without one cannot send verifiable directory updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key: Option<VerifyingKey>,
     /// The authority's signatories whose signatures peers accept (until the
     /// signed roster of Art. 9.3 replaces this list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

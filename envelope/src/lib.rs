@@ -11,14 +11,20 @@
 //! - [`signed`]: the signatory's COSE_Sign1 over a message.
 //! - [`envelope`]: sealing and opening envelopes (node signature, age encryption, attachments).
 //! - [`receipt`]: signed delivery receipts.
+//! - [`workflow`]: request cases (Art. 8–11): states, transitions, deadlines.
+//! - [`roster`]: signatory rosters and directory changes signed by an authority root key (Art. 2, 9.3, 9.4).
+//! - [`consent`]: purpose binding and onward transfer consents (Art. 11.2, 11.3).
 #![forbid(unsafe_code)]
 
 pub mod cbor;
+pub mod consent;
 pub mod envelope;
 pub mod keys;
 pub mod model;
 pub mod profile;
 pub mod receipt;
+pub mod roster;
 pub mod signed;
+pub mod workflow;
 
 pub use model::Message;

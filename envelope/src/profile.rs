@@ -122,6 +122,8 @@ struct ProfileToml {
     working_language: String,
     in_force_from: Date,
     #[serde(default)]
+    version_in_force_from: Option<Date>,
+    #[serde(default)]
     termination_notice: Option<Date>,
     termination_period_months: u16,
     answer_deadline_days: u16,
@@ -141,6 +143,7 @@ pub struct Profile {
     title: String,
     working_language: String,
     in_force_from: Date,
+    version_in_force_from: Option<Date>,
     termination_notice: Option<Date>,
     termination_period_months: u16,
     answer_deadline_days: u16,
@@ -239,6 +242,76 @@ impl ValidationRule {
 impl fmt::Display for ValidationRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Art. 17: why an agreement is not in force at a given time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agreement {agreement} {reason}")]
+pub struct NotInForce {
+    /// The agreement.
+    pub agreement: AgreementId,
+    /// Not yet, or no longer.
+    pub reason: NotInForceReason,
+}
+
+/// Why an agreement is not in force: its dates, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotInForceReason {
+    /// Before the entry into force.
+    NotYet {
+        /// First day in force.
+        from: Date,
+    },
+    /// The termination period after a notice of termination has ended.
+    Terminated {
+        /// Date the notice of termination was received.
+        notice: Date,
+        /// The termination period in months (Art. 17: six).
+        months: u16,
+        /// First day no longer in force.
+        ended: Date,
+    },
+}
+
+impl fmt::Display for NotInForceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotYet { from } => write!(f, "is in force only from {from} (Art. 17)"),
+            Self::Terminated {
+                notice,
+                months,
+                ended,
+            } => write!(
+                f,
+                "terminated on {ended}, {months} months after the notice of {notice} (Art. 17)"
+            ),
+        }
+    }
+}
+
+impl NotInForce {
+    /// Whether the agreement has terminated (rather than not yet entered into force).
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.reason, NotInForceReason::Terminated { .. })
+    }
+    /// The receipt code for a message refused for this reason:
+    /// `agreement_terminated` or `agreement_not_in_force`.
+    pub fn reject_code(&self) -> crate::receipt::RejectCode {
+        if self.is_terminated() {
+            crate::receipt::RejectCode::AgreementTerminated
+        } else {
+            crate::receipt::RejectCode::AgreementNotInForce
+        }
+    }
+    /// The same, as a validation error at `path`.
+    pub fn to_validation_error(&self, path: &str) -> ValidationError {
+        let rule = if self.is_terminated() {
+            ValidationRule::Terminated
+        } else {
+            ValidationRule::NotInForce
+        };
+        ValidationError::new(path, rule, self.to_string())
     }
 }
 
@@ -382,6 +455,14 @@ impl Profile {
                 ));
             }
         }
+        if let Some(v) = raw.version_in_force_from {
+            if v < raw.in_force_from {
+                return Err(invalid(
+                    "version_in_force_from",
+                    format!("{v} is before the entry into force on {}", raw.in_force_from),
+                ));
+            }
+        }
         let l = &raw.limits;
         for (key, v) in [
             ("limits.max_persons_per_message", l.max_persons_per_message as u64),
@@ -416,6 +497,7 @@ impl Profile {
             title: raw.title,
             working_language: raw.working_language,
             in_force_from: raw.in_force_from,
+            version_in_force_from: raw.version_in_force_from,
             termination_notice: raw.termination_notice,
             termination_period_months: raw.termination_period_months,
             answer_deadline_days: raw.answer_deadline_days,
@@ -500,33 +582,36 @@ impl Profile {
 
     /// Whether the agreement is in force on the (UTC) date of `t` (Art. 17):
     /// from `in_force_from` inclusive until [`Profile::terminated_on`] exclusive.
-    pub fn in_force_at(&self, t: Timestamp) -> Result<(), ValidationError> {
+    /// The error says which of the two it is, with the agreement's dates only.
+    pub fn in_force_at(&self, t: Timestamp) -> Result<(), NotInForce> {
         let d = t.date_utc();
         if d < self.in_force_from {
-            return Err(ValidationError::new(
-                "header.time",
-                ValidationRule::NotInForce,
-                format!(
-                    "agreement {} is in force only from {} (Art. 17)",
-                    self.id, self.in_force_from
-                ),
-            ));
+            return Err(NotInForce {
+                agreement: self.id.clone(),
+                reason: NotInForceReason::NotYet {
+                    from: self.in_force_from,
+                },
+            });
         }
-        if let Some(end) = self.terminated_on() {
+        if let (Some(notice), Some(end)) = (self.termination_notice, self.terminated_on()) {
             if d >= end {
-                return Err(ValidationError::new(
-                    "header.time",
-                    ValidationRule::Terminated,
-                    format!(
-                        "agreement {} terminated on {end}, {} months after the notice of {} (Art. 17)",
-                        self.id,
-                        self.termination_period_months,
-                        self.termination_notice.map(|n| n.to_string()).unwrap_or_default()
-                    ),
-                ));
+                return Err(NotInForce {
+                    agreement: self.id.clone(),
+                    reason: NotInForceReason::Terminated {
+                        notice,
+                        months: self.termination_period_months,
+                        ended: end,
+                    },
+                });
             }
         }
         Ok(())
+    }
+
+    /// First day this version (Art. 16: an amendment protocol) applies:
+    /// `version_in_force_from`, or the agreement's `in_force_from` if not given.
+    pub fn version_in_force_from(&self) -> Date {
+        self.version_in_force_from.unwrap_or(self.in_force_from)
     }
 
     /// The authority with this id, if it is a competent authority under this profile.
@@ -596,6 +681,121 @@ impl Profile {
     }
 }
 
+/// Why a profile version could not be added to or found in [`ProfileVersions`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileVersionError {
+    /// The same agreement and version were added twice.
+    #[error("profile {agreement} version {version} is loaded twice")]
+    DuplicateVersion {
+        /// The agreement.
+        agreement: AgreementId,
+        /// The version.
+        version: u32,
+    },
+    /// No profile of this agreement is loaded.
+    #[error("no profile of agreement {0} is loaded")]
+    UnknownAgreement(AgreementId),
+    /// No version of the agreement applies yet at that time.
+    #[error("agreement {agreement}: no version applies before {first}")]
+    NoVersionYet {
+        /// The agreement.
+        agreement: AgreementId,
+        /// First day of the earliest version.
+        first: Date,
+    },
+    /// The agreement is not in force at that time (Art. 17).
+    #[error(transparent)]
+    NotInForce(#[from] NotInForce),
+}
+
+impl ProfileVersionError {
+    /// The receipt code for a message refused for this reason.
+    pub fn reject_code(&self) -> crate::receipt::RejectCode {
+        match self {
+            Self::NotInForce(e) => e.reject_code(),
+            _ => crate::receipt::RejectCode::AgreementNotInForce,
+        }
+    }
+}
+
+/// Every loaded version of every agreement (Art. 16: amendments come as
+/// protocols, each a new profile version with the date it applies from).
+///
+/// [`ProfileVersions::at`] answers which version governs a message at a
+/// given time and whether the agreement is in force then; a case keeps the
+/// version it was opened under and finds it again with
+/// [`ProfileVersions::get`]. The dates in force (entry into force,
+/// termination notice) are those of the highest loaded version, the one
+/// that reflects the latest notifications.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileVersions {
+    by_agreement: BTreeMap<AgreementId, BTreeMap<u32, Profile>>,
+}
+
+impl ProfileVersions {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a profile version; the same agreement and version twice is an error.
+    pub fn insert(&mut self, profile: Profile) -> Result<(), ProfileVersionError> {
+        let versions = self.by_agreement.entry(profile.id.clone()).or_default();
+        if versions.contains_key(&profile.version) {
+            return Err(ProfileVersionError::DuplicateVersion {
+                agreement: profile.id.clone(),
+                version: profile.version,
+            });
+        }
+        versions.insert(profile.version, profile);
+        Ok(())
+    }
+
+    /// One exact version (the one a case was opened under).
+    pub fn get(&self, agreement: &AgreementId, version: u32) -> Option<&Profile> {
+        self.by_agreement.get(agreement)?.get(&version)
+    }
+
+    /// The highest loaded version of an agreement.
+    pub fn latest(&self, agreement: &AgreementId) -> Option<&Profile> {
+        self.by_agreement.get(agreement)?.values().next_back()
+    }
+
+    /// The version that governs a message made at `t`: the highest version
+    /// whose [`Profile::version_in_force_from`] is on or before the date of
+    /// `t`, provided the agreement is in force at `t` (Art. 17, by the dates
+    /// of the highest version).
+    pub fn at(&self, agreement: &AgreementId, t: Timestamp) -> Result<&Profile, ProfileVersionError> {
+        let versions = self
+            .by_agreement
+            .get(agreement)
+            .ok_or_else(|| ProfileVersionError::UnknownAgreement(agreement.clone()))?;
+        let latest = versions
+            .values()
+            .next_back()
+            .ok_or_else(|| ProfileVersionError::UnknownAgreement(agreement.clone()))?;
+        latest.in_force_at(t)?;
+        let d = t.date_utc();
+        versions
+            .values()
+            .rev()
+            .find(|p| p.version_in_force_from() <= d)
+            .ok_or_else(|| ProfileVersionError::NoVersionYet {
+                agreement: agreement.clone(),
+                first: versions
+                    .values()
+                    .map(Profile::version_in_force_from)
+                    .min()
+                    .unwrap_or(latest.in_force_from),
+            })
+    }
+
+    /// Every loaded agreement id.
+    pub fn agreements(&self) -> impl Iterator<Item = &AgreementId> {
+        self.by_agreement.keys()
+    }
+}
+
 /// Walks a message and collects errors.
 struct Checker<'a> {
     p: &'a Profile,
@@ -651,9 +851,9 @@ impl Checker<'_> {
             );
         }
         if let Err(e) = p.in_force_at(h.time) {
-            self.errs.push(e);
-        } else if let Err(mut e) = p.in_force_at(now) {
-            e.path = "header".into();
+            self.errs.push(e.to_validation_error("header.time"));
+        } else if let Err(e) = p.in_force_at(now) {
+            let mut e = e.to_validation_error("header");
             e.message = format!("not at the time of processing: {}", e.message);
             self.errs.push(e);
         }

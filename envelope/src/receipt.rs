@@ -61,11 +61,39 @@ pub enum RejectCode {
     AttachmentMismatch,
     /// The receiver could not store the envelope; the sender should retry.
     TemporaryFailure,
+    /// Art. 17: the agreement's termination period (six months after a
+    /// notice of termination) has ended.
+    AgreementTerminated,
+    /// The message answers (or concerns) a request or message the receiver
+    /// does not know: an answer to an unknown request.
+    UnknownCase,
+    /// A second final answer (response fulfilled, partially fulfilled or
+    /// refused) to a request already answered.
+    AlreadyAnswered,
+    /// The case was withdrawn (Art. 11.1) or closed; it takes no more messages.
+    CaseClosed,
+    /// Sent by, or to, an authority other than the one the case expects for
+    /// this message: an answer from an authority that was not asked.
+    NotAddressee,
+    /// The message does not fit the state of its case (for example a
+    /// confidentiality decision when no notice is pending).
+    WrongState,
+    /// Art. 11.2: a response does not carry the purpose of its request.
+    PurposeMismatch,
+    /// Art. 11.2, 11.3: the data may not be used or passed on without a
+    /// consent of the providing party, and none is on record.
+    ConsentMissing,
+    /// A directory update (Art. 2, 9.3, 9.4) without a valid signature of the
+    /// sending authority's root key, or the receiver has no root key for it.
+    DirectoryNotVerified,
+    /// A signatory roster whose version is not higher than the one on record
+    /// (or the same version with different content).
+    StaleDirectoryUpdate,
 }
 
 impl RejectCode {
     /// Every code, in declaration order.
-    pub const ALL: [RejectCode; 15] = [
+    pub const ALL: [RejectCode; 25] = [
         Self::TooLarge,
         Self::Malformed,
         Self::UnsupportedVersion,
@@ -81,6 +109,16 @@ impl RejectCode {
         Self::InvalidMessage,
         Self::AttachmentMismatch,
         Self::TemporaryFailure,
+        Self::AgreementTerminated,
+        Self::UnknownCase,
+        Self::AlreadyAnswered,
+        Self::CaseClosed,
+        Self::NotAddressee,
+        Self::WrongState,
+        Self::PurposeMismatch,
+        Self::ConsentMissing,
+        Self::DirectoryNotVerified,
+        Self::StaleDirectoryUpdate,
     ];
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
@@ -100,6 +138,16 @@ impl RejectCode {
             Self::InvalidMessage => "invalid_message",
             Self::AttachmentMismatch => "attachment_mismatch",
             Self::TemporaryFailure => "temporary_failure",
+            Self::AgreementTerminated => "agreement_terminated",
+            Self::UnknownCase => "unknown_case",
+            Self::AlreadyAnswered => "already_answered",
+            Self::CaseClosed => "case_closed",
+            Self::NotAddressee => "not_addressee",
+            Self::WrongState => "wrong_state",
+            Self::PurposeMismatch => "purpose_mismatch",
+            Self::ConsentMissing => "consent_missing",
+            Self::DirectoryNotVerified => "directory_not_verified",
+            Self::StaleDirectoryUpdate => "stale_directory_update",
         }
     }
     /// Whether the sender should retry later (only [`RejectCode::TemporaryFailure`]).
@@ -134,6 +182,7 @@ impl From<&OpenError> for RejectCode {
             OpenError::NodeSignature { .. } => Self::BadNodeSignature,
             OpenError::WrongRecipient { .. } => Self::WrongRecipient,
             OpenError::AgreementNotInForce { .. } => Self::AgreementNotInForce,
+            OpenError::AgreementTerminated { .. } => Self::AgreementTerminated,
             OpenError::Decrypt(_) => Self::DecryptFailed,
             OpenError::Signature(
                 SignatureError::UnknownSigner { .. } | SignatureError::SignerNotValid { .. },

@@ -191,13 +191,21 @@ impl SignedMessage {
             .or_else(|_| CoseSign1::from_slice(&self.cose))
             .map_err(|e| SignatureError::Malformed(e.to_string()))?;
         let claims = parse_claims(&sign1)?;
-        let signer = signers
+        // The same key may be listed several times with different periods
+        // (one entry per roster version, see `roster::RosterHistory`): take
+        // one valid at the signing time if there is one.
+        let mut candidates = signers
             .iter()
-            .find(|s| s.key.key_id() == claims.kid && s.authority == claims.from)
+            .filter(|s| s.key.key_id() == claims.kid && s.authority == claims.from)
+            .peekable();
+        let first = candidates
+            .peek()
+            .copied()
             .ok_or_else(|| SignatureError::UnknownSigner {
                 kid: claims.kid.to_string(),
                 authority: claims.from.clone(),
             })?;
+        let signer = candidates.find(|s| s.valid_at(claims.time)).unwrap_or(first);
         sign1.verify_signature(MESSAGE_AAD, |sig, tbs| {
             if signer.key.verify(tbs, sig) {
                 Ok(())

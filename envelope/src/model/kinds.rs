@@ -558,6 +558,59 @@ pub struct DirectoryUpdate {
     /// Accompanying note, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The change signed by the sending authority's root key (a tagged
+    /// COSE_Sign1 over a directory statement, see `crate::roster`): what a
+    /// receiver verifies before it applies the change. Base64 in JSON, a
+    /// byte string in CBOR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<Attestation>,
+}
+
+/// Largest attestation accepted (a roster of 1000 signatories is about 200 KiB).
+pub const MAX_ATTESTATION_LEN: usize = 1024 * 1024;
+
+/// Bytes of a root-key signature over a directory statement: standard base64
+/// (with padding) in JSON, a byte string in CBOR.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attestation(pub Vec<u8>);
+
+impl fmt::Debug for Attestation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attestation({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Attestation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Attestation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        use serde::de::Error as _;
+        let bytes = if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            if s.len() > MAX_ATTESTATION_LEN / 3 * 4 + 4 {
+                return Err(D::Error::custom("attestation longer than 1 MiB"));
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_bytes())
+                .map_err(|_| D::Error::custom("attestation is not standard base64"))?
+        } else {
+            serde_bytes::ByteBuf::deserialize(d)?.into_vec()
+        };
+        if bytes.len() > MAX_ATTESTATION_LEN {
+            return Err(D::Error::custom("attestation longer than 1 MiB"));
+        }
+        Ok(Self(bytes))
+    }
 }
 
 impl MessageBody {
