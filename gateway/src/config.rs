@@ -29,6 +29,11 @@
 //!
 //! [store]
 //! master_key_file = "keys/master.key"     # or: master_key_credential = "konvert-master"
+//! retention_default = "30d"               # messages without a more specific rule
+//! audit_retention = "1825d"               # metadata, receipts, audit trail (5 years)
+//! retention = { "kz-by-2019" = { request = "90d", "*" = "60d" } }
+//! sweep_interval = "1m"                   # how often expired data is destroyed
+//! audit_head_log = "/var/log/konvert/audit-heads.jsonl"   # optional; another disk
 //!
 //! [[signatories]]                         # who may sign what this gateway sends
 //! id = "ivanov"
@@ -280,6 +285,17 @@ pub struct StoreSection {
     /// Retention per agreement and message kind: `{ "kz-by-2019" = { request = "90d", "*" = "60d" } }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retention: BTreeMap<String, BTreeMap<String, Span>>,
+    /// How often the retention sweeper runs (default 1 minute): it destroys
+    /// the keys and payload files of expired hours, then does the index
+    /// bookkeeping and prunes the audit trail in bounded steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_interval: Option<Span>,
+    /// An append-only file to which the audit chain's head is appended (JSON
+    /// lines) after each sweep; keep it on another disk or ship it away, so
+    /// that a truncated audit trail can be detected (`konvert-store`
+    /// `audit_verify_against_log`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head_log: Option<PathBuf>,
 }
 
 /// `[outbox]`
@@ -524,6 +540,9 @@ impl Config {
         };
         plain(&mut cfg.data_dir, "data_dir".into())?;
         plain(&mut cfg.api.socket, "api.socket".into())?;
+        if let Some(p) = cfg.store.audit_head_log.as_mut() {
+            plain(p, "store.audit_head_log".into())?;
+        }
         for (i, p) in cfg.profiles.iter_mut().enumerate() {
             plain(p, format!("profiles[{i}]"))?;
         }

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

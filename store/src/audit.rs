@@ -71,6 +71,10 @@ pub enum AuditKind {
     /// The keyring was re-sealed under a new master key (detail `keyring`,
     /// count = the keyring's new generation; no key material).
     MasterKeyRotated,
+    /// The delivery receipt this gateway signed for a received message was
+    /// stored (detail = its outcome code, digest = SHA-256 of the signed
+    /// receipt).
+    ReceiptIssued,
 }
 
 /// An audit event as given to [`crate::Store::audit_append`] and stored.

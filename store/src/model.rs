@@ -145,8 +145,17 @@ pub struct MessageMeta {
     pub destroyed_at: Option<i64>,
     /// The last failure or outcome code (no personal data).
     pub outcome: Option<String>,
-    /// Send attempts (outbound).
+    /// Send attempts (outbound): each `mark_sent` and each
+    /// [`crate::Store::mark_attempt`].
     pub attempts: u32,
+    /// Outbound: when it was last handed to the peer (`mark_sent`).
+    pub sent_at: Option<i64>,
+    /// Outbound: when its delivery receipt was stored.
+    pub delivered_at: Option<i64>,
+    /// Inbound: when the application acknowledged it.
+    pub acknowledged_at: Option<i64>,
+    /// Outbound: when the last attempt to send it was made (successful or not).
+    pub last_attempt_at: Option<i64>,
 }
 
 /// A message with its payload, as read through the API.
@@ -336,6 +345,14 @@ pub(crate) struct MsgRec {
     pub outcome: Option<String>,
     #[serde(rename = "n")]
     pub attempts: u32,
+    #[serde(rename = "ts", default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
+    #[serde(rename = "td", default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<i64>,
+    #[serde(rename = "ta", default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<i64>,
+    #[serde(rename = "tl", default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<i64>,
     /// Where the sealed payload is in its hour's payload file; `None` once
     /// destroyed.
     #[serde(rename = "f")]
@@ -377,6 +394,10 @@ impl MsgRec {
             destroyed_at: self.destroyed_at,
             outcome: self.outcome.clone(),
             attempts: self.attempts,
+            sent_at: self.sent_at,
+            delivered_at: self.delivered_at,
+            acknowledged_at: self.acknowledged_at,
+            last_attempt_at: self.last_attempt_at,
         })
     }
 }

@@ -52,6 +52,9 @@ const P_EXP: u8 = b'X';
 const P_CASEMSG: u8 = b'c';
 const P_RECEIPT: u8 = b'R';
 const P_RECEIPT_PEER: u8 = b'r';
+/// Receipts this gateway issued for received messages, and their peer index.
+const P_ISSUED: u8 = b'Q';
+const P_ISSUED_PEER: u8 = b'q';
 const P_CASE: u8 = b'C';
 const P_DEADLINE: u8 = b'D';
 const P_META: u8 = b'M';
@@ -67,6 +70,8 @@ const X_CASE_PURGE: u8 = 6;
 const S_DESTROYED: u8 = 0xfe;
 /// The messages of one put group whose key hour this is (destroyed with it).
 const X_HOUR_MSGS: u8 = 7;
+/// An issued receipt whose audit retention ends in that hour.
+const X_PURGE_ISSUED: u8 = 8;
 
 const FORMAT_VERSION: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
@@ -282,6 +287,29 @@ fn payload_aad(dir: Direction, id: &MessageId, key_hour: i64, case: Option<&Case
     }
     a
 }
+fn issued_key(id: &MessageId) -> Vec<u8> {
+    let mut k = vec![P_ISSUED];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// A receipt's keys and AAD by direction: the receipts of outbound messages
+/// (signed by the peer) and those issued for inbound ones (signed here).
+fn receipt_keys(dir: Direction) -> (u8, u8, &'static [u8]) {
+    match dir {
+        Direction::Outbound => (P_RECEIPT, P_RECEIPT_PEER, b"konvert-store v1 receipt"),
+        Direction::Inbound => (P_ISSUED, P_ISSUED_PEER, b"konvert-store v1 issued receipt"),
+    }
+}
+
+fn receipt_aad_dir(dir: Direction, id: &MessageId, key_hour: i64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(56);
+    a.extend_from_slice(receipt_keys(dir).2);
+    a.extend_from_slice(&id.0);
+    a.extend_from_slice(&key_hour.to_be_bytes());
+    a
+}
+
 fn receipt_aad(id: &MessageId, key_hour: i64) -> Vec<u8> {
     let mut a = Vec::with_capacity(48);
     a.extend_from_slice(b"konvert-store v1 receipt");
@@ -662,6 +690,10 @@ impl Store {
             destroyed_at: None,
             outcome: None,
             attempts: 0,
+            sent_at: None,
+            delivered_at: None,
+            acknowledged_at: None,
+            last_attempt_at: None,
             seg: Some(SegRef { off, len }),
         };
         Ok(PreparedPut {
@@ -1256,8 +1288,15 @@ impl Store {
                 if let Some(o) = outcome {
                     rec.outcome = Some(o.to_owned());
                 }
-                if to == MessageState::Sent {
-                    rec.attempts = rec.attempts.saturating_add(1);
+                match to {
+                    MessageState::Sent => {
+                        rec.attempts = rec.attempts.saturating_add(1);
+                        rec.sent_at = Some(now);
+                        rec.last_attempt_at = Some(now);
+                    }
+                    MessageState::Delivered => rec.delivered_at = Some(now),
+                    MessageState::Acknowledged => rec.acknowledged_at = Some(now),
+                    _ => {}
                 }
                 let mut batch = Batch::default();
                 batch.remove(state_key(dir, cur, &rec.peer, id));
@@ -1326,6 +1365,36 @@ impl Store {
         )
     }
 
+    /// Outbound: an attempt to send was made and did not get the message to
+    /// the peer (connection refused, stream reset, ...): count it, with its
+    /// outcome code (no personal data); the state stays. Not audited (the
+    /// final outcome is).
+    pub fn mark_attempt(&self, id: &MessageId, outcome: &str) -> Result<MessageMeta> {
+        self.gc.check()?;
+        check_name("outcome", outcome)?;
+        let now = self.clock.now();
+        let meta = {
+            let _head = self.head();
+            let mut rec = self.load(Direction::Outbound, id)?;
+            if rec.destroyed_at.is_some() {
+                return Err(Error::Destroyed {
+                    what: what_msg(Direction::Outbound, id),
+                });
+            }
+            rec.attempts = rec.attempts.saturating_add(1);
+            rec.last_attempt_at = Some(now);
+            rec.outcome = Some(outcome.to_owned());
+            // One sled write of the record: atomic by itself, no intent needed.
+            if let Err(e) = self.db.insert(msg_key(Direction::Outbound, id), encode(&rec)) {
+                self.gc.poison();
+                return Err(e.into());
+            }
+            rec.meta(Direction::Outbound, *id)?
+        };
+        self.commit()?;
+        Ok(meta)
+    }
+
     /// Outbound: delivery failed for good (`queued`/`sent` → `failed`), with
     /// an outcome code (no personal data).
     pub fn mark_failed(&self, id: &MessageId, outcome: &str) -> Result<MessageMeta> {
@@ -1358,6 +1427,10 @@ impl Store {
     // ---- receipts ----
 
     fn decode_receipt(&self, id: &MessageId, raw: &[u8]) -> Result<Receipt> {
+        self.decode_receipt_dir(Direction::Outbound, id, raw)
+    }
+
+    fn decode_receipt_dir(&self, dir: Direction, id: &MessageId, raw: &[u8]) -> Result<Receipt> {
         let what = || format!("receipt of {id}");
         let rr: ReceiptRec = decode(raw, what)?;
         let key = self
@@ -1367,7 +1440,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| Error::Destroyed { what: what() })?;
         let bytes = key
-            .open(&receipt_aad(id, rr.key_hour), &rr.sealed)
+            .open(&receipt_aad_dir(dir, id, rr.key_hour), &rr.sealed)
             .ok_or_else(|| Error::Unseal { what: what() })?;
         Ok(Receipt {
             message: *id,
@@ -1432,6 +1505,135 @@ impl Store {
                     .ok_or_else(|| Error::corrupt("receipt key"))?,
             );
             out.push(self.decode_receipt(&id, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Inbound: keep the delivery receipt this gateway signed and sent back
+    /// for a received message, sealed, for the audit retention (like the
+    /// receipts of outbound messages; it outlives the message's payload).
+    /// Idempotent: if one is kept already, it stays and is returned (a
+    /// duplicate envelope gets the same receipt again).
+    pub fn put_issued_receipt(&self, id: &MessageId, receipt: &NewReceipt) -> Result<Receipt> {
+        self.gc.check()?;
+        check_name("outcome", &receipt.outcome)?;
+        let now = self.clock.now();
+        let expires_at = self.retention.audit_expiry(now);
+        let key_hour = hour_of(expires_at);
+        let key = self.bucket_key(key_hour)?;
+        let sealed = key.seal(&receipt_aad_dir(Direction::Inbound, id, key_hour), &receipt.bytes);
+        {
+            let mut head = self.head();
+            let rec = self.load(Direction::Inbound, id)?;
+            if let Some(raw) = self.db.get(issued_key(id))? {
+                drop(head);
+                return self.decode_receipt_dir(Direction::Inbound, id, &raw);
+            }
+            let rr = ReceiptRec {
+                peer: rec.peer.clone(),
+                outcome: receipt.outcome.clone(),
+                at: now,
+                expires_at,
+                key_hour,
+                sealed: ByteBuf::from(sealed),
+            };
+            let mut batch = Batch::default();
+            batch.insert(issued_key(id), encode(&rr));
+            let mut pk = peer_prefix(P_ISSUED_PEER, None, &rec.peer);
+            pk.extend_from_slice(&id.0);
+            batch.insert(pk, EMPTY);
+            batch.insert(exp_key(key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
+            let ev = AuditEvent::new(AuditKind::ReceiptIssued)
+                .message(*id)
+                .peer(&rec.peer)
+                .detail(&receipt.outcome)
+                .digest(Sha256::digest(&receipt.bytes).into());
+            self.apply(&mut head, batch, &[ev], now)?;
+        }
+        self.commit()?;
+        self.issued_receipt(id)
+    }
+
+    /// The receipt this gateway issued for a received message.
+    pub fn issued_receipt(&self, message: &MessageId) -> Result<Receipt> {
+        self.receipt_dir(Direction::Inbound, message)
+    }
+
+    /// The receipt of a message of either direction: the peer's for an
+    /// outbound message, ours for an inbound one.
+    pub fn receipt_dir(&self, dir: Direction, message: &MessageId) -> Result<Receipt> {
+        let mut key = vec![receipt_keys(dir).0];
+        key.extend_from_slice(&message.0);
+        let raw = self.db.get(key)?.ok_or_else(|| Error::NotFound {
+            what: format!("receipt of {message}"),
+        })?;
+        self.decode_receipt_dir(dir, message, &raw)
+    }
+
+    /// Receipts of one direction exchanged with `peer`, by message id
+    /// (time) order, after the cursor (exclusive), at most `limit`.
+    pub fn receipts_by_peer_dir(
+        &self,
+        dir: Direction,
+        peer: &str,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Receipt>> {
+        check_name("peer", peer)?;
+        let prefix = peer_prefix(receipt_keys(dir).1, None, peer);
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            start.extend_from_slice(&a.0);
+            start.push(0);
+        }
+        let mut end = prefix.clone();
+        end.extend_from_slice(&[0xff; 17]);
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, _) = r?;
+            let id = MessageId(
+                k.get(prefix.len()..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("receipt index"))?,
+            );
+            out.push(self.receipt_dir(dir, &id)?);
+        }
+        Ok(out)
+    }
+
+    /// Receipts of one direction whose message id time is in
+    /// `[from_ms, to_ms)`, after the cursor `after` (exclusive), at most `limit`.
+    pub fn receipts_between_dir(
+        &self,
+        dir: Direction,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Receipt>> {
+        let p = receipt_keys(dir).0;
+        let mut start = vec![p];
+        match after {
+            Some(a) if a.0 >= MessageId::min_at(from_ms).0 => {
+                start.extend_from_slice(&a.0);
+                start.push(0);
+            }
+            _ => start.extend_from_slice(&MessageId::min_at(from_ms).0),
+        }
+        let mut end = vec![p];
+        end.extend_from_slice(&MessageId::min_at(to_ms).0);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for r in self.db.range(start..end).take(limit) {
+            let (k, v) = r?;
+            let id = MessageId(
+                k.get(1..)
+                    .and_then(id16)
+                    .ok_or_else(|| Error::corrupt("receipt key"))?,
+            );
+            out.push(self.decode_receipt_dir(dir, &id, &v)?);
         }
         Ok(out)
     }
@@ -1863,6 +2065,18 @@ impl Store {
                                 batch.remove(pk);
                             }
                             batch.remove(receipt_key(&mid));
+                            purged += 1;
+                        }
+                    }
+                    X_PURGE_ISSUED => {
+                        let mid = MessageId(id);
+                        if let Some(raw) = self.db.get(issued_key(&mid))? {
+                            if let Ok(rr) = decode::<ReceiptRec>(&raw, String::new) {
+                                let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
+                                pk.extend_from_slice(&mid.0);
+                                batch.remove(pk);
+                            }
+                            batch.remove(issued_key(&mid));
                             purged += 1;
                         }
                     }

@@ -68,6 +68,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     /// Its QUIC port.
     pub port: u16,
+    /// Extra environment for `konvertd` (e.g. the test clock's offset file).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -94,6 +96,7 @@ impl Gateway {
             authority: authority.into(),
             dir,
             port,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -104,6 +107,7 @@ impl Gateway {
             authority: authority.into(),
             dir: parent.join(authority),
             port: 0,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -163,6 +167,7 @@ impl Gateway {
             .arg("--config")
             .arg(self.config())
             .env("KONVERT_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

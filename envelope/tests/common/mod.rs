@@ -134,4 +134,3 @@ pub fn unseal_attachments(msg: &mut Message) -> usize {
     }
     n
 }
-pub mod flow;

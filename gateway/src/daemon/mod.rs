@@ -21,6 +21,7 @@
 
 pub mod inbound;
 pub mod outbound;
+pub mod retention;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +86,7 @@ pub async fn run(
         let _ = api_stop.wait_for(|s| *s).await;
     }));
     let accept_task = tokio::spawn(inbound::accept_loop(Arc::clone(&node)));
+    let sweep_task = tokio::spawn(retention::sweeper(Arc::clone(&node), stop_rx.clone()));
     let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx));
     tracing::info!(
         authority = %node.keys.authority,
@@ -95,10 +97,10 @@ pub async fn run(
     crate::systemd::ready("QUIC endpoint and API socket up");
     let _watchdog = crate::systemd::Watchdog::spawn({
         let node = Arc::clone(&node);
-        let tasks = [&api_task, &accept_task, &dispatch_task].map(|t| t.abort_handle());
+        let tasks = [&api_task, &accept_task, &dispatch_task, &sweep_task].map(|t| t.abort_handle());
         move || {
             if tasks.iter().any(|t| t.is_finished()) {
-                Err("a daemon task (API, QUIC accept or dispatcher) has stopped")
+                Err("a daemon task (API, QUIC accept, dispatcher or retention sweeper) has stopped")
             } else if node.store.stats().poisoned {
                 Err("the store is poisoned after a failed sync")
             } else {
@@ -124,6 +126,7 @@ pub async fn run(
     node.endpoint.refuse_new_connections();
     let _ = api_task.await;
     let _ = dispatch_task.await;
+    let _ = sweep_task.await;
     // Let envelopes being received finish and their receipts go out.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while node.inbound_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
@@ -182,6 +185,9 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
+    /// The test clock offset file is not usable.
+    #[error("test clock offset file {0}")]
+    Clock(String),
 }
 
 /// What changes on SIGHUP: peers, their cards and the profiles.
@@ -281,6 +287,10 @@ pub struct Node {
     pub started: Instant,
     /// Envelopes being received now (shutdown waits for them).
     pub inbound_in_flight: std::sync::atomic::AtomicUsize,
+    /// The clock of deadlines, retention and receipts.
+    pub clock: Arc<crate::clock::NodeClock>,
+    /// What the retention sweeper has done.
+    pub sweeps: retention::SweepTotals,
 }
 
 impl Node {
@@ -315,8 +325,19 @@ impl Node {
             source,
         })?;
         files::create_private_dir(&cfg.data_dir).map_err(offline::Error::from)?;
+        let clock =
+            Arc::new(crate::clock::NodeClock::from_env().map_err(|e| StartError::Clock(e.to_string()))?);
+        if clock.is_shifted() {
+            tracing::warn!(
+                offset_secs = clock.offset_secs(),
+                "the clock is shifted for tests ({}); never set it in production",
+                crate::clock::CLOCK_FILE_ENV
+            );
+        }
         let mut store_cfg = StoreConfig::new(cfg.data_dir.join("store"), master);
         store_cfg.retention = retention(cfg);
+        store_cfg.clock = clock.clone();
+        store_cfg.audit_head_log = cfg.store.audit_head_log.clone();
         let store = Store::open(store_cfg).map_err(|source| StartError::Store {
             path: cfg.data_dir.clone(),
             source,
@@ -367,6 +388,8 @@ impl Node {
             uploads_dir,
             started: Instant::now(),
             inbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            clock,
+            sweeps: retention::SweepTotals::default(),
         }))
     }
 
@@ -384,6 +407,9 @@ impl Node {
     pub fn reload(&self) -> Result<(), StartError> {
         let loaded = Loaded::load(&self.config_path)?;
         let dir = Directory::from_loaded(&loaded)?;
+        self.clock
+            .reload()
+            .map_err(|e| StartError::Clock(e.to_string()))?;
         self.endpoint
             .pins()
             .replace(dir.pins())
@@ -404,9 +430,9 @@ impl Node {
         Ok(())
     }
 
-    /// The current time.
+    /// The current time (the node's clock: see [`crate::clock`]).
     pub fn now(&self) -> Timestamp {
-        Timestamp::now()
+        self.clock.now()
     }
 }
 

@@ -1,0 +1,148 @@
+#![allow(clippy::unwrap_used)]
+//! Receipts of both directions, and the delivery times and attempts of a
+//! message.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use konvert_store::*;
+
+fn ms(t: i64) -> u64 {
+    (t as u64) * 1000
+}
+
+fn receipt(outcome: &str, bytes: &[u8]) -> NewReceipt {
+    NewReceipt {
+        outcome: outcome.into(),
+        bytes: bytes.to_vec(),
+    }
+}
+
+#[test]
+fn issued_receipts_are_kept_listed_and_outlive_the_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = open(tmp.path(), clock.clone());
+    let inb = msg(ms(T0), "by.mvd", "request", b"received");
+    s.put_inbox(&inb).unwrap();
+    let out = msg(ms(T0) + 1, "by.mvd", "request", b"sent");
+    s.put_outbox(&out).unwrap();
+    s.mark_delivered(&out.id, &receipt("accepted", b"their receipt"))
+        .unwrap();
+
+    // No receipt issued yet.
+    assert!(matches!(s.issued_receipt(&inb.id), Err(Error::NotFound { .. })));
+    let r = s
+        .put_issued_receipt(&inb.id, &receipt("accepted", b"our signed receipt"))
+        .unwrap();
+    assert_eq!(r.bytes, b"our signed receipt");
+    assert_eq!(r.peer, "by.mvd");
+    // Idempotent: the first one stays.
+    let again = s
+        .put_issued_receipt(&inb.id, &receipt("accepted", b"another"))
+        .unwrap();
+    assert_eq!(again.bytes, b"our signed receipt");
+    // Only for messages the store holds.
+    let unknown = MessageId::new_v7(ms(T0) + 99);
+    assert!(matches!(
+        s.put_issued_receipt(&unknown, &receipt("accepted", b"x")),
+        Err(Error::NotFound { .. })
+    ));
+
+    // Each direction lists its own.
+    let ours = s
+        .receipts_by_peer_dir(Direction::Inbound, "by.mvd", None, 10)
+        .unwrap();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].message, inb.id);
+    let theirs = s
+        .receipts_by_peer_dir(Direction::Outbound, "by.mvd", None, 10)
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].message, out.id);
+    assert_eq!(s.receipts_by_peer("by.mvd", None, 10).unwrap().len(), 1);
+    assert_eq!(
+        s.receipts_between_dir(Direction::Inbound, ms(T0), ms(T0) + 10, None, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s
+        .receipts_between_dir(Direction::Inbound, ms(T0), ms(T0) + 10, Some(&inb.id), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.receipt_dir(Direction::Outbound, &out.id).unwrap().bytes,
+        b"their receipt"
+    );
+    assert!(s
+        .audit_list(0, 1000)
+        .unwrap()
+        .iter()
+        .any(|e| e.event.kind == AuditKind::ReceiptIssued && e.event.message == Some(inb.id)));
+
+    // The message's retention ends: its payload goes, the receipt stays.
+    clock.set(T0 + 31 * DAY);
+    while s.sweep(1000).unwrap().remaining {}
+    assert!(matches!(s.inbox_get(&inb.id), Err(Error::Destroyed { .. })));
+    assert_eq!(s.issued_receipt(&inb.id).unwrap().bytes, b"our signed receipt");
+    drop(s);
+    let s = open(tmp.path(), clock.clone());
+    assert_eq!(s.issued_receipt(&inb.id).unwrap().outcome, "accepted");
+
+    // The audit retention ends: receipts of both directions are purged.
+    clock.set(T0 + 366 * DAY);
+    while s.sweep(1000).unwrap().remaining {}
+    assert!(matches!(s.issued_receipt(&inb.id), Err(Error::NotFound { .. })));
+    assert!(s
+        .receipts_by_peer_dir(Direction::Inbound, "by.mvd", None, 10)
+        .unwrap()
+        .is_empty());
+    s.audit_verify().unwrap();
+}
+
+#[test]
+fn delivery_times_and_attempts_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = open(tmp.path(), clock.clone());
+    let out = msg(ms(T0), "by.mvd", "request", b"out");
+    s.put_outbox(&out).unwrap();
+    clock.advance(10);
+    let m = s.mark_attempt(&out.id, "connection_refused").unwrap();
+    assert_eq!(m.state, MessageState::Queued);
+    assert_eq!(m.attempts, 1);
+    assert_eq!(m.last_attempt_at, Some(T0 + 10));
+    assert_eq!(m.outcome.as_deref(), Some("connection_refused"));
+    assert_eq!(m.sent_at, None);
+    assert!(s.mark_attempt(&out.id, "bad\ncode").is_err());
+    clock.advance(10);
+    let m = s.mark_sent(&out.id).unwrap();
+    assert_eq!(
+        (m.attempts, m.sent_at, m.last_attempt_at),
+        (2, Some(T0 + 20), Some(T0 + 20))
+    );
+    clock.advance(5);
+    let m = s.mark_delivered(&out.id, &receipt("accepted", b"r")).unwrap();
+    assert_eq!(m.delivered_at, Some(T0 + 25));
+    assert_eq!(m.sent_at, Some(T0 + 20));
+
+    let inb = msg(ms(T0) + 1, "by.mvd", "request", b"in");
+    s.put_inbox(&inb).unwrap();
+    clock.advance(5);
+    let a = s.inbox_ack(&inb.id).unwrap();
+    assert_eq!(a.acknowledged_at, Some(T0 + 30));
+    drop(s);
+    let s = open(tmp.path(), clock);
+    let m = s.meta(Direction::Outbound, &out.id).unwrap();
+    assert_eq!(
+        (m.attempts, m.sent_at, m.delivered_at),
+        (2, Some(T0 + 20), Some(T0 + 25))
+    );
+    assert_eq!(
+        s.meta(Direction::Inbound, &inb.id).unwrap().acknowledged_at,
+        Some(T0 + 30)
+    );
+}
