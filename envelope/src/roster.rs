@@ -12,7 +12,7 @@
 //! The signed form is a COSE_Sign1 (RFC 9052, tag 18, EdDSA) whose payload is
 //! the deterministic CBOR of a [`DirectoryStatement`]; protected header
 //! `{1: -8, 3: "application/konvert-directory+cbor", 4: kid}`, external AAD
-//! `konvert/1 directory` (see `docs/PROTOCOL.md` §6).
+//! `konvert/1 directory` (see `docs/PROTOCOL.md` §7).
 //!
 //! [`RosterHistory`] keeps every roster version, so a message is judged by
 //! the roster in force when it was signed: version *n* applies from its

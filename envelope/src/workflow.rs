@@ -832,8 +832,11 @@ impl Case {
                 self.replies_to_request(msg)?;
                 // Recorded in every state but closed (checked before): a
                 // notice may cross an answer or a withdrawal in flight.
+                // It moves only a case that was just received: elsewhere
+                // it could cross a clarification answer or a decision, and
+                // the two orders must end alike.
                 Ok(match self.state {
-                    CaseState::Received | CaseState::Clarified => CaseState::InProgress,
+                    CaseState::Received => CaseState::InProgress,
                     _ => self.state.clone(),
                 })
             }

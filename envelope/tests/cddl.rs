@@ -513,3 +513,93 @@ fn signed_message_with_wrong_protected_header_fails() {
     inner.as_array_mut().unwrap()[2] = Value::Bytes(signed.message.clone());
     assert_invalid("message-signature", &encode(v), "payload not a digest");
 }
+
+/// A signed roster and a renaming (roster.rs) as `directory_update`
+/// messages with their attestation, the signed statement on its own, and
+/// what the root key signs.
+#[test]
+fn attested_directory_updates_match() {
+    use konvert_envelope::model::{DirectoryChange, Message, MessageBody};
+    use konvert_envelope::roster::{authority_change_update, DirectoryStatement, Roster, DIRECTORY_AAD};
+    let root = SigningKey::generate();
+    let mut msg: Message = example("directory_update");
+    let MessageBody::DirectoryUpdate(u) = &msg.body else {
+        panic!("example is not a directory update")
+    };
+    let DirectoryChange::SignatoryRoster {
+        authority,
+        version,
+        signatories,
+    } = u.change.clone()
+    else {
+        panic!("example is not a roster")
+    };
+    // The example's keys are placeholders, not Ed25519 points (which the roster check refuses).
+    let signatories = signatories
+        .into_iter()
+        .map(|mut s| {
+            s.public_key =
+                konvert_envelope::model::PublicKeyBytes(SigningKey::generate().verifying_key().to_bytes());
+            s
+        })
+        .collect();
+    let roster = Roster {
+        authority,
+        version,
+        issued: msg.header.time,
+        signatories,
+    };
+    let body = roster.sign(&root).unwrap().to_directory_update(u.note.clone());
+    let att = body.attestation.clone().unwrap().0;
+    msg.body = MessageBody::DirectoryUpdate(body);
+    assert_valid(
+        "message",
+        &cbor::to_deterministic_vec(&msg).unwrap(),
+        "attested roster update",
+    );
+    assert_valid("signed-directory-statement", &att, "signed roster statement");
+
+    let renamed: Message = example("directory_update-authority_renamed");
+    let MessageBody::DirectoryUpdate(u) = &renamed.body else {
+        panic!()
+    };
+    let body = authority_change_update(
+        &renamed.header.from,
+        renamed.header.time,
+        u.change.clone(),
+        None,
+        &root,
+    )
+    .unwrap();
+    let att2 = body.attestation.clone().unwrap().0;
+    assert_valid("signed-directory-statement", &att2, "signed renaming statement");
+
+    // The parts: payload, protected header, Sig_structure.
+    let sign1 = CoseSign1::from_tagged_slice(&att).unwrap();
+    let payload = sign1.payload.clone().unwrap();
+    assert_valid("directory-statement", &payload, "statement payload");
+    assert_eq!(encode(decode(&payload)), payload, "payload is deterministic");
+    let prot = sign1.protected.original_data.clone().unwrap();
+    assert_valid("directory-protected-header", &prot, "protected header");
+    let tbs = coset::sig_structure_data(
+        coset::SignatureContext::CoseSign1,
+        sign1.protected.clone(),
+        None,
+        DIRECTORY_AAD,
+        &payload,
+    );
+    assert_valid("directory-sig-structure", &tbs, "Sig_structure");
+    assert!(root.verifying_key().verify(&tbs, &sign1.signature));
+    assert!(DirectoryStatement::verify(&att, &root.verifying_key()).is_ok());
+
+    // A statement with an unknown member does not match.
+    let mut v = decode(&payload);
+    if let Value::Map(m) = &mut v {
+        m.push((Value::Text("extra".into()), Value::Integer(1.into())));
+    }
+    assert_invalid(
+        "directory-statement",
+        &encode(v),
+        "statement with an extra member",
+    );
+}

@@ -134,3 +134,4 @@ pub fn unseal_attachments(msg: &mut Message) -> usize {
     }
     n
 }
+pub mod flow;
