@@ -3,6 +3,7 @@
 //! - [`files`]: size-limited reads, atomic writes, owner-only secrets.
 //! - [`config`]: `konvert.toml`, the daemon configuration.
 //! - [`daemon`]: `konvertd`: the node, inbound and outbound delivery, the API service.
+//! - [`docgen`]: man pages and shell completions from the clap definitions.
 //! - [`demo`]: `konvertctl demo`, the exchange a newcomer runs first.
 //! - [`retry`]: outbox retry timing (exponential backoff with jitter).
 //! - [`init`]: `konvertctl init` and `peer add`.
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod docgen;
 pub mod files;
 pub mod init;
 pub mod offline;

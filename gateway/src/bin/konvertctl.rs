@@ -23,8 +23,12 @@ use konvert_gateway::offline;
         konvertctl keygen --authority kz.mvd --dir kz/    # keys and card for a gateway\n  \
         konvertctl envelope seal --help                   # seal a message into an envelope\n  \
         konvertctl --socket kz/api.sock send msg.json     # hand a message to a running konvertd\n\n\
-        Exit status: 0 on success, 1 when the command failed (one line on stderr says why),\n\
-        2 when the arguments are wrong."
+        Exit status:\n  \
+        0  success\n  \
+        1  the command failed; one line on stderr says why (health: konvertd is unavailable;\n     \
+        receipts verify: the signature does not check)\n  \
+        2  the arguments are wrong (usage on stderr)\n\n\
+        Every command has --help with an example; man pages: konvertctl(1), konvertctl-COMMAND(1)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -92,7 +96,12 @@ enum Command {
         signatory: String,
     },
     /// Manage peer gateways.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl peer add --config /etc/konvert/konvert.toml --card by.mvd-card.toml \\\n    \
+        --address 198.51.100.20:7443 --agreement kz-by-2019\n  \
+        systemctl reload konvertd   # the running daemon picks the peer up"
+    )]
     Peer(PeerCommand),
     /// Create a gateway's node keys (Ed25519 signing key, age identity) and its public authority card.
     #[command(
@@ -114,11 +123,27 @@ enum Command {
         force: bool,
     },
     /// Manage signatories (the people who sign requests, Art. 9.3).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl signatory keygen --out ivanov.key.pem"
+    )]
     Signatory(SignatoryCommand),
     /// Seal, open and inspect envelope files offline.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl envelope seal --keys kz/ --to by/card.toml --signer ivanov.key.pem \\\n    \
+        --profile deploy/profiles/kz-by-2019.toml --in message.json --out request.env\n  \
+        konvertctl envelope inspect --in request.env"
+    )]
     Envelope(EnvelopeCommand),
+    /// Write man pages or shell completions made from these definitions (for packaging).
+    #[command(
+        subcommand,
+        hide = true,
+        after_help = "Example:\n  konvertctl generate man --out target/assets/man\n  \
+        konvertctl generate completions --out target/assets/completions"
+    )]
+    Generate(GenerateCommand),
     /// Hand a message (JSON) to konvertd: upload its attachments, then submit it.
     #[command(
         after_help = "Example:\n  konvertctl --socket /run/konvert/api.sock send request.json --signatory ivanov\n\n\
@@ -294,6 +319,24 @@ enum PeerCommand {
         /// Agreement under which messages are exchanged; repeat for several.
         #[arg(long = "agreement", required = true)]
         agreements: Vec<konvert_envelope::model::AgreementId>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCommand {
+    /// Man pages: konvertctl.1 and konvertctl-COMMAND.1 for every command.
+    #[command(after_help = "Example:\n  konvertctl generate man --out target/assets/man")]
+    Man {
+        /// Directory to write them to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Shell completions: konvertctl (bash), _konvertctl (zsh), konvertctl.fish.
+    #[command(after_help = "Example:\n  konvertctl generate completions --out target/assets/completions")]
+    Completions {
+        /// Directory to write them to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -674,6 +717,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => {
             let s = offline::inspect_file(&input, age_body.as_deref(), &Limits::default(), force)?;
             print_json(&s)?;
+        }
+        Command::Generate(g) => {
+            use clap::CommandFactory;
+            let (files, dir) = match g {
+                GenerateCommand::Man { out } => {
+                    (konvert_gateway::docgen::man_pages(Cli::command(), &out), out)
+                }
+                GenerateCommand::Completions { out } => (
+                    konvert_gateway::docgen::completions(Cli::command(), "konvertctl", &out),
+                    out,
+                ),
+            };
+            let files =
+                files.map_err(|e| Failure::Other(format!("cannot write into {}: {e}", dir.display())))?;
+            for f in files {
+                println!("{}", f.display());
+            }
         }
         command @ (Command::Send { .. }
         | Command::Status { .. }

@@ -24,12 +24,30 @@ use tokio::signal::unix::{signal, SignalKind};
 )]
 struct Args {
     /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "man")]
+    config: Option<PathBuf>,
+    /// Print the konvertd(8) man page (roff) and exit (for packaging).
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        use clap::CommandFactory;
+        let mut out = std::io::stdout().lock();
+        return match konvert_gateway::docgen::man_page(Args::command(), "8", &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("konvertd: error: cannot write the man page: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(config) = args.config else {
+        eprintln!("konvertd: error: --config FILE is required");
+        return ExitCode::from(2);
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -37,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("konvertd: error: {e}");
@@ -60,17 +78,17 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn run(config: &std::path::Path) -> Result<(), String> {
     // Read the log settings first so that start-up errors are logged as configured.
-    if let Ok(text) = std::fs::read_to_string(&args.config) {
-        if let Ok(cfg) = konvert_gateway::config::Config::parse(&text, &args.config) {
+    if let Ok(text) = std::fs::read_to_string(config) {
+        if let Ok(cfg) = konvert_gateway::config::Config::parse(&text, config) {
             init_logging(cfg.log.format, &cfg.log.level);
             let unresolved = cfg.unresolved_credentials();
             if !unresolved.is_empty() {
                 return Err(format!(
                     "{}: {} refer to {}, but {} is not set: start konvertd from its systemd unit \
                      (LoadCredential=), or write the key paths out",
-                    args.config.display(),
+                    config.display(),
                     unresolved.join(", "),
                     konvert_gateway::config::CREDENTIALS_PLACEHOLDER,
                     konvert_gateway::config::CREDENTIALS_VAR,
@@ -81,7 +99,7 @@ async fn run(args: Args) -> Result<(), String> {
     init_logging(LogFormat::Text, "info");
     // READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1 go to systemd when it set NOTIFY_SOCKET.
     konvert_gateway::systemd::enable();
-    let node = Node::start(&args.config).map_err(|e| e.to_string())?;
+    let node = Node::start(config).map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
