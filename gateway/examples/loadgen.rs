@@ -130,6 +130,8 @@ async fn round(
                 Submission {
                     message: m,
                     signatory: "head".into(),
+                    sources: Vec::new(),
+                    purpose: None,
                 },
             )
             .await;

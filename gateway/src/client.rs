@@ -538,6 +538,36 @@ impl Client {
         self.json(Method::GET, &format!("/v1/messages/{id}"), None).await
     }
 
+    /// `GET /v1/cases`: `overdue=true`, or `due_within` (a duration such as `7d`), or every case.
+    pub async fn cases(
+        &self,
+        overdue: bool,
+        due_within: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<crate::api::cases::CaseView>, ClientError> {
+        let mut q: Vec<String> = Vec::new();
+        if overdue {
+            q.push("overdue=true".into());
+        }
+        if let Some(d) = due_within {
+            q.push(format!("due_within={}", percent_encode(d)));
+        }
+        if let Some(n) = limit {
+            q.push(format!("limit={n}"));
+        }
+        let query = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.json(Method::GET, &format!("/v1/cases{query}"), None).await
+    }
+
+    /// `GET /v1/cases/{id}`.
+    pub async fn case(&self, id: Id) -> Result<crate::api::cases::CaseView, ClientError> {
+        self.json(Method::GET, &format!("/v1/cases/{id}"), None).await
+    }
+
     /// `GET /v1/receipts`: one page.
     pub async fn receipts(&self, q: &ReceiptQuery) -> Result<Page<ReceiptView>, ClientError> {
         self.json(Method::GET, &format!("/v1/receipts{}", q.to_query()), None)

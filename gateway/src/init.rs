@@ -11,6 +11,7 @@
 //! | `DIR/keys/tls.cert.pem`, `tls.key.pem` | 0644 / 0600 | self-signed QUIC TLS certificate and key |
 //! | `DIR/keys/master.key` | 0600 | the store's master key |
 //! | `DIR/keys/signatories/ID.key.pem` (+ `.pub`) | 0600 | a first signatory |
+//! | `DIR/keys/root.key.pem` (+ `.pub`) | 0600 | the authority root key: signs the signatory roster (`root_key` on the card) |
 //! | `DIR/profiles/*.toml` | 0644 | the shipped agreement profiles |
 //! | `DIR/peers/` | 0700 | peer cards, filled by `peer add` |
 //! | `DIR/data/` | 0700 | the store |
@@ -103,6 +104,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
     files::create_private_dir(&sig_dir)?;
     let sig_path = sig_dir.join(format!("{}.key.pem", o.signatory));
     let sig_pub = offline::signatory_keygen(&sig_path, o.force)?;
+    let root_pub = offline::signatory_keygen(&keys.join(crate::signatories::ROOT_KEY_FILE), o.force)?;
 
     let profiles_dir = dir.join("profiles");
     files::create_private_dir(&profiles_dir)?;
@@ -118,6 +120,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
     let card_path = keys.join(offline::CARD_FILE);
     let mut card = offline::load_card(&card_path)?;
     card.tls_pin = Some(tls.pin().to_string());
+    card.root_key = Some(root_pub);
     card.signatories = vec![CardSignatory {
         id: o.signatory.clone(),
         key: sig_pub,
@@ -162,6 +165,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
         outbox: Default::default(),
         log: Default::default(),
         health: Default::default(),
+        metrics: crate::config::MetricsConfig::default(),
         signatories: vec![SignatoryConfig {
             id: o.signatory.clone(),
             key: PathBuf::from("keys/signatories").join(format!("{}.key.pem", o.signatory)),

@@ -7,6 +7,7 @@
 //! - [`demo`]: `konvertctl demo`, the exchange a newcomer runs first.
 //! - [`retry`]: outbox retry timing (exponential backoff with jitter).
 //! - [`init`]: `konvertctl init` and `peer add`.
+//! - [`signatories`]: `konvertctl signatory add|revoke|list`: the signed signatory roster.
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd (`Type=notify`).
 //! - [`client`]: the local API client behind `konvertctl`'s online commands (send, status, receipts, inbox, peers, health).
@@ -24,5 +25,6 @@ pub mod init;
 pub mod offline;
 mod reader_body;
 pub mod retry;
+pub mod signatories;
 pub mod systemd;
 pub mod transport;

@@ -162,6 +162,7 @@ impl Double {
                 received: NOW.parse().unwrap(),
                 attachments: 2,
                 due: None,
+                purpose: Some("Проверка сведений".into()),
                 expires: Some(Timestamp::from_unix(1_900_000_000)),
             },
             acknowledged: false,

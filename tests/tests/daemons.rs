@@ -64,6 +64,31 @@ fn message(
     (id, json!({ "message": m, "signatory": "head" }))
 }
 
+/// A small message outside any request case (Art. 8 information, a
+/// summary only, no attachments): for tests of delivery, not of the
+/// agreement's procedure, which refuses answers to requests it never saw.
+fn note(gw: &Gateway, to: &str) -> (String, Value) {
+    let mut m = example("unsolicited_information-kz-am-2024");
+    let id = new_id();
+    let agreement = if gw.authority == "am.police" || to == "am.police" {
+        "kz-am-2024"
+    } else {
+        "kz-by-2019"
+    };
+    m["header"] = json!({
+        "id": id,
+        "time": konvert_envelope::model::Timestamp::now().to_string(),
+        "agreement": agreement,
+        "from": gw.authority,
+        "to": to,
+    });
+    m["body"]["content"]
+        .as_object_mut()
+        .unwrap()
+        .remove("attachments");
+    (id, json!({ "message": m, "signatory": "head" }))
+}
+
 fn submit(gw: &Gateway, doc: &Value) -> String {
     let (code, body) = gw.post_json("/v1/messages", doc);
     assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
@@ -184,7 +209,7 @@ fn a_peer_restarted_mid_flight_gets_every_message_exactly_once() {
     // BY is down: messages wait in KZ's outbox.
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        let (id, doc) = note(&kz, "by.mvd");
         assert_eq!(submit(&kz, &doc), id);
         ids.push(id);
     }
@@ -194,7 +219,7 @@ fn a_peer_restarted_mid_flight_gets_every_message_exactly_once() {
     }
     // More messages, and BY crashes (SIGKILL) while they are in flight.
     for _ in 0..20 {
-        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        let (id, doc) = note(&kz, "by.mvd");
         assert_eq!(submit(&kz, &doc), id);
         ids.push(id);
     }
@@ -223,7 +248,7 @@ fn a_gateway_whose_key_is_not_pinned_is_refused() {
     fast(&am);
     kz.start();
     am.start();
-    let (id, doc) = message(&am, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&am, "kz.mvd");
     // clarification_answer is a kz-by-2019 example: use the other agreement.
     let mut doc = doc;
     doc["message"]["header"]["agreement"] = json!("kz-am-2024");
@@ -317,7 +342,7 @@ fn a_peer_added_on_sighup_is_served_without_a_restart() {
     fast(&kz);
     kz.start();
     by.start();
-    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&kz, "by.mvd");
     submit(&kz, &doc);
     // Refused while unknown: the message stays queued at kz.mvd.
     let st = kz.wait_state(&id, &["queued"], WAIT);
@@ -335,7 +360,7 @@ fn a_peer_added_on_sighup_is_served_without_a_restart() {
     assert_eq!(inbox_ids(&by).len(), 1);
     // A different message under the same id is refused.
     let mut other = doc.clone();
-    other["message"]["body"]["content"]["answers"] = json!(["другой текст"]);
+    other["message"]["body"]["content"]["summary"] = json!("другой текст");
     let (code, body) = kz.post_json("/v1/messages", &other);
     assert_eq!(code, 409, "{body}");
     assert!(by.log().contains("configuration reloaded"), "{}", by.log());
@@ -355,7 +380,7 @@ fn a_peers_addresses_are_tried_in_turn() {
     );
     kz.start();
     by.start();
-    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&kz, "by.mvd");
     submit(&kz, &doc);
     kz.wait_state(&id, &["delivered"], WAIT);
     assert_eq!(inbox_ids(&by), vec![id]);
@@ -452,13 +477,13 @@ fn receipts_of_both_directions_are_listed_paged_and_never_dropped() {
     by.start();
     let mut sent = Vec::new();
     for _ in 0..3 {
-        let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+        let (id, doc) = note(&kz, "by.mvd");
         submit(&kz, &doc);
         sent.push(id);
     }
     let mut received = Vec::new();
     for _ in 0..2 {
-        let (id, doc) = message(&by, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+        let (id, doc) = note(&by, "kz.mvd");
         submit(&by, &doc);
         received.push(id);
     }
@@ -568,17 +593,17 @@ fn a_peer_removed_on_sighup_is_disconnected_and_its_queue_waits_until_it_is_back
     kz.start();
     by.start();
     // Connections both ways between kz.mvd and by.mvd.
-    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&kz, "by.mvd");
     submit(&kz, &doc);
     kz.wait_state(&id, &["delivered"], WAIT);
-    let (id, doc) = message(&by, "clarification_answer", "kz.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&by, "kz.mvd");
     submit(&by, &doc);
     by.wait_state(&id, &["delivered"], WAIT);
     assert!(kz.get_json("/v1/health")["connections"].as_u64().unwrap() >= 1);
     // am.police is down: two messages wait in kz.mvd's outbox.
     let mut queued = Vec::new();
     for _ in 0..2 {
-        let (id, mut doc) = message(&kz, "clarification_answer", "am.police", Some(&new_id()), b"");
+        let (id, mut doc) = note(&kz, "am.police");
         doc["message"]["header"]["agreement"] = json!("kz-am-2024");
         submit(&kz, &doc);
         queued.push(id);
@@ -632,7 +657,7 @@ fn a_peer_removed_on_sighup_is_disconnected_and_its_queue_waits_until_it_is_back
     got.sort();
     queued.sort();
     assert_eq!(got, queued, "each queued message exactly once");
-    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&kz, "by.mvd");
     submit(&kz, &doc);
     kz.wait_state(&id, &["delivered"], WAIT);
     for g in [&mut kz, &mut by, &mut am] {
@@ -656,7 +681,7 @@ fn health_is_degraded_with_machine_readable_reasons() {
     assert_eq!(reason_codes(&h), vec!["disk_space_low".to_string()], "{h}");
     // by.mvd never starts: the message is retried, the peer becomes unreachable,
     // and the message grows older than its threshold.
-    let (id, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&new_id()), b"");
+    let (id, doc) = note(&kz, "by.mvd");
     submit(&kz, &doc);
     let h = eventually("peer_unreachable and undelivered_too_old", || {
         let h = kz.get_json("/v1/health");

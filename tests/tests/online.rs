@@ -282,6 +282,28 @@ fn wait_delivered(gw: &Gateway, id: &str) -> Value {
     })
 }
 
+/// A message outside any request case (Art. 8 information from kz.mvd to
+/// by.mvd, a summary only), written to `dir/note.json`: the agreement's
+/// procedure refuses answers to requests the gateways never saw.
+fn note_file(dir: &Path) -> PathBuf {
+    let mut m: Value = serde_json::from_str(
+        &fs::read_to_string(example("unsolicited_information-kz-am-2024.json")).unwrap(),
+    )
+    .unwrap();
+    m["header"]["agreement"] = json!("kz-by-2019");
+    m["header"]["to"] = json!("by.mvd");
+    m["header"]["id"] =
+        json!(konvert_envelope::model::Id::new(konvert_envelope::model::Timestamp::now()).to_string());
+    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+    m["body"]["content"]
+        .as_object_mut()
+        .unwrap()
+        .remove("attachments");
+    let f = dir.join("note.json");
+    fs::write(&f, serde_json::to_vec(&m).unwrap()).unwrap();
+    f
+}
+
 fn example(name: &str) -> PathBuf {
     workspace_root().join("docs/examples").join(name)
 }
@@ -292,7 +314,7 @@ fn example(name: &str) -> PathBuf {
 #[test]
 fn message_is_delivered_with_a_receipt_and_handed_to_the_inbox() {
     let p = Pair::start();
-    let id = send(&p.kz, &example("clarification_answer.json"));
+    let id = send(&p.kz, &note_file(&p.kz.dir));
     let status = wait_delivered(&p.kz, &id);
     assert_eq!(status["direction"], "outbound");
     assert_eq!(status["peer"], "by.mvd");
@@ -331,11 +353,11 @@ fn message_is_delivered_with_a_receipt_and_handed_to_the_inbox() {
     assert_eq!(items[0]["from"], "kz.mvd");
     let table = ok(&ctl!(p.by, "inbox"));
     assert!(
-        table.contains(&id) && table.contains("clarification_answer"),
+        table.contains(&id) && table.contains("unsolicited_information"),
         "{table}"
     );
     let msg: Value = serde_json::from_str(&ok(&ctl!(p.by, "inbox", "show", id))).unwrap();
-    assert_eq!(msg["body"]["kind"], "clarification_answer");
+    assert_eq!(msg["body"]["kind"], "unsolicited_information");
     assert_eq!(msg["header"]["id"], id.as_str());
     let acked = ok_json(&ctl!(p.by, "--json", "inbox", "ack", id));
     assert_eq!(acked["state"], "acknowledged");

@@ -25,6 +25,7 @@ use hyper::body::Body;
 use konvert_envelope::model::{Digest, Id};
 use tokio::io::{AsyncRead, ReadBuf};
 
+pub mod cases;
 mod json_pointer;
 pub mod problem;
 mod router;
@@ -125,6 +126,25 @@ pub trait ApiService: Send + Sync + 'static {
     /// never listed as new again. Acknowledging twice is fine; an unknown id
     /// is `not-found`.
     fn inbox_ack(&self, caller: Caller, id: Id) -> impl Future<Output = Result<(), Problem>> + Send;
+
+    /// Request cases (`GET /v1/cases`), earliest deadline first. A service
+    /// that keeps no cases (a test double) has none to list.
+    fn cases(
+        &self,
+        _caller: Caller,
+        _filter: cases::CaseFilter,
+    ) -> impl Future<Output = Result<Vec<cases::CaseView>, Problem>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// One request case with its history (`GET /v1/cases/{id}`).
+    fn case(
+        &self,
+        _caller: Caller,
+        _id: Id,
+    ) -> impl Future<Output = Result<cases::CaseView, Problem>> + Send {
+        async { Err(Problem::not_found("case")) }
+    }
 
     /// The peers and their connections.
     fn peers(&self, caller: Caller) -> impl Future<Output = Result<Vec<PeerView>, Problem>> + Send;

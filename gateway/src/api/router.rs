@@ -77,6 +77,14 @@ pub const ROUTES: &[RouteSpec] = &[
         methods: &["POST"],
     },
     RouteSpec {
+        path: "/v1/cases",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/cases/{id}",
+        methods: &["GET"],
+    },
+    RouteSpec {
         path: "/v1/peers",
         methods: &["GET"],
     },
@@ -264,6 +272,16 @@ async fn route<S: ApiService>(
                 },
             ))
         }
+        ("/v1/cases", _) => {
+            let filter = case_filter(q, limits)?;
+            let items = svc.cases(caller, filter).await?;
+            Ok(json_response(StatusCode::OK, &Page { items, next: None }))
+        }
+        ("/v1/cases/{id}", _) => {
+            no_query(q)?;
+            let id = parse_id("id", &params[0])?;
+            Ok(json_response(StatusCode::OK, &svc.case(caller, id).await?))
+        }
         ("/v1/peers", _) => {
             no_query(q)?;
             let items = svc.peers(caller).await?;
@@ -379,6 +397,54 @@ fn receipt_filter(q: Option<&str>, limits: &ApiLimits) -> Result<ReceiptFilter, 
         until,
         limit,
         after,
+    })
+}
+
+/// `overdue=true` or `due_within=7d` (a duration), and `limit`.
+fn case_filter(q: Option<&str>, limits: &ApiLimits) -> Result<super::cases::CaseFilter, Problem> {
+    use super::cases::{CaseFilter, CaseSelection};
+    let params = Query::parse(q, &["overdue", "due_within", "limit"])?;
+    let overdue = match params.get("overdue") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Problem::bad_param(
+                "overdue",
+                "invalid_value",
+                "expected true or false",
+            ))
+        }
+    };
+    let due = params
+        .get("due_within")
+        .map(|s| {
+            crate::config::parse_span(s)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .ok_or_else(|| {
+                    Problem::bad_param(
+                        "due_within",
+                        "invalid_format",
+                        "expected a duration such as 7d or 12h",
+                    )
+                })
+        })
+        .transpose()?;
+    let selection = match (overdue, due) {
+        (true, Some(_)) => {
+            return Err(Problem::bad_param(
+                "due_within",
+                "invalid_value",
+                "give overdue=true or due_within, not both",
+            ))
+        }
+        (true, None) => CaseSelection::Overdue,
+        (false, Some(s)) => CaseSelection::DueWithin(s),
+        (false, None) => CaseSelection::All,
+    };
+    Ok(CaseFilter {
+        selection,
+        limit: list_limit(&params, limits)?,
     })
 }
 

@@ -40,6 +40,15 @@ pub struct SubmitRequest {
     pub message: Message,
     /// The authorised signatory (Art. 9.3) whose key signs the message.
     pub signatory: SignatoryId,
+    /// Ids of received messages whose data this message passes on to its
+    /// recipient (Art. 11.3): each needs the providing party's consent on
+    /// record, unless the recipient is of the provider's own state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Id>,
+    /// The purpose of passing that data on, when the message states none
+    /// itself (requests and responses state theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 /// Where a message is in its life.
@@ -381,9 +390,13 @@ pub struct InboxItem {
     pub received: Timestamp,
     /// Number of attachments.
     pub attachments: u32,
-    /// For requests: the answer deadline (Art. 10.3).
+    /// For requests: the answer deadline (Art. 10.3) while the case is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due: Option<Timestamp>,
+    /// The purpose the data may be used for (Art. 11.2): a request's
+    /// stated purpose, or the purpose a response was provided for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     /// When the retention period ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<Timestamp>,

@@ -11,6 +11,7 @@ use konvert_envelope::model::{AuthorityId, Id, Timestamp};
 use konvert_gateway::api::types::{Cursor, Direction, ReceiptState};
 use konvert_gateway::client::{self, Client, ClientError, InboxQuery, ReceiptQuery};
 use konvert_gateway::offline;
+use konvert_gateway::signatories;
 
 /// Konvert: secure message gateway for migration data exchanged under bilateral agreements.
 #[derive(Debug, Parser)]
@@ -171,6 +172,8 @@ enum Command {
     Receipts(ReceiptsArgs),
     /// List received messages not yet acknowledged, or show or acknowledge one.
     Inbox(InboxArgs),
+    /// List request cases (overdue, due soon) or show one with its history (Art. 10.3).
+    Requests(RequestsArgs),
     /// List peer gateways: connected?, queue depth, oldest undelivered message.
     #[command(after_help = "Example:\n  konvertctl peers\n  konvertctl --json peers")]
     Peers,
@@ -298,6 +301,37 @@ enum InboxCommand {
     },
 }
 
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Example:\n  konvertctl requests --overdue\n  konvertctl requests --due-within 7d\n  \
+    konvertctl requests show 019ec9a6-9c80-7137-be01-be76fa861153\n\n\
+    Cases hold ids, states and times only: no personal data, no message text."
+)]
+struct RequestsArgs {
+    #[command(subcommand)]
+    command: Option<RequestsCommand>,
+    /// Only open cases whose deadline has passed.
+    #[arg(long, conflicts_with = "due_within")]
+    overdue: bool,
+    /// Only open cases due within this time (7d, 12h, ...).
+    #[arg(long, value_name = "DURATION")]
+    due_within: Option<String>,
+    /// At most this many (1-1000; the daemon's default is 100).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestsCommand {
+    /// Show one case: state, deadline, grounds and every message of it (ids, kinds, times).
+    #[command(after_help = "Example:\n  konvertctl requests show 019ec9a6-9c80-7137-be01-be76fa861153")]
+    Show {
+        /// The case id (the request's message id) or the id of any message of the case.
+        id: Id,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum PeerCommand {
     /// Add a peer gateway from its authority card.
@@ -354,6 +388,50 @@ enum SignatoryCommand {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+    /// Put a signatory on this authority's roster (a new key for a new id) and sign a new roster version.
+    #[command(
+        after_help = "Example:\n  konvertctl signatory add --config /etc/konvert/konvert.toml --id petrov \\\n    \
+        --name 'Петров Пётр Петрович' --position 'Заместитель министра'\n  \
+        systemctl reload konvertd   # sends the new roster to every peer\n\n\
+        The first roster replaces the card's signatories at the peers: add everyone who keeps signing."
+    )]
+    Add {
+        /// The configuration file of the gateway.
+        #[arg(long)]
+        config: PathBuf,
+        /// The signatory id (a configured one keeps its key).
+        #[arg(long)]
+        id: String,
+        /// Full name, in Russian.
+        #[arg(long)]
+        name: String,
+        /// Position, in Russian.
+        #[arg(long)]
+        position: String,
+        /// Last time the signatory may sign (RFC 3339); open-ended if absent.
+        #[arg(long, value_name = "RFC3339")]
+        valid_until: Option<Timestamp>,
+    },
+    /// Take a signatory off the roster (Art. 9.4) and sign a new version; peers refuse its later signatures.
+    #[command(
+        after_help = "Example:\n  konvertctl signatory revoke --config /etc/konvert/konvert.toml --id petrov\n  \
+        systemctl reload konvertd"
+    )]
+    Revoke {
+        /// The configuration file of the gateway.
+        #[arg(long)]
+        config: PathBuf,
+        /// The signatory id.
+        #[arg(long)]
+        id: String,
+    },
+    /// List the roster and the configured signatories.
+    #[command(after_help = "Example:\n  konvertctl signatory list --config /etc/konvert/konvert.toml")]
+    List {
+        /// The configuration file of the gateway.
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -573,6 +651,19 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
                 print_out(json, &a, |a| format!("{} {}\n", a.id, a.state.as_str()))
             }
         },
+        Command::Requests(args) => match args.command {
+            None => {
+                let page = c
+                    .cases(args.overdue, args.due_within.as_deref(), args.limit)
+                    .await?;
+                print_out(json, &page, |p| {
+                    konvert_gateway::api::cases::cases_table(&p.items)
+                })
+            }
+            Some(RequestsCommand::Show { id }) => {
+                print_out(json, &c.case(id).await?, konvert_gateway::api::cases::case_text)
+            }
+        },
         Command::Peers => print_out(json, &c.peers().await?, |p| client::peers_table(p)),
         Command::Health => {
             let h = c.health().await?;
@@ -669,6 +760,37 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             println!("  public key: {}", offline::pub_path(&out).display());
         }
+        Command::Signatory(SignatoryCommand::Add {
+            config,
+            id,
+            name,
+            position,
+            valid_until,
+        }) => {
+            let r = signatories::add(&config, &id, &name, &position, valid_until, Timestamp::now())?;
+            println!(
+                "{id} is on roster version {} of {}; reload konvertd to send it to the peers",
+                r.roster().version,
+                r.roster().authority
+            );
+        }
+        Command::Signatory(SignatoryCommand::Revoke { config, id }) => {
+            let r = signatories::revoke(&config, &id, Timestamp::now())?;
+            println!(
+                "{id} is off roster version {} of {}; reload konvertd to send it to the peers \
+                 (its key stays in the configuration until you remove it)",
+                r.roster().version,
+                r.roster().authority
+            );
+        }
+        Command::Signatory(SignatoryCommand::List { config }) => {
+            let v = signatories::list(&config)?;
+            if cli.online.json {
+                print_json(&v)?;
+            } else {
+                print!("{}", signatories::list_table(&v));
+            }
+        }
         Command::Envelope(EnvelopeCommand::Seal {
             keys,
             to,
@@ -740,6 +862,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Receipts(_)
         | Command::Inbox(_)
         | Command::Peers
+        | Command::Requests(_)
         | Command::Health) => run_online(&cli.online, command)?,
     }
     Ok(())

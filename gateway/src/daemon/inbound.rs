@@ -206,8 +206,9 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     if let Some(r) = stored_receipt(node, &key) {
         return (r, "duplicate".into());
     }
-    let now = Timestamp::now();
-    let signers = entry.card.trusted_signers();
+    let now = node.now();
+    // Signatories by the peer's roster in force at signing time (Art. 9.3).
+    let signers = node.cases.trusted_signers(&entry.card);
     let mut parts = MemoryParts::default();
     let opened = match auth.open(
         body.as_slice(),
@@ -226,12 +227,16 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
             return refuse(RejectCode::from(&e));
         }
     };
-    let signatory = entry
-        .card
-        .signatories
-        .iter()
-        .find(|s| s.key.key_id() == opened.claims.kid)
-        .map(|s| s.id.clone())
+    // The agreement's procedure (case, directory, consents), durable before the receipt.
+    if let Err(code) = node
+        .cases
+        .receive(&opened.message, &entry.card, profile, now, now)
+    {
+        return refuse(code);
+    }
+    let signatory = node
+        .cases
+        .signatory_id(&entry.card, &opened.claims.kid)
         .unwrap_or_default();
     let receipt = Receipt {
         envelope_id: id,

@@ -19,6 +19,7 @@
 //! cleanly. SIGHUP reloads peers and profiles without dropping connections
 //! or queued messages.
 
+pub mod cases;
 pub mod inbound;
 pub mod outbound;
 pub mod retention;
@@ -95,6 +96,7 @@ pub async fn run(
         "konvertd ready"
     );
     crate::systemd::ready("QUIC endpoint and API socket up");
+    announce_roster(&node);
     let _watchdog = crate::systemd::Watchdog::spawn({
         let node = Arc::clone(&node);
         let tasks = [&api_task, &accept_task, &dispatch_task, &sweep_task].map(|t| t.abort_handle());
@@ -115,6 +117,7 @@ pub async fn run(
                 if let Err(e) = node.reload() {
                     tracing::error!(error = %e, "reload refused; keeping the previous configuration");
                 }
+                announce_roster(&node);
                 crate::systemd::ready("QUIC endpoint and API socket up");
             }
             Control::Stop => break,
@@ -142,6 +145,12 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends a changed own signatory roster to the peers, off the async threads.
+fn announce_roster(node: &Arc<Node>) {
+    let node = Arc::clone(node);
+    tokio::task::spawn_blocking(move || cases::announce_roster(&node));
 }
 
 /// Why the daemon cannot start or reload.
@@ -188,6 +197,9 @@ pub enum StartError {
     /// The test clock offset file is not usable.
     #[error("test clock offset file {0}")]
     Clock(String),
+    /// The procedure state (cases, rosters, consents) cannot be loaded.
+    #[error(transparent)]
+    Cases(#[from] cases::CasesError),
 }
 
 /// What changes on SIGHUP: peers, their cards and the profiles.
@@ -291,6 +303,8 @@ pub struct Node {
     pub clock: Arc<crate::clock::NodeClock>,
     /// What the retention sweeper has done.
     pub sweeps: retention::SweepTotals,
+    /// Request cases, peers' rosters and consents ([`cases`]).
+    pub cases: cases::Cases,
 }
 
 impl Node {
@@ -371,7 +385,8 @@ impl Node {
             max_attempts: cfg.outbox.max_attempts,
         };
         let links = outbound::Links::new(&directory);
-        Ok(Arc::new(Node {
+        let cases = cases::Cases::load(&cfg.data_dir)?;
+        let node = Arc::new(Node {
             config_path: config_path.to_path_buf(),
             config: loaded.config.clone(),
             keys,
@@ -390,7 +405,10 @@ impl Node {
             inbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
             clock,
             sweeps: retention::SweepTotals::default(),
-        }))
+            cases,
+        });
+        outbound::restore_in_flight(&node);
+        Ok(node)
     }
 
     /// The current peers and profiles.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
 use konvert_envelope::receipt::{Outcome, Receipt};
-use konvert_store::{Direction, MessageId, MessageMeta, MessageState, NewMessage, NewReceipt};
+use konvert_store::{Direction, MessageId, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -66,6 +66,9 @@ pub enum SubmitError {
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The agreement's procedure refuses it (case, consent, in force).
+    #[error(transparent)]
+    Procedure(#[from] super::cases::OutgoingError),
 }
 
 /// The state kept per peer for delivery.
@@ -318,6 +321,10 @@ pub struct OutboxRecord {
     /// sources), to tell a resubmission from a different message reusing
     /// the id.
     pub fingerprint: konvert_envelope::model::Digest,
+    /// The sealed message (deterministic CBOR), applied to its case when
+    /// the peer accepts it (absent in records written before cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<serde_bytes::ByteBuf>,
 }
 
 impl OutboxRecord {
@@ -353,6 +360,10 @@ pub struct Submission {
     pub message: Message,
     /// The signatory id.
     pub signatory: String,
+    /// Received messages whose data this message passes on (Art. 11.3).
+    pub sources: Vec<Id>,
+    /// The purpose of passing them on, if the message states none itself.
+    pub purpose: Option<String>,
 }
 
 /// Validates, signs, seals and durably queues a message. Returns its id
@@ -365,7 +376,7 @@ pub async fn submit(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Sub
         .map_err(|e| SubmitError::Internal(e.to_string()))?
 }
 
-fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), SubmitError> {
+pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), SubmitError> {
     let msg = sub.message;
     let h = msg.header.clone();
     if h.from != node.keys.authority {
@@ -427,23 +438,17 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
     }
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     let now = node.now();
-    let mut bytes = Vec::new();
-    let sealed = envelope::seal(
-        msg, &mut dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut bytes,
-    )?;
-    let put = node.store.put_outbox(&NewMessage {
-        id,
-        peer: h.to.to_string(),
-        agreement: h.agreement.to_string(),
-        kind: sealed.message.kind().as_str().to_string(),
-        case: None,
-        payload: OutboxRecord {
-            envelope: bytes,
-            digest: sealed.envelope_digest,
-            fingerprint: print,
-        }
-        .to_vec()?,
-    })?;
+    // The message itself first (fields, kind, in force), then its place in the procedure.
+    profile
+        .validate_unsealed(&msg, now)
+        .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
+    node.cases
+        .check_outgoing(&msg, profile, &sub.sources, sub.purpose.as_deref(), now)?;
+    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print);
+    if queued.is_err() {
+        node.cases.release(&h.id);
+    }
+    let (sealed, put) = queued?;
     // The envelope now holds the attachments (sealed); the uploads are spent.
     drop(dyns);
     drop(sources);
@@ -459,6 +464,73 @@ fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), Subm
     );
     node.outbox_wake.notify_one();
     Ok((h.id, put.created))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn seal_and_queue(
+    node: &Node,
+    msg: Message,
+    dyns: &mut [&mut dyn Read],
+    signer: &konvert_envelope::keys::SigningKey,
+    peer: &super::PeerEntry,
+    profile: &konvert_envelope::profile::Profile,
+    now: Timestamp,
+    print: konvert_envelope::model::Digest,
+) -> Result<(envelope::Sealed, konvert_store::Put), SubmitError> {
+    let h = msg.header.clone();
+    let id = MessageId(*h.id.as_bytes());
+    let mut bytes = Vec::new();
+    let sealed = envelope::seal(
+        msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut bytes,
+    )?;
+    let message = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
+        .map_err(|e| SubmitError::Internal(e.to_string()))?;
+    let put = node.store.put_outbox(&NewMessage {
+        id,
+        peer: h.to.to_string(),
+        agreement: h.agreement.to_string(),
+        kind: sealed.message.kind().as_str().to_string(),
+        case: None,
+        payload: OutboxRecord {
+            envelope: bytes,
+            digest: sealed.envelope_digest,
+            fingerprint: print,
+            message: Some(serde_bytes::ByteBuf::from(message)),
+        }
+        .to_vec()?,
+    })?;
+    Ok((sealed, put))
+}
+
+/// Rebuilds the cases' in-flight slots from the undelivered outbox (at start).
+pub fn restore_in_flight(node: &Node) {
+    for state in [MessageState::Queued, MessageState::Sent] {
+        let mut after: Option<MessageId> = None;
+        loop {
+            let Ok(batch) = node
+                .store
+                .list_by_state(Direction::Outbound, state, after.as_ref(), 256)
+            else {
+                break;
+            };
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            for meta in &batch {
+                if let Some(m) = outbox_message(node, &meta.id) {
+                    node.cases.restore_in_flight(&m);
+                }
+            }
+            if batch.len() < 256 {
+                break;
+            }
+        }
+    }
+}
+
+/// The message of a queued envelope, as sealed.
+fn outbox_message(node: &Node, id: &MessageId) -> Option<Message> {
+    let rec = OutboxRecord::from_slice(&node.store.outbox_get(id).ok()?.payload).ok()?;
+    konvert_envelope::cbor::from_slice(rec.message.as_deref()?, 64 << 20).ok()
 }
 
 /// Delivers queued messages until `shutdown` resolves; also runs the
@@ -544,15 +616,17 @@ fn schedule(node: &Arc<Node>) -> Result<Duration, konvert_store::Error> {
     for state in [MessageState::Queued, MessageState::Sent] {
         let mut after: Option<MessageId> = None;
         loop {
+            // Ids and peers from the index alone: this runs after every
+            // delivery, so it must not read a record per queued message.
             let batch = node
                 .store
-                .list_by_state(Direction::Outbound, state, after.as_ref(), 256)?;
+                .list_ids_by_state(Direction::Outbound, state, after.as_ref(), 1024)?;
             let Some(last) = batch.last() else { break };
-            after = Some(last.id);
-            for meta in &batch {
-                start_delivery(node, meta, now, &mut next_check);
+            after = Some(last.0);
+            for (id, peer) in &batch {
+                start_delivery(node, id, peer, state, now, &mut next_check);
             }
-            if batch.len() < 256 {
+            if batch.len() < 1024 {
                 break;
             }
         }
@@ -560,8 +634,15 @@ fn schedule(node: &Arc<Node>) -> Result<Duration, konvert_store::Error> {
     Ok(next_check)
 }
 
-fn start_delivery(node: &Arc<Node>, meta: &MessageMeta, now: Instant, next_check: &mut Duration) {
-    let key = meta.id.0;
+fn start_delivery(
+    node: &Arc<Node>,
+    id: &MessageId,
+    peer: &str,
+    state: MessageState,
+    now: Instant,
+    next_check: &mut Duration,
+) {
+    let key = id.0;
     if node
         .links
         .in_flight
@@ -577,7 +658,7 @@ fn start_delivery(node: &Arc<Node>, meta: &MessageMeta, now: Instant, next_check
             return;
         }
     }
-    let Ok(peer) = AuthorityId::new(meta.peer.clone()) else {
+    let Ok(peer) = AuthorityId::new(peer.to_owned()) else {
         return;
     };
     let Some(link) = node.links.get(&peer) else {
@@ -592,7 +673,7 @@ fn start_delivery(node: &Arc<Node>, meta: &MessageMeta, now: Instant, next_check
     if let Ok(mut s) = node.links.in_flight.lock() {
         s.insert(key);
     }
-    let first_send = meta.state == MessageState::Queued;
+    let first_send = state == MessageState::Queued;
     let node = Arc::clone(node);
     tokio::spawn(async move {
         deliver(&node, peer, link, meta_id(key), first_send).await;
@@ -659,6 +740,7 @@ async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: Messa
                 Next::GiveUp => {
                     warn!(id = %Id::from_bytes(id.0), peer = %peer, attempts, error = %e, "delivery failed; giving up");
                     node.links.finish(&id);
+                    node.cases.release(&Id::from_bytes(id.0));
                     if let Err(e) = node.store.mark_failed(&id, &failure_outcome(attempts, &e)) {
                         warn!(error = %e, "cannot mark a message failed");
                     }
@@ -753,14 +835,17 @@ async fn attempt(
         Outcome::Rejected { code } if code.is_temporary() => return Err(AttemptError::Temporary),
         Outcome::Rejected { code } => format!("rejected:{code}"),
     };
+    let (n, m, r) = (Arc::clone(node), record.message.clone(), receipt.clone());
+    tokio::task::spawn_blocking(move || super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r))
+        .await
+        .map_err(|e| AttemptError::Send(e.to_string()))?
+        .map_err(|e| AttemptError::Send(e.to_string()))?;
     let store = Arc::clone(&node.store);
     let key = *id;
     let out = outcome.clone();
     tokio::task::spawn_blocking(move || -> Result<(), konvert_store::Error> {
-        // (queued →) sent → delivered, each audited.
-        if first_send {
-            let _ = store.mark_sent(&key);
-        }
+        // (queued →) sent → delivered, each audited: the store records a
+        // delivery straight from queued as sent too, in the same write.
         store.mark_delivered(
             &key,
             &NewReceipt {

@@ -438,6 +438,7 @@ fn inbox_item(meta: &MessageMeta, rec: &InboxRecord) -> Result<InboxItem, Proble
         received: rec.received,
         attachments: u32::try_from(rec.attachments.len()).unwrap_or(u32::MAX),
         due: None,
+        purpose: purpose_of(&msg),
         expires: Some(ts(meta.expires_at)),
     })
 }
@@ -461,7 +462,9 @@ fn inbox_list(node: &Node, after: Option<&Cursor>, limit: u32) -> Result<Vec<Inb
             continue;
         };
         let rec = InboxRecord::from_slice(&msg.payload).map_err(|_| Problem::internal())?;
-        out.push(inbox_item(&m, &rec)?);
+        let mut item = inbox_item(&m, &rec)?;
+        item.due = super::cases::due_of(node, &item.id);
+        out.push(item);
     }
     Ok(out)
 }
@@ -473,6 +476,8 @@ impl ApiService for Service {
         let sub = Submission {
             message: request.message,
             signatory: request.signatory.to_string(),
+            sources: request.sources,
+            purpose: request.purpose,
         };
         match outbound::submit(&node, sub).await {
             Ok((id, _created)) => {
@@ -631,7 +636,8 @@ impl ApiService for Service {
                 .map_err(store_err)?;
             let msg = node.store.get(StoreDirection::Inbound, &key).map_err(store_err)?;
             let rec = InboxRecord::from_slice(&msg.payload).map_err(|_| Problem::internal())?;
-            let item = inbox_item(&meta, &rec)?;
+            let mut item = inbox_item(&meta, &rec)?;
+            item.due = super::cases::due_of(&node, &item.id);
             let message: Message = konvert_envelope::cbor::from_slice(&rec.signed.message, 64 << 20)
                 .map_err(|_| Problem::internal())?;
             let attachments = message
@@ -702,6 +708,18 @@ impl ApiService for Service {
             Ok(())
         })
         .await
+    }
+
+    async fn cases(
+        &self,
+        _caller: Caller,
+        filter: crate::api::cases::CaseFilter,
+    ) -> Result<Vec<crate::api::cases::CaseView>, Problem> {
+        Ok(super::cases::list_views(&self.0, filter))
+    }
+
+    async fn case(&self, _caller: Caller, id: Id) -> Result<crate::api::cases::CaseView, Problem> {
+        super::cases::view(&self.0, &id).ok_or_else(|| Problem::not_found("case"))
     }
 
     async fn peers(&self, _caller: Caller) -> Result<Vec<PeerView>, Problem> {
@@ -1039,6 +1057,45 @@ fn purpose_of(m: &Message) -> Option<String> {
     v.get("content")?.get("purpose")?.as_str().map(str::to_string)
 }
 
+/// A refusal by the agreement's procedure (`daemon::cases`), before
+/// sealing: the receipt code the peer would give is the error's `rule`.
+fn procedure_problem(e: &crate::daemon::cases::OutgoingError) -> Problem {
+    use crate::daemon::cases::OutgoingError as O;
+    let rule = e.code().map_or_else(|| "internal".to_owned(), |c| c.to_string());
+    match e {
+        O::NotInForce(_) => Problem::new(ProblemType::NotInForce, e.to_string()).with_error(
+            "/message/header/agreement",
+            rule,
+            e.to_string(),
+        ),
+        O::Case(_) => Problem::new(ProblemType::Validation, e.to_string()).with_error(
+            "/message/header/in_reply_to",
+            rule,
+            e.to_string(),
+        ),
+        O::Consent(_) => Problem::new(ProblemType::Validation, e.to_string()).with_error(
+            "/message/body/content",
+            rule,
+            e.to_string(),
+        ),
+        O::ConsentMissing { index, .. } => Problem::new(ProblemType::Validation, e.to_string()).with_error(
+            format!("/sources/{index}"),
+            rule,
+            e.to_string(),
+        ),
+        O::NoPurpose => Problem::new(ProblemType::Validation, e.to_string()).with_error(
+            "/purpose",
+            "required",
+            e.to_string(),
+        ),
+        O::InFlight { .. } => Problem::conflict(e.to_string()),
+        O::State(err) => {
+            tracing::error!(error = %err, "procedure state not written");
+            Problem::new(ProblemType::Unavailable, "the gateway cannot record the case now")
+        }
+    }
+}
+
 fn submit_problem(e: SubmitError) -> Problem {
     use konvert_envelope::envelope::SealError;
     match e {
@@ -1079,6 +1136,7 @@ fn submit_problem(e: SubmitError) -> Problem {
                 reason.clone(),
             ),
         SubmitError::IdInUse(_) => Problem::conflict(e.to_string()),
+        SubmitError::Procedure(p) => procedure_problem(&p),
         SubmitError::Store(s) => store_err(s),
         other => {
             tracing::error!(error = %other, "submit failed");

@@ -1,0 +1,343 @@
+//! `konvertctl signatory add|revoke|list`: this authority's signatory
+//! roster (Art. 9.3, 9.4), kept offline in the gateway directory.
+//!
+//! | path | mode | what |
+//! |---|---|---|
+//! | `keys/root.key.pem` (+ `.pub`) | 0600 | the authority root key (made by `init`); its public half is `root_key` on the card |
+//! | `keys/roster.cose` | 0644 | the latest roster, signed by the root key (a tagged COSE_Sign1, `docs/PROTOCOL.md` §7) |
+//! | `keys/signatories/ID.key.pem` | 0600 | a signatory's key (made by `add` for a new id) |
+//!
+//! Every change writes a new roster version (the previous version + 1,
+//! issued now) and signs it. A running `konvertd` sends the latest version
+//! to every peer that has not had it, as a signed `directory_update`, at
+//! start and on reload (SIGHUP). The first roster replaces the card's list
+//! of signatories at the peers: add every signatory who keeps signing.
+//! `revoke` takes a signatory off the roster; the key stays in
+//! `konvert.toml` until the operator removes it, but peers refuse its
+//! signatures made from the new version's time on (`signer_not_authorised`).
+
+use std::path::{Path, PathBuf};
+
+use konvert_envelope::model::{AuthorityId, PublicKeyBytes, Signatory, SignatoryId, Timestamp};
+use konvert_envelope::roster::{Roster, SignedRoster};
+
+use crate::config::{Config, SignatoryConfig};
+use crate::files;
+use crate::offline::{self, Error};
+
+/// The authority root key in the keys directory.
+pub const ROOT_KEY_FILE: &str = "root.key.pem";
+/// The signed roster in the keys directory.
+pub const ROSTER_FILE: &str = "roster.cose";
+/// Largest roster file read.
+const MAX_ROSTER: u64 = 1024 * 1024;
+
+/// The authority's latest signed roster, verified with its root key; `None` before the first.
+pub fn load_roster(keys_dir: &Path) -> Result<Option<SignedRoster>, Error> {
+    let path = keys_dir.join(ROSTER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let root = offline::load_public_key(&offline::pub_path(&keys_dir.join(ROOT_KEY_FILE)))?;
+    let bytes = files::read_limited(&path, MAX_ROSTER)?;
+    SignedRoster::verify(&bytes, &root)
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+}
+
+/// One signatory as `signatory list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignatoryView {
+    /// Its id.
+    pub id: String,
+    /// Name (from the roster).
+    pub name: Option<String>,
+    /// Position (from the roster).
+    pub position: Option<String>,
+    /// Key id (hex).
+    pub key_id: String,
+    /// On the latest roster.
+    pub on_roster: bool,
+    /// Its key is configured in konvert.toml (this gateway can sign with it).
+    pub configured: bool,
+    /// Valid from.
+    pub valid_from: Option<Timestamp>,
+    /// Valid until.
+    pub valid_until: Option<Timestamp>,
+}
+
+/// What `signatory list` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RosterView {
+    /// The authority.
+    pub authority: AuthorityId,
+    /// Latest roster version (absent before the first).
+    pub version: Option<u64>,
+    /// When it was issued.
+    pub issued: Option<Timestamp>,
+    /// Roster and configured signatories.
+    pub signatories: Vec<SignatoryView>,
+}
+
+struct Dir {
+    config_path: PathBuf,
+    text: String,
+    config: Config,
+}
+
+fn open(config_path: &Path) -> Result<Dir, Error> {
+    let text = files::read_text(config_path, crate::config::MAX_CONFIG)?;
+    let config = Config::parse(&text, config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Dir {
+        config_path: config_path.to_path_buf(),
+        text,
+        config,
+    })
+}
+
+fn root_key(d: &Dir) -> Result<konvert_envelope::keys::SigningKey, Error> {
+    let p = d.config.keys_dir.join(ROOT_KEY_FILE);
+    if !p.exists() {
+        return Err(Error::Usage(format!(
+            "{} does not exist: this gateway has no authority root key. Make one with \
+             `konvertctl signatory keygen --out {}`, put the public half (.pub) on card.toml as root_key \
+             and hand the card to the peers again",
+            p.display(),
+            p.display()
+        )));
+    }
+    offline::load_signing_key(&p)
+}
+
+fn write_roster(d: &Dir, roster: &Roster) -> Result<SignedRoster, Error> {
+    let root = root_key(d)?;
+    let signed = roster
+        .sign(&root)
+        .map_err(|e| Error::Usage(format!("roster not signed: {e}")))?;
+    files::write_atomic(
+        &d.config.keys_dir.join(ROSTER_FILE),
+        signed.as_bytes(),
+        0o644,
+        true,
+    )?;
+    Ok(signed)
+}
+
+fn next_roster(d: &Dir, now: Timestamp) -> Result<Roster, Error> {
+    let current = load_roster(&d.config.keys_dir)?;
+    let (version, signatories, issued) = match &current {
+        Some(r) => (
+            r.roster().version + 1,
+            r.roster().signatories.clone(),
+            now.max(r.roster().issued),
+        ),
+        None => (1, Vec::new(), now),
+    };
+    Ok(Roster {
+        authority: d.config.authority.clone(),
+        version,
+        issued,
+        signatories,
+    })
+}
+
+/// Adds a signatory to the roster (or updates the name, position and
+/// validity of one already on it) and signs a new version. A configured
+/// signatory keeps its key; a new id gets a key in
+/// `keys/signatories/ID.key.pem` and a `[[signatories]]` entry in
+/// konvert.toml.
+pub fn add(
+    config_path: &Path,
+    id: &str,
+    name: &str,
+    position: &str,
+    valid_until: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<SignedRoster, Error> {
+    let sid = SignatoryId::new(id).map_err(|e| Error::Usage(format!("signatory id {id:?}: {}", e.reason)))?;
+    if name.trim().is_empty() || position.trim().is_empty() {
+        return Err(Error::Usage("--name and --position must not be empty".into()));
+    }
+    let d = open(config_path)?;
+    root_key(&d)?;
+    let mut roster = next_roster(&d, now)?;
+    let key = match d.config.signatories.iter().find(|s| s.id == id) {
+        Some(s) => offline::load_signing_key(&s.key)?.verifying_key(),
+        None => {
+            let dir = d.config.keys_dir.join("signatories");
+            files::create_private_dir(&dir)?;
+            let path = dir.join(format!("{id}.key.pem"));
+            let key = offline::signatory_keygen(&path, false)?;
+            let base = files::parent_dir(&d.config_path);
+            let rel = path.strip_prefix(&base).map(Path::to_path_buf).unwrap_or(path);
+            #[derive(serde::Serialize)]
+            struct One<'a> {
+                signatories: [&'a SignatoryConfig; 1],
+            }
+            let entry = SignatoryConfig {
+                id: id.to_owned(),
+                key: rel,
+            };
+            let table = toml::to_string(&One {
+                signatories: [&entry],
+            })
+            .map_err(|e| Error::Usage(e.to_string()))?;
+            let new_text = format!("{}\n\n{table}", d.text.trim_end());
+            Config::parse(&new_text, &d.config_path).map_err(|e| Error::Usage(e.to_string()))?;
+            files::write_atomic(&d.config_path, new_text.as_bytes(), 0o640, true)?;
+            key
+        }
+    };
+    let entry = Signatory {
+        id: sid.clone(),
+        name: name.trim().to_owned(),
+        position: position.trim().to_owned(),
+        public_key: PublicKeyBytes(key.to_bytes()),
+        valid_from: now,
+        valid_until,
+    };
+    match roster.signatories.iter_mut().find(|s| s.id == sid) {
+        Some(s) => {
+            let from = s.valid_from;
+            *s = entry;
+            s.valid_from = from;
+        }
+        None => roster.signatories.push(entry),
+    }
+    write_roster(&d, &roster)
+}
+
+/// Takes a signatory off the roster (Art. 9.4) and signs a new version.
+pub fn revoke(config_path: &Path, id: &str, now: Timestamp) -> Result<SignedRoster, Error> {
+    let d = open(config_path)?;
+    let mut roster = next_roster(&d, now)?;
+    let before = roster.signatories.len();
+    roster.signatories.retain(|s| s.id.as_str() != id);
+    if roster.signatories.len() == before {
+        return Err(Error::Usage(format!(
+            "{id} is not on the roster of {}",
+            d.config.authority
+        )));
+    }
+    write_roster(&d, &roster)
+}
+
+/// The roster and the configured signatories.
+pub fn list(config_path: &Path) -> Result<RosterView, Error> {
+    let d = open(config_path)?;
+    let roster = load_roster(&d.config.keys_dir)?;
+    let mut out = Vec::new();
+    if let Some(r) = &roster {
+        for s in &r.roster().signatories {
+            let key_id = konvert_envelope::keys::VerifyingKey::from_bytes(s.public_key.as_bytes())
+                .map(|k| k.key_id().to_string())
+                .unwrap_or_default();
+            out.push(SignatoryView {
+                id: s.id.to_string(),
+                name: Some(s.name.clone()),
+                position: Some(s.position.clone()),
+                key_id,
+                on_roster: true,
+                configured: d.config.signatories.iter().any(|c| c.id == s.id.as_str()),
+                valid_from: Some(s.valid_from),
+                valid_until: s.valid_until,
+            });
+        }
+    }
+    for c in &d.config.signatories {
+        if out.iter().any(|v| v.id == c.id) {
+            continue;
+        }
+        let key_id = offline::load_signing_key(&c.key)
+            .map(|k| k.verifying_key().key_id().to_string())
+            .unwrap_or_default();
+        out.push(SignatoryView {
+            id: c.id.clone(),
+            name: None,
+            position: None,
+            key_id,
+            on_roster: false,
+            configured: true,
+            valid_from: None,
+            valid_until: None,
+        });
+    }
+    Ok(RosterView {
+        authority: d.config.authority.clone(),
+        version: roster.as_ref().map(|r| r.roster().version),
+        issued: roster.as_ref().map(|r| r.roster().issued),
+        signatories: out,
+    })
+}
+
+/// `signatory list` as a table.
+pub fn list_table(v: &RosterView) -> String {
+    let mut t = crate::client::Table::new(&["ID", "NAME", "POSITION", "KEY ID", "ON ROSTER", "CONFIGURED"]);
+    for s in &v.signatories {
+        t.row(vec![
+            s.id.clone(),
+            s.name.clone().unwrap_or_else(|| "-".into()),
+            s.position.clone().unwrap_or_else(|| "-".into()),
+            s.key_id.clone(),
+            if s.on_roster { "yes" } else { "no" }.into(),
+            if s.configured { "yes" } else { "no" }.into(),
+        ]);
+    }
+    let head = match (v.version, v.issued) {
+        (Some(n), Some(t)) => format!("{}: roster version {n}, issued {t}\n", v.authority),
+        _ => format!(
+            "{}: no roster yet (peers trust the signatories on the card)\n",
+            v.authority
+        ),
+    };
+    format!("{head}{}", t.render())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn add_and_revoke_sign_new_versions_that_verify_with_the_card_root_key() {
+        let t = tempfile::tempdir().unwrap();
+        let r = crate::init::init(&crate::init::InitOptions {
+            authority: AuthorityId::new("kz.mvd").unwrap(),
+            dir: t.path().join("kz"),
+            listen: "127.0.0.1:7443".parse().unwrap(),
+            api_socket: None,
+            name: None,
+            signatory: "head".into(),
+            force: false,
+        })
+        .unwrap();
+        let root = r.card_value.root_key.unwrap();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let v1 = add(&r.config, "head", "Иванов И. И.", "Министр", None, now).unwrap();
+        assert_eq!(v1.roster().version, 1);
+        let v2 = add(
+            &r.config,
+            "petrov",
+            "Петров П. П.",
+            "Заместитель министра",
+            None,
+            now.plus_secs(5),
+        )
+        .unwrap();
+        assert_eq!(v2.roster().signatories.len(), 2);
+        // The new signatory's key is configured, so the daemon can sign with it.
+        let loaded = crate::config::Loaded::load(&r.config).unwrap();
+        assert!(loaded.config.signatories.iter().any(|s| s.id == "petrov"));
+        let v3 = revoke(&r.config, "petrov", now.plus_secs(10)).unwrap();
+        assert_eq!(v3.roster().version, 3);
+        let keys = t.path().join("kz/keys");
+        let on_disk = load_roster(&keys).unwrap().unwrap();
+        assert_eq!(on_disk, SignedRoster::verify(on_disk.as_bytes(), &root).unwrap());
+        assert_eq!(on_disk.roster().signatories.len(), 1);
+        assert!(revoke(&r.config, "petrov", now.plus_secs(11)).is_err());
+        let view = list(&r.config).unwrap();
+        assert_eq!(view.version, Some(3));
+        let petrov = view.signatories.iter().find(|s| s.id == "petrov").unwrap();
+        assert!(!petrov.on_roster && petrov.configured);
+    }
+}
