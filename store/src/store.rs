@@ -1061,6 +1061,20 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<MessageId>> {
+        Ok(self
+            .merge_index_with_prefix(prefixes, after, limit)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// [`Store::merge_index`], with the prefix each id was found under.
+    fn merge_index_with_prefix(
+        &self,
+        prefixes: Vec<(Vec<u8>, HourFilter)>,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, Vec<u8>)>> {
         use std::cmp::Reverse;
         let live: std::collections::BTreeSet<i64> = if prefixes.iter().any(|(_, f)| *f != HourFilter::Any) {
             self.kr_read().buckets.keys().copied().collect()
@@ -1099,13 +1113,14 @@ impl Store {
             if let Some(id) = next(p.len(), filter, &mut it)? {
                 heap.push(Reverse((id, iters.len())));
             }
-            iters.push((p.len(), filter, it));
+            iters.push((p, filter, it));
         }
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
             let Some(Reverse((id, i))) = heap.pop() else { break };
-            out.push(MessageId(id));
-            let (plen, filter, it) = &mut iters[i];
+            let (p, filter, it) = &mut iters[i];
+            out.push((MessageId(id), p.clone()));
+            let plen = &p.len();
             if let Some(id) = next(*plen, *filter, it)? {
                 heap.push(Reverse((id, i)));
             }
@@ -1176,6 +1191,38 @@ impl Store {
             .collect();
         let ids = self.merge_index(prefixes, after, limit)?;
         self.metas(dir, ids, |m| m.state == state && m.destroyed_at.is_none())
+    }
+
+    /// The ids and peers of the messages in `state`, oldest first, after the
+    /// cursor, at most `limit`: the index alone, no record reads (for a
+    /// dispatcher that scans its queue often). Messages of a destroyed hour
+    /// are skipped.
+    pub fn list_ids_by_state(
+        &self,
+        dir: Direction,
+        state: MessageState,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, String)>> {
+        let prefixes: Vec<(Vec<u8>, HourFilter)> = self
+            .peers_in(dir, state.byte())?
+            .into_iter()
+            .map(|p| (p, HourFilter::Live))
+            .collect();
+        let peers: HashMap<Vec<u8>, String> = prefixes
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p.clone(),
+                    String::from_utf8_lossy(p.get(4..).unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        let ids = self.merge_index_with_prefix(prefixes, after, limit)?;
+        Ok(ids
+            .into_iter()
+            .map(|(id, prefix)| (id, peers.get(&prefix).cloned().unwrap_or_default()))
+            .collect())
     }
 
     /// Messages exchanged with `peer`, oldest first (metadata, including
@@ -1288,6 +1335,14 @@ impl Store {
                 if let Some(o) = outcome {
                     rec.outcome = Some(o.to_owned());
                 }
+                // Delivered straight from queued: it was sent too (one
+                // atomic write for both, each audited).
+                let sent_too = to == MessageState::Delivered && cur == MessageState::Queued;
+                if sent_too {
+                    rec.attempts = rec.attempts.saturating_add(1);
+                    rec.sent_at = Some(now);
+                    rec.last_attempt_at = Some(now);
+                }
                 match to {
                     MessageState::Sent => {
                         rec.attempts = rec.attempts.saturating_add(1);
@@ -1322,7 +1377,12 @@ impl Store {
                     batch.insert(exp_key(key_hour, X_PURGE_RECEIPT, &id.0), EMPTY);
                     ev = ev.detail(&r.outcome).digest(Sha256::digest(&r.bytes).into());
                 }
-                self.apply(&mut head, batch, &[ev], now)?;
+                let mut events = Vec::with_capacity(2);
+                if sent_too {
+                    events.push(AuditEvent::new(AuditKind::Sent).message(*id).peer(&rec.peer));
+                }
+                events.push(ev);
+                self.apply(&mut head, batch, &events, now)?;
                 rec.meta(dir, *id)?
             }
         };

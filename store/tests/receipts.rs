@@ -146,3 +146,55 @@ fn delivery_times_and_attempts_are_recorded() {
         Some(T0 + 30)
     );
 }
+
+#[test]
+fn delivered_straight_from_queued_counts_as_sent_and_ids_list_without_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = open(tmp.path(), clock.clone());
+    let a = msg(ms(T0), "by.mvd", "request", b"a");
+    let b = msg(ms(T0) + 1, "am.police", "request", b"b");
+    let c = msg(ms(T0) + 2, "by.mvd", "request", b"c");
+    for m in [&a, &b, &c] {
+        s.put_outbox(m).unwrap();
+    }
+    let ids = s
+        .list_ids_by_state(Direction::Outbound, MessageState::Queued, None, 10)
+        .unwrap();
+    assert_eq!(
+        ids,
+        vec![
+            (a.id, "by.mvd".to_string()),
+            (b.id, "am.police".to_string()),
+            (c.id, "by.mvd".to_string())
+        ]
+    );
+    assert_eq!(
+        s.list_ids_by_state(Direction::Outbound, MessageState::Queued, Some(&a.id), 1)
+            .unwrap(),
+        vec![(b.id, "am.police".to_string())]
+    );
+    clock.advance(3);
+    let m = s.mark_delivered(&a.id, &receipt("accepted", b"r")).unwrap();
+    assert_eq!(
+        (m.state, m.attempts, m.sent_at),
+        (MessageState::Delivered, 1, Some(T0 + 3))
+    );
+    let kinds: Vec<AuditKind> = s
+        .audit_list(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.message == Some(a.id))
+        .map(|e| e.event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![AuditKind::Accepted, AuditKind::Sent, AuditKind::Delivered]
+    );
+    assert_eq!(
+        s.list_ids_by_state(Direction::Outbound, MessageState::Queued, None, 10)
+            .unwrap()
+            .len(),
+        2
+    );
+}
