@@ -130,7 +130,11 @@ impl OutgoingError {
 #[derive(Debug)]
 pub struct Cases {
     path: PathBuf,
-    state: Mutex<Procedure>,
+    /// The state and the number of changes applied to it.
+    state: Mutex<(Procedure, u64)>,
+    /// The number of changes on disk; held while writing (group commit:
+    /// one write covers every change applied before it began).
+    durable: Mutex<u64>,
     /// Case id → the outgoing message of it now queued or sent.
     in_flight: Mutex<BTreeMap<Id, Id>>,
 }
@@ -164,12 +168,13 @@ impl Cases {
         };
         Ok(Cases {
             path,
-            state: Mutex::new(state),
+            state: Mutex::new((state, 0)),
+            durable: Mutex::new(0),
             in_flight: Mutex::new(BTreeMap::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Procedure> {
+    fn lock(&self) -> MutexGuard<'_, (Procedure, u64)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -186,33 +191,59 @@ impl Cases {
         files::write_atomic(&self.path, &bytes, 0o600, true).map_err(|e| err(e.to_string()))
     }
 
-    /// Changes a copy of the state with `f`; when `f` succeeds the copy is
-    /// written durably and only then replaces the state.
+    /// Changes a copy of the state with `f`; when `f` succeeds the copy
+    /// replaces the state, and returns once it is on disk (a refusal
+    /// changes nothing). Concurrent changes share one write: whoever writes
+    /// writes every change applied so far.
     fn update<T, E: From<CasesError>>(&self, f: impl FnOnce(&mut Procedure) -> Result<T, E>) -> Result<T, E> {
-        let mut guard = self.lock();
-        let mut next = guard.clone();
-        let out = f(&mut next)?;
-        if next != *guard {
-            self.persist(&next)?;
-            *guard = next;
-        }
+        let seen = {
+            let mut guard = self.lock();
+            let mut next = guard.0.clone();
+            let out = f(&mut next);
+            if out.is_ok() && next != guard.0 {
+                guard.0 = next;
+                guard.1 += 1;
+            }
+            // Even an unchanged outcome waits for what it saw (a duplicate
+            // of a change whose write failed must not be acknowledged first).
+            (out, guard.1)
+        };
+        let (out, version) = seen;
+        let out = out?;
+        self.make_durable(version)?;
         Ok(out)
+    }
+
+    /// Returns once change `version` (and every earlier one) is on disk.
+    fn make_durable(&self, version: u64) -> Result<(), CasesError> {
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *durable >= version {
+            return Ok(());
+        }
+        let (snapshot, latest) = {
+            let g = self.lock();
+            (g.0.clone(), g.1)
+        };
+        self.persist(&snapshot)?;
+        *durable = latest;
+        Ok(())
     }
 
     /// A read-only view of the state.
     pub fn with<T>(&self, f: impl FnOnce(&Procedure) -> T) -> T {
-        f(&self.lock())
+        f(&self.lock().0)
     }
 
     /// The signers whose signatures are accepted from a peer: its card's
     /// signatories until its first roster, its rosters from then on.
     pub fn trusted_signers(&self, card: &AuthorityCard) -> Vec<TrustedSigner> {
-        self.lock().directory.rosters().trusted_signers_with_card(card)
+        self.lock().0.directory.rosters().trusted_signers_with_card(card)
     }
 
     /// The id of the signatory with key id `kid`: on the peer's rosters, else on its card.
     pub fn signatory_id(&self, card: &AuthorityCard, kid: &KeyId) -> Option<String> {
-        let p = self.lock();
+        let g = self.lock();
+        let p = &g.0;
         for r in p.directory.rosters().versions(&card.authority).iter().rev() {
             for s in &r.roster().signatories {
                 let key = konvert_envelope::keys::VerifyingKey::from_bytes(s.public_key.as_bytes());
@@ -279,7 +310,8 @@ impl Cases {
     ) -> Result<(), OutgoingError> {
         profile.in_force_at(now)?;
         profile.in_force_at(msg.header.time)?;
-        let p = self.lock();
+        let g = self.lock();
+        let p = &g.0;
         let case = match p.book.check(msg, now, now, profile) {
             Ok(Applied::Opened { case, .. }) => Some(case),
             Ok(Applied::Case(t)) => Some(t.case),
@@ -310,7 +342,7 @@ impl Cases {
                     .map_err(|error| OutgoingError::ConsentMissing { index, error })?;
             }
         }
-        drop(p);
+        drop(g);
         if let Some(case) = case {
             let mut f = self.flights();
             match f.get(&case) {
@@ -337,7 +369,8 @@ impl Cases {
     /// Rebuilds the in-flight slot of an undelivered outgoing message (at start).
     pub fn restore_in_flight(&self, msg: &Message) {
         let case = {
-            let p = self.lock();
+            let g = self.lock();
+            let p = &g.0;
             case_of_outgoing(&p.book, msg)
         };
         if let Some(case) = case {
@@ -396,7 +429,8 @@ impl Cases {
         roster: &SignedRoster,
         peers: impl Iterator<Item = &'a AuthorityId>,
     ) -> Vec<AuthorityId> {
-        let p = self.lock();
+        let g = self.lock();
+        let p = &g.0;
         let v = roster.roster().version;
         peers
             .filter(|a| p.rosters_sent.get(*a).is_none_or(|s| *s < v))
@@ -696,6 +730,40 @@ mod tests {
         };
         // Every public key is a valid Ed25519 point, ids and keys unique.
         roster.check().unwrap();
+    }
+
+    #[test]
+    fn concurrent_changes_share_writes_and_every_acknowledged_one_is_on_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let p = profile();
+        let kz = card("kz.mvd");
+        let cases = Cases::load(t.path()).unwrap();
+        let base = example("request");
+        let now = base.header.time.plus_secs(60);
+        let ids: Vec<Id> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (cases, p, kz, base) = (&cases, &p, &kz, &base);
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for j in 0..10 {
+                            let mut m = base.clone();
+                            m.header.id = Id::new(now.plus_secs(i * 100 + j));
+                            // Returns only once the change is on disk.
+                            cases.receive(&m, kz, p, now, now).unwrap();
+                            mine.push(m.header.id);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let again = Cases::load(t.path()).unwrap();
+        for id in &ids {
+            assert!(again.with(|p| p.book.case(id).is_some()), "case {id} not on disk");
+        }
+        assert_eq!(again.with(|p| p.book.cases().count()), 80);
     }
 
     #[test]
