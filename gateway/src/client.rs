@@ -44,6 +44,9 @@ use crate::api::types::{
 use crate::api::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::files::{self, FileError};
 
+mod ops;
+pub use ops::*;
+
 /// Where `konvertd` listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/konvert/api.sock";
 /// Signatory used by `send` when none is named (the one `konvertctl init` makes).

@@ -187,6 +187,26 @@ pub struct Config {
     /// Peer gateways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
+    /// The Prometheus metrics endpoint (off unless `listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus metrics endpoint (`GET /metrics`), off by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address and port, e.g. `127.0.0.1:9464`; other addresses
+    /// are refused (the endpoint has no authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsConfig {
+    /// No endpoint.
+    pub fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 /// `[quic]`
@@ -615,6 +635,16 @@ impl Config {
         }
         if self.api.upload_max_age.0 < Duration::from_secs(1) {
             return Err(invalid("api.upload_max_age".into(), "must be at least 1s"));
+        }
+        if let Some(a) = self.metrics.listen {
+            if !a.ip().is_loopback() {
+                return Err(invalid(
+                    "metrics.listen".into(),
+                    "must be a loopback address such as 127.0.0.1:9464 or [::1]:9464: the metrics \
+                     endpoint has no authentication (put a proxy with authentication in front of it \
+                     to scrape it from another host)",
+                ));
+            }
         }
         if self.health.peer_failures == 0 {
             return Err(invalid("health.peer_failures".into(), "must be at least 1"));

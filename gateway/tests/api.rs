@@ -438,6 +438,55 @@ impl ApiService for Double {
             uptime_seconds: 5,
         })
     }
+
+    async fn audit(
+        &self,
+        _caller: Caller,
+        from: u64,
+        limit: u32,
+    ) -> Result<Page<ops::AuditEntryView>, Problem> {
+        // Echoes the parsed parameters: seq = from, count = limit.
+        Ok(Page {
+            items: vec![ops::AuditEntryView {
+                seq: from,
+                at: Timestamp::from_unix(0),
+                kind: "opened".into(),
+                message: None,
+                case: None,
+                peer: None,
+                detail: None,
+                count: Some(u64::from(limit)),
+                digest: None,
+                block: "00".into(),
+            }],
+            next: None,
+        })
+    }
+
+    async fn audit_verify(&self, _caller: Caller) -> Result<ops::AuditVerification, Problem> {
+        Err(Problem::not_found("audit trail"))
+    }
+
+    async fn story(&self, _caller: Caller, _id: Id) -> Result<ops::Story, Problem> {
+        Err(Problem::not_found("message"))
+    }
+
+    async fn retention(
+        &self,
+        _caller: Caller,
+        _by_day: bool,
+        _events: u32,
+    ) -> Result<ops::RetentionReport, Problem> {
+        Err(Problem::not_found("retention"))
+    }
+
+    async fn purge_case(&self, _caller: Caller, case: Id) -> Result<ops::CasePurged, Problem> {
+        Ok(ops::CasePurged { case, destroyed: 0 })
+    }
+
+    async fn node_status(&self, _caller: Caller) -> Result<ops::NodeStatus, Problem> {
+        Err(Problem::not_found("status"))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -690,6 +739,33 @@ async fn callers_are_allowed_by_uid_or_group() {
     assert!(e.to_string().contains("no-such-user-konvert"));
     let e = AccessPolicy::from_names(&[], &["no-such-group-konvert".into()]).unwrap_err();
     assert!(matches!(e, PolicyError::UnknownGroup(_)));
+}
+
+#[tokio::test]
+async fn operator_routes_parse_their_parameters() {
+    let h = Harness::default().await;
+    let v = h.get("/v1/audit?from=5&limit=7").await.json();
+    assert_eq!(v["items"][0]["seq"], 5);
+    assert_eq!(v["items"][0]["count"], 7);
+    let v = h.get("/v1/audit").await.json();
+    assert_eq!(v["items"][0]["seq"], 0);
+    assert_eq!(v["items"][0]["count"], 100);
+    assert_eq!(h.get("/v1/audit?from=x").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.get("/v1/audit?limit=0").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.get("/v1/audit?seq=1").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.get("/v1/retention?by=week").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.get("/v1/messages/not-an-id/story").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+    assert_eq!(
+        h.get(&format!("/v1/cases/{id}/purge")).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 }
 
 #[tokio::test]

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 pub mod cases;
 mod json_pointer;
+pub mod ops;
 pub mod problem;
 mod router;
 mod server;
@@ -151,6 +152,43 @@ pub trait ApiService: Send + Sync + 'static {
 
     /// Health of the daemon.
     fn health(&self, caller: Caller) -> impl Future<Output = Result<Health, Problem>> + Send;
+
+    /// The audit trail from sequence number `from`, at most `limit` events
+    /// (`GET /v1/audit`; `next` continues it).
+    fn audit(
+        &self,
+        caller: Caller,
+        from: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Page<ops::AuditEntryView>, Problem>> + Send;
+
+    /// Verifies the audit chain, and against the head log if one is configured.
+    fn audit_verify(
+        &self,
+        caller: Caller,
+    ) -> impl Future<Output = Result<ops::AuditVerification, Problem>> + Send;
+
+    /// A message's story from the audit trail (either direction).
+    fn story(&self, caller: Caller, id: Id) -> impl Future<Output = Result<ops::Story, Problem>> + Send;
+
+    /// What will be destroyed when (per hour, or per day if `by_day`) and
+    /// what was destroyed (at most `events` destruction events, newest first).
+    fn retention(
+        &self,
+        caller: Caller,
+        by_day: bool,
+        events: u32,
+    ) -> impl Future<Output = Result<ops::RetentionReport, Problem>> + Send;
+
+    /// Destroys a case and its messages now (the case closed before its retention ended).
+    fn purge_case(
+        &self,
+        caller: Caller,
+        case: Id,
+    ) -> impl Future<Output = Result<ops::CasePurged, Problem>> + Send;
+
+    /// The node's status: peers, queues, cases, store, keys, sweeper.
+    fn node_status(&self, caller: Caller) -> impl Future<Output = Result<ops::NodeStatus, Problem>> + Send;
 }
 
 /// Limits applied at the boundary, before anything reaches the service.

@@ -92,6 +92,30 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/health",
         methods: &["GET"],
     },
+    RouteSpec {
+        path: "/v1/status",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/audit",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/audit/verify",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/messages/{id}/story",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/retention",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/cases/{id}/purge",
+        methods: &["POST"],
+    },
 ];
 
 /// Media type of an exported receipt (a tagged COSE_Sign1, RFC 9052).
@@ -296,6 +320,52 @@ async fn route<S: ApiService>(
                 StatusCode::OK
             };
             Ok(json_response(status, &health))
+        }
+        ("/v1/status", _) => {
+            no_query(q)?;
+            Ok(json_response(StatusCode::OK, &svc.node_status(caller).await?))
+        }
+        ("/v1/audit", _) => {
+            let params = Query::parse(q, &["from", "limit"])?;
+            let from = match params.get("from") {
+                Some(s) => parse_u64("from", s)?,
+                None => 0,
+            };
+            let limit = list_limit(&params, limits)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &svc.audit(caller, from, limit).await?,
+            ))
+        }
+        ("/v1/audit/verify", _) => {
+            no_query(q)?;
+            Ok(json_response(StatusCode::OK, &svc.audit_verify(caller).await?))
+        }
+        ("/v1/messages/{id}/story", _) => {
+            no_query(q)?;
+            let id = parse_id("id", &params[0])?;
+            Ok(json_response(StatusCode::OK, &svc.story(caller, id).await?))
+        }
+        ("/v1/retention", _) => {
+            let params = Query::parse(q, &["by", "events"])?;
+            let by_day = match params.get("by") {
+                None | Some("hour") => false,
+                Some("day") => true,
+                Some(_) => return Err(Problem::bad_param("by", "invalid_value", "expected hour or day")),
+            };
+            let events = match params.get("events") {
+                Some(s) => parse_u32("events", s, 0, limits.max_list_limit)?,
+                None => DEFAULT_LIMIT.min(limits.max_list_limit),
+            };
+            Ok(json_response(
+                StatusCode::OK,
+                &svc.retention(caller, by_day, events).await?,
+            ))
+        }
+        ("/v1/cases/{id}/purge", _) => {
+            no_query(q)?;
+            let id = parse_id("id", &params[0])?;
+            Ok(json_response(StatusCode::OK, &svc.purge_case(caller, id).await?))
         }
         _ => Err(Problem::not_found("route")),
     }
@@ -649,6 +719,19 @@ fn parse_id(field: &str, s: &str) -> Result<Id, Problem> {
 fn parse_time(field: &str, s: &str) -> Result<Timestamp, Problem> {
     s.parse::<Timestamp>()
         .map_err(|e| Problem::bad_param(field, "invalid_format", e.reason))
+}
+
+fn parse_u64(field: &str, s: &str) -> Result<u64, Problem> {
+    if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse()
+            .map_err(|_| Problem::bad_param(field, "out_of_range", "too large"))
+    } else {
+        Err(Problem::bad_param(
+            field,
+            "invalid_format",
+            "expected a non-negative integer",
+        ))
+    }
 }
 
 fn parse_u32(field: &str, s: &str, min: u32, max: u32) -> Result<u32, Problem> {

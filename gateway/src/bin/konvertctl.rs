@@ -159,14 +159,16 @@ enum Command {
         #[arg(long, value_name = "ID")]
         signatory: Option<String>,
     },
-    /// Show the state of a message (sent or received) and its receipt.
+    /// Show the node's status (peers, queues, overdue cases, store size, key ages, last sweep), or with an ID the state of a message and its receipt.
     #[command(
-        after_help = "Example:\n  konvertctl status 019ec9a6-9c80-7137-be01-be76fa861153\n  \
+        after_help = "Example:\n  konvertctl --config /etc/konvert/konvert.toml status      # the node\n  \
+        konvertctl --json status | jq '.peers[] | {authority, queue_depth}'\n  \
+        konvertctl status 019ec9a6-9c80-7137-be01-be76fa861153   # one message\n  \
         konvertctl --json status 019ec9a6-9c80-7137-be01-be76fa861153 | jq -r .state"
     )]
     Status {
-        /// The message id.
-        id: Id,
+        /// A message id (sent or received); without it, the node's status.
+        id: Option<Id>,
     },
     /// List delivery receipts, or show, export or verify one.
     Receipts(ReceiptsArgs),
@@ -180,6 +182,104 @@ enum Command {
     /// Ask konvertd whether it is working (exit status 1 when it is unavailable).
     #[command(after_help = "Example:\n  konvertctl --config /etc/konvert/konvert.toml health")]
     Health,
+    /// Read the audit trail, or verify its hash chain (and the audit head log) and say where it breaks.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl audit verify      # exit status 1 if the chain is broken\n  \
+        konvertctl audit list --from 1200 --limit 50\n  \
+        konvertctl --json audit list | jq -c '.items[] | {seq, kind, message}'"
+    )]
+    Audit(AuditCommand),
+    /// A message's whole story from the audit trail: accepted, sent, delivered with receipt, received, acknowledged, destroyed.
+    #[command(
+        after_help = "Example:\n  konvertctl story 019ec9a6-9c80-7137-be01-be76fa861153\n  \
+        konvertctl --json story 019ec9a6-9c80-7137-be01-be76fa861153 | jq -r '.steps[].step'"
+    )]
+    Story {
+        /// The message id (sent or received).
+        id: Id,
+    },
+    /// What will be destroyed when and what was destroyed (counts and id digests, never content); purge a closed case early.
+    Retention(RetentionArgs),
+    /// Offline store maintenance, with konvertd stopped: re-seal the keyring under a new master key.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  systemctl stop konvertd\n  \
+        konvertctl store rekey --config /etc/konvert/konvert.toml --new-master-key /etc/konvert/keys/master.key.new"
+    )]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List audit events from a sequence number (ids, times, peers, counts, codes; no content).
+    #[command(after_help = "Example:\n  konvertctl audit list --from 1200 --limit 50\n  \
+        konvertctl --json audit list --limit 1000 | jq -r .next   # where the next page starts")]
+    List {
+        /// The first sequence number (default: the oldest kept).
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// At most this many (1-1000; the daemon's default is 100).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Verify the hash chain (and against the configured audit head log); exit status 1 and where it breaks if it does.
+    #[command(
+        after_help = "Example:\n  konvertctl audit verify\n  konvertctl --json audit verify | jq .broken"
+    )]
+    Verify,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Example:\n  konvertctl retention                 # per expiry hour\n  \
+    konvertctl retention --by day --events 20\n  \
+    konvertctl retention purge --case 019ec9a6-9c80-7137-be01-be76fa861153"
+)]
+struct RetentionArgs {
+    #[command(subcommand)]
+    command: Option<RetentionCommand>,
+    /// Count what will be destroyed per expiry hour or per UTC day.
+    #[arg(long, value_parser = ["hour", "day"], default_value = "hour")]
+    by: String,
+    /// Show at most this many destruction events of the audit trail (0-1000; default 100).
+    #[arg(long, value_name = "N")]
+    events: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Destroy a closed case and its messages now, before their retention ends (irreversible).
+    #[command(
+        after_help = "Example:\n  konvertctl retention purge --case 019ec9a6-9c80-7137-be01-be76fa861153\n\n\
+        The case key is destroyed (its messages become unreadable at once), the case can take no\n\
+        more messages, and the audit trail records a Destroyed event with the count and a digest\n\
+        of the ids."
+    )]
+    Purge {
+        /// The case id (the id of the request that opened it).
+        #[arg(long, value_name = "ID")]
+        case: Id,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Re-seal the store's keyring under a new master key (konvertd must be stopped; data keys and messages unchanged).
+    #[command(after_help = "Example:\n  systemctl stop konvertd\n  \
+        (umask 077; openssl rand -hex 32 > /etc/konvert/keys/master.key.new)\n  \
+        konvertctl store rekey --config /etc/konvert/konvert.toml --new-master-key /etc/konvert/keys/master.key.new\n  \
+        # set store.master_key_file to the new file, start konvertd, then remove the old key\n\n\
+        Safe to run again after a crash: a keyring already sealed under the new key is left as it is.")]
+    Rekey {
+        /// The gateway's konvert.toml (names the data directory and the current master key).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The new master key file (32 bytes as 64 hex characters, raw or base64; mode 0600).
+        #[arg(long, value_name = "FILE")]
+        new_master_key: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -585,7 +685,38 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
             let s = c.send_file(&file, signatory.as_deref()).await?;
             print_out(json, &s, |s| format!("{} {}\n", s.id, s.state.as_str()))
         }
-        Command::Status { id } => print_out(json, &c.status(id).await?, client::status_text),
+        Command::Status { id: Some(id) } => print_out(json, &c.status(id).await?, client::status_text),
+        Command::Status { id: None } => print_out(json, &c.node_status().await?, client::node_status_text),
+        Command::Audit(AuditCommand::List { from, limit }) => {
+            print_out(json, &c.audit(from, limit).await?, |p| {
+                let mut t = client::audit_table(&p.items);
+                if let Some(n) = &p.next {
+                    t.push_str(&format!("(more: --from {n})\n"));
+                }
+                t
+            })
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let v = c.audit_verify().await?;
+            print_out(json, &v, client::audit_verify_text)?;
+            if !v.ok {
+                return Err(Failure::Other(
+                    "the audit trail does not verify (see the report above)".into(),
+                ));
+            }
+            Ok(())
+        }
+        Command::Story { id } => print_out(json, &c.story(id).await?, client::story_text),
+        Command::Retention(args) => match args.command {
+            None => print_out(
+                json,
+                &c.retention(args.by == "day", args.events).await?,
+                client::retention_text,
+            ),
+            Some(RetentionCommand::Purge { case }) => {
+                print_out(json, &c.purge_case(case).await?, client::purged_text)
+            }
+        },
         Command::Receipts(args) => match args.command {
             None => {
                 let q = ReceiptQuery {
@@ -840,6 +971,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let s = offline::inspect_file(&input, age_body.as_deref(), &Limits::default(), force)?;
             print_json(&s)?;
         }
+        Command::Store(StoreCommand::Rekey {
+            config,
+            new_master_key,
+        }) => {
+            let r = konvert_gateway::rekey::rekey(&config, &new_master_key)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            print_out(cli.online.json, &r, konvert_gateway::rekey::rekeyed_text)?;
+        }
         Command::Generate(g) => {
             use clap::CommandFactory;
             let (files, dir) = match g {
@@ -863,7 +1002,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Inbox(_)
         | Command::Peers
         | Command::Requests(_)
-        | Command::Health) => run_online(&cli.online, command)?,
+        | Command::Health
+        | Command::Audit(_)
+        | Command::Story { .. }
+        | Command::Retention(_)) => run_online(&cli.online, command)?,
     }
     Ok(())
 }

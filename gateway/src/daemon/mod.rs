@@ -21,6 +21,7 @@
 
 pub mod cases;
 pub mod inbound;
+pub mod operator;
 pub mod outbound;
 pub mod retention;
 pub mod service;
@@ -73,6 +74,21 @@ pub async fn run(
         max_upload: node.config.api.max_upload_bytes,
         ..ApiLimits::default()
     };
+    // The metrics endpoint (off by default) is bound first: a taken port
+    // stops the start before anything else listens.
+    let metrics_listener = match node.config.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Bind {
+                    addr: format!("{addr} (metrics)"),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(metrics = %addr, "metrics endpoint listening");
+            Some(l)
+        }
+        None => None,
+    };
     let api = ApiServer::bind(
         &node.config.api.socket,
         0o660,
@@ -86,6 +102,8 @@ pub async fn run(
     let api_task = tokio::spawn(api.serve(async move {
         let _ = api_stop.wait_for(|s| *s).await;
     }));
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&node), stop_rx.clone())));
     let accept_task = tokio::spawn(inbound::accept_loop(Arc::clone(&node)));
     let sweep_task = tokio::spawn(retention::sweeper(Arc::clone(&node), stop_rx.clone()));
     let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx));
@@ -130,6 +148,9 @@ pub async fn run(
     let _ = api_task.await;
     let _ = dispatch_task.await;
     let _ = sweep_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     // Let envelopes being received finish and their receipts go out.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while node.inbound_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0

@@ -749,10 +749,53 @@ impl ApiService for Service {
         let node = Arc::clone(&self.0);
         blocking(move || health(&node)).await
     }
+
+    async fn audit(
+        &self,
+        _caller: Caller,
+        from: u64,
+        limit: u32,
+    ) -> Result<Page<crate::api::ops::AuditEntryView>, Problem> {
+        let node = Arc::clone(&self.0);
+        blocking(move || super::operator::audit_page(&node, from, limit)).await
+    }
+
+    async fn audit_verify(&self, _caller: Caller) -> Result<crate::api::ops::AuditVerification, Problem> {
+        let node = Arc::clone(&self.0);
+        blocking(move || super::operator::audit_verify(&node)).await
+    }
+
+    async fn story(&self, _caller: Caller, id: Id) -> Result<crate::api::ops::Story, Problem> {
+        let node = Arc::clone(&self.0);
+        blocking(move || super::operator::story(&node, id)).await
+    }
+
+    async fn retention(
+        &self,
+        _caller: Caller,
+        by_day: bool,
+        events: u32,
+    ) -> Result<crate::api::ops::RetentionReport, Problem> {
+        let node = Arc::clone(&self.0);
+        blocking(move || super::operator::retention_report(&node, by_day, events)).await
+    }
+
+    async fn purge_case(&self, caller: Caller, case: Id) -> Result<crate::api::ops::CasePurged, Problem> {
+        let node = Arc::clone(&self.0);
+        tracing::info!(case = %case, uid = caller.uid, "case purge requested");
+        blocking(move || super::operator::purge_case(&node, case)).await
+    }
+
+    async fn node_status(&self, caller: Caller) -> Result<crate::api::ops::NodeStatus, Problem> {
+        let peers = self.peers(caller).await?;
+        let health = self.health(caller).await?.status;
+        let node = Arc::clone(&self.0);
+        blocking(move || super::operator::node_status(&node, peers, health)).await
+    }
 }
 
 /// Most undelivered or failed messages one health or peers query reads.
-const HEALTH_SCAN: usize = 100_000;
+pub(crate) const HEALTH_SCAN: usize = 100_000;
 
 /// Outbound messages without a receipt yet: queued, or sent and waiting
 /// (at most [`HEALTH_SCAN`] of each).
@@ -896,7 +939,7 @@ pub fn assess(f: &HealthFacts, cfg: &HealthConfig) -> (HealthStatus, Vec<HealthR
     (status, reasons)
 }
 
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_bytes(path: &std::path::Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
     #[allow(clippy::useless_conversion)] // the field types differ between platforms
     Some(u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())))
