@@ -11,6 +11,8 @@
 //! - [`offline`]: the offline commands (key generation; seal, open, inspect envelope files).
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd (`Type=notify`).
 //! - [`client`]: the local API client behind `konvertctl`'s online commands (send, status, receipts, inbox, peers, health).
+//! - [`metrics`]: the Prometheus metrics endpoint on loopback (`[metrics] listen`).
+//! - [`rekey`]: `konvertctl store rekey`, the offline re-key of the store's master key.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -10,6 +10,7 @@
 //!   connection against an [`AccessPolicy`], limits, graceful shutdown.
 //! - [`Problem`]: every error, as an RFC 9457 problem document.
 //! - [`types`]: the JSON documents.
+//! - [`ops`]: the operator's documents (audit trail, story, retention, status).
 //!
 //! Routes (all under `/v1`) are listed in [`ROUTES`].
 
