@@ -7,8 +7,10 @@
 //! snapshot (`DATA_DIR/procedure.cbor`, mode 0600) by an atomic replace
 //! (temporary file, fsync, rename, fsync of the directory) after every
 //! change and before the change is acknowledged to anyone. The snapshot is
-//! the only record of cases: the store's own case records are not used,
-//! so there are never two places to keep consistent. It holds ids, kinds,
+//! the record of cases; the store's case records ([`mirror`]: state code and
+//! running deadline, for the store's overdue list and per-case keys) follow
+//! it, written after it and idempotently, so a crash between the two is
+//! repaired by the resend that follows. It holds ids, kinds,
 //! times, states, Art. 10.4 grounds and SHA-256 digests of purposes and
 //! consent scopes — no personal data and no message text.
 //!
@@ -47,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use super::Node;
 use crate::api::cases::{grounds_of, CaseFilter, CaseSelection, CaseView};
 use crate::files;
+use konvert_store::{CaseId, NewCase};
 
 /// The snapshot file in the data directory.
 pub const STATE_FILE: &str = "procedure.cbor";
@@ -67,6 +70,9 @@ pub struct Procedure {
 /// Why the procedure state cannot be loaded or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CasesError {
+    /// The store's case record could not be written.
+    #[error("store case record: {0}")]
+    Store(String),
     /// The snapshot cannot be read or written.
     #[error("{path}: {reason}")]
     File {
@@ -468,10 +474,24 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };
-            node.cases.sent_accepted(&msg, profile, receipt.time, node.now())
+            node.cases
+                .sent_accepted(&msg, profile, receipt.time, node.now())?;
+            let case = node.cases.with(|p| case_of_outgoing(&p.book, &msg));
+            if let Some(case) = case {
+                mirror(node, &case).map_err(|e| CasesError::Store(e.to_string()))?;
+            }
+            Ok(())
         }
         Outcome::Rejected { .. } => {
             node.cases.release(&msg.header.id);
+            // A refused request opened no case: its store case says so.
+            let opened = node.cases.with(|p| p.book.case(&msg.header.id).is_some());
+            if matches!(msg.body, MessageBody::Request(_)) && !opened {
+                let id = CaseId(*msg.header.id.as_bytes());
+                if let Err(e) = node.store.case_update(&id, "rejected", None) {
+                    tracing::warn!(id = %msg.header.id, error = %e, "store case of a rejected request not updated");
+                }
+            }
             Ok(())
         }
     }
@@ -598,6 +618,80 @@ pub fn view(node: &Node, id: &Id) -> Option<CaseView> {
             .or_else(|| p.book.case_of(id))
             .map(|c| case_view(c, &node.keys.authority, now, true))
     })
+}
+
+/// Mirrors a case's state code and running deadline into the store's case
+/// record (`case_open`, then `case_update` when they differ): what the
+/// store's overdue list, per-case keys and early destruction (Art. 11.5)
+/// use. Idempotent, so a resend after a crash between the snapshot and this
+/// repairs it. Returns the store case to file the case's messages under,
+/// `None` if there is no such case or it was destroyed early.
+pub fn mirror(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::Error> {
+    let own = &node.keys.authority;
+    let Some((peer, agreement, state, deadline)) = node.cases.with(|p| {
+        p.book.case(case).map(|c| {
+            let peer = if c.requester() == own {
+                c.requested()
+            } else {
+                c.requester()
+            };
+            (
+                peer.to_string(),
+                c.agreement().to_string(),
+                c.state().code(),
+                c.tracked_deadline().map(|t| t.as_unix()),
+            )
+        })
+    }) else {
+        return Ok(None);
+    };
+    let id = CaseId(*case.as_bytes());
+    let info = node.store.case_open(&NewCase {
+        id,
+        peer,
+        agreement,
+        state: state.to_owned(),
+        deadline,
+    })?;
+    if info.destroyed_at.is_some() {
+        return Ok(None);
+    }
+    if info.state != state || info.deadline != deadline {
+        match node.store.case_update(&id, state, deadline) {
+            Ok(_) => {}
+            Err(konvert_store::Error::Destroyed { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(id))
+}
+
+/// The store case a received message is filed under, mirrored first.
+pub fn store_case_of_received(node: &Node, message: &Id) -> Result<Option<CaseId>, konvert_store::Error> {
+    match node.cases.with(|p| p.book.case_of(message).map(Case::id)) {
+        Some(case) => mirror(node, &case),
+        None => Ok(None),
+    }
+}
+
+/// The store case an outgoing message is filed under: a request opens its
+/// store case as `queued` (the book opens the case when the peer accepts
+/// it), a later message uses its case's.
+pub fn store_case_of_outgoing(node: &Node, msg: &Message) -> Result<Option<CaseId>, konvert_store::Error> {
+    let Some(case) = node.cases.with(|p| case_of_outgoing(&p.book, msg)) else {
+        return Ok(None);
+    };
+    if let MessageBody::Request(_) = msg.body {
+        let info = node.store.case_open(&NewCase {
+            id: CaseId(*case.as_bytes()),
+            peer: msg.header.to.to_string(),
+            agreement: msg.header.agreement.to_string(),
+            state: "queued".into(),
+            deadline: None,
+        })?;
+        return Ok(info.destroyed_at.is_none().then_some(info.id));
+    }
+    mirror(node, &case)
 }
 
 /// The running deadline of the case a request opened (for inbox items).

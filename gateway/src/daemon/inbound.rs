@@ -234,6 +234,13 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     {
         return refuse(code);
     }
+    let case = match super::cases::store_case_of_received(node, &opened.message.header.id) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "store refused a case record");
+            return refuse(RejectCode::TemporaryFailure);
+        }
+    };
     let signatory = node
         .cases
         .signatory_id(&entry.card, &opened.claims.kid)
@@ -266,7 +273,7 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         peer: peer.to_string(),
         agreement: agreement.to_string(),
         kind: opened.message.kind().as_str().to_string(),
-        case: None,
+        case,
         payload,
     }) {
         Ok(put) if put.created => {

@@ -485,12 +485,13 @@ fn seal_and_queue(
     )?;
     let message = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
         .map_err(|e| SubmitError::Internal(e.to_string()))?;
+    let case = super::cases::store_case_of_outgoing(node, &sealed.message)?;
     let put = node.store.put_outbox(&NewMessage {
         id,
         peer: h.to.to_string(),
         agreement: h.agreement.to_string(),
         kind: sealed.message.kind().as_str().to_string(),
-        case: None,
+        case,
         payload: OutboxRecord {
             envelope: bytes,
             digest: sealed.envelope_digest,
