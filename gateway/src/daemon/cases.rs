@@ -796,10 +796,15 @@ mod tests {
             RejectCode::UnknownCase
         );
         assert_eq!(std::fs::read(t.path().join(STATE_FILE)).unwrap(), before);
-        // A new process sees the case.
+        // A new process sees the case (a crash after the snapshot, before
+        // the store's put and the receipt) ...
         let again = Cases::load(t.path()).unwrap();
         let state = again.with(|p| p.book.case(&req.header.id).map(|c| c.state().code()));
         assert_eq!(state, Some("received"));
+        // ... and the sender's resend of the same envelope is a duplicate
+        // there, so it is stored and accepted without a second transition.
+        assert_eq!(again.receive(&req, &kz, &p, now, now), Ok(Applied::Duplicate));
+        assert_eq!(std::fs::read(t.path().join(STATE_FILE)).unwrap(), before);
     }
 
     #[test]
