@@ -202,9 +202,26 @@ fn request_clarification_answer_then_a_second_answer_is_refused_and_cases_surviv
     wait_case(&kz, &req, "clarification_requested");
     wait_case(&by, &req, "clarification_requested");
 
+    // KZ's inbox shows the clarification request with its case's purpose.
+    let got = kz.get_json(&format!("/v1/inbox/{clar}"));
+    assert_eq!(
+        got["purpose"],
+        example("request")["body"]["content"]["purpose"],
+        "{got}"
+    );
+
     // KZ clarifies.
-    let (_ans, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&clar));
+    let (ans, doc) = message(&kz, "clarification_answer", "by.mvd", Some(&clar));
     send(&kz, &doc);
+    let items = by.get_json("/v1/inbox?limit=1000");
+    let item = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == json!(ans))
+        .unwrap()
+        .clone();
+    assert_eq!(item["purpose"], example("request")["body"]["content"]["purpose"]);
     wait_case(&by, &req, "clarified");
     wait_case(&kz, &req, "clarified");
 

@@ -694,6 +694,23 @@ pub fn store_case_of_outgoing(node: &Node, msg: &Message) -> Result<Option<CaseI
     mirror(node, &case)
 }
 
+/// The purpose of the request whose case message `id` belongs to (Art.
+/// 11.2: what every message of the case may be used for), read from the
+/// request as stored (received, or sent by this gateway).
+pub fn case_purpose(node: &Node, id: &Id) -> Option<String> {
+    let case = node.cases.with(|p| p.book.case_of(id).map(Case::id))?;
+    let key = konvert_store::MessageId(*case.as_bytes());
+    let request: Message = if let Ok(m) = node.store.get(konvert_store::Direction::Inbound, &key) {
+        let rec = super::inbound::InboxRecord::from_slice(&m.payload).ok()?;
+        konvert_envelope::cbor::from_slice(&rec.signed.message, 64 << 20).ok()?
+    } else {
+        let m = node.store.outbox_get(&key).ok()?;
+        let rec = super::outbound::OutboxRecord::from_slice(&m.payload).ok()?;
+        konvert_envelope::cbor::from_slice(rec.message.as_deref()?, 64 << 20).ok()?
+    };
+    stated_purpose(&request).map(str::to_owned)
+}
+
 /// The running deadline of the case a request opened (for inbox items).
 pub fn due_of(node: &Node, request: &Id) -> Option<Timestamp> {
     node.cases

@@ -464,6 +464,9 @@ fn inbox_list(node: &Node, after: Option<&Cursor>, limit: u32) -> Result<Vec<Inb
         let rec = InboxRecord::from_slice(&msg.payload).map_err(|_| Problem::internal())?;
         let mut item = inbox_item(&m, &rec)?;
         item.due = super::cases::due_of(node, &item.id);
+        if item.purpose.is_none() {
+            item.purpose = super::cases::case_purpose(node, &item.id);
+        }
         out.push(item);
     }
     Ok(out)
@@ -651,7 +654,8 @@ impl ApiService for Service {
                     sha256: a.sha256,
                 })
                 .collect();
-            let purpose = purpose_of(&message);
+            let purpose = purpose_of(&message).or_else(|| super::cases::case_purpose(&node, &item.id));
+            item.purpose.clone_from(&purpose);
             Ok(InboxMessage {
                 item,
                 acknowledged: meta.state == StoreState::Acknowledged,
