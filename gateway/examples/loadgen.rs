@@ -7,8 +7,11 @@
 //! information with one attachment of 1 KiB or 1 MiB, 1 / 16 / 256 in flight.
 //!
 //! ```text
-//! cargo run --release -p konvert-gateway --example loadgen [-- --quick]
+//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m] [--count N]
 //! ```
+//!
+//! `--only` runs one size and `--count` sets the messages of every round
+//! (for profiling one case, e.g. `--only 1k --count 5000` under `perf`).
 //!
 //! Compare with the bare-quinn figures of `cargo bench -p konvert-gateway --bench quic`
 //! and the crypto ceiling from `cargo bench -p konvert-envelope` (see docs/BENCHMARKS.md).
@@ -217,7 +220,16 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only = arg("--only");
+    let count_override: Option<usize> = arg("--count").and_then(|c| c.parse().ok());
     let dir = tempfile::tempdir()?;
     let (kz_cfg, by_cfg) = setup(dir.path())?;
     let kz = Node::start(&kz_cfg)?;
@@ -243,8 +255,12 @@ async fn main() -> Result<(), Error> {
         (1024, "1 KiB", [200usize, 1000, 2000]),
         (1024 * 1024, "1 MiB", [20, 64, 256]),
     ] {
+        let short = if size == 1024 { "1k" } else { "1m" };
+        if only.as_deref().is_some_and(|o| o != short) {
+            continue;
+        }
         for (in_flight, count) in [1usize, 16, 256].into_iter().zip(counts) {
-            let count = if quick { count.min(40) } else { count };
+            let count = count_override.unwrap_or(if quick { count.min(40) } else { count });
             let start = Instant::now();
             let lat = round(&kz, size, count, in_flight).await?;
             let secs = start.elapsed().as_secs_f64();
