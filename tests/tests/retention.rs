@@ -60,6 +60,20 @@ fn the_sweeper_destroys_a_received_message_when_its_retention_ends() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The receipt by.mvd signed for it outlives the message (audit
+    // retention) and still verifies.
+    let receipts = by.get_json("/v1/receipts?direction=inbound&limit=100");
+    let ours = receipts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["message_id"] == json!(id))
+        .unwrap_or_else(|| panic!("no receipt of {id}: {receipts}"));
+    assert_eq!(ours["verified"], json!(true), "{ours}");
+    assert_eq!(ours["outcome"]["status"], json!("accepted"), "{ours}");
+    let (code, raw) = by.request("GET", &format!("/v1/receipts/{id}/raw"), None);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&raw));
+    assert!(!raw.is_empty());
     let listed = by.get_json("/v1/inbox?limit=100");
     assert!(
         listed["items"]

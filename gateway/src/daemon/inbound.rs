@@ -18,7 +18,7 @@ use konvert_envelope::envelope::{self, EnvelopeHeader, MemoryParts, OpenError};
 use konvert_envelope::model::{AuthorityId, Digest, Id, Timestamp};
 use konvert_envelope::receipt::{Outcome, Receipt, RejectCode};
 use konvert_envelope::signed::SignedMessage;
-use konvert_store::{Direction, MessageId, NewMessage};
+use konvert_store::{Direction, MessageId, NewMessage, NewReceipt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -153,7 +153,7 @@ fn reject(node: &Node, sender: &AuthorityId, id: Option<Id>, digest: Digest, cod
     let r = Receipt {
         envelope_id: id.unwrap_or_else(|| Id::from_bytes([0; 16])),
         envelope_digest: digest,
-        time: Timestamp::now(),
+        time: node.now(),
         receiver: node.keys.authority.clone(),
         sender: sender.clone(),
         outcome: Outcome::Rejected { code },
@@ -277,6 +277,19 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         payload,
     }) {
         Ok(put) if put.created => {
+            // Also kept apart from the message, for the audit retention: a
+            // duplicate that arrives after the message's retention ended
+            // still gets the same receipt (the copy in the inbox record goes
+            // with the payload).
+            if let Err(e) = node.store.put_issued_receipt(
+                &key,
+                &NewReceipt {
+                    outcome: "accepted".into(),
+                    bytes: receipt_bytes.clone(),
+                },
+            ) {
+                warn!(error = %e, "issued receipt not kept apart (it is in the inbox record)");
+            }
             node.inbox_wake.notify_waiters();
             (receipt_bytes, "accepted".into())
         }
@@ -293,6 +306,9 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
 }
 
 fn stored_receipt(node: &Node, key: &MessageId) -> Option<Vec<u8>> {
+    if let Ok(r) = node.store.issued_receipt(key) {
+        return Some(r.bytes);
+    }
     node.store.meta(Direction::Inbound, key).ok()?;
     let msg = node.store.get(Direction::Inbound, key).ok()?;
     InboxRecord::from_slice(&msg.payload).ok().map(|r| r.receipt)

@@ -145,12 +145,17 @@ fn outbound_receipt_view(
     }
 }
 
-/// The receipt this gateway issued for a message it received (kept in the
-/// inbox record), verified with its own node key. `None` if the message was
-/// purged meanwhile.
+/// The receipt this gateway issued for a message it received, verified with
+/// its own node key: the copy the store keeps apart for the audit retention
+/// (it outlives the message's payload and needs no decryption of
+/// attachments), else the one in the inbox record (messages received before
+/// the store kept issued receipts). `None` if the message was purged meanwhile.
 fn inbound_receipt_view(node: &Node, meta: &MessageMeta) -> Result<Option<ReceiptView>, Problem> {
     let peer = authority(&meta.peer)?;
     let id = Id::from_bytes(meta.id.0);
+    if let Ok(kept) = node.store.issued_receipt(&meta.id) {
+        return Ok(Some(issued_view(node, id, peer, &kept.bytes, ts(kept.at), None)));
+    }
     let unverified = |reason: UnverifiedReason, time: Timestamp, digest: Option<Digest>| ReceiptView {
         envelope_id: id,
         message_id: Some(id),
@@ -193,24 +198,55 @@ fn inbound_receipt_view(node: &Node, meta: &MessageMeta) -> Result<Option<Receip
             None,
         )));
     };
-    Ok(Some(
-        match Receipt::verify(&rec.receipt, &node.keys.signing.verifying_key()) {
-            Ok(rc) => ReceiptView {
-                envelope_id: rc.envelope_id,
-                message_id: Some(id),
-                direction: Direction::Inbound,
-                peer,
-                receiver: rc.receiver,
-                sender: rc.sender,
-                time: rc.time,
-                outcome: rc.outcome,
-                envelope_digest: Some(rc.envelope_digest),
-                verified: true,
-                unverified_reason: None,
-            },
-            Err(_) => unverified(UnverifiedReason::SignatureInvalid, rec.received, Some(rec.digest)),
+    Ok(Some(issued_view(
+        node,
+        id,
+        peer,
+        &rec.receipt,
+        rec.received,
+        Some(rec.digest),
+    )))
+}
+
+/// A receipt this gateway signed, verified with its own node key; if it does
+/// not verify, shown unverified with `time` and `digest` from elsewhere.
+fn issued_view(
+    node: &Node,
+    id: Id,
+    peer: AuthorityId,
+    bytes: &[u8],
+    time: Timestamp,
+    digest: Option<Digest>,
+) -> ReceiptView {
+    match Receipt::verify(bytes, &node.keys.signing.verifying_key()) {
+        Ok(rc) => ReceiptView {
+            envelope_id: rc.envelope_id,
+            message_id: Some(id),
+            direction: Direction::Inbound,
+            peer,
+            receiver: rc.receiver,
+            sender: rc.sender,
+            time: rc.time,
+            outcome: rc.outcome,
+            envelope_digest: Some(rc.envelope_digest),
+            verified: true,
+            unverified_reason: None,
         },
-    ))
+        Err(_) => ReceiptView {
+            envelope_id: id,
+            message_id: Some(id),
+            direction: Direction::Inbound,
+            peer: peer.clone(),
+            receiver: node.keys.authority.clone(),
+            sender: peer,
+            time,
+            // Only accepted envelopes are stored, so only their receipts are kept.
+            outcome: Outcome::Accepted,
+            envelope_digest: digest,
+            verified: false,
+            unverified_reason: Some(UnverifiedReason::SignatureInvalid),
+        },
+    }
 }
 
 /// A position in the receipts list: envelope id, then direction (outbound
@@ -580,6 +616,12 @@ impl ApiService for Service {
                 Err(konvert_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store_err(e)),
             }
+            match node.store.issued_receipt(&key) {
+                Ok(r) => return Ok(Bytes::from(r.bytes)),
+                Err(konvert_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            // Received before the store kept issued receipts apart.
             match node.store.get(StoreDirection::Inbound, &key) {
                 Ok(m) => InboxRecord::from_slice(&m.payload)
                     .map(|r| Bytes::from(r.receipt))
