@@ -310,14 +310,6 @@ fn receipt_aad_dir(dir: Direction, id: &MessageId, key_hour: i64) -> Vec<u8> {
     a
 }
 
-fn receipt_aad(id: &MessageId, key_hour: i64) -> Vec<u8> {
-    let mut a = Vec::with_capacity(48);
-    a.extend_from_slice(b"konvert-store v1 receipt");
-    a.extend_from_slice(&id.0);
-    a.extend_from_slice(&key_hour.to_be_bytes());
-    a
-}
-
 fn check_name(what: &str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > MAX_NAME || s.chars().any(|c| c.is_control()) {
         return Err(Error::Invalid(format!(
@@ -1306,7 +1298,7 @@ impl Store {
                 let expires_at = self.retention.audit_expiry(now);
                 let key_hour = hour_of(expires_at);
                 let key = self.bucket_key(key_hour)?;
-                let sealed = key.seal(&receipt_aad(id, key_hour), &r.bytes);
+                let sealed = key.seal(&receipt_aad_dir(Direction::Outbound, id, key_hour), &r.bytes);
                 Some((expires_at, key_hour, sealed))
             }
             None => None,
@@ -1486,10 +1478,6 @@ impl Store {
 
     // ---- receipts ----
 
-    fn decode_receipt(&self, id: &MessageId, raw: &[u8]) -> Result<Receipt> {
-        self.decode_receipt_dir(Direction::Outbound, id, raw)
-    }
-
     fn decode_receipt_dir(&self, dir: Direction, id: &MessageId, raw: &[u8]) -> Result<Receipt> {
         let what = || format!("receipt of {id}");
         let rr: ReceiptRec = decode(raw, what)?;
@@ -1514,13 +1502,7 @@ impl Store {
 
     /// The delivery receipt of an outbound message.
     pub fn receipt(&self, message: &MessageId) -> Result<Receipt> {
-        let raw = self
-            .db
-            .get(receipt_key(message))?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("receipt of {message}"),
-            })?;
-        self.decode_receipt(message, &raw)
+        self.receipt_dir(Direction::Outbound, message)
     }
 
     /// Receipts from `peer`, by message id (time) order, after the cursor.
@@ -1530,43 +1512,12 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<Receipt>> {
-        check_name("peer", peer)?;
-        let prefix = peer_prefix(P_RECEIPT_PEER, None, peer);
-        let mut start = prefix.clone();
-        if let Some(a) = after {
-            start.extend_from_slice(&a.0);
-            start.push(0);
-        }
-        let mut end = prefix.clone();
-        end.extend_from_slice(&[0xff; 17]);
-        let mut out = Vec::new();
-        for r in self.db.range(start..end).take(limit) {
-            let (k, _) = r?;
-            let id = MessageId(
-                k.get(prefix.len()..)
-                    .and_then(id16)
-                    .ok_or_else(|| Error::corrupt("receipt index"))?,
-            );
-            out.push(self.receipt(&id)?);
-        }
-        Ok(out)
+        self.receipts_by_peer_dir(Direction::Outbound, peer, after, limit)
     }
 
     /// Receipts of messages whose id time is in `[from_ms, to_ms)`.
     pub fn receipts_between(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<Receipt>> {
-        let start = receipt_key(&MessageId::min_at(from_ms));
-        let end = receipt_key(&MessageId::min_at(to_ms));
-        let mut out = Vec::new();
-        for r in self.db.range(start..end).take(limit) {
-            let (k, v) = r?;
-            let id = MessageId(
-                k.get(1..)
-                    .and_then(id16)
-                    .ok_or_else(|| Error::corrupt("receipt key"))?,
-            );
-            out.push(self.decode_receipt(&id, &v)?);
-        }
-        Ok(out)
+        self.receipts_between_dir(Direction::Outbound, from_ms, to_ms, None, limit)
     }
 
     /// Inbound: keep the delivery receipt this gateway signed and sent back
