@@ -52,5 +52,5 @@ pub use model::{
     StoreStats, SweepReport,
 };
 pub use retention::RetentionPolicy;
-pub use store::{Store, StoreConfig};
+pub use store::{RecordOp, Store, StoreConfig, MAX_RECORD_KEY, MAX_RECORD_OPS, MAX_RECORD_VALUE};
 pub use sync::SyncMode;

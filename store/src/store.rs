@@ -60,6 +60,21 @@ const P_DEADLINE: u8 = b'D';
 const P_META: u8 = b'M';
 /// The group marker: which new records the last fast-path put group writes.
 const P_GROUP: u8 = b'G';
+/// The application's own records ([`Store::records_apply`]).
+const P_RECORD: u8 = b'P';
+
+/// Longest key of an application record.
+pub const MAX_RECORD_KEY: usize = 255;
+/// Largest value of an application record. sled rewrites a leaf holding a
+/// value this large as a blob file on every change to the leaf: keep
+/// records small (a few KiB) and give rarely changed large ones keys that
+/// sort apart from often changed ones.
+pub const MAX_RECORD_VALUE: usize = 1 << 20;
+/// Most changes in one [`Store::records_apply`] call.
+pub const MAX_RECORD_OPS: usize = 4096;
+
+/// A change to an application record: set the key to a value, or remove it (`None`).
+pub type RecordOp = (Vec<u8>, Option<Vec<u8>>);
 
 // Expiry work classes.
 const X_PURGE_MANY: u8 = 2;
@@ -2531,6 +2546,78 @@ impl Store {
     pub fn sync(&self) -> Result<()> {
         self.gc.check()?;
         self.commit()
+    }
+
+    /// [`Store::sync`] for async callers: waits, without blocking the
+    /// task's thread, until everything applied so far is durable (group
+    /// commit: one sync serves every writer waiting).
+    pub async fn sync_async(self: &Arc<Self>) -> Result<()> {
+        self.ensure_servers();
+        match self.gc.sync_async().await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Poisoned),
+        }
+    }
+
+    // ---- application records ----
+
+    /// Applies changes to the application's own small records (the
+    /// gateway keeps its procedure state here: cases, consents, the peers'
+    /// directory) as one atomic group: after a crash either all of them or
+    /// none are there. They are visible to [`Store::records`] at once and
+    /// durable once a later [`Store::sync`] or [`Store::sync_async`]
+    /// returns; a caller that needs its changes in order applies them
+    /// under its own lock and syncs outside it (many writers then share one
+    /// sync). Records are not encrypted and not audited: keep ids, states
+    /// and digests in them, no message content.
+    pub fn records_apply(&self, ops: Vec<RecordOp>) -> Result<()> {
+        self.gc.check()?;
+        if ops.len() > MAX_RECORD_OPS {
+            return Err(Error::Invalid(format!(
+                "{} record changes in one group; at most {MAX_RECORD_OPS}",
+                ops.len()
+            )));
+        }
+        let mut batch = Batch::default();
+        for (key, value) in ops {
+            if key.is_empty() || key.len() > MAX_RECORD_KEY {
+                return Err(Error::Invalid(format!(
+                    "record key of {} bytes; must be 1..={MAX_RECORD_KEY}",
+                    key.len()
+                )));
+            }
+            let mut k = Vec::with_capacity(1 + key.len());
+            k.push(P_RECORD);
+            k.extend_from_slice(&key);
+            match value {
+                Some(v) if v.len() > MAX_RECORD_VALUE => {
+                    return Err(Error::Invalid(format!(
+                        "record value of {} bytes; at most {MAX_RECORD_VALUE}",
+                        v.len()
+                    )))
+                }
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut head = self.head();
+        self.apply(&mut head, batch, &[], now)?;
+        Ok(())
+    }
+
+    /// The application records whose keys start with `prefix`, in key order.
+    pub fn records(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        let mut p = Vec::with_capacity(1 + prefix.len());
+        p.push(P_RECORD);
+        p.extend_from_slice(prefix);
+        self.db.scan_prefix(p).map(|r| {
+            let (k, v) = r?;
+            Ok((k[1..].to_vec(), v.to_vec()))
+        })
     }
 
     /// Fault injection for tests: the next sync fails, which poisons the store.
