@@ -406,14 +406,15 @@ impl Node {
             max_attempts: cfg.outbox.max_attempts,
         };
         let links = outbound::Links::new(&directory);
-        let cases = cases::Cases::load(&cfg.data_dir)?;
+        let store = Arc::new(store);
+        let cases = cases::Cases::load(Arc::clone(&store), &cfg.data_dir)?;
         let node = Arc::new(Node {
             config_path: config_path.to_path_buf(),
             config: loaded.config.clone(),
             keys,
             signatories,
             directory: RwLock::new(Arc::new(directory)),
-            store: Arc::new(store),
+            store,
             endpoint,
             limits,
             backoff,
