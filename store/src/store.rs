@@ -166,6 +166,14 @@ pub(crate) struct PreparedPut {
     rec: MsgRec,
     digest: [u8; 32],
     now: i64,
+    /// The receipt issued for an inbound message, written with it.
+    issued: Option<PreparedReceipt>,
+}
+
+/// An issued receipt sealed by its writer, written in the same group as its message.
+struct PreparedReceipt {
+    rec: ReceiptRec,
+    digest: [u8; 32],
 }
 
 /// The store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -597,6 +605,17 @@ impl Store {
         self.put_message(Direction::Inbound, msg)
     }
 
+    /// [`Store::put_inbox`] and [`Store::put_issued_receipt`] in one
+    /// durable write: the message and the receipt issued for it are
+    /// stored together (one sync instead of two), so a receipt is never on
+    /// record without its message. For a duplicate nothing is written and
+    /// the receipt on record stays.
+    pub fn put_inbox_with_receipt(&self, msg: &NewMessage, receipt: &NewReceipt) -> Result<Put> {
+        let mut job = self.prepare_put(Direction::Inbound, msg)?;
+        job.issued = Some(self.prepare_issued(&msg.id, &msg.peer, receipt)?);
+        self.commit_put(job)
+    }
+
     /// [`Store::put_outbox`] for async callers: the same durability, but
     /// the caller's task waits without blocking its thread (the group
     /// commit's service threads sync and apply).
@@ -638,6 +657,10 @@ impl Store {
 
     fn put_message(&self, dir: Direction, msg: &NewMessage) -> Result<Put> {
         let job = self.prepare_put(dir, msg)?;
+        self.commit_put(job)
+    }
+
+    fn commit_put(&self, job: PreparedPut) -> Result<Put> {
         match self
             .gc
             .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
@@ -710,6 +733,28 @@ impl Store {
             rec,
             digest,
             now,
+            issued: None,
+        })
+    }
+
+    /// Seal an issued receipt under the key of its audit-retention hour.
+    fn prepare_issued(&self, id: &MessageId, peer: &str, receipt: &NewReceipt) -> Result<PreparedReceipt> {
+        check_name("outcome", &receipt.outcome)?;
+        let now = self.clock.now();
+        let expires_at = self.retention.audit_expiry(now);
+        let key_hour = hour_of(expires_at);
+        let key = self.bucket_key(key_hour)?;
+        let sealed = key.seal(&receipt_aad_dir(Direction::Inbound, id, key_hour), &receipt.bytes);
+        Ok(PreparedReceipt {
+            rec: ReceiptRec {
+                peer: peer.to_owned(),
+                outcome: receipt.outcome.clone(),
+                at: now,
+                expires_at,
+                key_hour,
+                sealed: ByteBuf::from(sealed),
+            },
+            digest: Sha256::digest(&receipt.bytes).into(),
         })
     }
 
@@ -728,7 +773,9 @@ impl Store {
         // durable before handing it over: no record reaches sled before its
         // payload is on disk.)
         let mut head = self.head();
-        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.rec.case.is_some());
+        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|(_, j)| j.rec.case.is_some() || j.issued.is_some());
         let mut results = if case_jobs.is_empty() {
             Vec::with_capacity(jobs.len())
         } else {
@@ -832,6 +879,7 @@ impl Store {
     fn apply_put_chunk(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(jobs.len());
         for (ticket, job) in jobs {
+            // (Puts with an issued receipt take the intent path.)
             let PreparedPut {
                 dir,
                 id,
@@ -839,6 +887,7 @@ impl Store {
                 rec,
                 digest,
                 now,
+                issued: _,
             } = job;
             let meta = match rec.meta(dir, id) {
                 Ok(m) => m,
@@ -900,6 +949,7 @@ impl Store {
                 rec,
                 digest,
                 now,
+                issued,
             } = job;
             if let Some(m) = in_batch.get(&(dir, id)) {
                 results.push((
@@ -962,6 +1012,13 @@ impl Store {
                 hour_value(rec.key_hour),
             );
             events.push((now, put_event(dir, &id, &rec, digest)));
+            if let Some(r) = issued {
+                let (ops, ev) = issued_ops(&id, &r.rec, r.digest);
+                for (k, v) in ops {
+                    batch.insert(k, v);
+                }
+                events.push((now, ev));
+            }
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
         }
@@ -1542,39 +1599,20 @@ impl Store {
     /// duplicate envelope gets the same receipt again).
     pub fn put_issued_receipt(&self, id: &MessageId, receipt: &NewReceipt) -> Result<Receipt> {
         self.gc.check()?;
-        check_name("outcome", &receipt.outcome)?;
-        let now = self.clock.now();
-        let expires_at = self.retention.audit_expiry(now);
-        let key_hour = hour_of(expires_at);
-        let key = self.bucket_key(key_hour)?;
-        let sealed = key.seal(&receipt_aad_dir(Direction::Inbound, id, key_hour), &receipt.bytes);
         {
+            let peer = self.load(Direction::Inbound, id)?.peer;
+            let prepared = self.prepare_issued(id, &peer, receipt)?;
             let mut head = self.head();
-            let rec = self.load(Direction::Inbound, id)?;
             if let Some(raw) = self.db.get(issued_key(id))? {
                 drop(head);
                 return self.decode_receipt_dir(Direction::Inbound, id, &raw);
             }
-            let rr = ReceiptRec {
-                peer: rec.peer.clone(),
-                outcome: receipt.outcome.clone(),
-                at: now,
-                expires_at,
-                key_hour,
-                sealed: ByteBuf::from(sealed),
-            };
+            let (ops, ev) = issued_ops(id, &prepared.rec, prepared.digest);
             let mut batch = Batch::default();
-            batch.insert(issued_key(id), encode(&rr));
-            let mut pk = peer_prefix(P_ISSUED_PEER, None, &rec.peer);
-            pk.extend_from_slice(&id.0);
-            batch.insert(pk, EMPTY);
-            batch.insert(exp_key(key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
-            let ev = AuditEvent::new(AuditKind::ReceiptIssued)
-                .message(*id)
-                .peer(&rec.peer)
-                .detail(&receipt.outcome)
-                .digest(Sha256::digest(&receipt.bytes).into());
-            self.apply(&mut head, batch, &[ev], now)?;
+            for (k, v) in ops {
+                batch.insert(k, v);
+            }
+            self.apply(&mut head, batch, &[ev], prepared.rec.at)?;
         }
         self.commit()?;
         self.issued_receipt(id)
@@ -2712,6 +2750,24 @@ fn decode_group(v: &[u8]) -> Result<GroupMarker> {
         puts.push((d, MessageId(id), tag));
     }
     Ok((gseq, aseq, puts))
+}
+
+/// The writes and the audit event of an issued receipt: its record, its
+/// peer index entry and its purge entry at the end of its audit retention.
+fn issued_ops(id: &MessageId, rr: &ReceiptRec, digest: [u8; 32]) -> (Vec<(Vec<u8>, Vec<u8>)>, AuditEvent) {
+    let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
+    pk.extend_from_slice(&id.0);
+    let ops = vec![
+        (issued_key(id), encode(rr)),
+        (pk, EMPTY.to_vec()),
+        (exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY.to_vec()),
+    ];
+    let ev = AuditEvent::new(AuditKind::ReceiptIssued)
+        .message(*id)
+        .peer(&rr.peer)
+        .detail(&rr.outcome)
+        .digest(digest);
+    (ops, ev)
 }
 
 fn put_event(dir: Direction, id: &MessageId, rec: &MsgRec, digest: [u8; 32]) -> AuditEvent {

@@ -318,6 +318,22 @@ impl Cases {
         &self,
         f: impl FnOnce(&mut Procedure) -> Result<(T, Vec<Key>), E>,
     ) -> Result<T, E> {
+        let out = self.apply(f)?;
+        self.store.sync().map_err(CasesError::from)?;
+        Ok(out)
+    }
+
+    /// [`Cases::update`] without waiting for the sync: the records are
+    /// applied to the store and become durable with the caller's next
+    /// durable store write (sled recovers a prefix of its log, so that
+    /// write's sync covers every change applied before it). For steps that
+    /// are always followed by one: a received message by `put_inbox`, an
+    /// accepted outgoing one by `mark_delivered`. A crash before it is the
+    /// crash before the receipt described in the module documentation.
+    fn apply<T, E: From<CasesError>>(
+        &self,
+        f: impl FnOnce(&mut Procedure) -> Result<(T, Vec<Key>), E>,
+    ) -> Result<T, E> {
         let out = {
             let mut p = self.lock();
             let (out, mut keys) = f(&mut p)?;
@@ -334,7 +350,6 @@ impl Cases {
             self.store.records_apply(ops).map_err(CasesError::from)?;
             out
         };
-        self.store.sync().map_err(CasesError::from)?;
         Ok(out)
     }
 
@@ -368,8 +383,10 @@ impl Cases {
 
     /// A received message (after every envelope check, before it is stored
     /// and acknowledged): applied to its case, the directory and the
-    /// consent ledger, and written durably. On refusal nothing changes and
-    /// the receipt code is returned.
+    /// consent ledger, and its records written to the store — durable with
+    /// the `put_inbox` that must follow before the receipt (see
+    /// [`Cases::apply`]). On refusal nothing changes and the receipt code
+    /// is returned.
     pub fn receive(
         &self,
         msg: &Message,
@@ -378,7 +395,7 @@ impl Cases {
         received_at: Timestamp,
         now: Timestamp,
     ) -> Result<Applied, RejectCode> {
-        let r = self.update(|p| -> Result<(Applied, Vec<Key>), Refusal> {
+        let r = self.apply(|p| -> Result<(Applied, Vec<Key>), Refusal> {
             // Every check before the first change: a refusal changes nothing.
             let code = |e: &dyn CodeOf| Refusal::Code(e.code());
             p.book
@@ -498,8 +515,10 @@ impl Cases {
     }
 
     /// The peer accepted an outgoing message: applied to its case and the
-    /// ledger and written durably. `receipt_time` is the time of the peer's
-    /// receipt (the start of a request's deadline on both sides).
+    /// ledger, its records written to the store (durable with the
+    /// `mark_delivered` that must follow, see [`Cases::apply`]).
+    /// `receipt_time` is the time of the peer's receipt (the start of a
+    /// request's deadline on both sides).
     pub fn sent_accepted(
         &self,
         msg: &Message,
@@ -507,7 +526,7 @@ impl Cases {
         receipt_time: Timestamp,
         now: Timestamp,
     ) -> Result<(), CasesError> {
-        let r = self.update(|p| -> Result<((), Vec<Key>), Refusal> {
+        let r = self.apply(|p| -> Result<((), Vec<Key>), Refusal> {
             match p.book.apply(msg, receipt_time, now, profile) {
                 Ok(_) => {}
                 // The peer accepted it, so the two sides now differ: say so
@@ -1191,7 +1210,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_changes_share_writes_and_every_acknowledged_one_is_on_disk() {
+    fn concurrent_changes_all_reach_the_store() {
         let t = tempfile::tempdir().unwrap();
         let p = profile();
         let kz = card("kz.mvd");
@@ -1207,7 +1226,6 @@ mod tests {
                         for j in 0..10 {
                             let mut m = base.clone();
                             m.header.id = Id::new(now.plus_secs(i * 100 + j));
-                            // Returns only once the change is durable.
                             cases.receive(&m, kz, p, now, now).unwrap();
                             mine.push(m.header.id);
                         }

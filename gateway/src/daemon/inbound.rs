@@ -268,28 +268,27 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     let Ok(payload) = record.to_vec() else {
         return refuse(RejectCode::TemporaryFailure);
     };
-    match node.store.put_inbox(&NewMessage {
-        id: key,
-        peer: peer.to_string(),
-        agreement: agreement.to_string(),
-        kind: opened.message.kind().as_str().to_string(),
-        case,
-        payload,
-    }) {
+    // The message and the receipt issued for it in one durable write (the
+    // receipt is also kept apart from the message, for the audit
+    // retention: a duplicate that arrives after the message's retention
+    // ended still gets the same receipt). The procedure's records applied
+    // above become durable with it.
+    let issued = NewReceipt {
+        outcome: "accepted".into(),
+        bytes: receipt_bytes.clone(),
+    };
+    match node.store.put_inbox_with_receipt(
+        &NewMessage {
+            id: key,
+            peer: peer.to_string(),
+            agreement: agreement.to_string(),
+            kind: opened.message.kind().as_str().to_string(),
+            case,
+            payload,
+        },
+        &issued,
+    ) {
         Ok(put) if put.created => {
-            // Also kept apart from the message, for the audit retention: a
-            // duplicate that arrives after the message's retention ended
-            // still gets the same receipt (the copy in the inbox record goes
-            // with the payload).
-            if let Err(e) = node.store.put_issued_receipt(
-                &key,
-                &NewReceipt {
-                    outcome: "accepted".into(),
-                    bytes: receipt_bytes.clone(),
-                },
-            ) {
-                warn!(error = %e, "issued receipt not kept apart (it is in the inbox record)");
-            }
             node.inbox_wake.notify_waiters();
             (receipt_bytes, "accepted".into())
         }

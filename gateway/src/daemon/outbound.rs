@@ -836,18 +836,17 @@ async fn attempt(
         Outcome::Rejected { code } if code.is_temporary() => return Err(AttemptError::Temporary),
         Outcome::Rejected { code } => format!("rejected:{code}"),
     };
-    let (n, m, r) = (Arc::clone(node), record.message.clone(), receipt.clone());
-    tokio::task::spawn_blocking(move || super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r))
-        .await
-        .map_err(|e| AttemptError::Send(e.to_string()))?
-        .map_err(|e| AttemptError::Send(e.to_string()))?;
-    let store = Arc::clone(&node.store);
+    let (n, m, r) = (Arc::clone(node), record.message, receipt);
     let key = *id;
     let out = outcome.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), konvert_store::Error> {
-        // (queued →) sent → delivered, each audited: the store records a
-        // delivery straight from queued as sent too, in the same write.
-        store.mark_delivered(
+    // One blocking step: the case applied (its records ride on the durable
+    // write that follows), then (queued →) sent → delivered, each audited:
+    // the store records a delivery straight from queued as sent too, in
+    // the same write.
+    tokio::task::spawn_blocking(move || -> Result<(), AttemptError> {
+        super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r)
+            .map_err(|e| AttemptError::Send(e.to_string()))?;
+        n.store.mark_delivered(
             &key,
             &NewReceipt {
                 outcome: out,
