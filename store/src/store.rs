@@ -1013,10 +1013,7 @@ impl Store {
             );
             events.push((now, put_event(dir, &id, &rec, digest)));
             if let Some(r) = issued {
-                let (ops, ev) = issued_ops(&id, &r.rec, r.digest);
-                for (k, v) in ops {
-                    batch.insert(k, v);
-                }
+                let ev = issued_ops(&mut batch, &id, &r.rec, r.digest);
                 events.push((now, ev));
             }
             in_batch.insert((dir, id), meta.clone());
@@ -1607,11 +1604,8 @@ impl Store {
                 drop(head);
                 return self.decode_receipt_dir(Direction::Inbound, id, &raw);
             }
-            let (ops, ev) = issued_ops(id, &prepared.rec, prepared.digest);
             let mut batch = Batch::default();
-            for (k, v) in ops {
-                batch.insert(k, v);
-            }
+            let ev = issued_ops(&mut batch, id, &prepared.rec, prepared.digest);
             self.apply(&mut head, batch, &[ev], prepared.rec.at)?;
         }
         self.commit()?;
@@ -2754,20 +2748,17 @@ fn decode_group(v: &[u8]) -> Result<GroupMarker> {
 
 /// The writes and the audit event of an issued receipt: its record, its
 /// peer index entry and its purge entry at the end of its audit retention.
-fn issued_ops(id: &MessageId, rr: &ReceiptRec, digest: [u8; 32]) -> (Vec<(Vec<u8>, Vec<u8>)>, AuditEvent) {
+fn issued_ops(batch: &mut Batch, id: &MessageId, rr: &ReceiptRec, digest: [u8; 32]) -> AuditEvent {
     let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
     pk.extend_from_slice(&id.0);
-    let ops = vec![
-        (issued_key(id), encode(rr)),
-        (pk, EMPTY.to_vec()),
-        (exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY.to_vec()),
-    ];
-    let ev = AuditEvent::new(AuditKind::ReceiptIssued)
+    batch.insert(issued_key(id), encode(rr));
+    batch.insert(pk, EMPTY);
+    batch.insert(exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
+    AuditEvent::new(AuditKind::ReceiptIssued)
         .message(*id)
         .peer(&rr.peer)
         .detail(&rr.outcome)
-        .digest(digest);
-    (ops, ev)
+        .digest(digest)
 }
 
 fn put_event(dir: Direction, id: &MessageId, rec: &MsgRec, digest: [u8; 32]) -> AuditEvent {
