@@ -30,6 +30,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod audit;
+mod blobs;
 mod error;
 mod ids;
 mod keys;
@@ -44,6 +45,7 @@ pub use audit::{
     last_audit_head, AuditAnchor, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind,
     VerifiedChain,
 };
+pub use blobs::{BlobKey, BlobReader, BlobRef, BlobWriter, CHUNK as BLOB_CHUNK};
 pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
 pub use keys::{read_keyring_summary, rekey_keyring, KeyringSummary, MasterKey};

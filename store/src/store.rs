@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{
     self, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind, VerifiedChain,
 };
+use crate::blobs::{BlobReader, BlobRef, BlobWriter};
 use crate::error::{Error, Result};
 use crate::ids::{CaseId, Clock, MessageId};
 use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
@@ -463,6 +464,7 @@ impl Store {
         let now = store.clock.now();
         store.destroy_expired_keys(now)?;
         store.segs.remove_before(hour_of(now))?;
+        crate::blobs::remove_before(store.segs.dir(), hour_of(now))?;
         Ok(store)
     }
 
@@ -2020,6 +2022,7 @@ impl Store {
         let mut done = 0usize;
         // 1. The payload files of expired hours (their keys are gone).
         self.segs.remove_before(cur)?;
+        crate::blobs::remove_before(self.segs.dir(), cur)?;
         // 2. Records to mark destroyed, metadata, receipts and cases past their time.
         let mut end = vec![P_EXP];
         end.extend_from_slice(&sortable(cur));
@@ -2588,6 +2591,41 @@ impl Store {
         match self.gc.sync_async().await {
             Ok(r) => r,
             Err(_) => Err(Error::Poisoned),
+        }
+    }
+
+    // ---- blobs ----
+
+    /// A writer for a large part of the payload of a message under
+    /// `agreement` and `kind` that will be stored soon (see
+    /// [`crate::BlobWriter`]): streamed, sealed chunk by chunk, in bounded
+    /// memory. Put the [`BlobRef`] that [`BlobWriter::finish`] returns into
+    /// the message's payload; its file is removed a little after the
+    /// message's expiry hour (or by [`Store::blob_discard`]).
+    pub fn blob_writer(&self, agreement: &str, kind: &str) -> Result<BlobWriter> {
+        self.gc.check()?;
+        check_name("agreement", agreement)?;
+        check_name("kind", kind)?;
+        let expires = self.retention.expiry(self.clock.now(), agreement, kind);
+        // The hour after the message's: the message is stored after the
+        // blob, within the hour, so its expiry hour is at most this one.
+        BlobWriter::create(self.segs.dir(), hour_of(expires) + 1)
+    }
+
+    /// Reads a blob back (every chunk authenticated; length and SHA-256
+    /// checked at the end). [`Error::Destroyed`] once its file is gone.
+    pub fn blob_reader(&self, blob: &BlobRef) -> Result<BlobReader> {
+        BlobReader::open(self.segs.dir(), blob)
+    }
+
+    /// Removes a blob no message refers to (its message was refused or
+    /// not stored). Removing one that is gone already is not an error.
+    pub fn blob_discard(&self, blob: &BlobRef) -> Result<()> {
+        let p = crate::blobs::path_of(self.segs.dir(), blob.hour, &blob.id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, e)),
         }
     }
 
