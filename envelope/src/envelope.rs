@@ -87,7 +87,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_envelope: 64 * 1024 * 1024,
+            max_envelope: 320 * 1024 * 1024,
             max_header: 1024,
             max_message: 8 * 1024 * 1024,
             max_attachments: 256,

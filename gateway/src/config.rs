@@ -235,7 +235,7 @@ pub struct QuicConfig {
 }
 
 fn default_max_envelope() -> u64 {
-    64 * 1024 * 1024
+    320 * 1024 * 1024
 }
 fn default_idle() -> Span {
     Span(Duration::from_secs(60))

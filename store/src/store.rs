@@ -2602,11 +2602,19 @@ impl Store {
     /// memory. Put the [`BlobRef`] that [`BlobWriter::finish`] returns into
     /// the message's payload; its file is removed a little after the
     /// message's expiry hour (or by [`Store::blob_discard`]).
-    pub fn blob_writer(&self, agreement: &str, kind: &str) -> Result<BlobWriter> {
+    /// With `kind` `None` (not known yet), the longest retention of the
+    /// agreement's kinds counts.
+    pub fn blob_writer(&self, agreement: &str, kind: Option<&str>) -> Result<BlobWriter> {
         self.gc.check()?;
         check_name("agreement", agreement)?;
-        check_name("kind", kind)?;
-        let expires = self.retention.expiry(self.clock.now(), agreement, kind);
+        let retention = match kind {
+            Some(k) => {
+                check_name("kind", k)?;
+                self.retention.retention(agreement, k)
+            }
+            None => self.retention.longest(agreement),
+        };
+        let expires = crate::retention::add_secs(self.clock.now(), retention);
         // The hour after the message's: the message is stored after the
         // blob, within the hour, so its expiry hour is at most this one.
         BlobWriter::create(self.segs.dir(), hour_of(expires) + 1)

@@ -15,7 +15,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn write_blob(s: &Store, bytes: &[u8], piece: usize) -> BlobRef {
-    let mut w = s.blob_writer("kz-by-2019", "request").unwrap();
+    let mut w = s.blob_writer("kz-by-2019", Some("request")).unwrap();
     for p in bytes.chunks(piece.max(1)) {
         w.write_all(p).unwrap();
     }
@@ -128,7 +128,7 @@ fn unfinished_and_discarded_blobs_leave_nothing_and_expired_hours_are_removed() 
     let clock = Arc::new(ManualClock::new(T0));
     let s = open(tmp.path(), clock.clone());
     {
-        let mut w = s.blob_writer("kz-by-2019", "request").unwrap();
+        let mut w = s.blob_writer("kz-by-2019", Some("request")).unwrap();
         w.write_all(&data(BLOB_CHUNK * 2)).unwrap();
         // Dropped without finish (a refused or failed upload).
     }

@@ -325,6 +325,10 @@ pub struct OutboxRecord {
     /// the peer accepts it (absent in records written before cases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<serde_bytes::ByteBuf>,
+    /// A large envelope is kept in a store blob instead of `envelope`
+    /// (sealed into it and streamed out of it in bounded memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_blob: Option<konvert_store::BlobRef>,
 }
 
 impl OutboxRecord {
@@ -415,6 +419,7 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
     }
     let mut sources = Vec::new();
     let mut used = Vec::new();
+    let mut upload_bytes = 0u64;
     for (index, a) in msg.attachments().into_iter().enumerate() {
         let name = a
             .file
@@ -434,8 +439,12 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             index,
             reason: format!("upload {upload} does not exist (or has expired)"),
         })?;
+        upload_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
         sources.push(std::io::BufReader::with_capacity(envelope::CHUNK_SIZE, f));
     }
+    // Large messages are sealed into a store blob and streamed out later,
+    // in bounded memory; small ones are sealed in memory.
+    let streamed = upload_bytes > super::inbound::STREAM_ABOVE;
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     let now = node.now();
     // The message itself first (fields, kind, in force), then its place in the procedure.
@@ -444,7 +453,7 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
     node.cases
         .check_outgoing(&msg, profile, &sub.sources, sub.purpose.as_deref(), now)?;
-    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print);
+    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print, streamed);
     if queued.is_err() {
         node.cases.release(&h.id);
     }
@@ -476,31 +485,69 @@ fn seal_and_queue(
     profile: &konvert_envelope::profile::Profile,
     now: Timestamp,
     print: konvert_envelope::model::Digest,
+    streamed: bool,
 ) -> Result<(envelope::Sealed, konvert_store::Put), SubmitError> {
     let h = msg.header.clone();
     let id = MessageId(*h.id.as_bytes());
-    let mut bytes = Vec::new();
-    let sealed = envelope::seal(
-        msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut bytes,
-    )?;
+    let kind = msg.kind().as_str().to_string();
+    let (sealed, envelope, envelope_blob) = if streamed {
+        let mut w = std::io::BufWriter::with_capacity(
+            envelope::CHUNK_SIZE,
+            node.store.blob_writer(h.agreement.as_str(), Some(&kind))?,
+        );
+        let sealed = envelope::seal(
+            msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut w,
+        )?;
+        let w = w
+            .into_inner()
+            .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
+        (sealed, Vec::new(), Some(w.finish()?))
+    } else {
+        let mut bytes = Vec::new();
+        let sealed = envelope::seal(
+            msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut bytes,
+        )?;
+        (sealed, bytes, None)
+    };
+    let discard = |node: &Node| {
+        if let Some(b) = &envelope_blob {
+            let _ = node.store.blob_discard(b);
+        }
+    };
     let message = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
         .map_err(|e| SubmitError::Internal(e.to_string()))?;
-    let case = super::cases::store_case_of_outgoing(node, &sealed.message)?;
-    let put = node.store.put_outbox(&NewMessage {
-        id,
-        peer: h.to.to_string(),
-        agreement: h.agreement.to_string(),
-        kind: sealed.message.kind().as_str().to_string(),
-        case,
-        payload: OutboxRecord {
-            envelope: bytes,
-            digest: sealed.envelope_digest,
-            fingerprint: print,
-            message: Some(serde_bytes::ByteBuf::from(message)),
+    let put = super::cases::store_case_of_outgoing(node, &sealed.message)
+        .map_err(SubmitError::from)
+        .and_then(|case| {
+            let payload = OutboxRecord {
+                envelope,
+                digest: sealed.envelope_digest,
+                fingerprint: print,
+                message: Some(serde_bytes::ByteBuf::from(message)),
+                envelope_blob: envelope_blob.clone(),
+            }
+            .to_vec()?;
+            Ok(node.store.put_outbox(&NewMessage {
+                id,
+                peer: h.to.to_string(),
+                agreement: h.agreement.to_string(),
+                kind,
+                case,
+                payload,
+            })?)
+        });
+    match put {
+        Ok(put) if put.created => Ok((sealed, put)),
+        Ok(put) => {
+            // A concurrent submission of the same id won: its envelope is the one.
+            discard(node);
+            Ok((sealed, put))
         }
-        .to_vec()?,
-    })?;
-    Ok((sealed, put))
+        Err(e) => {
+            discard(node);
+            Err(e)
+        }
+    }
 }
 
 /// Rebuilds the cases' in-flight slots from the undelivered outbox (at start).
@@ -765,8 +812,18 @@ async fn attempt(
         .map_err(|e| AttemptError::Send(e.to_string()))??;
     let conn = connection(node, peer, link).await?;
     let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
-    let len = record.envelope.len() as u64;
-    let sent = conn.send_envelope(len, record.envelope.as_slice()).await;
+    let sent = match &record.envelope_blob {
+        Some(blob) => {
+            let reader = node.store.blob_reader(blob)?;
+            let len = blob.len;
+            let stream = super::service::stream_blocking(reader, Id::from_bytes(id.0));
+            conn.send_envelope(len, stream).await
+        }
+        None => {
+            let len = record.envelope.len() as u64;
+            conn.send_envelope(len, record.envelope.as_slice()).await
+        }
+    };
     // `sent`: the envelope went out on a connection the peer accepted (a
     // refused or lost connection is not sending). Recorded in memory, and
     // the first time durably as queued → sent (audited).

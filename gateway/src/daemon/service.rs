@@ -472,7 +472,7 @@ fn inbox_item(meta: &MessageMeta, rec: &InboxRecord) -> Result<InboxItem, Proble
         kind: meta.kind.clone(),
         in_reply_to: msg.header.in_reply_to,
         received: rec.received,
-        attachments: u32::try_from(rec.attachments.len()).unwrap_or(u32::MAX),
+        attachments: u32::try_from(rec.attachment_count()).unwrap_or(u32::MAX),
         due: None,
         purpose: purpose_of(&msg),
         expires: Some(ts(meta.expires_at)),
@@ -724,15 +724,24 @@ impl ApiService for Service {
             let message: Message = konvert_envelope::cbor::from_slice(&rec.signed.message, 64 << 20)
                 .map_err(|_| Problem::internal())?;
             let atts = message.attachments();
-            let (Some(a), Some(bytes)) = (atts.get(index as usize), rec.attachments.get(index as usize))
-            else {
+            let Some(a) = atts.get(index as usize) else {
                 return Err(Problem::not_found("attachment"));
             };
+            let reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> =
+                if let Some(blob) = rec.attachment_blobs.get(index as usize) {
+                    // Streamed out of the store in bounded memory.
+                    let r = node.store.blob_reader(blob).map_err(store_err)?;
+                    stream_blocking(r, id)
+                } else if let Some(bytes) = rec.attachments.into_iter().nth(index as usize) {
+                    Box::pin(std::io::Cursor::new(bytes.into_vec()))
+                } else {
+                    return Err(Problem::not_found("attachment"));
+                };
             Ok(Download {
                 media_type: a.media_type.clone(),
                 length: Some(a.length),
                 sha256: Some(a.sha256),
-                reader: Box::pin(std::io::Cursor::new(bytes.to_vec())),
+                reader,
             })
         })
         .await
@@ -1232,6 +1241,28 @@ fn submit_problem(e: SubmitError) -> Problem {
             Problem::internal()
         }
     }
+}
+
+/// An async reader over a blocking one (a store blob being decrypted): a
+/// blocking task copies it through a bounded pipe. A failure midway (a
+/// blob that does not authenticate) ends the stream early, which the HTTP
+/// layer reports as a body shorter than its `Content-Length`.
+pub(crate) fn stream_blocking(
+    mut r: impl std::io::Read + Send + 'static,
+    id: Id,
+) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+    let (rx, tx) = tokio::io::duplex(256 << 10);
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut w = tokio_util::io::SyncIoBridge::new_with_handle(tx, rt);
+        if let Err(e) = std::io::copy(&mut r, &mut w) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                tracing::error!(id = %id, error = %e, "attachment not streamed out of the store");
+            }
+        }
+        let _ = w.shutdown();
+    });
+    Box::pin(rx)
 }
 
 #[cfg(test)]
