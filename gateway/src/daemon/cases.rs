@@ -282,9 +282,15 @@ impl Cases {
                 .apply(msg, received_at, now, profile)
                 .map_err(|e| Refusal::Code(e.reject_code()))?;
             if let MessageBody::DirectoryUpdate(_) = &msg.body {
-                p.directory
+                let applied = p
+                    .directory
                     .apply_update(msg, card.root_key.as_ref())
                     .map_err(|e| Refusal::Code(e.reject_code()))?;
+                // Art. 2: the cases follow a renaming or replacement (both ids accepted).
+                if let konvert_envelope::roster::DirectoryApplied::AuthorityChanged { old, new, .. } = applied
+                {
+                    p.book.rename_authority(&old, &new);
+                }
             }
             apply_consent(p, msg, profile).map_err(|e| Refusal::Code(e.reject_code()))?;
             Ok(applied)

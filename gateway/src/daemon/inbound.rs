@@ -10,7 +10,8 @@
 //! decoding, attachments, profile). Only after the store's `put_inbox` has
 //! returned (a real fdatasync) is the `accepted` receipt sent. An envelope
 //! received twice is stored once and answered with the same receipt bytes
-//! (the stored ones).
+//! (the stored ones). Directory updates are applied by the gateway and
+//! acknowledged on receipt: they never appear in the application inbox.
 
 use std::sync::Arc;
 
@@ -289,6 +290,19 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
                 },
             ) {
                 warn!(error = %e, "issued receipt not kept apart (it is in the inbox record)");
+            }
+            // A directory update is the gateway's own business: verified and
+            // applied above, stored and receipted like any message, and
+            // acknowledged here (audited) instead of being listed for
+            // applications. A crash before this is repaired by the inbox
+            // listing, which acknowledges such leftovers and skips them.
+            let kind = opened.message.kind().as_str();
+            if super::service::GATEWAY_KINDS.contains(&kind) {
+                match node.store.inbox_ack(&key) {
+                    Ok(_) => info!(id = %id, kind, "applied and acknowledged by the gateway"),
+                    Err(e) => warn!(id = %id, error = %e, "gateway's own message not acknowledged yet"),
+                }
+                return (receipt_bytes, "accepted".into());
             }
             node.inbox_wake.notify_waiters();
             (receipt_bytes, "accepted".into())

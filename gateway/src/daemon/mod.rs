@@ -21,6 +21,7 @@
 
 pub mod cases;
 pub mod inbound;
+pub mod local;
 pub mod operator;
 pub mod outbound;
 pub mod retention;
@@ -326,6 +327,9 @@ pub struct Node {
     pub sweeps: retention::SweepTotals,
     /// Request cases, peers' rosters and consents ([`cases`]).
     pub cases: cases::Cases,
+    /// This authority's own signatory roster (`keys/roster.cose`), re-read
+    /// when the file changes: who may sign submissions.
+    pub own_roster: crate::signatories::RosterCache,
 }
 
 impl Node {
@@ -427,6 +431,7 @@ impl Node {
             clock,
             sweeps: retention::SweepTotals::default(),
             cases,
+            own_roster: crate::signatories::RosterCache::default(),
         });
         outbound::restore_in_flight(&node);
         Ok(node)

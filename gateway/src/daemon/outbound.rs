@@ -46,6 +46,13 @@ pub enum SubmitError {
     /// The signatory is not configured.
     #[error("signatory {0} is not configured on this gateway")]
     UnknownSignatory(String),
+    /// The signatory is not on the own latest roster, or not valid now or
+    /// at the message's time (Art. 9.3, 9.4).
+    #[error(transparent)]
+    SignerNotAuthorised(#[from] crate::signatories::NotAuthorised),
+    /// The own roster file exists but cannot be read or verified.
+    #[error("the own signatory roster cannot be used: {0}")]
+    OwnRoster(String),
     /// An attachment names an upload that does not exist.
     #[error("attachment {index}: {reason}")]
     Attachment {
@@ -413,6 +420,21 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             Err(SubmitError::IdInUse(h.id))
         };
     }
+    let now = node.now();
+    // Who may sign: the own latest roster, at the node's time and at the
+    // message's (what the peer checks), before anything is sealed.
+    if let Some(roster) = node
+        .own_roster
+        .current(&node.config.keys_dir)
+        .map_err(|e| SubmitError::OwnRoster(e.to_string()))?
+    {
+        crate::signatories::check_signer(
+            roster.roster(),
+            &sub.signatory,
+            &signer.verifying_key(),
+            &[now, h.time],
+        )?;
+    }
     let mut sources = Vec::new();
     let mut used = Vec::new();
     for (index, a) in msg.attachments().into_iter().enumerate() {
@@ -437,8 +459,13 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
         sources.push(std::io::BufReader::with_capacity(envelope::CHUNK_SIZE, f));
     }
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
-    let now = node.now();
-    // The message itself first (fields, kind, in force), then its place in the procedure.
+    // Art. 17 first, so that the refusal names the receipt code the peer
+    // would give (agreement_not_in_force or agreement_terminated); then the
+    // message itself (fields, kind), then its place in the procedure.
+    profile
+        .in_force_at(now)
+        .and_then(|()| profile.in_force_at(h.time))
+        .map_err(|e| SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e)))?;
     profile
         .validate_unsealed(&msg, now)
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
