@@ -790,3 +790,94 @@ fn after_the_termination_period_the_sender_refuses_locally_and_the_receiver_reje
     assert_eq!(code, 422, "{p}");
     assert_eq!(p["errors"][0]["rule"], json!("agreement_terminated"), "{p}");
 }
+
+/// Waits until `g` has logged `n` configuration reloads.
+fn wait_reloaded(g: &Gateway, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while g.log().matches("configuration reloaded").count() < n {
+        assert!(Instant::now() < deadline, "no reload:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap()
+        .parse::<konvert_envelope::model::Timestamp>()
+        .unwrap()
+        .as_unix()
+}
+
+#[test]
+fn a_case_keeps_the_profile_version_it_was_opened_under_after_an_amendment() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+    let (old, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&kz, &old, "received");
+    wait_case(&by, &old, "received");
+    let before = assert_same_case(&kz, &by, &old);
+    assert_eq!(before["profile_version"], json!(1));
+
+    // Art. 16: an amending protocol, version 2, applies from today and
+    // shortens the deadline to 20 days; both gateways load it next to
+    // version 1 (SIGHUP).
+    let today = konvert_envelope::model::Timestamp::now().date_utc().to_string();
+    for g in [&kz, &by] {
+        let v1 = std::fs::read_to_string(g.dir.join("profiles/kz-by-2019.toml")).unwrap();
+        let v2 = v1
+            .replacen("version = 1", "version = 2", 1)
+            .replacen(
+                "# version_in_force_from = \"YYYY-MM-DD\"",
+                &format!("version_in_force_from = \"{today}\""),
+                1,
+            )
+            .replacen("answer_deadline_days = 30", "answer_deadline_days = 20", 1);
+        assert!(v2.contains("answer_deadline_days = 20") && v2.contains("version = 2"));
+        std::fs::write(g.dir.join("profiles/kz-by-2019-v2.toml"), v2).unwrap();
+        g.edit_config(
+            "\"profiles/kz-by-2019.toml\"",
+            "\"profiles/kz-by-2019.toml\", \"profiles/kz-by-2019-v2.toml\"",
+        );
+        g.reload();
+    }
+    for g in [&kz, &by] {
+        wait_reloaded(g, 1);
+    }
+
+    // A new request opens under version 2 on both sides, with its deadline.
+    let (new, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&kz, &new, "received");
+    wait_case(&by, &new, "received");
+    let after = assert_same_case(&kz, &by, &new);
+    assert_eq!(after["profile_version"], json!(2), "{after}");
+    let days = |c: &Value| (unix(&c["deadline"]) - unix(&c["received_at"])) / 86_400;
+    assert_eq!(days(&after), 20, "{after}");
+    assert_eq!(days(&before), 30, "{before}");
+
+    // The earlier case keeps version 1 and its deadline, and its answer,
+    // judged by version 1, closes it on both sides.
+    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&old));
+    send(&by, &doc);
+    wait_case(&kz, &old, "answered");
+    let answered = assert_same_case(&kz, &by, &old);
+    assert_eq!(answered["profile_version"], json!(1));
+    assert_eq!(answered["deadline"], before["deadline"]);
+
+    // A profile file listed twice with the same version is refused on reload
+    // (the running configuration stays).
+    kz.edit_config(
+        "\"profiles/kz-by-2019-v2.toml\"",
+        "\"profiles/kz-by-2019-v2.toml\", \"profiles/kz-by-2019-v2.toml\"",
+    );
+    kz.reload();
+    let deadline = Instant::now() + WAIT;
+    while !kz.log().contains("reload refused") {
+        assert!(Instant::now() < deadline, "{}", kz.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(kz.log().contains("loaded twice"), "{}", kz.log());
+}

@@ -476,7 +476,11 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
     match receipt.outcome {
         Outcome::Accepted => {
             let dir = node.directory();
-            let Some(profile) = dir.profiles.get(&msg.header.agreement) else {
+            // Art. 16: the version the receiver applied it under (its case's, or the one at its time).
+            let governing = node
+                .cases
+                .with(|p| super::versions::governing(&dir.versions, &p.book, &msg).ok());
+            let Some(profile) = governing.or_else(|| dir.profiles.get(&msg.header.agreement)) else {
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };

@@ -211,7 +211,10 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     // Signatories by the peer's roster in force at signing time (Art. 9.3).
     let signers = node.cases.trusted_signers(&entry.card);
     let mut parts = MemoryParts::default();
-    let opened = match auth.open(
+    // Art. 16: the message is validated against the version its case was
+    // opened under, or the one in force at its time.
+    let mut governing: Option<&konvert_envelope::profile::Profile> = None;
+    let opened = match auth.open_with(
         body.as_slice(),
         &node.keys,
         &signers,
@@ -219,6 +222,14 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         now,
         &node.limits,
         &mut parts,
+        |m| {
+            let p = node
+                .cases
+                .with(|c| super::versions::governing(&dir.versions, &c.book, m))
+                .map_err(version_refusal)?;
+            governing = Some(p);
+            Ok(p)
+        },
     ) {
         Ok(o) => o,
         Err(e) => {
@@ -228,6 +239,7 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
             return refuse(RejectCode::from(&e));
         }
     };
+    let profile = governing.unwrap_or(profile);
     // The agreement's procedure (case, directory, consents), durable before the receipt.
     if let Err(code) = node
         .cases
@@ -315,6 +327,39 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         Err(e) => {
             warn!(error = %e, "store refused a received envelope");
             refuse(RejectCode::TemporaryFailure)
+        }
+    }
+}
+
+/// Why no profile version governs a received message, as the open error
+/// whose receipt code says it: not in force or terminated (Art. 17); a case
+/// whose version is no longer loaded is this gateway's fault, so the sender
+/// is asked to retry (`temporary_failure`) while the operator restores it.
+fn version_refusal(e: super::versions::VersionError) -> OpenError {
+    use konvert_envelope::profile::ProfileVersionError as V;
+    match e {
+        super::versions::VersionError::At(V::NotInForce(n)) if n.is_terminated() => {
+            OpenError::AgreementTerminated {
+                agreement: n.agreement.clone(),
+                reason: n.reason.to_string(),
+            }
+        }
+        super::versions::VersionError::At(V::NotInForce(n)) => OpenError::AgreementNotInForce {
+            agreement: n.agreement.clone(),
+            reason: n.reason.to_string(),
+        },
+        super::versions::VersionError::At(e) => OpenError::AgreementNotInForce {
+            agreement: match &e {
+                V::DuplicateVersion { agreement, .. }
+                | V::NoVersionYet { agreement, .. }
+                | V::UnknownAgreement(agreement) => agreement.clone(),
+                V::NotInForce(n) => n.agreement.clone(),
+            },
+            reason: e.to_string(),
+        },
+        e @ super::versions::VersionError::CaseVersionMissing { .. } => {
+            warn!(error = %e, "a received message's case has no loaded profile version; asking the sender to retry");
+            OpenError::Io(std::io::Error::other(e.to_string()))
         }
     }
 }

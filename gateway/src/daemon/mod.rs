@@ -26,6 +26,7 @@ pub mod operator;
 pub mod outbound;
 pub mod retention;
 pub mod service;
+pub mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -227,8 +228,12 @@ pub enum StartError {
 /// What changes on SIGHUP: peers, their cards and the profiles.
 #[derive(Debug)]
 pub struct Directory {
-    /// Profiles by agreement.
+    /// The highest loaded profile version of each agreement (its dates in
+    /// force are the agreement's).
     pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Every loaded version (Art. 16): which one governs a message is
+    /// [`versions::governing`].
+    pub versions: konvert_envelope::profile::ProfileVersions,
     /// Peers by authority.
     pub peers: BTreeMap<AuthorityId, PeerEntry>,
 }
@@ -271,6 +276,7 @@ impl Directory {
         }
         Ok(Self {
             profiles: l.profiles.clone(),
+            versions: l.versions.clone(),
             peers,
         })
     }

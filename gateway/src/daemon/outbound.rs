@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
+use konvert_envelope::profile::ProfileVersionError;
 use konvert_envelope::receipt::{Outcome, Receipt};
 use konvert_store::{Direction, MessageId, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
@@ -50,6 +51,9 @@ pub enum SubmitError {
     /// at the message's time (Art. 9.3, 9.4).
     #[error(transparent)]
     SignerNotAuthorised(#[from] crate::signatories::NotAuthorised),
+    /// No profile version governs the message (Art. 16).
+    #[error(transparent)]
+    ProfileVersion(super::versions::VersionError),
     /// The own roster file exists but cannot be read or verified.
     #[error("the own signatory roster cannot be used: {0}")]
     OwnRoster(String),
@@ -466,6 +470,16 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
         .in_force_at(now)
         .and_then(|()| profile.in_force_at(h.time))
         .map_err(|e| SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e)))?;
+    // Art. 16: the version its case was opened under, or the one in force at its time.
+    let profile = node
+        .cases
+        .with(|p| super::versions::governing(&dir.versions, &p.book, &msg))
+        .map_err(|e| match e {
+            super::versions::VersionError::At(ProfileVersionError::NotInForce(e)) => {
+                SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e))
+            }
+            e => SubmitError::ProfileVersion(e),
+        })?;
     profile
         .validate_unsealed(&msg, now)
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;

@@ -1282,6 +1282,15 @@ fn submit_problem(e: SubmitError) -> Problem {
         ),
         SubmitError::SignerNotAuthorised(..) => Problem::new(ProblemType::SignerNotAuthorised, e.to_string())
             .with_error("/signatory", "signer_not_authorised", e.to_string()),
+        SubmitError::ProfileVersion(super::versions::VersionError::At(ref v)) => Problem::new(
+            ProblemType::NotInForce,
+            e.to_string(),
+        )
+        .with_error("/message/header/time", "agreement_not_in_force", v.to_string()),
+        SubmitError::ProfileVersion(ref v) => {
+            tracing::error!(error = %v, "no loaded profile version for a case");
+            Problem::new(ProblemType::Unavailable, e.to_string())
+        }
         SubmitError::OwnRoster(ref reason) => {
             tracing::error!(error = %reason, "own signatory roster not usable; submissions refused");
             Problem::new(
