@@ -404,9 +404,16 @@ impl Cases {
             let directory = match &msg.body {
                 MessageBody::DirectoryUpdate(_) => {
                     let mut d = p.directory.clone();
-                    d.apply_update(msg, card.root_key.as_ref())
+                    let applied = d
+                        .apply_update(msg, card.root_key.as_ref())
                         .map_err(|e| code(&e))?;
-                    Some(d)
+                    let changed = match applied {
+                        konvert_envelope::roster::DirectoryApplied::AuthorityChanged { old, new, .. } => {
+                            Some((old, new))
+                        }
+                        _ => None,
+                    };
+                    Some((d, changed))
                 }
                 _ => None,
             };
@@ -417,8 +424,12 @@ impl Cases {
                 .book
                 .apply(msg, received_at, now, profile)
                 .map_err(|e| code(&e))?;
-            if let Some(d) = directory {
+            if let Some((d, changed)) = directory {
                 p.directory = d;
+                // Art. 2: the cases follow a renaming or replacement (both ids accepted).
+                if let Some((old, new)) = changed {
+                    p.book.rename_authority(&old, &new);
+                }
             }
             apply_consent(p, msg, profile).map_err(|e| code(&e))?;
             let keys = touched_by(p, msg);
@@ -605,7 +616,11 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
     match receipt.outcome {
         Outcome::Accepted => {
             let dir = node.directory();
-            let Some(profile) = dir.profiles.get(&msg.header.agreement) else {
+            // Art. 16: the version the receiver applied it under (its case's, or the one at its time).
+            let governing = node
+                .cases
+                .with(|p| super::versions::governing(&dir.versions, &p.book, &msg).ok());
+            let Some(profile) = governing.or_else(|| dir.profiles.get(&msg.header.agreement)) else {
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };

@@ -10,7 +10,8 @@
 //! decoding, attachments, profile). Only after the store's `put_inbox` has
 //! returned (a real fdatasync) is the `accepted` receipt sent. An envelope
 //! received twice is stored once and answered with the same receipt bytes
-//! (the stored ones).
+//! (the stored ones). Directory updates are applied by the gateway and
+//! acknowledged on receipt: they never appear in the application inbox.
 
 use std::sync::Arc;
 
@@ -389,10 +390,21 @@ fn process<R: std::io::Read>(
             return refuse(RejectCode::TemporaryFailure);
         }
     };
+    // Art. 16: the message is validated against the version its case was
+    // opened under, or the one in force at its time.
+    let mut governing: Option<&konvert_envelope::profile::Profile> = None;
+    let version = |m: &konvert_envelope::model::Message| {
+        let p = node
+            .cases
+            .with(|c| super::versions::governing(&dir.versions, &c.book, m))
+            .map_err(version_refusal)?;
+        governing = Some(p);
+        Ok(p)
+    };
     let limits = &node.limits;
     let opened = match &mut parts {
-        Parts::Memory(p) => auth.open(body, &node.keys, &signers, profile, now, limits, p),
-        Parts::Blobs(p) => auth.open(body, &node.keys, &signers, profile, now, limits, p),
+        Parts::Memory(p) => auth.open_with(body, &node.keys, &signers, profile, now, limits, p, version),
+        Parts::Blobs(p) => auth.open_with(body, &node.keys, &signers, profile, now, limits, p, version),
     };
     let opened = match opened {
         Ok(o) => o,
@@ -403,6 +415,7 @@ fn process<R: std::io::Read>(
             return refuse(RejectCode::from(&e));
         }
     };
+    let profile = governing.unwrap_or(profile);
     // The agreement's procedure (case, directory, consents), durable before the receipt.
     if let Err(code) = node
         .cases
@@ -473,6 +486,19 @@ fn process<R: std::io::Read>(
             if let Some(b) = blob_parts {
                 b.keep();
             }
+            // A directory update is the gateway's own business: verified and
+            // applied above, stored and receipted like any message, and
+            // acknowledged here (audited) instead of being listed for
+            // applications. A crash before this is repaired by the inbox
+            // listing, which acknowledges such leftovers and skips them.
+            let kind = opened.message.kind().as_str();
+            if super::service::GATEWAY_KINDS.contains(&kind) {
+                match node.store.inbox_ack(&key) {
+                    Ok(_) => info!(id = %id, kind, "applied and acknowledged by the gateway"),
+                    Err(e) => warn!(id = %id, error = %e, "gateway's own message not acknowledged yet"),
+                }
+                return (receipt_bytes, "accepted".into());
+            }
             node.inbox_wake.notify_waiters();
             (receipt_bytes, "accepted".into())
         }
@@ -484,6 +510,39 @@ fn process<R: std::io::Read>(
         Err(e) => {
             warn!(error = %e, "store refused a received envelope");
             refuse(RejectCode::TemporaryFailure)
+        }
+    }
+}
+
+/// Why no profile version governs a received message, as the open error
+/// whose receipt code says it: not in force or terminated (Art. 17); a case
+/// whose version is no longer loaded is this gateway's fault, so the sender
+/// is asked to retry (`temporary_failure`) while the operator restores it.
+fn version_refusal(e: super::versions::VersionError) -> OpenError {
+    use konvert_envelope::profile::ProfileVersionError as V;
+    match e {
+        super::versions::VersionError::At(V::NotInForce(n)) if n.is_terminated() => {
+            OpenError::AgreementTerminated {
+                agreement: n.agreement.clone(),
+                reason: n.reason.to_string(),
+            }
+        }
+        super::versions::VersionError::At(V::NotInForce(n)) => OpenError::AgreementNotInForce {
+            agreement: n.agreement.clone(),
+            reason: n.reason.to_string(),
+        },
+        super::versions::VersionError::At(e) => OpenError::AgreementNotInForce {
+            agreement: match &e {
+                V::DuplicateVersion { agreement, .. }
+                | V::NoVersionYet { agreement, .. }
+                | V::UnknownAgreement(agreement) => agreement.clone(),
+                V::NotInForce(n) => n.agreement.clone(),
+            },
+            reason: e.to_string(),
+        },
+        e @ super::versions::VersionError::CaseVersionMissing { .. } => {
+            warn!(error = %e, "a received message's case has no loaded profile version; asking the sender to retry");
+            OpenError::Io(std::io::Error::other(e.to_string()))
         }
     }
 }

@@ -21,10 +21,12 @@
 
 pub mod cases;
 pub mod inbound;
+pub mod local;
 pub mod operator;
 pub mod outbound;
 pub mod retention;
 pub mod service;
+pub mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -226,8 +228,12 @@ pub enum StartError {
 /// What changes on SIGHUP: peers, their cards and the profiles.
 #[derive(Debug)]
 pub struct Directory {
-    /// Profiles by agreement.
+    /// The highest loaded profile version of each agreement (its dates in
+    /// force are the agreement's).
     pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Every loaded version (Art. 16): which one governs a message is
+    /// [`versions::governing`].
+    pub versions: konvert_envelope::profile::ProfileVersions,
     /// Peers by authority.
     pub peers: BTreeMap<AuthorityId, PeerEntry>,
 }
@@ -270,6 +276,7 @@ impl Directory {
         }
         Ok(Self {
             profiles: l.profiles.clone(),
+            versions: l.versions.clone(),
             peers,
         })
     }
@@ -326,6 +333,9 @@ pub struct Node {
     pub sweeps: retention::SweepTotals,
     /// Request cases, peers' rosters and consents ([`cases`]).
     pub cases: cases::Cases,
+    /// This authority's own signatory roster (`keys/roster.cose`), re-read
+    /// when the file changes: who may sign submissions.
+    pub own_roster: crate::signatories::RosterCache,
 }
 
 impl Node {
@@ -428,6 +438,7 @@ impl Node {
             clock,
             sweeps: retention::SweepTotals::default(),
             cases,
+            own_roster: crate::signatories::RosterCache::default(),
         });
         outbound::restore_in_flight(&node);
         Ok(node)

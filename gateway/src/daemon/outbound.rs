@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
+use konvert_envelope::profile::ProfileVersionError;
 use konvert_envelope::receipt::{Outcome, Receipt};
 use konvert_store::{Direction, MessageId, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
@@ -46,6 +47,16 @@ pub enum SubmitError {
     /// The signatory is not configured.
     #[error("signatory {0} is not configured on this gateway")]
     UnknownSignatory(String),
+    /// The signatory is not on the own latest roster, or not valid now or
+    /// at the message's time (Art. 9.3, 9.4).
+    #[error(transparent)]
+    SignerNotAuthorised(#[from] crate::signatories::NotAuthorised),
+    /// No profile version governs the message (Art. 16).
+    #[error(transparent)]
+    ProfileVersion(super::versions::VersionError),
+    /// The own roster file exists but cannot be read or verified.
+    #[error("the own signatory roster cannot be used: {0}")]
+    OwnRoster(String),
     /// An attachment names an upload that does not exist.
     #[error("attachment {index}: {reason}")]
     Attachment {
@@ -417,6 +428,21 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             Err(SubmitError::IdInUse(h.id))
         };
     }
+    let now = node.now();
+    // Who may sign: the own latest roster, at the node's time and at the
+    // message's (what the peer checks), before anything is sealed.
+    if let Some(roster) = node
+        .own_roster
+        .current(&node.config.keys_dir)
+        .map_err(|e| SubmitError::OwnRoster(e.to_string()))?
+    {
+        crate::signatories::check_signer(
+            roster.roster(),
+            &sub.signatory,
+            &signer.verifying_key(),
+            &[now, h.time],
+        )?;
+    }
     let mut sources = Vec::new();
     let mut used = Vec::new();
     let mut upload_bytes = 0u64;
@@ -446,8 +472,23 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
     // in bounded memory; small ones are sealed in memory.
     let streamed = upload_bytes > super::inbound::STREAM_ABOVE;
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
-    let now = node.now();
-    // The message itself first (fields, kind, in force), then its place in the procedure.
+    // Art. 17 first, so that the refusal names the receipt code the peer
+    // would give (agreement_not_in_force or agreement_terminated); then the
+    // message itself (fields, kind), then its place in the procedure.
+    profile
+        .in_force_at(now)
+        .and_then(|()| profile.in_force_at(h.time))
+        .map_err(|e| SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e)))?;
+    // Art. 16: the version its case was opened under, or the one in force at its time.
+    let profile = node
+        .cases
+        .with(|p| super::versions::governing(&dir.versions, &p.book, &msg))
+        .map_err(|e| match e {
+            super::versions::VersionError::At(ProfileVersionError::NotInForce(e)) => {
+                SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e))
+            }
+            e => SubmitError::ProfileVersion(e),
+        })?;
     profile
         .validate_unsealed(&msg, now)
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;

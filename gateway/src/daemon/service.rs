@@ -486,12 +486,52 @@ fn parse_cursor(c: &Cursor) -> Result<MessageId, Problem> {
     Ok(MessageId(b))
 }
 
+/// The kinds the gateway handles itself and never lists for applications:
+/// directory updates (rosters, renamings) are verified and applied by the
+/// gateway on receipt, and acknowledged there ([`super::inbound`]).
+pub const GATEWAY_KINDS: &[&str] = &["directory_update"];
+
+/// Unacknowledged received messages of the gateway's own kinds (left by a
+/// crash between the store's put and the acknowledgement, or received
+/// before they were acknowledged on receipt) are acknowledged here, and the
+/// list goes on after them: an application never sees one.
+fn inbox_metas(node: &Node, after: Option<MessageId>, limit: u32) -> Result<Vec<MessageMeta>, Problem> {
+    let mut after = after;
+    let mut out = Vec::new();
+    loop {
+        let batch = node
+            .store
+            .inbox_list(after.as_ref(), limit as usize)
+            .map_err(store_err)?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        after = Some(last.id);
+        let full = batch.len() >= limit as usize;
+        for m in batch {
+            if GATEWAY_KINDS.contains(&m.kind.as_str()) {
+                match node.store.inbox_ack(&m.id) {
+                    Ok(_) => {
+                        tracing::info!(id = %Id::from_bytes(m.id.0), kind = %m.kind, "gateway's own message acknowledged")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "gateway's own message not acknowledged"),
+                }
+                continue;
+            }
+            out.push(m);
+            if out.len() >= limit as usize {
+                return Ok(out);
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
 fn inbox_list(node: &Node, after: Option<&Cursor>, limit: u32) -> Result<Vec<InboxItem>, Problem> {
     let after = after.map(parse_cursor).transpose()?;
-    let metas = node
-        .store
-        .inbox_list(after.as_ref(), limit as usize)
-        .map_err(store_err)?;
+    let metas = inbox_metas(node, after, limit)?;
     let mut out = Vec::with_capacity(metas.len());
     for m in metas {
         let Ok(msg) = node.store.get(StoreDirection::Inbound, &m.id) else {
@@ -775,6 +815,26 @@ impl ApiService for Service {
 
     async fn case(&self, _caller: Caller, id: Id) -> Result<crate::api::cases::CaseView, Problem> {
         super::cases::view(&self.0, &id).ok_or_else(|| Problem::not_found("case"))
+    }
+
+    async fn close_case(&self, caller: Caller, id: Id) -> Result<crate::api::cases::CaseView, Problem> {
+        let node = Arc::clone(&self.0);
+        tracing::info!(case = %id, uid = caller.uid, "case close requested");
+        blocking(move || super::local::close_case(&node, id)).await
+    }
+
+    async fn directory(&self, _caller: Caller) -> Result<crate::api::directory::DirectoryView, Problem> {
+        Ok(super::local::directory_view(&self.0))
+    }
+
+    async fn directory_change(
+        &self,
+        caller: Caller,
+        request: crate::api::directory::ChangeRequest,
+    ) -> Result<crate::api::directory::ChangeQueued, Problem> {
+        let node = Arc::clone(&self.0);
+        tracing::info!(uid = caller.uid, "api: directory change");
+        blocking(move || super::local::send_change(&node, request)).await
     }
 
     async fn peers(&self, _caller: Caller) -> Result<Vec<PeerView>, Problem> {
@@ -1199,7 +1259,9 @@ fn submit_problem(e: SubmitError) -> Problem {
     match e {
         SubmitError::Seal(SealError::Invalid(errs)) => {
             let mut p = Problem::from_validation(&errs, "/message");
-            if errs.has(konvert_envelope::profile::ValidationRule::NotInForce) {
+            if errs.has(konvert_envelope::profile::ValidationRule::NotInForce)
+                || errs.has(konvert_envelope::profile::ValidationRule::Terminated)
+            {
                 let t = ProblemType::NotInForce;
                 p.type_ = t;
                 p.title = t.title().to_owned();
@@ -1227,6 +1289,24 @@ fn submit_problem(e: SubmitError) -> Problem {
             "unknown_signatory",
             e.to_string(),
         ),
+        SubmitError::SignerNotAuthorised(..) => Problem::new(ProblemType::SignerNotAuthorised, e.to_string())
+            .with_error("/signatory", "signer_not_authorised", e.to_string()),
+        SubmitError::ProfileVersion(super::versions::VersionError::At(ref v)) => Problem::new(
+            ProblemType::NotInForce,
+            e.to_string(),
+        )
+        .with_error("/message/header/time", "agreement_not_in_force", v.to_string()),
+        SubmitError::ProfileVersion(ref v) => {
+            tracing::error!(error = %v, "no loaded profile version for a case");
+            Problem::new(ProblemType::Unavailable, e.to_string())
+        }
+        SubmitError::OwnRoster(ref reason) => {
+            tracing::error!(error = %reason, "own signatory roster not usable; submissions refused");
+            Problem::new(
+                ProblemType::Unavailable,
+                "the own signatory roster (keys/roster.cose) cannot be read or verified; see the daemon's log",
+            )
+        }
         SubmitError::Attachment { index, ref reason } => Problem::new(ProblemType::Validation, e.to_string())
             .with_error(
                 format!("/message/attachments/{index}"),
