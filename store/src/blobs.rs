@@ -8,8 +8,10 @@
 //! construction (`aead::stream`, big-endian 32-bit chunk counter and a
 //! last-chunk flag: chunks cannot be reordered, dropped or truncated
 //! unnoticed), under a random key of its own. [`BlobWriter::finish`]
-//! `fdatasync`s the file and returns a [`BlobRef`]: the blob's id, length,
-//! SHA-256 and key. The caller puts the `BlobRef` *into the payload of the
+//! returns a [`BlobRef`]: the blob's id, length, SHA-256 and key; the file
+//! and its directory are `fdatasync`ed by the group commit of the next put
+//! group, before its records (so one sync serves many blobs, and a record
+//! never reaches the disk before the blob it refers to). The caller puts the `BlobRef` *into the payload of the
 //! message* it belongs to, so the blob's key is sealed under that message's
 //! data key (its expiry hour's, and its case's): destroying the hour key or
 //! the case key makes the blob unreadable at once, exactly like the payload.
@@ -90,8 +92,10 @@ pub(crate) fn path_of(payloads: &Path, hour: i64, id: &[u8; 16]) -> PathBuf {
 /// Writes one blob; see the module documentation. Memory: one chunk.
 pub struct BlobWriter {
     file: File,
+    /// Where `finish` leaves the file to be synced with the next put group
+    /// (`None`: the store does not sync, see `SyncMode`).
+    syncer: Option<std::sync::Arc<crate::segments::Segments>>,
     path: PathBuf,
-    dir: PathBuf,
     id: [u8; 16],
     hour: i64,
     key: BlobKey,
@@ -115,7 +119,11 @@ impl fmt::Debug for BlobWriter {
 }
 
 impl BlobWriter {
-    pub(crate) fn create(payloads: &Path, hour: i64) -> Result<BlobWriter> {
+    pub(crate) fn create(
+        payloads: &Path,
+        hour: i64,
+        syncer: Option<std::sync::Arc<crate::segments::Segments>>,
+    ) -> Result<BlobWriter> {
         let dir = payloads.join(dir_name(hour));
         if !dir.exists() {
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -144,8 +152,8 @@ impl BlobWriter {
         let enc = EncryptorBE32::from_aead(cipher, (&prefix).into());
         Ok(BlobWriter {
             file,
+            syncer,
             path,
-            dir,
             id,
             hour,
             key,
@@ -186,8 +194,12 @@ impl BlobWriter {
         enc.encrypt_last_in_place(&self.id, &mut *last)
             .map_err(|_| Error::io(&path, io::Error::other("last blob chunk not sealed")))?;
         self.file.write_all(&last).map_err(|e| Error::io(&path, e))?;
-        self.file.sync_data().map_err(|e| Error::io(&path, e))?;
-        crate::keys::sync_dir(&self.dir)?;
+        // Durable with the group commit of the put that refers to it (its
+        // preparer syncs the file and directory before the group's records).
+        if let Some(segs) = &self.syncer {
+            let f = self.file.try_clone().map_err(|e| Error::io(&path, e))?;
+            segs.defer_blob_sync(path.clone(), f);
+        }
         let sha256: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
         Ok(BlobRef {
             id: self.id,

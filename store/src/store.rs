@@ -182,7 +182,7 @@ pub struct Store {
     dir: PathBuf,
     db: sled::Db,
     /// Sealed payloads, in one append-only file per key hour.
-    segs: Segments,
+    segs: Arc<Segments>,
     keyring: RwLock<Keyring>,
     head: Mutex<Head>,
     gc: GroupCommit,
@@ -441,7 +441,7 @@ impl Store {
         let next_intent = repair_group(&db, &sled_dir, &mut head, next_intent)?;
         head.next_intent = next_intent;
         let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
-        let segs = Segments::open(dir.join("payloads"))?;
+        let segs = Arc::new(Segments::open(dir.join("payloads"))?);
         let store = Store {
             dir,
             db,
@@ -2617,7 +2617,8 @@ impl Store {
         let expires = crate::retention::add_secs(self.clock.now(), retention);
         // The hour after the message's: the message is stored after the
         // blob, within the hour, so its expiry hour is at most this one.
-        BlobWriter::create(self.segs.dir(), hour_of(expires) + 1)
+        let syncer = (self.gc.mode() == SyncMode::Fdatasync).then(|| Arc::clone(&self.segs));
+        BlobWriter::create(self.segs.dir(), hour_of(expires) + 1, syncer)
     }
 
     /// Reads a blob back (every chunk authenticated; length and SHA-256

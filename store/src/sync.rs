@@ -199,6 +199,10 @@ impl GroupCommit {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn mode(&self) -> SyncMode {
+        self.mode
+    }
+
     pub(crate) fn is_poisoned(&self) -> bool {
         self.lock().poisoned
     }
