@@ -222,15 +222,8 @@ impl BodySpool {
         if !streamed {
             return Ok(BodySpool::Memory(Vec::new()));
         }
-        let dir = node.config.data_dir.join("spool");
-        if !dir.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                _ => {}
-            }
-        }
-        let f = tempfile::tempfile_in(&dir)?;
+        // Made (0700) at start.
+        let f = tempfile::tempfile_in(node.config.data_dir.join("spool"))?;
         Ok(BodySpool::File(std::io::BufWriter::with_capacity(64 << 10, f)))
     }
 

@@ -389,6 +389,8 @@ impl Node {
         })?;
         let uploads_dir = cfg.data_dir.join("uploads");
         files::create_private_dir(&uploads_dir).map_err(offline::Error::from)?;
+        // Bodies of large envelopes while they are checked (unlinked files).
+        files::create_private_dir(&cfg.data_dir.join("spool")).map_err(offline::Error::from)?;
 
         let tcfg = TransportConfig {
             idle_timeout: cfg.quic.idle_timeout.0,
