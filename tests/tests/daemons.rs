@@ -702,3 +702,37 @@ fn upload_ref_all(v: &mut Value, file: &str) -> usize {
         _ => 0,
     }
 }
+
+#[test]
+fn the_attempt_limit_counts_attempts_made_before_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, by) = pair(t.path());
+    // by.mvd never runs: every attempt fails.
+    kz.edit_config("max_attempts = 50", "max_attempts = 4");
+    kz.edit_config("initial_backoff = \"100ms\"", "initial_backoff = \"1s\"");
+    kz.start();
+    let (id, doc) = note(&kz, "by.mvd");
+    submit(&kz, &doc);
+    let retries = |g: &Gateway| g.log().matches("delivery failed; will retry").count();
+    eventually("two failed attempts", || (retries(&kz) >= 2).then_some(()));
+    kz.stop();
+    let before = retries(&kz);
+    kz.start();
+    let status = kz.wait_state(&id, &["failed"], WAIT);
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("undeliverable after 4 attempts")),
+        "{status}"
+    );
+    // Four attempts in all: those before the restart counted (the store
+    // keeps them), so the restarted daemon needed only the rest.
+    let after = retries(&kz) - before;
+    assert_eq!(
+        before + after,
+        3,
+        "retries before/after the restart: {before}/{after}\n{}",
+        kz.log()
+    );
+    drop(by);
+}

@@ -278,6 +278,21 @@ impl Links {
         d.attempts
     }
 
+    /// Attempts made before a restart (the store's count), at start.
+    fn seed_attempts(&self, id: &MessageId, peer: &AuthorityId, attempts: u32) {
+        if attempts == 0 {
+            return;
+        }
+        if let Ok(mut l) = self.live.lock() {
+            l.map.entry(id.0).or_insert_with(|| LiveDelivery {
+                peer: peer.clone(),
+                attempts,
+                last_sent: None,
+                next_at: None,
+            });
+        }
+    }
+
     /// An attempt interrupted because the peer was removed: not counted.
     fn uncount_attempt(&self, id: &MessageId) {
         if let Ok(mut l) = self.live.lock() {
@@ -607,6 +622,8 @@ pub fn restore_in_flight(node: &Node) {
             for meta in &batch {
                 if let Some(m) = outbox_message(node, &meta.id) {
                     node.cases.restore_in_flight(&m);
+                    // The attempts made before the restart count toward the limit.
+                    node.links.seed_attempts(&meta.id, &m.header.to, meta.attempts);
                 }
             }
             if batch.len() < 256 {
@@ -800,6 +817,17 @@ impl AttemptError {
     fn unreachable(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Send(_))
     }
+
+    /// A short code for the store's record of a failed attempt.
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "unreachable",
+            Self::Send(_) => "send_failed",
+            Self::BadReceipt(_) => "bad_receipt",
+            Self::Temporary => "temporary_failure",
+            Self::Store(_) => "local_store_error",
+        }
+    }
 }
 
 async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: MessageId, first_send: bool) {
@@ -821,9 +849,18 @@ async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: Messa
             if e.unreachable() {
                 link.record_failure();
             }
-            match node.backoff.next(attempts, &mut rand::thread_rng()) {
+            let next = node.backoff.next(attempts, &mut rand::thread_rng());
+            match next {
                 Next::RetryAfter(d) => {
                     warn!(id = %Id::from_bytes(id.0), peer = %peer, attempt = attempts, retry_in_ms = d.as_millis() as u64, error = %e, "delivery failed; will retry");
+                    // Counted durably too, so that the limit holds across
+                    // restarts (restore_in_flight seeds the count from it).
+                    let (store, code) = (Arc::clone(&node.store), e.code());
+                    match tokio::task::spawn_blocking(move || store.mark_attempt(&id, code)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => debug!(error = %e, "failed attempt not recorded"),
+                        Err(e) => debug!(error = %e, "failed attempt not recorded"),
+                    }
                     node.links.retry_at(&id, Instant::now() + d);
                 }
                 Next::GiveUp => {
