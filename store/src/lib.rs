@@ -50,8 +50,8 @@ pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
 pub use keys::{read_keyring_summary, rekey_keyring, KeyringSummary, MasterKey};
 pub use model::{
-    CaseInfo, Direction, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt, Put, Receipt,
-    StoreStats, SweepReport,
+    CaseInfo, Direction, IndexEntry, Message, MessageMeta, MessageState, NewCase, NewMessage, NewReceipt,
+    Put, Receipt, StoreStats, SweepReport,
 };
 pub use retention::RetentionPolicy;
 pub use store::{RecordOp, Store, StoreConfig, MAX_RECORD_KEY, MAX_RECORD_OPS, MAX_RECORD_VALUE};

@@ -113,6 +113,17 @@ impl std::fmt::Debug for NewMessage {
     }
 }
 
+/// A message as the state index has it (no record read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The message id.
+    pub id: MessageId,
+    /// Its peer.
+    pub peer: String,
+    /// When it was stored (seconds), if the entry records it.
+    pub created_at: Option<i64>,
+}
+
 /// A message's metadata: everything but the payload; no personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {

@@ -238,9 +238,32 @@ fn state_key(dir: Direction, st: MessageState, peer: &str, id: &MessageId) -> Ve
 /// The value of a state index entry: the key hour of its message, so that
 /// lists skip the messages of a destroyed hour without loading their records
 /// (the sweeper moves their entries to "destroyed" later, in bounded steps).
-fn hour_value(hour: i64) -> [u8; 8] {
-    hour.to_be_bytes()
+/// Since format 2.1 the entry also holds its message's creation time
+/// (seconds), so that queues can be counted and aged from the index alone;
+/// entries written before have the hour only.
+fn hour_value(hour: i64, created: i64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&hour.to_be_bytes());
+    v[8..].copy_from_slice(&created.to_be_bytes());
+    v
 }
+
+/// The key hour and the creation time in a state index entry's value.
+fn parse_index_value(v: &[u8]) -> (Option<i64>, Option<i64>) {
+    let hour = v
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_be_bytes);
+    let created = v
+        .get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_be_bytes);
+    (hour, created)
+}
+
+/// An index entry found by a merge: the id, the prefix it was under (which
+/// names its peer) and its message's creation time if recorded.
+type IndexHit = (MessageId, Vec<u8>, Option<i64>);
 
 /// Which index entries a list wants, by the key hour in their value.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -919,7 +942,7 @@ impl Store {
             }
             self.db.insert(
                 state_key(dir, rec.state(&id)?, &rec.peer, &id),
-                &hour_value(rec.key_hour)[..],
+                &hour_value(rec.key_hour, rec.created_at)[..],
             )?;
             out.push(Applied {
                 ticket,
@@ -1011,7 +1034,7 @@ impl Store {
             batch.insert(mkey, value);
             batch.insert(
                 state_key(dir, rec.state(&id)?, &rec.peer, &id),
-                hour_value(rec.key_hour),
+                hour_value(rec.key_hour, rec.created_at),
             );
             events.push((now, put_event(dir, &id, &rec, digest)));
             if let Some(r) = issued {
@@ -1127,7 +1150,7 @@ impl Store {
         Ok(self
             .merge_index_with_prefix(prefixes, after, limit)?
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|(id, _, _)| id)
             .collect())
     }
 
@@ -1137,7 +1160,7 @@ impl Store {
         prefixes: Vec<(Vec<u8>, HourFilter)>,
         after: Option<&MessageId>,
         limit: usize,
-    ) -> Result<Vec<(MessageId, Vec<u8>)>> {
+    ) -> Result<Vec<IndexHit>> {
         use std::cmp::Reverse;
         let live: std::collections::BTreeSet<i64> = if prefixes.iter().any(|(_, f)| *f != HourFilter::Any) {
             self.kr_read().buckets.keys().copied().collect()
@@ -1145,7 +1168,7 @@ impl Store {
             Default::default()
         };
         let wanted = |filter: HourFilter, v: &[u8]| -> bool {
-            let hour = <[u8; 8]>::try_from(v).ok().map(i64::from_be_bytes);
+            let (hour, _) = parse_index_value(v);
             match (filter, hour) {
                 (HourFilter::Any, _) => true,
                 (HourFilter::Live, None) => true,
@@ -1153,11 +1176,15 @@ impl Store {
             }
         };
         // The next wanted id of a scan.
-        let next = |plen: usize, filter: HourFilter, it: &mut sled::Iter| -> Result<Option<[u8; 16]>> {
+        type Next = Option<([u8; 16], Option<i64>)>;
+        let next = |plen: usize, filter: HourFilter, it: &mut sled::Iter| -> Result<Next> {
             for r in it.by_ref() {
                 let (k, v) = r?;
                 if wanted(filter, &v) {
-                    return Ok(k.get(plen..).and_then(id16));
+                    return Ok(k
+                        .get(plen..)
+                        .and_then(id16)
+                        .map(|id| (id, parse_index_value(&v).1)));
                 }
             }
             Ok(None)
@@ -1173,19 +1200,21 @@ impl Store {
             let mut end = p.clone();
             end.extend_from_slice(&[0xff; 17]);
             let mut it = self.db.range(start..end);
-            if let Some(id) = next(p.len(), filter, &mut it)? {
-                heap.push(Reverse((id, iters.len())));
+            if let Some((id, created)) = next(p.len(), filter, &mut it)? {
+                heap.push(Reverse((id, iters.len(), created)));
             }
             iters.push((p, filter, it));
         }
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
-            let Some(Reverse((id, i))) = heap.pop() else { break };
+            let Some(Reverse((id, i, created))) = heap.pop() else {
+                break;
+            };
             let (p, filter, it) = &mut iters[i];
-            out.push((MessageId(id), p.clone()));
+            out.push((MessageId(id), p.clone(), created));
             let plen = &p.len();
-            if let Some(id) = next(*plen, *filter, it)? {
-                heap.push(Reverse((id, i)));
+            if let Some((id, created)) = next(*plen, *filter, it)? {
+                heap.push(Reverse((id, i, created)));
             }
         }
         Ok(out)
@@ -1267,6 +1296,23 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<(MessageId, String)>> {
+        Ok(self
+            .list_index_by_state(dir, state, after, limit)?
+            .into_iter()
+            .map(|e| (e.id, e.peer))
+            .collect())
+    }
+
+    /// [`Store::list_ids_by_state`] with each message's creation time (for
+    /// counting and ageing queues without reading records; `None` for
+    /// entries written by a store before format 2.1).
+    pub fn list_index_by_state(
+        &self,
+        dir: Direction,
+        state: MessageState,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
         let prefixes: Vec<(Vec<u8>, HourFilter)> = self
             .peers_in(dir, state.byte())?
             .into_iter()
@@ -1284,7 +1330,11 @@ impl Store {
         let ids = self.merge_index_with_prefix(prefixes, after, limit)?;
         Ok(ids
             .into_iter()
-            .map(|(id, prefix)| (id, peers.get(&prefix).cloned().unwrap_or_default()))
+            .map(|(id, prefix, created_at)| IndexEntry {
+                id,
+                peer: peers.get(&prefix).cloned().unwrap_or_default(),
+                created_at,
+            })
             .collect())
     }
 
@@ -1418,7 +1468,10 @@ impl Store {
                 }
                 let mut batch = Batch::default();
                 batch.remove(state_key(dir, cur, &rec.peer, id));
-                batch.insert(state_key(dir, to, &rec.peer, id), hour_value(rec.key_hour));
+                batch.insert(
+                    state_key(dir, to, &rec.peer, id),
+                    hour_value(rec.key_hour, rec.created_at),
+                );
                 batch.insert(msg_key(dir, id), encode(&rec));
                 let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
                 if let Some(o) = outcome {
@@ -2870,7 +2923,7 @@ fn repair_group(db: &sled::Db, sled_dir: &Path, head: &mut Head, next_intent: u6
     for (dir, id, rec) in missing {
         db.insert(
             state_key(dir, rec.state(&id)?, &rec.peer, &id),
-            &hour_value(rec.key_hour)[..],
+            &hour_value(rec.key_hour, rec.created_at)[..],
         )?;
         let digest: [u8; 32] = rec
             .payload_sha256

@@ -536,3 +536,39 @@ fn concurrent_puts_and_other_writes_all_land() {
     assert_eq!(all.len(), 480);
     s.audit_verify().unwrap();
 }
+
+#[test]
+fn the_state_index_alone_gives_peers_and_creation_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = open(tmp.path(), clock.clone());
+    let a = msg(1_000, "by.mvd", "request", b"a");
+    s.put_outbox(&a).unwrap();
+    clock.advance(5);
+    let b = msg(2_000, "am.police", "request", b"b");
+    s.put_outbox(&b).unwrap();
+    clock.advance(5);
+    s.mark_sent(&a.id).unwrap();
+    let queued = s
+        .list_index_by_state(Direction::Outbound, MessageState::Queued, None, 10)
+        .unwrap();
+    assert_eq!(
+        queued,
+        vec![IndexEntry {
+            id: b.id,
+            peer: "am.police".into(),
+            created_at: Some(T0 + 5)
+        }]
+    );
+    // A transition keeps the creation time in the moved entry.
+    let sent = s
+        .list_index_by_state(Direction::Outbound, MessageState::Sent, None, 10)
+        .unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].id, sent[0].created_at), (a.id, Some(T0)));
+    assert_eq!(
+        s.list_ids_by_state(Direction::Outbound, MessageState::Sent, None, 10)
+            .unwrap(),
+        vec![(a.id, "by.mvd".to_string())]
+    );
+}

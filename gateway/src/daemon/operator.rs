@@ -751,7 +751,7 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         .list_by_state(StoreDirection::Outbound, StoreState::Failed, None, scan)
         .map_err(store_problem)?
         .len();
-    let inbox = node.store.inbox_list(None, scan).map_err(store_problem)?.len();
+    let inbox = super::service::inbox_depth(node).map_err(store_problem)?;
     let overdue_cases = node.store.cases_overdue(OVERDUE_COUNTED).map_err(store_problem)?;
     let now = node.now().as_unix();
     Ok(NodeStatus {
@@ -760,11 +760,13 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         now: ts(now),
         uptime_seconds: node.started.elapsed().as_secs(),
         health,
-        truncated: failed >= scan || inbox >= scan || peers.iter().any(|p| p.queue_depth as usize >= scan),
+        truncated: failed >= scan
+            || inbox >= scan as u64
+            || peers.iter().any(|p| p.queue_depth as usize >= scan),
         peers,
         outbox_undelivered: undelivered,
         outbox_failed: failed as u64,
-        inbox_unacknowledged: inbox as u64,
+        inbox_unacknowledged: inbox,
         cases_overdue: overdue_cases.len() as u64,
         overdue: overdue_cases
             .iter()

@@ -844,7 +844,11 @@ impl ApiService for Service {
             let pending = undelivered(&node).map_err(store_err)?;
             let mut out = Vec::new();
             for (a, p) in &dir.peers {
-                let mine: Vec<_> = pending.iter().filter(|m| m.peer == a.as_str()).collect();
+                let mine: Vec<i64> = pending
+                    .iter()
+                    .filter(|(p, _)| p == a.as_str())
+                    .map(|(_, t)| *t)
+                    .collect();
                 let link = node.links.get(a);
                 out.push(PeerView {
                     authority: a.clone(),
@@ -852,7 +856,7 @@ impl ApiService for Service {
                     connected: link.as_ref().is_some_and(|l| l.connected()),
                     last_delivery: link.and_then(|l| l.last_delivery.lock().ok().and_then(|t| *t)),
                     queue_depth: mine.len() as u64,
-                    oldest_undelivered: mine.iter().map(|m| m.created_at).min().map(ts),
+                    oldest_undelivered: mine.iter().min().copied().map(ts),
                 });
             }
             Ok(out)
@@ -912,15 +916,32 @@ impl ApiService for Service {
 /// Most undelivered or failed messages one health or peers query reads.
 pub(crate) const HEALTH_SCAN: usize = 100_000;
 
-/// Outbound messages without a receipt yet: queued, or sent and waiting
-/// (at most [`HEALTH_SCAN`] of each).
-fn undelivered(node: &Node) -> Result<Vec<MessageMeta>, konvert_store::Error> {
-    let mut all = node.store.outbox_pending(None, HEALTH_SCAN)?;
-    all.extend(
-        node.store
-            .list_by_state(StoreDirection::Outbound, StoreState::Sent, None, HEALTH_SCAN)?,
-    );
+/// Outbound messages without a receipt yet, queued or sent and waiting (at
+/// most [`HEALTH_SCAN`] of each): (peer, stored at, unix seconds), from the
+/// store's state index alone, no record reads.
+fn undelivered(node: &Node) -> Result<Vec<(String, i64)>, konvert_store::Error> {
+    let mut all = Vec::new();
+    for state in [StoreState::Queued, StoreState::Sent] {
+        for e in node
+            .store
+            .list_index_by_state(StoreDirection::Outbound, state, None, HEALTH_SCAN)?
+        {
+            // Index entries of an older store carry no time: the id's (UUIDv7) then.
+            let created = e
+                .created_at
+                .unwrap_or_else(|| i64::try_from(e.id.unix_ms() / 1000).unwrap_or(i64::MAX));
+            all.push((e.peer, created));
+        }
+    }
     Ok(all)
+}
+
+/// Received messages not acknowledged yet (at most [`HEALTH_SCAN`]), from the index alone.
+pub(crate) fn inbox_depth(node: &Node) -> Result<u64, konvert_store::Error> {
+    Ok(node
+        .store
+        .list_index_by_state(StoreDirection::Inbound, StoreState::New, None, HEALTH_SCAN)?
+        .len() as u64)
 }
 
 /// What the health assessment looks at, gathered from the store, the
@@ -1076,14 +1097,14 @@ fn health(node: &Node) -> Result<Health, Problem> {
     match (|| -> Result<(), konvert_store::Error> {
         let pending = undelivered(node)?;
         queue_depth = pending.len() as u64;
-        facts.undelivered = pending.into_iter().map(|m| (m.peer, m.created_at)).collect();
+        facts.undelivered = pending;
         facts.failed_at = node
             .store
             .list_by_state(StoreDirection::Outbound, StoreState::Failed, None, HEALTH_SCAN)?
             .into_iter()
             .map(|m| m.updated_at)
             .collect();
-        inbox_depth = node.store.inbox_list(None, HEALTH_SCAN)?.len() as u64;
+        inbox_depth = self::inbox_depth(node)?;
         Ok(())
     })() {
         Ok(()) => {}
