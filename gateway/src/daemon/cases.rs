@@ -385,7 +385,7 @@ impl Cases {
     /// and acknowledged): applied to its case, the directory and the
     /// consent ledger, and its records written to the store — durable with
     /// the `put_inbox` that must follow before the receipt (see
-    /// [`Cases::apply`]). On refusal nothing changes and the receipt code
+    /// `Cases::apply`). On refusal nothing changes and the receipt code
     /// is returned.
     pub fn receive(
         &self,
@@ -527,7 +527,7 @@ impl Cases {
 
     /// The peer accepted an outgoing message: applied to its case and the
     /// ledger, its records written to the store (durable with the
-    /// `mark_delivered` that must follow, see [`Cases::apply`]).
+    /// `mark_delivered` that must follow, see `Cases::apply`).
     /// `receipt_time` is the time of the peer's receipt (the start of a
     /// request's deadline on both sides).
     pub fn sent_accepted(
