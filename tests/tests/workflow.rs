@@ -9,55 +9,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use konvert_tests::{example, konvertctl, new_id, Gateway};
+use konvert_tests::{example, konvertctl, new_id, submit, Gateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Replaces every attachment of `v` by an upload to `gw`.
-fn upload_attachments(gw: &Gateway, v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            if map.contains_key("media_type") && map.contains_key("sha256") {
-                let mt = map["media_type"].as_str().unwrap().to_string();
-                let (code, body) = gw.request("POST", "/v1/uploads", Some((&mt, b"document bytes")));
-                assert_eq!(code, 201, "upload: {}", String::from_utf8_lossy(&body));
-                let up: Value = serde_json::from_slice(&body).unwrap();
-                *v = json!({ "media_type": mt, "file": format!("upload:{}", up["id"].as_str().unwrap()) });
-                return;
-            }
-            for (_, x) in map.iter_mut() {
-                upload_attachments(gw, x);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| upload_attachments(gw, x)),
-        _ => {}
-    }
-}
-
-/// An example made ready to send from `gw` to `to`: fresh id, current time,
-/// the reply link, attachments uploaded; signed by `head`.
+/// An example made ready to send from `gw` to `to` (see the harness's
+/// `message`), its attachments uploaded as a few document bytes.
 fn message(gw: &Gateway, name: &str, to: &str, in_reply_to: Option<&str>) -> (String, Value) {
-    let mut m = example(name);
-    let id = new_id();
-    m["header"]["id"] = json!(id);
-    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
-    m["header"]["from"] = json!(gw.authority);
-    m["header"]["to"] = json!(to);
-    match in_reply_to {
-        Some(r) => m["header"]["in_reply_to"] = json!(r),
-        None => {
-            m["header"].as_object_mut().unwrap().remove("in_reply_to");
-        }
-    }
-    upload_attachments(gw, &mut m);
-    (id, json!({ "message": m, "signatory": "head" }))
-}
-
-fn submit(gw: &Gateway, doc: &Value) -> String {
-    let (code, body) = gw.post_json("/v1/messages", doc);
-    assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
-    body["id"].as_str().unwrap().to_string()
+    konvert_tests::message(gw, name, to, in_reply_to, b"document bytes")
 }
 
 /// Submits and waits until the peer's receipt accepted it.
