@@ -29,6 +29,7 @@ pub mod offline;
 mod reader_body;
 pub mod rekey;
 pub mod retry;
+pub mod rotation;
 pub mod signatories;
 pub mod systemd;
 pub mod transport;

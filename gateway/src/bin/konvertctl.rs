@@ -208,6 +208,61 @@ enum Command {
         konvertctl store rekey --config /etc/konvert/konvert.toml --new-master-key /etc/konvert/keys/master.key.new"
     )]
     Store(StoreCommand),
+    /// Rotate this gateway's own keys (TLS key, node signing key, age identity) and retire the old ones.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl keys rotate --config /etc/konvert/konvert.toml --all --overlap 7d\n  \
+        systemctl reload konvertd   # announces the rotation to every peer\n  \
+        konvertctl keys retire --config /etc/konvert/konvert.toml   # after the overlap"
+    )]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make new keys next to the old ones, update card.toml and sign the rotation with the root key.
+    #[command(
+        after_help = "Example:\n  konvertctl keys rotate --config /etc/konvert/konvert.toml --tls --node --overlap 48h\n  \
+        systemctl reload konvertd\n\n\
+        The new keys are used towards each peer once it has accepted the signed rotation (konvertd sends it on \
+        start and reload); the old TLS pin and node key stay accepted by peers for the overlap. The old age \
+        identity stays in age.key, so envelopes sealed to it still open. Needs the authority root key \
+        (keys/root.key.pem). Exit code 1 if a rotation is not retired yet or a key file is unusable."
+    )]
+    Rotate {
+        /// The gateway's konvert.toml (names the keys directory).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Rotate the QUIC TLS key and certificate.
+        #[arg(long)]
+        tls: bool,
+        /// Rotate the node signing key.
+        #[arg(long)]
+        node: bool,
+        /// Rotate the age identity.
+        #[arg(long)]
+        age: bool,
+        /// Rotate all three.
+        #[arg(long, conflicts_with_all = ["tls", "node", "age"])]
+        all: bool,
+        /// How long peers keep accepting the old TLS pin and node key (1m to 366d; 90s, 48h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = konvert_gateway::config::parse_span)]
+        overlap: std::time::Duration,
+    },
+    /// Remove the old keys of the last rotation after its overlap (previous/, old age identities, rotation.cose).
+    #[command(
+        after_help = "Example:\n  konvertctl keys retire --config /etc/konvert/konvert.toml\n  \
+        systemctl reload konvertd\n\n\
+        Refused (exit code 1) while the overlap lasts, unless --force."
+    )]
+    Retire {
+        /// The gateway's konvert.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Retire before the overlap ends (peers then refuse what was signed or sealed with the old keys).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -978,6 +1033,28 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let r = konvert_gateway::rekey::rekey(&config, &new_master_key)
                 .map_err(|e| Failure::Other(e.to_string()))?;
             print_out(cli.online.json, &r, konvert_gateway::rekey::rekeyed_text)?;
+        }
+        Command::Keys(KeysCommand::Rotate {
+            config,
+            tls,
+            node,
+            age,
+            all,
+            overlap,
+        }) => {
+            let kinds = if all {
+                konvert_gateway::rotation::Kinds::ALL
+            } else {
+                konvert_gateway::rotation::Kinds { tls, node, age }
+            };
+            let now = Timestamp::now();
+            let r = konvert_gateway::rotation::rotate(&config, kinds, overlap, now)?;
+            print_out(cli.online.json, &r, konvert_gateway::rotation::rotated_text)?;
+        }
+        Command::Keys(KeysCommand::Retire { config, force }) => {
+            let now = Timestamp::now();
+            let r = konvert_gateway::rotation::retire(&config, now, force)?;
+            print_out(cli.online.json, &r, konvert_gateway::rotation::retired_text)?;
         }
         Command::Generate(g) => {
             use clap::CommandFactory;

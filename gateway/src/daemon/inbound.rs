@@ -158,7 +158,8 @@ fn reject(node: &Node, sender: &AuthorityId, id: Option<Id>, digest: Digest, cod
         sender: sender.clone(),
         outcome: Outcome::Rejected { code },
     };
-    r.sign(&node.keys.signing).unwrap_or_default()
+    r.sign(&node.own.for_peer(sender, r.time).signing)
+        .unwrap_or_default()
 }
 
 /// Runs every check, stores, and returns the receipt to send and its outcome text.
@@ -189,7 +190,9 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     let Some(entry) = dir.peers.get(peer) else {
         return refuse(RejectCode::UnknownSender);
     };
-    let auth = match received.authenticate(&entry.card) {
+    // The card's node key, and during the peer's key rotation its old and new ones.
+    let node_keys = crate::rotation::accepted_node_keys(node, &entry.card);
+    let auth = match received.authenticate_any(peer, &node_keys) {
         Ok(a) => a,
         Err(e) => return refuse(RejectCode::from(&e)),
     };
@@ -212,7 +215,7 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     let mut parts = MemoryParts::default();
     let opened = match auth.open(
         body.as_slice(),
-        &node.keys,
+        &node.own.current(),
         &signers,
         profile,
         now,
@@ -253,7 +256,17 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         sender: peer.clone(),
         outcome: Outcome::Accepted,
     };
-    let Ok(receipt_bytes) = receipt.sign(&node.keys.signing) else {
+    if let konvert_envelope::model::MessageBody::DirectoryUpdate(u) = &opened.message.body {
+        if matches!(
+            u.change,
+            konvert_envelope::model::DirectoryChange::KeyRotation { .. }
+        ) {
+            // The peer's new pin is admitted before the receipt goes out.
+            crate::rotation::apply(node);
+            tracing::info!(peer = %peer, "peer's key rotation recorded");
+        }
+    }
+    let Ok(receipt_bytes) = receipt.sign(&node.own.for_peer(peer, now).signing) else {
         return refuse(RejectCode::TemporaryFailure);
     };
     let record = InboxRecord {
