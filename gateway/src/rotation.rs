@@ -5,10 +5,11 @@
 //!
 //! Offline ([`rotate`], [`retire`]; `konvertctl keys rotate|retire`):
 //! new keys are written where the old ones were, the old TLS key and node
-//! key move to `KEYS_DIR/previous/`, the old age identity stays in
+//! key move to `KEYS_DIR/rotation/`, the old age identity stays in
 //! `age.key` after the new one (every identity in that file decrypts), the
 //! card gets the new keys, and the signed statement goes to
-//! `KEYS_DIR/rotation.cose`.
+//! `KEYS_DIR/rotation/statement.cose`. With systemd credentials the
+//! directory arrives as files `rotation_NAME` ([`rotation_file`]).
 //!
 //! In konvertd ([`OwnKeys`], [`announce`], [`delivered`], [`apply`]): the
 //! statement is sent to every peer at start and on SIGHUP; towards a peer
@@ -43,10 +44,25 @@ use crate::init::{TLS_CERT_FILE, TLS_KEY_FILE};
 use crate::offline::{self, Error, AGE_KEY_FILE, CARD_FILE, MAX_SMALL_FILE, NODE_KEY_FILE};
 use crate::transport::{Identities, Peer, Pin, TlsIdentity};
 
-/// The signed statement of the latest rotation, in the keys directory.
-pub const ROTATION_FILE: &str = "rotation.cose";
-/// Where the old TLS key and node key wait until they are retired.
-pub const PREVIOUS_DIR: &str = "previous";
+/// Where a rotation's files wait until it is retired, in the keys
+/// directory: the signed statement and the old TLS key and node key. The
+/// packaged unit passes this directory as the credential `rotation`
+/// (files `rotation_NAME` in `$CREDENTIALS_DIRECTORY`).
+pub const PREVIOUS_DIR: &str = "rotation";
+/// The signed statement of the latest rotation, in [`PREVIOUS_DIR`].
+pub const ROTATION_FILE: &str = "statement.cose";
+
+/// A rotation file: `KEYS_DIR/rotation/NAME`, or as a systemd credential
+/// of the directory `rotation`, `KEYS_DIR/rotation_NAME`.
+pub fn rotation_file(keys_dir: &Path, name: &str) -> PathBuf {
+    let nested = keys_dir.join(PREVIOUS_DIR).join(name);
+    let flat = keys_dir.join(format!("{PREVIOUS_DIR}_{name}"));
+    if !nested.exists() && flat.exists() {
+        flat
+    } else {
+        nested
+    }
+}
 /// Which peers were sent and accepted the rotation, in the data directory.
 pub const PEERS_FILE: &str = "rotation-peers.toml";
 /// Default dual-key window.
@@ -127,21 +143,37 @@ fn usage(s: impl Into<String>) -> Error {
     Error::Usage(s.into())
 }
 
-fn load_config(config_path: &Path) -> Result<Config, Error> {
+fn load_config(config_path: &Path, keys_dir: Option<&Path>) -> Result<Config, Error> {
     let text = files::read_text(config_path, crate::config::MAX_CONFIG)?;
-    Config::parse(&text, config_path).map_err(|e| usage(e.to_string()))
+    let mut cfg = Config::parse(&text, config_path).map_err(|e| usage(e.to_string()))?;
+    if let Some(k) = keys_dir {
+        cfg.keys_dir = k.to_path_buf();
+    } else if cfg.keys_dir.starts_with(crate::config::CREDENTIALS_PLACEHOLDER) {
+        return Err(usage(format!(
+            "{} names the keys by {}: give the directory they come from, as in the unit's \
+             LoadCredential= lines: --keys-dir /etc/konvert/keys",
+            config_path.display(),
+            crate::config::CREDENTIALS_PLACEHOLDER
+        )));
+    }
+    Ok(cfg)
 }
 
-/// The latest rotation statement of this gateway, verified with its root
-/// key (`root.key.pem.pub`); `None` if there is none.
+/// The latest rotation statement of this gateway, verified with the root
+/// key on its card (`root_key`); `None` if there is none.
 pub fn load_statement(keys_dir: &Path) -> Result<Option<KeyRotation>, Error> {
-    let path = keys_dir.join(ROTATION_FILE);
+    let path = rotation_file(keys_dir, ROTATION_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    let root = offline::load_public_key(&offline::pub_path(
-        &keys_dir.join(crate::signatories::ROOT_KEY_FILE),
-    ))?;
+    let card_path = keys_dir.join(CARD_FILE);
+    let root = offline::load_card(&card_path)?.root_key.ok_or_else(|| {
+        usage(format!(
+            "{} has no root_key: the rotation in {} cannot be verified",
+            card_path.display(),
+            path.display()
+        ))
+    })?;
     let bytes = files::read_limited(&path, MAX_SMALL_FILE)?;
     KeyRotation::verify(&bytes, &root)
         .map(Some)
@@ -155,6 +187,7 @@ pub fn load_statement(keys_dir: &Path) -> Result<Option<KeyRotation>, Error> {
 /// are not retired.
 pub fn rotate(
     config_path: &Path,
+    keys_dir: Option<&Path>,
     kinds: Kinds,
     overlap: std::time::Duration,
     now: Timestamp,
@@ -171,7 +204,7 @@ pub fn rotate(
             "--overlap is shorter than a minute: the peers need time to learn the new keys",
         ));
     }
-    let cfg = load_config(config_path)?;
+    let cfg = load_config(config_path, keys_dir)?;
     let dir = &cfg.keys_dir;
     let previous = dir.join(PREVIOUS_DIR);
     if let Some(r) = load_statement(dir)? {
@@ -295,7 +328,7 @@ pub fn rotate(
         files::write_atomic(&age_path, text.as_bytes(), 0o600, true)?;
         card.age_recipients = vec![a.recipient()];
     }
-    let statement = dir.join(ROTATION_FILE);
+    let statement = previous.join(ROTATION_FILE);
     files::write_atomic(&statement, &rotation.cose, 0o644, true)?;
     let card_text = format!(
         "# Konvert authority card of {}: give this file to peer gateways (`konvertctl peer add --card`).\n\
@@ -348,16 +381,21 @@ pub fn retired_text(r: &Retired) -> String {
 
 /// Removes the old keys of the last rotation once its window has ended
 /// (`force`: before; peers then refuse anything still signed or sealed
-/// with them): `previous/`, the old age identities in `age.key`, and the
-/// statement. Unlinking does not erase the bytes from an SSD or a backup
+/// with them): the files in `rotation/` (statement, old TLS and node
+/// keys; the empty directory stays) and the old age identities in `age.key`. Unlinking does not erase the bytes from an SSD or a backup
 /// (see `docs/THREAT-MODEL.md`).
-pub fn retire(config_path: &Path, now: Timestamp, force: bool) -> Result<Retired, Error> {
-    let cfg = load_config(config_path)?;
+pub fn retire(
+    config_path: &Path,
+    keys_dir: Option<&Path>,
+    now: Timestamp,
+    force: bool,
+) -> Result<Retired, Error> {
+    let cfg = load_config(config_path, keys_dir)?;
     let dir = &cfg.keys_dir;
-    let statement = dir.join(ROTATION_FILE);
     let previous = dir.join(PREVIOUS_DIR);
     let rotation = load_statement(dir)?;
-    if rotation.is_none() && !previous.exists() {
+    let empty = std::fs::read_dir(&previous).map_or(true, |mut d| d.next().is_none());
+    if rotation.is_none() && empty {
         return Err(usage(format!(
             "no key rotation to retire in {} (no {ROTATION_FILE}, no {PREVIOUS_DIR}/)",
             dir.display()
@@ -373,17 +411,14 @@ pub fn retire(config_path: &Path, now: Timestamp, force: bool) -> Result<Retired
         }
     }
     let mut removed = Vec::new();
-    for name in [NODE_KEY_FILE, TLS_KEY_FILE, TLS_CERT_FILE] {
+    for name in [NODE_KEY_FILE, TLS_KEY_FILE, TLS_CERT_FILE, ROTATION_FILE] {
         let p = previous.join(name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| usage(format!("cannot remove {}: {e}", p.display())))?;
             removed.push(p);
         }
     }
-    if previous.exists() {
-        std::fs::remove_dir(&previous)
-            .map_err(|e| usage(format!("cannot remove {}: {e}", previous.display())))?;
-    }
+    // The directory itself stays (empty): the packaged unit loads it as a credential.
     let age_path = dir.join(AGE_KEY_FILE);
     let all =
         AgeIdentity::all_from_text(&files::read_secret(&age_path, MAX_SMALL_FILE)?).map_err(|source| {
@@ -398,10 +433,8 @@ pub fn retire(config_path: &Path, now: Timestamp, force: bool) -> Result<Retired
             files::write_atomic(&age_path, current.to_text().as_bytes(), 0o600, true)?;
         }
     }
-    if statement.exists() {
-        std::fs::remove_file(&statement)
-            .map_err(|e| usage(format!("cannot remove {}: {e}", statement.display())))?;
-        removed.push(statement);
+    if previous.exists() {
+        files::sync_dir(&previous)?;
     }
     files::sync_dir(dir)?;
     Ok(Retired {
@@ -458,12 +491,11 @@ fn load_set(keys_dir: &Path) -> Result<KeySet, Error> {
     let current = offline::load_node_keys(keys_dir)?;
     let tls = crate::daemon::load_tls(keys_dir).map_err(|e| usage(e.to_string()))?;
     let rotation = load_statement(keys_dir)?;
-    let previous_dir = keys_dir.join(PREVIOUS_DIR);
     let (previous, previous_tls) = match &rotation {
         None => (None, None),
         Some(r) => {
             let node_path = if r.node_key.is_some() {
-                previous_dir.join(NODE_KEY_FILE)
+                rotation_file(keys_dir, NODE_KEY_FILE)
             } else {
                 keys_dir.join(NODE_KEY_FILE)
             };
@@ -473,7 +505,7 @@ fn load_set(keys_dir: &Path) -> Result<KeySet, Error> {
                     return Err(usage(format!(
                         "{} is not the old node key named by {}",
                         node_path.display(),
-                        keys_dir.join(ROTATION_FILE).display()
+                        rotation_file(keys_dir, ROTATION_FILE).display()
                     )));
                 }
             }
@@ -493,7 +525,10 @@ fn load_set(keys_dir: &Path) -> Result<KeySet, Error> {
                 previous_age: Vec::new(),
             };
             let prev_tls = if r.tls_pin.is_some() {
-                let tls = crate::daemon::load_tls(&previous_dir).map_err(|e| usage(e.to_string()))?;
+                let cert = files::read_limited(&rotation_file(keys_dir, TLS_CERT_FILE), 64 * 1024)?;
+                let key = files::read_secret(&rotation_file(keys_dir, TLS_KEY_FILE), 64 * 1024)?;
+                let tls = TlsIdentity::from_pem(&cert, key.as_bytes())
+                    .map_err(|e| usage(format!("the old TLS identity of the rotation: {e}")))?;
                 Some(Arc::new(tls))
             } else {
                 None

@@ -723,3 +723,153 @@ fn debian_package_assets_exist() {
         ok(out, &format!("sh -n {script}"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// `konvertctl init --systemd`
+
+#[test]
+fn init_systemd_lays_out_what_the_unit_and_tmpfiles_expect_and_konvertd_starts_from_it() {
+    let root = TempDir::new().unwrap();
+    let r = root.path();
+    let port = free_udp_port();
+    // As root, owners are set: to `daemon` here (the package's `konvert`
+    // does not exist on a build host). Otherwise only modes.
+    let as_root = nix::unistd::geteuid().is_root();
+    let user = if as_root { "daemon" } else { "konvert" };
+    let out = konvertctl([
+        "--json",
+        "init",
+        "--systemd",
+        "--root",
+        r.to_str().unwrap(),
+        "--authority",
+        "kz.mvd",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--service-user",
+        user,
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&ok(out, "init --systemd")).unwrap();
+    assert_eq!(report["owners_set"], serde_json::json!(as_root), "{report}");
+    let etc = r.join("etc/konvert");
+    let keys = etc.join("keys");
+    let data = r.join("var/lib/konvert");
+    let (svc_uid, svc_gid) = if as_root {
+        let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+        let g = nix::unistd::Group::from_name(user).unwrap().unwrap();
+        (u.uid.as_raw(), g.gid.as_raw())
+    } else {
+        (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    // (path, mode, uid, gid) as deploy/tmpfiles.d/konvert.conf and the unit expect.
+    let expected: Vec<(PathBuf, u32, u32, u32)> = vec![
+        (etc.clone(), 0o2750, me, svc_gid),
+        (etc.join("profiles"), 0o2750, me, svc_gid),
+        (etc.join("peers"), 0o2750, me, svc_gid),
+        (etc.join("konvert.toml"), 0o640, me, svc_gid),
+        (etc.join("profiles/kz-by-2019.toml"), 0o640, me, svc_gid),
+        (etc.join("card.toml"), 0o644, me, svc_gid),
+        (keys.clone(), 0o700, me, if as_root { 0 } else { svc_gid }),
+        (data.clone(), 0o700, svc_uid, svc_gid),
+    ];
+    for (p, mode, uid, gid) in &expected {
+        assert_eq!(mode_uid_gid(p), (*mode, *uid, *gid), "{}", p.display());
+    }
+    for f in [
+        "node.key.pem",
+        "age.key",
+        "tls.key.pem",
+        "master.key",
+        "root.key.pem",
+        "signatories/head.key.pem",
+    ] {
+        assert_eq!(mode_uid_gid(&keys.join(f)).0, 0o600, "{f}");
+    }
+    // Every credential the unit loads exists where it points.
+    for (id, path) in load_credentials(&read(UNIT)) {
+        let p = r.join(path.strip_prefix("/").unwrap());
+        assert!(p.exists(), "credential {id}: {} missing", p.display());
+    }
+    // The configuration names the installed paths and the credentials.
+    let text = fs::read_to_string(etc.join("konvert.toml")).unwrap();
+    for want in [
+        "keys_dir = \"${CREDENTIALS_DIRECTORY}\"",
+        "data_dir = \"/var/lib/konvert\"",
+        "socket = \"/run/konvert/api.sock\"",
+        "master_key_credential = \"master.key\"",
+        "key = \"${CREDENTIALS_DIRECTORY}/signatory_head.key.pem\"",
+        "\"/etc/konvert/profiles/kz-by-2019.toml\"",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    // A second run is refused and changes nothing.
+    let again = konvertctl([
+        "init",
+        "--systemd",
+        "--root",
+        r.to_str().unwrap(),
+        "--authority",
+        "kz.mvd",
+        "--service-user",
+        user,
+    ]);
+    assert!(!again.status.success());
+    assert_eq!(fs::read_to_string(etc.join("konvert.toml")).unwrap(), text);
+    // --dir and --systemd exclude each other.
+    assert!(
+        !konvertctl(["init", "--systemd", "--dir", "x", "--authority", "kz.mvd"])
+            .status
+            .success()
+    );
+
+    // konvertd starts from this layout with the credentials the unit would pass.
+    let gid = nix::unistd::Gid::effective();
+    let moved = text
+        .replace("\"/etc/konvert/", &format!("\"{}/etc/konvert/", r.display()))
+        .replace(
+            "\"/var/lib/konvert\"",
+            &format!("\"{}/var/lib/konvert\"", r.display()),
+        )
+        .replace("\"/run/konvert/", &format!("\"{}/run/konvert/", r.display()))
+        .replace(
+            &format!("groups = [\"{user}\"]"),
+            &format!("groups = [\"{gid}\"]"),
+        );
+    let config = r.join("konvert-test.toml");
+    fs::write(&config, moved).unwrap();
+    fs::create_dir_all(r.join("run/konvert")).unwrap();
+    let credentials = r.join("credentials");
+    make_credentials(r, &credentials);
+    let log = r.join("konvertd.log");
+    let mut child = Command::new(bin("konvertd"))
+        .arg("--config")
+        .arg(&config)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("KONVERT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = r.join("run/konvert/api.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = http(&socket, "GET", "/v1/health", None) {
+            break;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "konvertd exited with {st}:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "konvertd did not come up:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}

@@ -148,7 +148,7 @@ fn keys_rotate_while_messages_keep_flowing_both_ways() {
     ]))
     .unwrap();
     assert!(r["tls_pin"].as_str().unwrap().starts_with("sha256/"), "{r}");
-    // Key files: new ones in place, old ones in previous/, all secrets 0600.
+    // Key files: new ones in place, old ones in rotation/, all secrets 0600.
     let keys = kz.dir.join("keys");
     for f in [
         "node.key.pem",
@@ -198,7 +198,7 @@ fn keys_rotate_while_messages_keep_flowing_both_ways() {
     let out = konvertctl(["keys", "retire", "--config", cfg]);
     assert!(!out.status.success());
     run(&["keys", "retire", "--config", cfg, "--force"]);
-    assert!(!keys.join("previous").exists());
+    assert_eq!(std::fs::read_dir(keys.join("rotation")).unwrap().count(), 0);
     let age = std::fs::read_to_string(keys.join("age.key")).unwrap();
     assert_eq!(age.matches("AGE-SECRET-KEY-1").count(), 1);
     kz.reload();
