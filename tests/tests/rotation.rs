@@ -154,8 +154,8 @@ fn keys_rotate_while_messages_keep_flowing_both_ways() {
         "node.key.pem",
         "tls.key.pem",
         "age.key",
-        "previous/node.key.pem",
-        "previous/tls.key.pem",
+        "rotation/node.key.pem",
+        "rotation/tls.key.pem",
     ] {
         assert_eq!(mode(&keys.join(f)), 0o600, "{f}");
     }
