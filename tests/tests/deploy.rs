@@ -873,3 +873,100 @@ fn init_systemd_lays_out_what_the_unit_and_tmpfiles_expect_and_konvertd_starts_f
     signal(&child, nix::sys::signal::Signal::SIGTERM);
     assert!(child.wait().unwrap().success());
 }
+
+// ---------------------------------------------------------------------------
+// The Debian package itself (only where cargo-deb is installed)
+
+/// Builds the package with `deploy/build-deb` (a release build: minutes)
+/// and checks its contents and control data against the repository's
+/// unit, sysusers/tmpfiles entries, man pages and binaries. Skipped with a
+/// printed reason when `cargo deb` or `dpkg-deb` is missing (CI does not
+/// install them: `cargo install cargo-deb --locked`).
+#[test]
+fn debian_package_builds_and_holds_what_the_unit_needs() {
+    let name = "debian_package_builds_and_holds_what_the_unit_needs";
+    let has_cargo_deb = Command::new(env!("CARGO"))
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_deb {
+        return skip(name, "cargo-deb is not installed (cargo install cargo-deb --locked)");
+    }
+    let Some(dpkg_deb) = tool("dpkg-deb") else {
+        return skip(name, "dpkg-deb is not installed");
+    };
+    let out_dir = TempDir::new().unwrap();
+    let deb = out_dir.path().join("konvert.deb");
+    let build = Command::new("sh")
+        .arg(workspace_root().join("deploy/build-deb"))
+        .arg("--output")
+        .arg(&deb)
+        .env("CARGO", env!("CARGO"))
+        .output()
+        .unwrap();
+    ok(build, "deploy/build-deb");
+    let info = ok(
+        Command::new(&dpkg_deb).arg("-I").arg(&deb).output().unwrap(),
+        "dpkg-deb -I",
+    );
+    for want in ["Package: konvert", "Depends:", "systemd (>= 250)", " postinst", " prerm", " postrm"] {
+        assert!(info.contains(want), "{want:?} not in dpkg-deb -I:\n{info}");
+    }
+    let list = ok(
+        Command::new(&dpkg_deb).arg("-c").arg(&deb).output().unwrap(),
+        "dpkg-deb -c",
+    );
+    let entries: Vec<(String, String)> = list
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), f.last()?.trim_start_matches('.').to_string()))
+        })
+        .collect();
+    let has = |path: &str, perms: &str| {
+        entries.iter().any(|(p, f)| f == path && p.ends_with(perms))
+    };
+    for (path, perms) in [
+        ("/usr/bin/konvertd", "rwxr-xr-x"),
+        ("/usr/bin/konvertctl", "rwxr-xr-x"),
+        ("/usr/lib/systemd/system/konvertd.service", "rw-r--r--"),
+        ("/usr/lib/sysusers.d/konvert.conf", "rw-r--r--"),
+        ("/usr/lib/tmpfiles.d/konvert.conf", "rw-r--r--"),
+        ("/usr/share/man/man8/konvertd.8.gz", "rw-r--r--"),
+        ("/usr/share/man/man1/konvertctl.1.gz", "rw-r--r--"),
+        ("/usr/share/man/man1/konvertctl-keys-rotate.1.gz", "rw-r--r--"),
+        ("/usr/share/bash-completion/completions/konvertctl", "rw-r--r--"),
+        ("/usr/share/zsh/vendor-completions/_konvertctl", "rw-r--r--"),
+        ("/usr/share/fish/vendor_completions.d/konvertctl.fish", "rw-r--r--"),
+        ("/usr/share/konvert/profiles/kz-by-2019.toml", "rw-r--r--"),
+        ("/usr/share/doc/konvert/examples/kz.mvd/konvert.toml", "rw-r--r--"),
+        ("/usr/share/doc/konvert/OPERATIONS.md", "rw-r--r--"),
+    ] {
+        assert!(has(path, perms), "{path} ({perms}) not in the package:\n{list}");
+    }
+    // The packaged unit and entries are the repository's, byte for byte.
+    for (inside, repo) in [
+        ("./usr/lib/systemd/system/konvertd.service", UNIT),
+        ("./usr/lib/sysusers.d/konvert.conf", "deploy/sysusers.d/konvert.conf"),
+        ("./usr/lib/tmpfiles.d/konvert.conf", "deploy/tmpfiles.d/konvert.conf"),
+    ] {
+        let x = TempDir::new().unwrap();
+        ok(
+            Command::new(&dpkg_deb).arg("-x").arg(&deb).arg(x.path()).output().unwrap(),
+            "dpkg-deb -x",
+        );
+        let got = fs::read_to_string(x.path().join(inside)).unwrap();
+        assert_eq!(got, read(repo), "{inside} differs from {repo}");
+        // The packaged binary runs and knows the commands the docs name.
+        if inside.ends_with("konvertd.service") {
+            let help = ok(
+                Command::new(x.path().join("usr/bin/konvertctl"))
+                    .args(["keys", "rotate", "--help"])
+                    .output()
+                    .unwrap(),
+                "packaged konvertctl keys rotate --help",
+            );
+            assert!(help.contains("--overlap"), "{help}");
+        }
+    }
+}
