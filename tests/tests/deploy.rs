@@ -890,7 +890,10 @@ fn debian_package_builds_and_holds_what_the_unit_needs() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_cargo_deb {
-        return skip(name, "cargo-deb is not installed (cargo install cargo-deb --locked)");
+        return skip(
+            name,
+            "cargo-deb is not installed (cargo install cargo-deb --locked)",
+        );
     }
     let Some(dpkg_deb) = tool("dpkg-deb") else {
         return skip(name, "dpkg-deb is not installed");
@@ -909,7 +912,14 @@ fn debian_package_builds_and_holds_what_the_unit_needs() {
         Command::new(&dpkg_deb).arg("-I").arg(&deb).output().unwrap(),
         "dpkg-deb -I",
     );
-    for want in ["Package: konvert", "Depends:", "systemd (>= 250)", " postinst", " prerm", " postrm"] {
+    for want in [
+        "Package: konvert",
+        "Depends:",
+        "systemd (>= 250)",
+        " postinst",
+        " prerm",
+        " postrm",
+    ] {
         assert!(info.contains(want), "{want:?} not in dpkg-deb -I:\n{info}");
     }
     let list = ok(
@@ -920,12 +930,13 @@ fn debian_package_builds_and_holds_what_the_unit_needs() {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            Some((f.first()?.to_string(), f.last()?.trim_start_matches('.').to_string()))
+            Some((
+                f.first()?.to_string(),
+                f.last()?.trim_start_matches('.').to_string(),
+            ))
         })
         .collect();
-    let has = |path: &str, perms: &str| {
-        entries.iter().any(|(p, f)| f == path && p.ends_with(perms))
-    };
+    let has = |path: &str, perms: &str| entries.iter().any(|(p, f)| f == path && p.ends_with(perms));
     for (path, perms) in [
         ("/usr/bin/konvertd", "rwxr-xr-x"),
         ("/usr/bin/konvertctl", "rwxr-xr-x"),
@@ -937,22 +948,48 @@ fn debian_package_builds_and_holds_what_the_unit_needs() {
         ("/usr/share/man/man1/konvertctl-keys-rotate.1.gz", "rw-r--r--"),
         ("/usr/share/bash-completion/completions/konvertctl", "rw-r--r--"),
         ("/usr/share/zsh/vendor-completions/_konvertctl", "rw-r--r--"),
-        ("/usr/share/fish/vendor_completions.d/konvertctl.fish", "rw-r--r--"),
+        (
+            "/usr/share/fish/vendor_completions.d/konvertctl.fish",
+            "rw-r--r--",
+        ),
         ("/usr/share/konvert/profiles/kz-by-2019.toml", "rw-r--r--"),
         ("/usr/share/doc/konvert/examples/kz.mvd/konvert.toml", "rw-r--r--"),
         ("/usr/share/doc/konvert/OPERATIONS.md", "rw-r--r--"),
+        ("/usr/share/doc/konvert/THREAT-MODEL.md", "rw-r--r--"),
     ] {
         assert!(has(path, perms), "{path} ({perms}) not in the package:\n{list}");
+    }
+    // Stripped binaries (the release profile keeps line tables: ~100 MB each).
+    let size_of = |path: &str| {
+        list.lines()
+            .find(|l| l.ends_with(&format!(".{path}")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    for b in ["/usr/bin/konvertd", "/usr/bin/konvertctl"] {
+        assert!(size_of(b) < 40 << 20, "{b} is {} bytes: not stripped", size_of(b));
     }
     // The packaged unit and entries are the repository's, byte for byte.
     for (inside, repo) in [
         ("./usr/lib/systemd/system/konvertd.service", UNIT),
-        ("./usr/lib/sysusers.d/konvert.conf", "deploy/sysusers.d/konvert.conf"),
-        ("./usr/lib/tmpfiles.d/konvert.conf", "deploy/tmpfiles.d/konvert.conf"),
+        (
+            "./usr/lib/sysusers.d/konvert.conf",
+            "deploy/sysusers.d/konvert.conf",
+        ),
+        (
+            "./usr/lib/tmpfiles.d/konvert.conf",
+            "deploy/tmpfiles.d/konvert.conf",
+        ),
     ] {
         let x = TempDir::new().unwrap();
         ok(
-            Command::new(&dpkg_deb).arg("-x").arg(&deb).arg(x.path()).output().unwrap(),
+            Command::new(&dpkg_deb)
+                .arg("-x")
+                .arg(&deb)
+                .arg(x.path())
+                .output()
+                .unwrap(),
             "dpkg-deb -x",
         );
         let got = fs::read_to_string(x.path().join(inside)).unwrap();
