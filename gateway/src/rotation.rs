@@ -895,4 +895,114 @@ mod tests {
         assert!(Kinds::ALL.any());
         assert_eq!(DEFAULT_OVERLAP.as_secs(), 7 * 24 * 3600);
     }
+
+    #[test]
+    fn rotate_keep_the_old_keys_for_the_window_and_retire_after_it() {
+        use std::time::Duration;
+        let t = tempfile::tempdir().unwrap();
+        let made = crate::init::init(&crate::init::InitOptions {
+            authority: AuthorityId::new("kz.mvd").unwrap(),
+            dir: t.path().join("kz"),
+            listen: "127.0.0.1:7443".parse().unwrap(),
+            api_socket: None,
+            name: None,
+            signatory: "head".into(),
+            force: false,
+        })
+        .unwrap();
+        let cfg = &made.config;
+        let keys_dir = t.path().join("kz/keys");
+        let data_dir = t.path().join("kz/data");
+        files::create_private_dir(&data_dir).unwrap();
+        let now = Timestamp::from_unix(1_800_000_000);
+        let before = offline::load_node_keys(&keys_dir).unwrap();
+        // Bad requests change nothing.
+        assert!(rotate(cfg, None, Kinds::default(), DEFAULT_OVERLAP, now).is_err());
+        assert!(rotate(cfg, None, Kinds::ALL, Duration::from_secs(10), now).is_err());
+        assert!(rotate(cfg, None, Kinds::ALL, Duration::from_secs(400 * 86_400), now).is_err());
+        assert!(load_statement(&keys_dir).unwrap().is_none());
+
+        let kinds = Kinds {
+            tls: false,
+            node: true,
+            age: true,
+        };
+        let done = rotate(cfg, None, kinds, Duration::from_secs(3600), now).unwrap();
+        assert!(done.tls_pin.is_none() && done.node_key_id.is_some() && done.age_recipient.is_some());
+        let st = load_statement(&keys_dir).unwrap().unwrap();
+        assert_eq!((st.effective, st.old_until), (now, now.plus_secs(3600)));
+        assert_eq!(
+            st.node_key.as_ref().unwrap().old.0,
+            before.signing.verifying_key().to_bytes()
+        );
+        assert!(st.tls_pin.is_none());
+        // A second rotation waits for retirement.
+        let e = rotate(cfg, None, Kinds::ALL, DEFAULT_OVERLAP, now).unwrap_err();
+        assert!(e.to_string().contains("retire"), "{e}");
+
+        // konvertd's view: the old node key towards a peer that has not
+        // accepted, inside the window; the new one after it; every age identity opens.
+        let own = OwnKeys::load(&keys_dir, &data_dir).unwrap();
+        let by = AuthorityId::new("by.mvd").unwrap();
+        let old = before.signing.verifying_key();
+        assert_eq!(own.for_peer(&by, now).signing.verifying_key(), old);
+        let new = own.current().signing.verifying_key();
+        assert_ne!(new, old);
+        assert_eq!(
+            own.for_peer(&by, now.plus_secs(3601)).signing.verifying_key(),
+            new
+        );
+        assert_eq!(own.current().previous_age.len(), 1);
+        assert_eq!(own.current().previous_age[0].recipient(), before.age.recipient());
+        assert_eq!(own.own_node_keys().len(), 2);
+        // No TLS rotation: the same identity everywhere.
+        let ids = own.identities([&by].into_iter(), now);
+        assert!(ids.client_for.is_empty());
+        assert_eq!(ids.server.pin(), ids.client.pin());
+
+        // Retire: refused inside the window, done after it.
+        assert!(retire(cfg, None, now, false).is_err());
+        let r = retire(cfg, None, now.plus_secs(3601), false).unwrap();
+        assert_eq!(r.age_identities_dropped, 1);
+        assert!(load_statement(&keys_dir).unwrap().is_none());
+        assert!(
+            retire(cfg, None, now.plus_secs(3601), false).is_err(),
+            "nothing left"
+        );
+        let own = OwnKeys::load(&keys_dir, &data_dir).unwrap();
+        assert!(own.current().previous_age.is_empty());
+        assert_eq!(own.for_peer(&by, now).signing.verifying_key(), new);
+
+        // Keys named by ${CREDENTIALS_DIRECTORY}: the keys directory must be given.
+        let text = std::fs::read_to_string(cfg).unwrap();
+        let cred = text.replace("keys_dir = \"keys\"", "keys_dir = \"${CREDENTIALS_DIRECTORY}\"");
+        assert_ne!(cred, text);
+        std::fs::write(cfg, cred).unwrap();
+        let e = rotate(cfg, None, Kinds::ALL, DEFAULT_OVERLAP, now).unwrap_err();
+        assert!(e.to_string().contains("--keys-dir"), "{e}");
+        rotate(cfg, Some(&keys_dir), Kinds::ALL, DEFAULT_OVERLAP, now).unwrap();
+        // As systemd passes the directory: files rotation_NAME.
+        let flat = t.path().join("credentials");
+        std::fs::create_dir(&flat).unwrap();
+        for e in std::fs::read_dir(&keys_dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, flat.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        for e in std::fs::read_dir(keys_dir.join(PREVIOUS_DIR)).unwrap() {
+            let p = e.unwrap().path();
+            let name = format!("{PREVIOUS_DIR}_{}", p.file_name().unwrap().to_str().unwrap());
+            std::fs::copy(&p, flat.join(name)).unwrap();
+        }
+        let own = OwnKeys::load(&flat, &data_dir).unwrap();
+        assert!(own.rotation(now).is_some());
+        let ids = own.identities([&by].into_iter(), now);
+        assert_eq!(ids.client_for.len(), 1, "old TLS client identity towards by.mvd");
+        assert_ne!(
+            ids.server.pin(),
+            ids.client.pin(),
+            "old server identity until by.mvd accepts"
+        );
+    }
 }
