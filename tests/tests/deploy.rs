@@ -12,9 +12,15 @@
 //!   RELOADING=1 and READY=1 around SIGHUP, and STOPPING=1 to NOTIFY_SOCKET;
 //! - man pages and shell completions come from konvertctl's own definitions,
 //!   and every command's `--help` has an example;
-//! - the Debian package metadata names files that exist.
+//! - the Debian package metadata names files that exist; where cargo-deb
+//!   and dpkg-deb are installed, `deploy/build-deb` builds the package (a
+//!   release build: minutes) and its contents and control data are checked;
+//! - `konvertctl init --systemd` under a temporary root lays out what the
+//!   unit's `LoadCredential=` lines and tmpfiles.d expect, and konvertd
+//!   starts from it.
 //!
-//! Tests that need a systemd tool skip, saying so, only when it is absent.
+//! Tests that need a systemd tool, cargo-deb or dpkg-deb skip, saying so,
+//! only when it is absent.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
