@@ -311,9 +311,9 @@ impl ConsentLedger {
         true
     }
 
-    /// Applies a consent request or decision (sent or received); checks
-    /// that it concerns data on record and goes between the right authorities.
-    pub fn apply(&mut self, msg: &Message) -> Result<(), ConsentError> {
+    /// Checks a consent request or decision as [`ConsentLedger::apply`]
+    /// would, without changing anything.
+    pub fn check_apply(&self, msg: &Message) -> Result<(), ConsentError> {
         let h = &msg.header;
         match &msg.body {
             MessageBody::ConsentRequest(r) => {
@@ -331,23 +331,11 @@ impl ConsentLedger {
                         to: h.to.clone(),
                     });
                 }
-                self.requests.insert(
-                    h.id,
-                    ConsentRecord {
-                        request: h.id,
-                        data: r.message,
-                        asked_by: h.from.clone(),
-                        provider: h.to.clone(),
-                        scope: ConsentFor::from(&r.scope),
-                        time: h.time,
-                        decision: None,
-                    },
-                );
                 Ok(())
             }
-            MessageBody::ConsentDecision(d) => {
+            MessageBody::ConsentDecision(_) => {
                 let r = h.in_reply_to.ok_or(ConsentError::MissingReplyTo)?;
-                let rec = self.requests.get_mut(&r).ok_or(ConsentError::UnknownRequest(r))?;
+                let rec = self.requests.get(&r).ok_or(ConsentError::UnknownRequest(r))?;
                 if rec.decision.as_ref().is_some_and(|x| x.message == h.id) {
                     return Ok(());
                 }
@@ -361,16 +349,43 @@ impl ConsentLedger {
                 if rec.decision.is_some() {
                     return Err(ConsentError::AlreadyDecided(r));
                 }
-                rec.decision = Some(ConsentDecisionRecord {
-                    message: h.id,
-                    granted: d.granted,
-                    conditional: d.conditions.as_deref().is_some_and(|c| !c.trim().is_empty()),
-                    time: h.time,
-                });
                 Ok(())
             }
             _ => Err(ConsentError::NotConsent(msg.kind())),
         }
+    }
+
+    /// Applies a consent request or decision (sent or received); checks
+    /// that it concerns data on record and goes between the right authorities.
+    pub fn apply(&mut self, msg: &Message) -> Result<(), ConsentError> {
+        self.check_apply(msg)?;
+        let h = &msg.header;
+        match &msg.body {
+            MessageBody::ConsentRequest(r) => {
+                self.requests.entry(h.id).or_insert_with(|| ConsentRecord {
+                    request: h.id,
+                    data: r.message,
+                    asked_by: h.from.clone(),
+                    provider: h.to.clone(),
+                    scope: ConsentFor::from(&r.scope),
+                    time: h.time,
+                    decision: None,
+                });
+            }
+            MessageBody::ConsentDecision(d) => {
+                // check_apply: in_reply_to names a request on record.
+                if let Some(rec) = h.in_reply_to.and_then(|r| self.requests.get_mut(&r)) {
+                    rec.decision.get_or_insert_with(|| ConsentDecisionRecord {
+                        message: h.id,
+                        granted: d.granted,
+                        conditional: d.conditions.as_deref().is_some_and(|c| !c.trim().is_empty()),
+                        time: h.time,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Whether the data of message `data` may be put to `use_` at time `at`.
@@ -469,6 +484,24 @@ impl ConsentLedger {
     /// Every consent request on record, by id.
     pub fn consents(&self) -> impl Iterator<Item = &ConsentRecord> {
         self.requests.values()
+    }
+    /// A consent request (with its decision, if any) by the request's id.
+    pub fn request(&self, id: &Id) -> Option<&ConsentRecord> {
+        self.requests.get(id)
+    }
+    /// Every provision on record, by message id.
+    pub fn provisions(&self) -> impl Iterator<Item = &Provision> {
+        self.provisions.values()
+    }
+    /// A ledger from its parts (as kept record by record by a gateway).
+    pub fn from_parts(
+        provisions: impl IntoIterator<Item = Provision>,
+        requests: impl IntoIterator<Item = ConsentRecord>,
+    ) -> ConsentLedger {
+        ConsentLedger {
+            provisions: provisions.into_iter().map(|p| (p.message, p)).collect(),
+            requests: requests.into_iter().map(|r| (r.request, r)).collect(),
+        }
     }
     /// Removes the provision of a destroyed message and the consents about it (Art. 11.5).
     pub fn forget(&mut self, message: &Id) {

@@ -87,7 +87,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_envelope: 64 * 1024 * 1024,
+            max_envelope: 320 * 1024 * 1024,
             max_header: 1024,
             max_message: 8 * 1024 * 1024,
             max_attachments: 256,
@@ -878,6 +878,27 @@ impl Authenticated {
         limits: &Limits,
         parts: &mut P,
     ) -> Result<Opened, OpenError> {
+        self.open_with(body, keys, signers, profile, now, limits, parts, |_| Ok(profile))
+    }
+
+    /// [`Authenticated::open`] for an agreement with several
+    /// profile versions (Art. 16): `profile` (the highest version, whose
+    /// dates in force are the agreement's) is checked before decrypting;
+    /// the decoded message is then validated against the version `version`
+    /// picks for it (the one its case was opened under, or the one in force
+    /// at its time).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_with<'p, R: Read, P: PartSink>(
+        &self,
+        body: R,
+        keys: &NodeKeys,
+        signers: &[TrustedSigner],
+        profile: &Profile,
+        now: Timestamp,
+        limits: &Limits,
+        parts: &mut P,
+        version: impl FnOnce(&Message) -> Result<&'p Profile, OpenError>,
+    ) -> Result<Opened, OpenError> {
         let header = &self.received.header;
         if header.to != keys.authority {
             return Err(OpenError::WrongRecipient {
@@ -956,7 +977,14 @@ impl Authenticated {
                 });
             }
         }
-        profile.validate(&message, now).map_err(OpenError::Invalid)?;
+        let governing = version(&message)?;
+        if governing.id != header.agreement {
+            return Err(OpenError::AgreementNotInForce {
+                agreement: header.agreement.clone(),
+                reason: format!("it is checked against the profile of {}", governing.id),
+            });
+        }
+        governing.validate(&message, now).map_err(OpenError::Invalid)?;
         Ok(Opened {
             message,
             claims,

@@ -1026,6 +1026,34 @@ pub enum Applied {
     Duplicate,
 }
 
+/// What [`CaseBook::apply`] will do, decided before anything changes.
+enum Plan {
+    Duplicate,
+    Open(Box<Case>),
+    Case(Transition),
+    Loose {
+        kind: MessageKind,
+        /// An authenticity query about a message outside a case.
+        query: Option<QueryRecord>,
+        /// The message answers `target` (with a confirmation's verdict).
+        decided: Option<(Id, Option<bool>)>,
+    },
+}
+
+impl Plan {
+    fn outcome(&self) -> Applied {
+        match self {
+            Plan::Duplicate => Applied::Duplicate,
+            Plan::Open(c) => Applied::Opened {
+                case: c.id(),
+                deadline: c.deadline(),
+            },
+            Plan::Case(t) => Applied::Case(t.clone()),
+            Plan::Loose { kind, .. } => Applied::Recorded { kind: *kind },
+        }
+    }
+}
+
 /// Every case of a gateway, and the index that finds the case of a message.
 ///
 /// The book is pure and serialisable; the gateway keeps it (or its cases)
@@ -1050,7 +1078,8 @@ impl CaseBook {
     }
 
     /// Checks `msg` as [`CaseBook::apply`] would, without changing anything:
-    /// the test before sealing an outgoing message.
+    /// the test before sealing an outgoing message. Nothing is cloned but
+    /// the one case the message belongs to.
     pub fn check(
         &self,
         msg: &Message,
@@ -1058,7 +1087,7 @@ impl CaseBook {
         now: Timestamp,
         profile: &Profile,
     ) -> Result<Applied, CaseError> {
-        self.clone().apply(msg, received_at, now, profile)
+        Ok(self.decide(msg, received_at, now, profile)?.outcome())
     }
 
     /// Applies a message sent or received under `profile` (the profile of
@@ -1076,6 +1105,45 @@ impl CaseBook {
         now: Timestamp,
         profile: &Profile,
     ) -> Result<Applied, CaseError> {
+        let plan = self.decide(msg, received_at, now, profile)?;
+        let outcome = plan.outcome();
+        let h = &msg.header;
+        match plan {
+            Plan::Duplicate => {}
+            Plan::Open(case) => {
+                self.index.insert(h.id, h.id);
+                self.cases.insert(h.id, *case);
+            }
+            Plan::Case(t) => {
+                if let Some(case) = self.cases.get_mut(&t.case) {
+                    case.apply(msg)?;
+                }
+                self.index.insert(h.id, t.case);
+            }
+            Plan::Loose { query, decided, .. } => {
+                if let Some(q) = query {
+                    self.queries.insert(h.id, q);
+                }
+                if let Some((target, confirmed)) = decided {
+                    if let (Some(c), Some(q)) = (confirmed, self.queries.get_mut(&target)) {
+                        q.confirmed = Some(c);
+                    }
+                    self.decided.insert(target);
+                }
+                self.record_loose(msg);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// What applying `msg` would do, decided without changing anything.
+    fn decide(
+        &self,
+        msg: &Message,
+        received_at: Timestamp,
+        now: Timestamp,
+        profile: &Profile,
+    ) -> Result<Plan, CaseError> {
         let h = &msg.header;
         let kind = msg.kind();
         if h.agreement != profile.id {
@@ -1087,28 +1155,23 @@ impl CaseBook {
         profile.in_force_at(h.time)?;
         profile.in_force_at(now)?;
         if self.index.contains_key(&h.id) || self.loose.contains_key(&h.id) {
-            return Ok(Applied::Duplicate);
+            return Ok(Plan::Duplicate);
         }
+        let loose = |query, decided| Plan::Loose { kind, query, decided };
         match &msg.body {
             MessageBody::Request(_) => {
                 let mut case = Case::open(msg, received_at, profile)?;
                 for (old, new) in &self.renamed {
                     case.rename_authority(old, new);
                 }
-                let deadline = case.deadline();
-                self.index.insert(h.id, h.id);
-                self.cases.insert(h.id, case);
-                Ok(Applied::Opened { case: h.id, deadline })
+                Ok(Plan::Open(Box::new(case)))
             }
             MessageBody::UnsolicitedInformation(_)
             | MessageBody::DirectoryUpdate(_)
-            | MessageBody::ConsentRequest(_) => {
-                self.record_loose(msg);
-                Ok(Applied::Recorded { kind })
-            }
+            | MessageBody::ConsentRequest(_) => Ok(loose(None, None)),
             MessageBody::AuthenticityQuery(q) => {
                 if let Some(case_id) = self.index.get(&q.message).copied() {
-                    return self.apply_to_case(case_id, msg);
+                    return self.decide_for_case(case_id, msg);
                 }
                 let Some(doubted) = self.loose.get(&q.message) else {
                     return Err(CaseError::UnknownCase {
@@ -1124,18 +1187,14 @@ impl CaseBook {
                         to: h.to.clone(),
                     });
                 }
-                self.queries.insert(
-                    h.id,
-                    QueryRecord {
-                        query: h.id,
-                        about: q.message,
-                        asked_by: h.from.clone(),
-                        asked: h.to.clone(),
-                        confirmed: None,
-                    },
-                );
-                self.record_loose(msg);
-                Ok(Applied::Recorded { kind })
+                let query = QueryRecord {
+                    query: h.id,
+                    about: q.message,
+                    asked_by: h.from.clone(),
+                    asked: h.to.clone(),
+                    confirmed: None,
+                };
+                Ok(loose(Some(query), None))
             }
             _ => {
                 let Some(target) = h.in_reply_to else {
@@ -1145,25 +1204,20 @@ impl CaseBook {
                     });
                 };
                 if let Some(case_id) = self.index.get(&target).copied() {
-                    return self.apply_to_case(case_id, msg);
+                    return self.decide_for_case(case_id, msg);
                 }
-                let Some(t) = self.loose.get(&target).cloned() else {
+                let Some(t) = self.loose.get(&target) else {
                     return Err(CaseError::UnknownCase {
                         kind,
                         reference: target,
                     });
                 };
-                self.apply_loose_answer(msg, target, &t)
+                self.decide_loose_answer(msg, target, t)
             }
         }
     }
 
-    fn apply_loose_answer(
-        &mut self,
-        msg: &Message,
-        target: Id,
-        t: &LooseMessage,
-    ) -> Result<Applied, CaseError> {
+    fn decide_loose_answer(&self, msg: &Message, target: Id, t: &LooseMessage) -> Result<Plan, CaseError> {
         let h = &msg.header;
         let kind = msg.kind();
         let expected_target = match &msg.body {
@@ -1199,24 +1253,23 @@ impl CaseBook {
                 reference: target,
             });
         }
-        if let (MessageBody::AuthenticityConfirmation(c), Some(q)) =
-            (&msg.body, self.queries.get_mut(&target))
-        {
-            q.confirmed = Some(c.confirmed);
-        }
-        self.decided.insert(target);
-        self.record_loose(msg);
-        Ok(Applied::Recorded { kind })
+        let confirmed = match &msg.body {
+            MessageBody::AuthenticityConfirmation(c) => Some(c.confirmed),
+            _ => None,
+        };
+        Ok(Plan::Loose {
+            kind,
+            query: None,
+            decided: Some((target, confirmed)),
+        })
     }
 
-    fn apply_to_case(&mut self, case_id: Id, msg: &Message) -> Result<Applied, CaseError> {
-        let case = self.cases.get_mut(&case_id).ok_or(CaseError::UnknownCase {
+    fn decide_for_case(&self, case_id: Id, msg: &Message) -> Result<Plan, CaseError> {
+        let case = self.cases.get(&case_id).ok_or(CaseError::UnknownCase {
             kind: msg.kind(),
             reference: case_id,
         })?;
-        let t = case.apply(msg)?;
-        self.index.insert(msg.header.id, case_id);
-        Ok(Applied::Case(t))
+        Ok(Plan::Case(case.check(msg)?))
     }
 
     fn record_loose(&mut self, msg: &Message) {
@@ -1299,6 +1352,53 @@ impl CaseBook {
     /// Authenticity queries about messages outside cases.
     pub fn loose_queries(&self) -> impl Iterator<Item = &QueryRecord> {
         self.queries.values()
+    }
+
+    /// An authenticity query about a message outside a case, by the query's id.
+    pub fn loose_query(&self, query: &Id) -> Option<&QueryRecord> {
+        self.queries.get(query)
+    }
+    /// Messages outside cases, by id.
+    pub fn loose_messages(&self) -> impl Iterator<Item = (&Id, &LooseMessage)> {
+        self.loose.iter()
+    }
+    /// Whether the message outside a case `target` has been answered
+    /// (an authenticity query confirmed, a consent request decided).
+    pub fn is_decided(&self, target: &Id) -> bool {
+        self.decided.contains(target)
+    }
+    /// The answered messages outside cases.
+    pub fn decided(&self) -> impl Iterator<Item = &Id> {
+        self.decided.iter()
+    }
+    /// Art. 2: the renamings and replacements applied, old id → new id.
+    pub fn renamed(&self) -> &BTreeMap<AuthorityId, AuthorityId> {
+        &self.renamed
+    }
+
+    /// A book from its parts (as kept record by record by a gateway): the
+    /// index of messages to cases is rebuilt from the cases' histories.
+    pub fn from_parts(
+        cases: impl IntoIterator<Item = Case>,
+        loose: impl IntoIterator<Item = (Id, LooseMessage)>,
+        queries: impl IntoIterator<Item = QueryRecord>,
+        decided: impl IntoIterator<Item = Id>,
+        renamed: impl IntoIterator<Item = (AuthorityId, AuthorityId)>,
+    ) -> CaseBook {
+        let mut book = CaseBook::new();
+        for c in cases {
+            let id = c.id();
+            for e in &c.history {
+                book.index.insert(e.message, id);
+            }
+            book.index.insert(id, id);
+            book.cases.insert(id, c);
+        }
+        book.loose = loose.into_iter().collect();
+        book.queries = queries.into_iter().map(|q| (q.query, q)).collect();
+        book.decided = decided.into_iter().collect();
+        book.renamed = renamed.into_iter().collect();
+        book
     }
 
     /// Open cases whose deadline passed at `now`, earliest deadline first.

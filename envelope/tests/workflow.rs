@@ -1011,7 +1011,11 @@ proptest! {
             let now = m.header.time.plus_secs(1);
             // The receiver decides; the sender applies what was accepted.
             let before = requested.clone();
+            // The dry run decides exactly as the real one.
+            let checked = requested.check(&m, now, now, &p);
+            prop_assert_eq!(&requested, &before);
             let a = requested.apply(&m, now, now, &p);
+            prop_assert_eq!(&checked, &a);
             let b = requester.apply(&m, now, now, &p);
             prop_assert_eq!(&a, &b);
             if a.is_ok() {
@@ -1027,7 +1031,19 @@ proptest! {
         let c = requested.case(&r.header.id).unwrap();
         prop_assert!(!c.is_overdue(c.deadline()));
         prop_assert_eq!(c.history().len(), 1 + sent.iter().filter(|m| requested.case_of(&m.header.id).is_some()).count());
-        prop_assert_eq!(CaseBook::from_cbor(&requested.to_cbor().unwrap()).unwrap(), requested);
+        prop_assert_eq!(CaseBook::from_cbor(&requested.to_cbor().unwrap()).unwrap(), requested.clone());
+        // Kept record by record (as konvertd keeps it), the book comes back
+        // whole, with the index of messages to cases rebuilt.
+        for book in [&requested, &requester] {
+            let rebuilt = CaseBook::from_parts(
+                book.cases().cloned(),
+                book.loose_messages().map(|(id, m)| (*id, m.clone())),
+                book.loose_queries().cloned(),
+                book.decided().copied(),
+                book.renamed().clone(),
+            );
+            prop_assert_eq!(&rebuilt, book);
+        }
     }
 
     /// Messages crossing in flight: each side applies its own message when

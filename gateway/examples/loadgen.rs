@@ -7,7 +7,7 @@
 //! information with one attachment of 1 KiB or 1 MiB, 1 / 16 / 256 in flight.
 //!
 //! ```text
-//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m] [--count N]
+//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m|256m] [--count N]
 //! ```
 //!
 //! `--only` runs one size and `--count` sets the messages of every round
@@ -154,6 +154,67 @@ async fn round(
     Ok(lat)
 }
 
+/// The process's peak resident memory so far (`VmHWM`), in KiB.
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One message of `size` bytes through both gateways (this process holds
+/// both): submit to verified receipt, and how much the process's peak
+/// memory grew meanwhile. The upload is written in 1 MiB pieces, so the
+/// figure is the gateways' own.
+async fn large_round(node: &Arc<Node>, size: usize) -> Result<(), Error> {
+    use std::io::Write;
+    let upload = Id::new(Timestamp::now());
+    {
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(node.uploads_dir.join(upload.to_string()))?);
+        let piece: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..size >> 20 {
+            f.write_all(&piece)?;
+        }
+        f.flush()?;
+    }
+    let before = peak_kib();
+    let id = Id::new(Timestamp::now());
+    let mut m = template()?;
+    m.header.id = id;
+    m.header.time = Timestamp::now();
+    for a in m.attachments_mut() {
+        a.file = Some(format!("upload:{upload}"));
+    }
+    let start = Instant::now();
+    outbound::submit(
+        node,
+        Submission {
+            message: m,
+            signatory: "head".into(),
+            sources: Vec::new(),
+            purpose: None,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    delivered(node, id).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let growth = peak_kib().saturating_sub(before);
+    println!(
+        "\n{} MiB message, submit to verified receipt: {:.1} s ({:.0} MB/s); peak memory of both gateways grew by {} MiB",
+        size >> 20,
+        secs,
+        size as f64 / secs / 1e6,
+        growth >> 10
+    );
+    Ok(())
+}
+
 /// Median of `f` over `n` runs.
 fn median(n: usize, mut f: impl FnMut()) -> Duration {
     let mut t: Vec<Duration> = (0..n)
@@ -277,6 +338,9 @@ async fn main() -> Result<(), Error> {
                 pct(&lat, 0.99).as_secs_f64() * 1e3,
             );
         }
+    }
+    if only.as_deref().is_none_or(|o| o == "256m") && !quick {
+        large_round(&kz, 256 << 20).await?;
     }
     kz_tx.send(Control::Stop).await?;
     by_tx.send(Control::Stop).await?;

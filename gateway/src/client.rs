@@ -571,6 +571,30 @@ impl Client {
         self.json(Method::GET, &format!("/v1/cases/{id}"), None).await
     }
 
+    /// `POST /v1/cases/{id}/close`.
+    pub async fn close_case(&self, id: Id) -> Result<crate::api::cases::CaseView, ClientError> {
+        self.json(Method::POST, &format!("/v1/cases/{id}/close"), None)
+            .await
+    }
+
+    /// `GET /v1/directory`.
+    pub async fn directory(&self) -> Result<crate::api::directory::DirectoryView, ClientError> {
+        self.json(Method::GET, "/v1/directory", None).await
+    }
+
+    /// `POST /v1/directory/changes`.
+    pub async fn directory_change(
+        &self,
+        request: &crate::api::directory::ChangeRequest,
+    ) -> Result<crate::api::directory::ChangeQueued, ClientError> {
+        let body = serde_json::to_value(request).map_err(|e| ClientError::Unexpected {
+            what: "POST /v1/directory/changes".into(),
+            reason: e.to_string(),
+        })?;
+        self.json(Method::POST, "/v1/directory/changes", Some(&body))
+            .await
+    }
+
     /// `GET /v1/receipts`: one page.
     pub async fn receipts(&self, q: &ReceiptQuery) -> Result<Page<ReceiptView>, ClientError> {
         self.json(Method::GET, &format!("/v1/receipts{}", q.to_query()), None)

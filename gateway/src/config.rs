@@ -163,7 +163,8 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Directory of the store (created with mode 0700).
     pub data_dir: PathBuf,
-    /// Agreement profile files.
+    /// Agreement profile files; several versions of one agreement (Art. 16,
+    /// each with its own `version`) may be listed, each once.
     pub profiles: Vec<PathBuf>,
     /// Where gateways reach this one.
     pub quic: QuicConfig,
@@ -235,7 +236,7 @@ pub struct QuicConfig {
 }
 
 fn default_max_envelope() -> u64 {
-    64 * 1024 * 1024
+    320 * 1024 * 1024
 }
 fn default_idle() -> Span {
     Span(Duration::from_secs(60))
@@ -468,8 +469,12 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Its contents, paths resolved.
     pub config: Config,
-    /// Profiles by agreement id.
+    /// The highest loaded version of each agreement's profile (its dates in
+    /// force are the agreement's: Art. 17).
     pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Every loaded version of every agreement (Art. 16): a case keeps the
+    /// version it was opened under.
+    pub versions: konvert_envelope::profile::ProfileVersions,
     /// Peer cards by authority.
     pub cards: BTreeMap<AuthorityId, AuthorityCard>,
 }
@@ -721,7 +726,8 @@ impl Loaded {
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let text = files::read_text(path, MAX_CONFIG)?;
         let config = Config::parse(&text, path)?;
-        let mut profiles = BTreeMap::new();
+        let mut profiles: BTreeMap<AgreementId, Profile> = BTreeMap::new();
+        let mut versions = konvert_envelope::profile::ProfileVersions::new();
         for (i, p) in config.profiles.iter().enumerate() {
             let text = files::read_text(p, MAX_CONFIG)?;
             let profile = Profile::from_toml_str(&text, &p.display().to_string()).map_err(|e| {
@@ -731,12 +737,19 @@ impl Loaded {
                     reason: e.to_string(),
                 }
             })?;
-            if profiles.insert(profile.id.clone(), profile).is_some() {
-                return Err(ConfigError::Invalid {
+            // Several versions of one agreement (Art. 16), each once.
+            versions
+                .insert(profile.clone())
+                .map_err(|e| ConfigError::Invalid {
                     path: path.to_path_buf(),
                     key: format!("profiles[{i}]"),
-                    reason: "a second profile for the same agreement".into(),
-                });
+                    reason: e.to_string(),
+                })?;
+            let newer = profiles
+                .get(&profile.id)
+                .is_none_or(|known| known.version() < profile.version());
+            if newer {
+                profiles.insert(profile.id.clone(), profile);
             }
         }
         let mut cards = BTreeMap::new();
@@ -776,6 +789,7 @@ impl Loaded {
             path: path.to_path_buf(),
             config,
             profiles,
+            versions,
             cards,
         })
     }

@@ -147,7 +147,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
         profiles,
         quic: QuicConfig {
             listen: o.listen,
-            max_envelope_bytes: 64 * 1024 * 1024,
+            max_envelope_bytes: 320 * 1024 * 1024,
             idle_timeout: crate::config::Span(std::time::Duration::from_secs(60)),
             keep_alive: crate::config::Span(std::time::Duration::from_secs(15)),
             max_streams_per_connection: 256,

@@ -45,6 +45,137 @@ pub fn load_roster(keys_dir: &Path) -> Result<Option<SignedRoster>, Error> {
         .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
+/// Why a configured signatory may not sign for this authority at a time
+/// (checked before sealing, so that the peer's `signer_not_authorised` is
+/// never the first to say it). Texts carry ids, versions and times only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAuthorised {
+    /// The signatory's key is not on the latest own roster (revoked, or never added).
+    #[error(
+        "signatory {id} is not on roster version {version} of {authority} (revoked or never added): \
+         peers refuse its signatures; sign with a signatory on the roster (`konvertctl signatory list`)"
+    )]
+    NotOnRoster {
+        /// The configured signatory id.
+        id: String,
+        /// This authority.
+        authority: AuthorityId,
+        /// The latest roster version.
+        version: u64,
+    },
+    /// On the roster, but its validity begins later.
+    #[error("signatory {id} may sign from {from} (roster version {version}), not at {at}")]
+    NotYetValid {
+        /// The configured signatory id.
+        id: String,
+        /// Start of its validity.
+        from: Timestamp,
+        /// The time checked.
+        at: Timestamp,
+        /// The latest roster version.
+        version: u64,
+    },
+    /// On the roster, but its validity has ended.
+    #[error("signatory {id} could sign until {until} (roster version {version}), not at {at}")]
+    Expired {
+        /// The configured signatory id.
+        id: String,
+        /// End of its validity.
+        until: Timestamp,
+        /// The time checked.
+        at: Timestamp,
+        /// The latest roster version.
+        version: u64,
+    },
+}
+
+/// Whether the holder of `key` (configured as signatory `id`) may sign at
+/// every time in `at` by this authority's latest `roster`, as a peer judges
+/// it: the key is on the roster and each time lies inside the signatory's
+/// `valid_from`..`valid_until`.
+pub fn check_signer(
+    roster: &Roster,
+    id: &str,
+    key: &konvert_envelope::keys::VerifyingKey,
+    at: &[Timestamp],
+) -> Result<(), NotAuthorised> {
+    let pk = PublicKeyBytes(key.to_bytes());
+    let s = roster
+        .signatory_by_key(&pk)
+        .ok_or_else(|| NotAuthorised::NotOnRoster {
+            id: id.to_owned(),
+            authority: roster.authority.clone(),
+            version: roster.version,
+        })?;
+    for t in at {
+        if *t < s.valid_from {
+            return Err(NotAuthorised::NotYetValid {
+                id: id.to_owned(),
+                from: s.valid_from,
+                at: *t,
+                version: roster.version,
+            });
+        }
+        if let Some(until) = s.valid_until.filter(|u| t > u) {
+            return Err(NotAuthorised::Expired {
+                id: id.to_owned(),
+                until,
+                at: *t,
+                version: roster.version,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The own roster as the daemon uses it for [`check_signer`]: read from
+/// `keys/roster.cose` and verified with the root key, again whenever the
+/// file changes (size, modification time or inode), so that a `signatory
+/// revoke` takes effect for local submissions at once, before the reload
+/// that sends the new version to the peers.
+#[derive(Debug, Default)]
+pub struct RosterCache {
+    cached: std::sync::Mutex<Option<(Option<FileStamp>, Option<SignedRoster>)>>,
+}
+
+/// What identifies a version of the roster file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    ino: u64,
+}
+
+impl RosterCache {
+    /// The latest own roster (`None` before the first one is made).
+    pub fn current(&self, keys_dir: &Path) -> Result<Option<SignedRoster>, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = match std::fs::metadata(keys_dir.join(ROSTER_FILE)) {
+            Ok(m) => Some(FileStamp {
+                len: m.len(),
+                modified: m.modified().ok(),
+                ino: m.ino(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::Usage(format!(
+                    "{}: {e}",
+                    keys_dir.join(ROSTER_FILE).display()
+                )))
+            }
+        };
+        let mut guard = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, r)) = guard.as_ref() {
+            if *s == stamp {
+                return Ok(r.clone());
+            }
+        }
+        let roster = load_roster(keys_dir)?;
+        *guard = Some((stamp, roster.clone()));
+        Ok(roster)
+    }
+}
+
 /// One signatory as `signatory list` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SignatoryView {
@@ -222,6 +353,82 @@ pub fn revoke(config_path: &Path, id: &str, now: Timestamp) -> Result<SignedRost
     write_roster(&d, &roster)
 }
 
+/// A renaming or replacement of an authority of this party (Art. 2), as
+/// `konvertctl authority rename|replace` gives it.
+#[derive(Debug, Clone)]
+pub struct AuthorityChangeArgs {
+    /// Replaced by another body (`true`) or renamed (`false`).
+    pub replaced: bool,
+    /// The id until `effective`.
+    pub old: AuthorityId,
+    /// The id from `effective` on.
+    pub new: AuthorityId,
+    /// The new name, in Russian.
+    pub name: String,
+    /// The new name in English.
+    pub name_en: Option<String>,
+    /// When it takes effect.
+    pub effective: Timestamp,
+    /// A note to the peers.
+    pub note: Option<String>,
+}
+
+/// Signs a renaming or replacement with this authority's root key (issued
+/// `now`) and returns the `directory_update` body that konvertd sends to
+/// every peer (`POST /v1/directory/changes`), and the API socket of the
+/// gateway's configuration. Checks what a peer would refuse: empty names,
+/// the same old and new id.
+pub fn authority_change(
+    config_path: &Path,
+    a: &AuthorityChangeArgs,
+    now: Timestamp,
+) -> Result<(konvert_envelope::model::DirectoryUpdate, PathBuf), Error> {
+    if a.old == a.new {
+        return Err(Error::Usage(format!(
+            "--old and --new are both {}: give the new id",
+            a.old
+        )));
+    }
+    if a.name.trim().is_empty() || a.name_en.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(Error::Usage("--name and --name-en must not be empty".into()));
+    }
+    let d = open(config_path)?;
+    let root = root_key(&d)?;
+    let (old, new, new_name, new_name_en, effective) = (
+        a.old.clone(),
+        a.new.clone(),
+        a.name.trim().to_owned(),
+        a.name_en.as_deref().map(|n| n.trim().to_owned()),
+        a.effective,
+    );
+    let change = if a.replaced {
+        konvert_envelope::model::DirectoryChange::AuthorityReplaced {
+            old,
+            new,
+            new_name,
+            new_name_en,
+            effective,
+        }
+    } else {
+        konvert_envelope::model::DirectoryChange::AuthorityRenamed {
+            old,
+            new,
+            new_name,
+            new_name_en,
+            effective,
+        }
+    };
+    let update = konvert_envelope::roster::authority_change_update(
+        &d.config.authority,
+        now,
+        change,
+        a.note.clone(),
+        &root,
+    )
+    .map_err(|e| Error::Usage(format!("authority change not signed: {e}")))?;
+    Ok((update, d.config.api.socket.clone()))
+}
+
 /// The roster and the configured signatories.
 pub fn list(config_path: &Path) -> Result<RosterView, Error> {
     let d = open(config_path)?;
@@ -339,5 +546,73 @@ mod tests {
         assert_eq!(view.version, Some(3));
         let petrov = view.signatories.iter().find(|s| s.id == "petrov").unwrap();
         assert!(!petrov.on_roster && petrov.configured);
+    }
+
+    #[test]
+    fn a_revoked_or_expired_signatory_may_not_sign_and_the_cache_sees_each_new_version() {
+        let t = tempfile::tempdir().unwrap();
+        let r = crate::init::init(&crate::init::InitOptions {
+            authority: AuthorityId::new("kz.mvd").unwrap(),
+            dir: t.path().join("kz"),
+            listen: "127.0.0.1:7443".parse().unwrap(),
+            api_socket: None,
+            name: None,
+            signatory: "head".into(),
+            force: false,
+        })
+        .unwrap();
+        let keys = t.path().join("kz/keys");
+        let cache = RosterCache::default();
+        // No roster yet: nothing to check against.
+        assert!(cache.current(&keys).unwrap().is_none());
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let until = now.plus_secs(3600);
+        add(&r.config, "head", "Иванов И. И.", "Министр", None, now).unwrap();
+        add(
+            &r.config,
+            "petrov",
+            "Петров П. П.",
+            "Заместитель",
+            Some(until),
+            now,
+        )
+        .unwrap();
+        let cfg = crate::config::Loaded::load(&r.config).unwrap().config;
+        let key_of = |id: &str| {
+            let c = cfg.signatories.iter().find(|s| s.id == id).unwrap();
+            offline::load_signing_key(&c.key).unwrap().verifying_key()
+        };
+        let (head, petrov) = (key_of("head"), key_of("petrov"));
+        let v2 = cache.current(&keys).unwrap().unwrap();
+        assert_eq!(v2.roster().version, 2);
+        check_signer(v2.roster(), "petrov", &petrov, &[now, now.plus_secs(60)]).unwrap();
+        // Before its validity, and after it.
+        assert!(matches!(
+            check_signer(v2.roster(), "petrov", &petrov, &[now.plus_secs(-1)]),
+            Err(NotAuthorised::NotYetValid { .. })
+        ));
+        let e = check_signer(v2.roster(), "petrov", &petrov, &[now, until.plus_secs(1)]).unwrap_err();
+        assert!(matches!(e, NotAuthorised::Expired { .. }), "{e}");
+        assert!(
+            e.to_string().contains("petrov") && !e.to_string().contains("Петров"),
+            "{e}"
+        );
+        // Revoked: the cache reads the new file at once.
+        revoke(&r.config, "petrov", now.plus_secs(10)).unwrap();
+        let v3 = cache.current(&keys).unwrap().unwrap();
+        assert_eq!(v3.roster().version, 3);
+        let e = check_signer(v3.roster(), "petrov", &petrov, &[now.plus_secs(20)]).unwrap_err();
+        assert_eq!(
+            e,
+            NotAuthorised::NotOnRoster {
+                id: "petrov".into(),
+                authority: AuthorityId::new("kz.mvd").unwrap(),
+                version: 3
+            }
+        );
+        check_signer(v3.roster(), "head", &head, &[now.plus_secs(20)]).unwrap();
+        // A roster file that does not verify is an error, not "no roster".
+        std::fs::write(keys.join(ROSTER_FILE), b"not a roster").unwrap();
+        assert!(cache.current(&keys).is_err());
     }
 }

@@ -769,6 +769,52 @@ async fn operator_routes_parse_their_parameters() {
 }
 
 #[tokio::test]
+async fn procedure_routes_check_ids_methods_and_bodies_before_the_service() {
+    let h = Harness::default().await;
+    let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+    // Closing: POST only, a UUID id, and the service's answer (none kept here).
+    assert_eq!(
+        h.get(&format!("/v1/cases/{id}/close")).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let r = h.post_json("/v1/cases/not-an-id/close", &json!({})).await;
+    r.problem("bad-request", 400);
+    assert_eq!(r.field(), "id");
+    h.post_json(&format!("/v1/cases/{id}/close"), &json!({}))
+        .await
+        .problem("not-found", 404);
+    h.post_json(&format!("/v1/cases/{id}/close?force=1"), &json!({}))
+        .await
+        .problem("bad-request", 400);
+    // The directory: GET only; an empty one from a service without it.
+    let v = h.get("/v1/directory").await.json();
+    assert_eq!(v, json!({"rosters": [], "changes": []}));
+    // A directory change: JSON with an `update` that is a directory_update body.
+    assert_eq!(
+        h.get("/v1/directory/changes").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let r = h
+        .post_json(
+            "/v1/directory/changes",
+            &json!({"update": {"change": {}}, "extra": 1}),
+        )
+        .await;
+    assert!(
+        r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{r:?}"
+    );
+    let r = h
+        .post_json("/v1/directory/changes", &json!({"signatory": "head"}))
+        .await;
+    assert!(
+        r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{r:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn health_and_peers() {
     let h = Harness::default().await;
     let r = h.get("/v1/health").await;

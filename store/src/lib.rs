@@ -30,6 +30,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod audit;
+mod blobs;
 mod error;
 mod ids;
 mod keys;
@@ -44,6 +45,7 @@ pub use audit::{
     last_audit_head, AuditAnchor, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind,
     VerifiedChain,
 };
+pub use blobs::{BlobKey, BlobReader, BlobRef, BlobWriter, CHUNK as BLOB_CHUNK};
 pub use error::{Error, Result};
 pub use ids::{CaseId, Clock, ManualClock, MessageId, SystemClock};
 pub use keys::{read_keyring_summary, rekey_keyring, KeyringSummary, MasterKey};
@@ -52,5 +54,5 @@ pub use model::{
     StoreStats, SweepReport,
 };
 pub use retention::RetentionPolicy;
-pub use store::{Store, StoreConfig};
+pub use store::{RecordOp, Store, StoreConfig, MAX_RECORD_KEY, MAX_RECORD_OPS, MAX_RECORD_VALUE};
 pub use sync::SyncMode;

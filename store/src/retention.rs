@@ -47,6 +47,15 @@ impl RetentionPolicy {
         self
     }
 
+    /// The longest retention of any message kind under `agreement`.
+    pub fn longest(&self, agreement: &str) -> Duration {
+        self.per_agreement_kind
+            .iter()
+            .filter(|((a, k), _)| a == agreement && k != "case")
+            .map(|(_, d)| *d)
+            .fold(self.retention(agreement, "*"), Duration::max)
+    }
+
     pub(crate) fn expiry(&self, now: i64, agreement: &str, kind: &str) -> i64 {
         add_secs(now, self.retention(agreement, kind))
     }

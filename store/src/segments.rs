@@ -36,6 +36,9 @@ pub(crate) struct Segments {
     files: RwLock<BTreeMap<i64, Arc<Seg>>>,
     /// Hours written since their last fdatasync.
     dirty: Mutex<HashSet<i64>>,
+    /// Finished blob files (and their directories) to `fdatasync` with the
+    /// next group, before the records that refer to them.
+    blobs: Mutex<Vec<(PathBuf, File)>>,
 }
 
 fn file_name(hour: i64) -> String {
@@ -85,6 +88,7 @@ impl Segments {
             dir,
             files: RwLock::new(files),
             dirty: Mutex::new(HashSet::new()),
+            blobs: Mutex::new(Vec::new()),
         })
     }
 
@@ -151,8 +155,31 @@ impl Segments {
         }
     }
 
-    /// `fdatasync` every file written since its last sync.
+    /// Has a finished blob file made durable by the next [`Segments::sync_dirty`].
+    pub(crate) fn defer_blob_sync(&self, path: PathBuf, file: File) {
+        self.blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path, file));
+    }
+
+    /// `fdatasync` every file written since its last sync (payload files,
+    /// then finished blobs and their directories).
     pub(crate) fn sync_dirty(&self) -> Result<()> {
+        let blobs = std::mem::take(&mut *self.blobs.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, file) in &blobs {
+            file.sync_data().map_err(|e| Error::io(path, e))?;
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            // Gone with its hour meanwhile (its blobs were discarded).
+            if d.exists() {
+                crate::keys::sync_dir(&d)?;
+            }
+        }
         let hours: Vec<i64> = self
             .dirty
             .lock()

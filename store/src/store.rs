@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{
     self, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind, VerifiedChain,
 };
+use crate::blobs::{BlobReader, BlobRef, BlobWriter};
 use crate::error::{Error, Result};
 use crate::ids::{CaseId, Clock, MessageId};
 use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
@@ -60,6 +61,21 @@ const P_DEADLINE: u8 = b'D';
 const P_META: u8 = b'M';
 /// The group marker: which new records the last fast-path put group writes.
 const P_GROUP: u8 = b'G';
+/// The application's own records ([`Store::records_apply`]).
+const P_RECORD: u8 = b'P';
+
+/// Longest key of an application record.
+pub const MAX_RECORD_KEY: usize = 255;
+/// Largest value of an application record. sled rewrites a leaf holding a
+/// value this large as a blob file on every change to the leaf: keep
+/// records small (a few KiB) and give rarely changed large ones keys that
+/// sort apart from often changed ones.
+pub const MAX_RECORD_VALUE: usize = 1 << 20;
+/// Most changes in one [`Store::records_apply`] call.
+pub const MAX_RECORD_OPS: usize = 4096;
+
+/// A change to an application record: set the key to a value, or remove it (`None`).
+pub type RecordOp = (Vec<u8>, Option<Vec<u8>>);
 
 // Expiry work classes.
 const X_PURGE_MANY: u8 = 2;
@@ -151,6 +167,14 @@ pub(crate) struct PreparedPut {
     rec: MsgRec,
     digest: [u8; 32],
     now: i64,
+    /// The receipt issued for an inbound message, written with it.
+    issued: Option<PreparedReceipt>,
+}
+
+/// An issued receipt sealed by its writer, written in the same group as its message.
+struct PreparedReceipt {
+    rec: ReceiptRec,
+    digest: [u8; 32],
 }
 
 /// The store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -158,7 +182,7 @@ pub struct Store {
     dir: PathBuf,
     db: sled::Db,
     /// Sealed payloads, in one append-only file per key hour.
-    segs: Segments,
+    segs: Arc<Segments>,
     keyring: RwLock<Keyring>,
     head: Mutex<Head>,
     gc: GroupCommit,
@@ -417,7 +441,7 @@ impl Store {
         let next_intent = repair_group(&db, &sled_dir, &mut head, next_intent)?;
         head.next_intent = next_intent;
         let gc = GroupCommit::new(config.sync_mode, &sled_dir)?;
-        let segs = Segments::open(dir.join("payloads"))?;
+        let segs = Arc::new(Segments::open(dir.join("payloads"))?);
         let store = Store {
             dir,
             db,
@@ -440,6 +464,7 @@ impl Store {
         let now = store.clock.now();
         store.destroy_expired_keys(now)?;
         store.segs.remove_before(hour_of(now))?;
+        crate::blobs::remove_before(store.segs.dir(), hour_of(now))?;
         Ok(store)
     }
 
@@ -582,6 +607,17 @@ impl Store {
         self.put_message(Direction::Inbound, msg)
     }
 
+    /// [`Store::put_inbox`] and [`Store::put_issued_receipt`] in one
+    /// durable write: the message and the receipt issued for it are
+    /// stored together (one sync instead of two), so a receipt is never on
+    /// record without its message. For a duplicate nothing is written and
+    /// the receipt on record stays.
+    pub fn put_inbox_with_receipt(&self, msg: &NewMessage, receipt: &NewReceipt) -> Result<Put> {
+        let mut job = self.prepare_put(Direction::Inbound, msg)?;
+        job.issued = Some(self.prepare_issued(&msg.id, &msg.peer, receipt)?);
+        self.commit_put(job)
+    }
+
     /// [`Store::put_outbox`] for async callers: the same durability, but
     /// the caller's task waits without blocking its thread (the group
     /// commit's service threads sync and apply).
@@ -623,6 +659,10 @@ impl Store {
 
     fn put_message(&self, dir: Direction, msg: &NewMessage) -> Result<Put> {
         let job = self.prepare_put(dir, msg)?;
+        self.commit_put(job)
+    }
+
+    fn commit_put(&self, job: PreparedPut) -> Result<Put> {
         match self
             .gc
             .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
@@ -695,6 +735,28 @@ impl Store {
             rec,
             digest,
             now,
+            issued: None,
+        })
+    }
+
+    /// Seal an issued receipt under the key of its audit-retention hour.
+    fn prepare_issued(&self, id: &MessageId, peer: &str, receipt: &NewReceipt) -> Result<PreparedReceipt> {
+        check_name("outcome", &receipt.outcome)?;
+        let now = self.clock.now();
+        let expires_at = self.retention.audit_expiry(now);
+        let key_hour = hour_of(expires_at);
+        let key = self.bucket_key(key_hour)?;
+        let sealed = key.seal(&receipt_aad_dir(Direction::Inbound, id, key_hour), &receipt.bytes);
+        Ok(PreparedReceipt {
+            rec: ReceiptRec {
+                peer: peer.to_owned(),
+                outcome: receipt.outcome.clone(),
+                at: now,
+                expires_at,
+                key_hour,
+                sealed: ByteBuf::from(sealed),
+            },
+            digest: Sha256::digest(&receipt.bytes).into(),
         })
     }
 
@@ -713,7 +775,9 @@ impl Store {
         // durable before handing it over: no record reaches sled before its
         // payload is on disk.)
         let mut head = self.head();
-        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.rec.case.is_some());
+        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|(_, j)| j.rec.case.is_some() || j.issued.is_some());
         let mut results = if case_jobs.is_empty() {
             Vec::with_capacity(jobs.len())
         } else {
@@ -817,6 +881,7 @@ impl Store {
     fn apply_put_chunk(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<Applied>> {
         let mut out = Vec::with_capacity(jobs.len());
         for (ticket, job) in jobs {
+            // (Puts with an issued receipt take the intent path.)
             let PreparedPut {
                 dir,
                 id,
@@ -824,6 +889,7 @@ impl Store {
                 rec,
                 digest,
                 now,
+                issued: _,
             } = job;
             let meta = match rec.meta(dir, id) {
                 Ok(m) => m,
@@ -885,6 +951,7 @@ impl Store {
                 rec,
                 digest,
                 now,
+                issued,
             } = job;
             if let Some(m) = in_batch.get(&(dir, id)) {
                 results.push((
@@ -947,6 +1014,10 @@ impl Store {
                 hour_value(rec.key_hour),
             );
             events.push((now, put_event(dir, &id, &rec, digest)));
+            if let Some(r) = issued {
+                let ev = issued_ops(&mut batch, &id, &r.rec, r.digest);
+                events.push((now, ev));
+            }
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
         }
@@ -1527,39 +1598,17 @@ impl Store {
     /// duplicate envelope gets the same receipt again).
     pub fn put_issued_receipt(&self, id: &MessageId, receipt: &NewReceipt) -> Result<Receipt> {
         self.gc.check()?;
-        check_name("outcome", &receipt.outcome)?;
-        let now = self.clock.now();
-        let expires_at = self.retention.audit_expiry(now);
-        let key_hour = hour_of(expires_at);
-        let key = self.bucket_key(key_hour)?;
-        let sealed = key.seal(&receipt_aad_dir(Direction::Inbound, id, key_hour), &receipt.bytes);
         {
+            let peer = self.load(Direction::Inbound, id)?.peer;
+            let prepared = self.prepare_issued(id, &peer, receipt)?;
             let mut head = self.head();
-            let rec = self.load(Direction::Inbound, id)?;
             if let Some(raw) = self.db.get(issued_key(id))? {
                 drop(head);
                 return self.decode_receipt_dir(Direction::Inbound, id, &raw);
             }
-            let rr = ReceiptRec {
-                peer: rec.peer.clone(),
-                outcome: receipt.outcome.clone(),
-                at: now,
-                expires_at,
-                key_hour,
-                sealed: ByteBuf::from(sealed),
-            };
             let mut batch = Batch::default();
-            batch.insert(issued_key(id), encode(&rr));
-            let mut pk = peer_prefix(P_ISSUED_PEER, None, &rec.peer);
-            pk.extend_from_slice(&id.0);
-            batch.insert(pk, EMPTY);
-            batch.insert(exp_key(key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
-            let ev = AuditEvent::new(AuditKind::ReceiptIssued)
-                .message(*id)
-                .peer(&rec.peer)
-                .detail(&receipt.outcome)
-                .digest(Sha256::digest(&receipt.bytes).into());
-            self.apply(&mut head, batch, &[ev], now)?;
+            let ev = issued_ops(&mut batch, id, &prepared.rec, prepared.digest);
+            self.apply(&mut head, batch, &[ev], prepared.rec.at)?;
         }
         self.commit()?;
         self.issued_receipt(id)
@@ -1973,6 +2022,7 @@ impl Store {
         let mut done = 0usize;
         // 1. The payload files of expired hours (their keys are gone).
         self.segs.remove_before(cur)?;
+        crate::blobs::remove_before(self.segs.dir(), cur)?;
         // 2. Records to mark destroyed, metadata, receipts and cases past their time.
         let mut end = vec![P_EXP];
         end.extend_from_slice(&sortable(cur));
@@ -2533,6 +2583,122 @@ impl Store {
         self.commit()
     }
 
+    /// [`Store::sync`] for async callers: waits, without blocking the
+    /// task's thread, until everything applied so far is durable (group
+    /// commit: one sync serves every writer waiting).
+    pub async fn sync_async(self: &Arc<Self>) -> Result<()> {
+        self.ensure_servers();
+        match self.gc.sync_async().await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Poisoned),
+        }
+    }
+
+    // ---- blobs ----
+
+    /// A writer for a large part of the payload of a message under
+    /// `agreement` and `kind` that will be stored soon (see
+    /// [`crate::BlobWriter`]): streamed, sealed chunk by chunk, in bounded
+    /// memory. Put the [`BlobRef`] that [`BlobWriter::finish`] returns into
+    /// the message's payload; its file is removed a little after the
+    /// message's expiry hour (or by [`Store::blob_discard`]).
+    /// With `kind` `None` (not known yet), the longest retention of the
+    /// agreement's kinds counts.
+    pub fn blob_writer(&self, agreement: &str, kind: Option<&str>) -> Result<BlobWriter> {
+        self.gc.check()?;
+        check_name("agreement", agreement)?;
+        let retention = match kind {
+            Some(k) => {
+                check_name("kind", k)?;
+                self.retention.retention(agreement, k)
+            }
+            None => self.retention.longest(agreement),
+        };
+        let expires = crate::retention::add_secs(self.clock.now(), retention);
+        // The hour after the message's: the message is stored after the
+        // blob, within the hour, so its expiry hour is at most this one.
+        let syncer = (self.gc.mode() == SyncMode::Fdatasync).then(|| Arc::clone(&self.segs));
+        BlobWriter::create(self.segs.dir(), hour_of(expires) + 1, syncer)
+    }
+
+    /// Reads a blob back (every chunk authenticated; length and SHA-256
+    /// checked at the end). [`Error::Destroyed`] once its file is gone.
+    pub fn blob_reader(&self, blob: &BlobRef) -> Result<BlobReader> {
+        BlobReader::open(self.segs.dir(), blob)
+    }
+
+    /// Removes a blob no message refers to (its message was refused or
+    /// not stored). Removing one that is gone already is not an error.
+    pub fn blob_discard(&self, blob: &BlobRef) -> Result<()> {
+        let p = crate::blobs::path_of(self.segs.dir(), blob.hour, &blob.id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
+    // ---- application records ----
+
+    /// Applies changes to the application's own small records (the
+    /// gateway keeps its procedure state here: cases, consents, the peers'
+    /// directory) as one atomic group: after a crash either all of them or
+    /// none are there. They are visible to [`Store::records`] at once and
+    /// durable once a later [`Store::sync`] or [`Store::sync_async`]
+    /// returns; a caller that needs its changes in order applies them
+    /// under its own lock and syncs outside it (many writers then share one
+    /// sync). Records are not encrypted and not audited: keep ids, states
+    /// and digests in them, no message content.
+    pub fn records_apply(&self, ops: Vec<RecordOp>) -> Result<()> {
+        self.gc.check()?;
+        if ops.len() > MAX_RECORD_OPS {
+            return Err(Error::Invalid(format!(
+                "{} record changes in one group; at most {MAX_RECORD_OPS}",
+                ops.len()
+            )));
+        }
+        let mut batch = Batch::default();
+        for (key, value) in ops {
+            if key.is_empty() || key.len() > MAX_RECORD_KEY {
+                return Err(Error::Invalid(format!(
+                    "record key of {} bytes; must be 1..={MAX_RECORD_KEY}",
+                    key.len()
+                )));
+            }
+            let mut k = Vec::with_capacity(1 + key.len());
+            k.push(P_RECORD);
+            k.extend_from_slice(&key);
+            match value {
+                Some(v) if v.len() > MAX_RECORD_VALUE => {
+                    return Err(Error::Invalid(format!(
+                        "record value of {} bytes; at most {MAX_RECORD_VALUE}",
+                        v.len()
+                    )))
+                }
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut head = self.head();
+        self.apply(&mut head, batch, &[], now)?;
+        Ok(())
+    }
+
+    /// The application records whose keys start with `prefix`, in key order.
+    pub fn records(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        let mut p = Vec::with_capacity(1 + prefix.len());
+        p.push(P_RECORD);
+        p.extend_from_slice(prefix);
+        self.db.scan_prefix(p).map(|r| {
+            let (k, v) = r?;
+            Ok((k[1..].to_vec(), v.to_vec()))
+        })
+    }
+
     /// Fault injection for tests: the next sync fails, which poisons the store.
     #[doc(hidden)]
     pub fn fail_next_sync_for_tests(&self) {
@@ -2625,6 +2791,21 @@ fn decode_group(v: &[u8]) -> Result<GroupMarker> {
         puts.push((d, MessageId(id), tag));
     }
     Ok((gseq, aseq, puts))
+}
+
+/// The writes and the audit event of an issued receipt: its record, its
+/// peer index entry and its purge entry at the end of its audit retention.
+fn issued_ops(batch: &mut Batch, id: &MessageId, rr: &ReceiptRec, digest: [u8; 32]) -> AuditEvent {
+    let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
+    pk.extend_from_slice(&id.0);
+    batch.insert(issued_key(id), encode(rr));
+    batch.insert(pk, EMPTY);
+    batch.insert(exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
+    AuditEvent::new(AuditKind::ReceiptIssued)
+        .message(*id)
+        .peer(&rr.peer)
+        .detail(&rr.outcome)
+        .digest(digest)
 }
 
 fn put_event(dir: Direction, id: &MessageId, rec: &MsgRec, digest: [u8; 32]) -> AuditEvent {

@@ -104,6 +104,8 @@ enum Waiter {
     Thread(Thread),
     /// A task awaiting [`GroupCommit::commit_async`]: the result is sent.
     Task(oneshot::Sender<Result<Option<Put>>>),
+    /// A task awaiting [`GroupCommit::sync_async`]: told when its ticket is durable.
+    Synced(oneshot::Sender<Result<()>>),
 }
 
 /// What a service thread did in [`GroupCommit::serve_once`].
@@ -197,6 +199,10 @@ impl GroupCommit {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn mode(&self) -> SyncMode {
+        self.mode
+    }
+
     pub(crate) fn is_poisoned(&self) -> bool {
         self.lock().poisoned
     }
@@ -279,6 +285,24 @@ impl GroupCommit {
         let ticket = st.issued;
         st.queue.push((ticket, job));
         st.waiters.insert(ticket, Waiter::Task(tx));
+        Self::wake_servers(&mut st);
+        rx
+    }
+
+    /// Take a ticket covering every write applied so far and return at
+    /// once; the receiver is told when it is durable (or the store poisoned).
+    /// For async writers that applied their changes themselves; the roles
+    /// are taken by service threads, which the caller must have started.
+    pub(crate) fn sync_async(&self) -> oneshot::Receiver<Result<()>> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.poisoned {
+            let _ = tx.send(Err(Error::Poisoned));
+            return rx;
+        }
+        st.issued += 1;
+        let ticket = st.issued;
+        st.waiters.insert(ticket, Waiter::Synced(tx));
         Self::wake_servers(&mut st);
         rx
     }
@@ -431,6 +455,15 @@ impl GroupCommit {
                     };
                     // The task may have gone (its future dropped): the
                     // write stays durable all the same.
+                    let _ = tx.send(r);
+                }
+                Waiter::Synced(tx) => {
+                    let r = if st.poisoned {
+                        Err(Error::Poisoned)
+                    } else {
+                        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    };
                     let _ = tx.send(r);
                 }
             }

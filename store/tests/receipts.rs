@@ -198,3 +198,78 @@ fn delivered_straight_from_queued_counts_as_sent_and_ids_list_without_records() 
         2
     );
 }
+
+#[test]
+fn a_message_and_its_issued_receipt_are_stored_in_one_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = Arc::new(open(tmp.path(), clock.clone()));
+    // (The first message and receipt of an hour create its keys: a write each.)
+    let first = msg(ms(T0) - 1, "by.mvd", "request", b"first");
+    s.put_inbox_with_receipt(&first, &receipt("accepted", b"first receipt"))
+        .unwrap();
+    let syncs_before = s.stats().syncs;
+    let inb = msg(ms(T0), "by.mvd", "request", b"received");
+    let put = s
+        .put_inbox_with_receipt(&inb, &receipt("accepted", b"our receipt"))
+        .unwrap();
+    assert!(put.created);
+    // One sync for both.
+    assert_eq!(s.stats().syncs - syncs_before, 1);
+    assert_eq!(s.issued_receipt(&inb.id).unwrap().bytes, b"our receipt");
+    assert_eq!(s.inbox_get(&inb.id).unwrap().payload, b"received");
+    // A duplicate changes neither (the first receipt stays).
+    let again = s
+        .put_inbox_with_receipt(&inb, &receipt("accepted", b"another"))
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(s.issued_receipt(&inb.id).unwrap().bytes, b"our receipt");
+    // A bad outcome text is refused before anything is written.
+    let bad = msg(ms(T0) + 1, "by.mvd", "request", b"x");
+    assert!(s
+        .put_inbox_with_receipt(&bad, &receipt("bad\noutcome", b"r"))
+        .is_err());
+    assert!(matches!(s.inbox_get(&bad.id), Err(Error::NotFound { .. })));
+    // Concurrent writers of both kinds share groups; every receipt is
+    // listed with its message and audited once.
+    std::thread::scope(|sc| {
+        for t in 0..4u64 {
+            let s = &s;
+            sc.spawn(move || {
+                for i in 0..25u64 {
+                    let m = msg(ms(T0) + 100 + t * 1000 + i, "kz.mvd", "response", b"p");
+                    if i % 2 == 0 {
+                        s.put_inbox_with_receipt(&m, &receipt("accepted", &m.id.0))
+                            .unwrap();
+                    } else {
+                        s.put_inbox(&m).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let listed = s
+        .receipts_by_peer_dir(Direction::Inbound, "kz.mvd", None, 1000)
+        .unwrap();
+    assert_eq!(listed.len(), 4 * 13);
+    for r in &listed {
+        assert_eq!(r.bytes, r.message.0);
+        assert!(s.inbox_get(&r.message).is_ok());
+    }
+    let issued = s
+        .audit_list(0, 10_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.kind == AuditKind::ReceiptIssued)
+        .count();
+    assert_eq!(issued, 2 + 4 * 13);
+    drop(s);
+    let s = open(tmp.path(), clock);
+    assert_eq!(
+        s.receipts_by_peer_dir(Direction::Inbound, "kz.mvd", None, 1000)
+            .unwrap()
+            .len(),
+        52
+    );
+    s.audit_verify().unwrap();
+}

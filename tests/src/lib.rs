@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The workspace root.
 pub fn workspace_root() -> &'static Path {
@@ -242,6 +242,23 @@ impl Gateway {
         http(&self.socket(), method, path, body)
     }
 
+    /// The process id of its running `konvertd`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A value in kB from the `konvertd` process's `/proc/PID/status`, e.g.
+    /// `VmHWM` (the peak resident memory so far).
+    pub fn proc_status_kb(&self, field: &str) -> u64 {
+        let pid = self.pid().expect("konvertd is not running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    }
+
     /// Like [`Gateway::try_request`], panicking on I/O errors.
     pub fn request(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, Vec<u8>) {
         self.try_request(method, path, body).unwrap()
@@ -355,4 +372,64 @@ pub fn example(name: &str) -> Value {
 /// A fresh message id (UUIDv7 text).
 pub fn new_id() -> String {
     konvert_envelope::model::Id::new(konvert_envelope::model::Timestamp::now()).to_string()
+}
+
+/// Replaces every attachment of `v` (objects with a `media_type` and a
+/// `sha256`) by an upload to `gw` of `bytes`; returns how many.
+pub fn upload_attachments(gw: &Gateway, v: &mut Value, bytes: &[u8]) -> usize {
+    let mut n = 0;
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("media_type") && map.contains_key("sha256") {
+                let mt = map["media_type"].as_str().unwrap().to_string();
+                let (code, body) = gw.request("POST", "/v1/uploads", Some((&mt, bytes)));
+                assert_eq!(code, 201, "upload: {}", String::from_utf8_lossy(&body));
+                let up: Value = serde_json::from_slice(&body).unwrap();
+                *v = json!({ "media_type": mt, "file": format!("upload:{}", up["id"].as_str().unwrap()) });
+                return 1;
+            }
+            for (_, x) in map.iter_mut() {
+                n += upload_attachments(gw, x, bytes);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                n += upload_attachments(gw, x, bytes);
+            }
+        }
+        _ => {}
+    }
+    n
+}
+
+/// An example made ready to send from `gw` to `to`: fresh id, current
+/// time, the given reply link, attachments uploaded.
+pub fn message(
+    gw: &Gateway,
+    name: &str,
+    to: &str,
+    in_reply_to: Option<&str>,
+    attachment: &[u8],
+) -> (String, Value) {
+    let mut m = example(name);
+    let id = new_id();
+    m["header"]["id"] = json!(id);
+    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+    m["header"]["from"] = json!(gw.authority);
+    m["header"]["to"] = json!(to);
+    match in_reply_to {
+        Some(r) => m["header"]["in_reply_to"] = json!(r),
+        None => {
+            m["header"].as_object_mut().unwrap().remove("in_reply_to");
+        }
+    }
+    upload_attachments(gw, &mut m, attachment);
+    (id, json!({ "message": m, "signatory": "head" }))
+}
+
+/// Submits `doc` (`POST /v1/messages`); returns the message id. Panics unless 202.
+pub fn submit(gw: &Gateway, doc: &Value) -> String {
+    let (code, body) = gw.post_json("/v1/messages", doc);
+    assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
+    body["id"].as_str().unwrap().to_string()
 }

@@ -6,63 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use konvert_tests::{example, new_id, Gateway};
+use konvert_tests::{example, message, new_id, submit, Gateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Replaces every attachment of `v` (objects with a `media_type` and a
-/// `sha256`) by an upload to `gw` of `bytes`; returns how many.
-fn upload_attachments(gw: &Gateway, v: &mut Value, bytes: &[u8]) -> usize {
-    let mut n = 0;
-    match v {
-        Value::Object(map) => {
-            if map.contains_key("media_type") && map.contains_key("sha256") {
-                let mt = map["media_type"].as_str().unwrap().to_string();
-                let (code, body) = gw.request("POST", "/v1/uploads", Some((&mt, bytes)));
-                assert_eq!(code, 201, "upload: {}", String::from_utf8_lossy(&body));
-                let up: Value = serde_json::from_slice(&body).unwrap();
-                *v = json!({ "media_type": mt, "file": format!("upload:{}", up["id"].as_str().unwrap()) });
-                return 1;
-            }
-            for (_, x) in map.iter_mut() {
-                n += upload_attachments(gw, x, bytes);
-            }
-        }
-        Value::Array(a) => {
-            for x in a {
-                n += upload_attachments(gw, x, bytes);
-            }
-        }
-        _ => {}
-    }
-    n
-}
-
-/// An example made ready to send from `gw` to `to`: fresh id, current
-/// time, the given reply link, attachments uploaded.
-fn message(
-    gw: &Gateway,
-    name: &str,
-    to: &str,
-    in_reply_to: Option<&str>,
-    attachment: &[u8],
-) -> (String, Value) {
-    let mut m = example(name);
-    let id = new_id();
-    m["header"]["id"] = json!(id);
-    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
-    m["header"]["from"] = json!(gw.authority);
-    m["header"]["to"] = json!(to);
-    match in_reply_to {
-        Some(r) => m["header"]["in_reply_to"] = json!(r),
-        None => {
-            m["header"].as_object_mut().unwrap().remove("in_reply_to");
-        }
-    }
-    upload_attachments(gw, &mut m, attachment);
-    (id, json!({ "message": m, "signatory": "head" }))
-}
 
 /// A small message outside any request case (Art. 8 information, a
 /// summary only, no attachments): for tests of delivery, not of the
@@ -87,12 +34,6 @@ fn note(gw: &Gateway, to: &str) -> (String, Value) {
         .unwrap()
         .remove("attachments");
     (id, json!({ "message": m, "signatory": "head" }))
-}
-
-fn submit(gw: &Gateway, doc: &Value) -> String {
-    let (code, body) = gw.post_json("/v1/messages", doc);
-    assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
-    body["id"].as_str().unwrap().to_string()
 }
 
 fn inbox_ids(gw: &Gateway) -> Vec<String> {
@@ -277,7 +218,7 @@ fn a_gateway_whose_key_is_not_pinned_is_refused() {
 fn an_oversize_envelope_is_refused_with_a_receipt_code() {
     let t = tempfile::tempdir().unwrap();
     let (mut kz, mut by) = pair(t.path());
-    by.edit_config("max_envelope_bytes = 67108864", "max_envelope_bytes = 8192");
+    by.edit_config("max_envelope_bytes = 335544320", "max_envelope_bytes = 8192");
     kz.start();
     by.start();
     let big = vec![7u8; 50_000];

@@ -279,7 +279,7 @@ fn a_refusal_with_grounds_is_the_same_on_both_sides_and_an_answer_to_no_request_
     let (req, doc) = message(&kz, "request", "by.mvd", None);
     send(&kz, &doc);
     wait_case(&by, &req, "received");
-    let (_r, doc) = message(&by, "response-refused", "kz.mvd", Some(&req));
+    let (refusal, doc) = message(&by, "response-refused", "kz.mvd", Some(&req));
     send(&by, &doc);
     wait_case(&kz, &req, "partially_refused");
     let c = assert_same_case(&kz, &by, &req);
@@ -295,6 +295,60 @@ fn a_refusal_with_grounds_is_the_same_on_both_sides_and_an_answer_to_no_request_
         assert_eq!(g.get_json("/v1/cases?overdue=true")["items"], json!([]));
         assert_eq!(g.get_json("/v1/cases?due_within=40d")["items"], json!([]));
     }
+
+    // Art. 11.5: KZ closes the ended case on its side (a local step) ...
+    let sock = kz.socket();
+    let sock = sock.to_str().unwrap();
+    let out = konvertctl(["--socket", sock, "--json", "requests", "close", &req]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let closed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(closed["state"], json!("closed"), "{closed}");
+    assert_eq!(closed["grounds"], json!(["contradicts_national_law"]), "{closed}");
+    let at = closed["closed_at"].clone();
+    assert!(at.is_string(), "{closed}");
+    // ... again: nothing changes; BY's case is its own.
+    let (code, again) = kz.post_json(&format!("/v1/cases/{req}/close"), &json!({}));
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["closed_at"], at);
+    assert_eq!(case(&by, &req)["state"], json!("partially_refused"));
+    // A closed case takes no more messages (refused before sealing).
+    let (_q, doc) = message(&kz, "authenticity_query", "by.mvd", None);
+    let mut doc = doc;
+    doc["message"]["body"]["content"]["message"] = json!(req);
+    let (code, p) = kz.post_json("/v1/messages", &doc);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("case_closed"), "{p}");
+    // A case that has not ended cannot be closed; an unknown one is not found.
+    let (open, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &open, "received");
+    let (code, body) = by.request("POST", &format!("/v1/cases/{open}/close"), None);
+    let p: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 409, "{p}");
+    assert_eq!(
+        p["type"],
+        json!("https://konvert.invalid/problems/conflict"),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["field"], json!("id"), "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("wrong_state"), "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("received"), "{p}");
+    assert_eq!(case(&by, &open)["state"], json!("received"));
+    let out = konvertctl(["--socket", sock, "requests", "close", &new_id()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no request case"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The closed case's store record follows, so it can be destroyed early:
+    // its messages go, the open case's stay.
+    let out = konvertctl(["--socket", sock, "--json", "retention", "purge", "--case", &req]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let purged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(purged["destroyed"].as_u64().unwrap() >= 2, "{purged}");
+    assert_ne!(kz.request("GET", &format!("/v1/inbox/{refusal}"), None).0, 200);
+    assert_eq!(kz.request("GET", &format!("/v1/messages/{open}"), None).0, 200);
 }
 
 #[test]
@@ -427,8 +481,57 @@ fn onward_transfer_of_armenian_data_to_belarus_needs_armenias_consent() {
     assert!(by.get_json(&format!("/v1/inbox/{id}"))["message"].is_object());
 }
 
+/// Polls `GET /v1/directory` until `authority`'s latest roster is `version`.
+fn wait_roster(gw: &Gateway, authority: &str, version: u64) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let d = gw.get_json("/v1/directory");
+        let found = d["rosters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["authority"] == json!(authority) && r["version"] == json!(version));
+        if found {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "roster {version} of {authority} never applied: {d}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Directory updates are the gateway's own business: each was stored and
+/// receipted (`accepted`), and is acknowledged by the gateway, so the
+/// application inbox never lists one. Returns how many were received.
+fn assert_directory_updates_kept_out_of_the_inbox(gw: &Gateway) -> usize {
+    let inbox = gw.get_json("/v1/inbox?limit=1000");
+    assert!(
+        !inbox["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["kind"] == json!("directory_update")),
+        "a directory update is listed for applications: {inbox}"
+    );
+    let receipts = gw.get_json("/v1/receipts?direction=inbound&limit=1000");
+    let mut n = 0;
+    for r in receipts["items"].as_array().unwrap() {
+        let id = r["message_id"].as_str().unwrap();
+        let got = gw.get_json(&format!("/v1/inbox/{id}"));
+        if got["item"]["kind"] == json!("directory_update") {
+            assert_eq!(r["outcome"]["status"], json!("accepted"), "{r}");
+            assert_eq!(got["acknowledged"], json!(true), "{got}");
+            n += 1;
+        }
+    }
+    n
+}
+
 #[test]
-fn a_revoked_signatorys_request_is_rejected_signer_not_authorised() {
+fn a_revoked_signatory_is_refused_before_sealing_and_by_the_peer_and_rosters_stay_out_of_the_inbox() {
     let t = tempfile::tempdir().unwrap();
     let (mut kz, mut by) = pair(t.path());
     let cfg = kz.config();
@@ -454,23 +557,59 @@ fn a_revoked_signatorys_request_is_rejected_signer_not_authorised() {
     let out = konvertctl(["--json", "signatory", "list", "--config", cfg]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["version"], json!(2), "{list}");
+    let roster_file = kz.dir.join("keys/roster.cose");
+    let v2 = std::fs::read(&roster_file).unwrap();
     kz.start();
     by.start();
-    // KZ sends its roster to BY at start; BY verifies it with KZ's root key.
-    wait_inbox_kind(&by, "directory_update", 1);
+    // KZ sends its roster to BY at start; BY verifies it with KZ's root key
+    // and shows it (ids and validity, no names) in its directory.
+    let d = wait_roster(&by, "kz.mvd", 2);
+    assert!(!d.to_string().contains("Петров"), "{d}");
 
     // A request signed by petrov, on the roster: accepted.
     let (_ok, mut doc) = message(&kz, "request", "by.mvd", None);
     doc["signatory"] = json!("petrov");
     send(&kz, &doc);
 
-    // petrov is revoked; the new roster goes to BY on reload.
+    // petrov is revoked: KZ refuses his next request at once, before
+    // sealing (no reload needed), naming the signatory; nothing is queued.
     let out = konvertctl(["signatory", "revoke", "--config", cfg, "--id", "petrov"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    kz.reload();
-    wait_inbox_kind(&by, "directory_update", 2);
+    let (refused, mut doc) = message(&kz, "request", "by.mvd", None);
+    doc["signatory"] = json!("petrov");
+    let (code, p) = kz.post_json("/v1/messages", &doc);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(
+        p["type"],
+        json!("https://konvert.invalid/problems/signer-not-authorised"),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["field"], json!("/signatory"), "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("signer_not_authorised"), "{p}");
+    let why = p["errors"][0]["message"].as_str().unwrap();
+    assert!(why.contains("petrov") && why.contains("version 3"), "{why}");
+    assert!(!p.to_string().contains("Петров"), "{p}");
+    assert_eq!(kz.request("GET", &format!("/v1/messages/{refused}"), None).0, 404);
+    // The CLI says the same and fails.
+    let file = t.path().join("petrov-request.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let sock = kz.socket();
+    let out = konvertctl(["--socket", sock.to_str().unwrap(), "send", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("petrov") && err.contains("roster version 3"),
+        "{err}"
+    );
 
-    // petrov's next request is rejected by BY; head's is accepted.
+    // The new roster goes to BY on reload.
+    kz.reload();
+    wait_roster(&by, "kz.mvd", 3);
+
+    // The peer refuses too: with a stale roster file put back on KZ (an
+    // operator's mistake), petrov passes KZ's check, and BY rejects it.
+    let v3 = std::fs::read(&roster_file).unwrap();
+    std::fs::write(&roster_file, &v2).unwrap();
     let (bad, mut doc) = message(&kz, "request", "by.mvd", None);
     doc["signatory"] = json!("petrov");
     submit(&kz, &doc);
@@ -481,9 +620,264 @@ fn a_revoked_signatorys_request_is_rejected_signer_not_authorised() {
         json!("signer_not_authorised"),
         "{s}"
     );
+    std::fs::write(&roster_file, &v3).unwrap();
     // No case was opened for it on either side.
     assert_eq!(kz.request("GET", &format!("/v1/cases/{bad}"), None).0, 404);
     assert_eq!(by.request("GET", &format!("/v1/cases/{bad}"), None).0, 404);
     let (_good, doc) = message(&kz, "request", "by.mvd", None);
     send(&kz, &doc);
+
+    // Both rosters were stored and receipted at BY, and never listed in its inbox.
+    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 2);
+}
+
+#[test]
+fn an_authority_renaming_is_signed_by_the_root_key_sent_to_the_peer_and_applied_there() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+    // A case open before the renaming.
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &req, "received");
+    assert_eq!(case(&by, &req)["requester"], json!("kz.mvd"));
+
+    // Refused before anything is signed or sent: the same id twice, an empty name.
+    let cfg = kz.config();
+    let cfg = cfg.to_str().unwrap();
+    let effective = konvert_envelope::model::Timestamp::now().to_string();
+    let rename = |old: &str, new: &str, name: &str| {
+        konvertctl([
+            "--json",
+            "authority",
+            "rename",
+            "--config",
+            cfg,
+            "--old",
+            old,
+            "--new",
+            new,
+            "--name",
+            name,
+            "--name-en",
+            "Ministry of Internal Affairs",
+            "--effective",
+            &effective,
+        ])
+    };
+    let out = rename("kz.mvd", "kz.mvd", "Министерство внутренних дел");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--new"));
+    let out = rename("kz.mvd", "kz.mia", " ");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--name"));
+
+    // KZ renames itself: konvertctl signs with the root key, konvertd
+    // queues one directory_update per peer.
+    let out = rename(
+        "kz.mvd",
+        "kz.mia",
+        "Министерство внутренних дел Республики Казахстан",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["change"], json!("renamed"), "{q}");
+    assert_eq!(q["peers"][0]["peer"], json!("by.mvd"), "{q}");
+    let id = q["peers"][0]["id"].as_str().unwrap().to_string();
+    kz.wait_state(&id, &["delivered"], WAIT);
+
+    // BY verified it with KZ's root key and applied it: its directory has
+    // the renaming, its case now names the new id, its inbox stays clear.
+    let d = by.get_json("/v1/directory");
+    let c = &d["changes"][0];
+    assert_eq!(c["change"], json!("renamed"), "{d}");
+    assert_eq!(c["old"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["new"], json!("kz.mia"), "{d}");
+    assert_eq!(c["notified_by"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["effective"], json!(effective), "{d}");
+    assert_eq!(case(&by, &req)["requester"], json!("kz.mia"));
+    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
+    let sock = by.socket();
+    let out = konvertctl(["--socket", sock.to_str().unwrap(), "authority", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("kz.mvd renamed to kz.mia"), "{text}");
+
+    // The old id stays resolvable: BY answers the case, addressed to kz.mvd.
+    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
+    send(&by, &doc);
+    wait_case(&kz, &req, "answered");
+    wait_case(&by, &req, "answered");
+
+    // The API refuses a change that does not match its signature, and a roster.
+    let mut update = example("directory_update-authority_renamed")["body"]["content"].clone();
+    update["change"]["authority_renamed"]["old"] = json!("kz.mvd");
+    let (code, p) = kz.post_json("/v1/directory/changes", &json!({ "update": update }));
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], json!("/update/attestation"), "{p}");
+    let roster = example("directory_update")["body"]["content"].clone();
+    let (code, p) = kz.post_json("/v1/directory/changes", &json!({ "update": roster }));
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("wrong_change"), "{p}");
+}
+
+/// Sets a termination notice in a gateway's copy of the kz-by-2019 profile.
+fn give_notice(g: &Gateway, notice: &str) {
+    let path = g.dir.join("profiles/kz-by-2019.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from = "# termination_notice = \"YYYY-MM-DD\"";
+    assert!(text.contains(from), "{}", path.display());
+    std::fs::write(
+        &path,
+        text.replacen(from, &format!("termination_notice = \"{notice}\""), 1),
+    )
+    .unwrap();
+}
+
+#[test]
+fn after_the_termination_period_the_sender_refuses_locally_and_the_receiver_rejects_agreement_terminated() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // Art. 17: notice of termination was received 30 days ago; the agreement
+    // ends six months after it.
+    let notice = konvert_envelope::model::Timestamp::now()
+        .plus_secs(-30 * 86_400)
+        .date_utc()
+        .to_string();
+    for g in [&kz, &by] {
+        give_notice(g, &notice);
+    }
+    kz.start();
+    by.start();
+    // Still in force: a request goes through.
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &req, "received");
+
+    // 200 days later by BY's clock, the period has ended there: KZ (still
+    // within it by its own clock) sends, BY rejects on arrival.
+    shift_clock(t.path(), &by, "200d");
+    std::thread::sleep(Duration::from_millis(500));
+    let (late, doc) = message(&kz, "request", "by.mvd", None);
+    submit(&kz, &doc);
+    let s = kz.wait_state(&late, &["rejected", "delivered"], WAIT);
+    assert_eq!(s["state"], json!("rejected"), "{s}");
+    assert_eq!(
+        s["receipt"]["outcome"]["code"],
+        json!("agreement_terminated"),
+        "{s}"
+    );
+    assert_eq!(by.request("GET", &format!("/v1/cases/{late}"), None).0, 404);
+
+    // By KZ's clock too: KZ refuses before sealing, naming Art. 17's code.
+    shift_clock(t.path(), &kz, "200d");
+    std::thread::sleep(Duration::from_millis(500));
+    let (refused, doc) = message(&kz, "request", "by.mvd", None);
+    let (code, p) = kz.post_json("/v1/messages", &doc);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(
+        p["type"],
+        json!("https://konvert.invalid/problems/not-in-force"),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["field"], json!("/message/header/agreement"), "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("agreement_terminated"), "{p}");
+    assert!(p["detail"].as_str().unwrap().contains(&notice), "{p}");
+    assert_eq!(kz.request("GET", &format!("/v1/messages/{refused}"), None).0, 404);
+    // An answer in the open case is refused as well (no case outlives the agreement here).
+    let (_a, doc) = message(&by, "response", "kz.mvd", Some(&req));
+    let (code, p) = by.post_json("/v1/messages", &doc);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("agreement_terminated"), "{p}");
+}
+
+/// Waits until `g` has logged `n` configuration reloads.
+fn wait_reloaded(g: &Gateway, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while g.log().matches("configuration reloaded").count() < n {
+        assert!(Instant::now() < deadline, "no reload:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap()
+        .parse::<konvert_envelope::model::Timestamp>()
+        .unwrap()
+        .as_unix()
+}
+
+#[test]
+fn a_case_keeps_the_profile_version_it_was_opened_under_after_an_amendment() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+    let (old, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&kz, &old, "received");
+    wait_case(&by, &old, "received");
+    let before = assert_same_case(&kz, &by, &old);
+    assert_eq!(before["profile_version"], json!(1));
+
+    // Art. 16: an amending protocol, version 2, applies from today and
+    // shortens the deadline to 20 days; both gateways load it next to
+    // version 1 (SIGHUP).
+    let today = konvert_envelope::model::Timestamp::now().date_utc().to_string();
+    for g in [&kz, &by] {
+        let v1 = std::fs::read_to_string(g.dir.join("profiles/kz-by-2019.toml")).unwrap();
+        let v2 = v1
+            .replacen("version = 1", "version = 2", 1)
+            .replacen(
+                "# version_in_force_from = \"YYYY-MM-DD\"",
+                &format!("version_in_force_from = \"{today}\""),
+                1,
+            )
+            .replacen("answer_deadline_days = 30", "answer_deadline_days = 20", 1);
+        assert!(v2.contains("answer_deadline_days = 20") && v2.contains("version = 2"));
+        std::fs::write(g.dir.join("profiles/kz-by-2019-v2.toml"), v2).unwrap();
+        g.edit_config(
+            "\"profiles/kz-by-2019.toml\"",
+            "\"profiles/kz-by-2019.toml\", \"profiles/kz-by-2019-v2.toml\"",
+        );
+        g.reload();
+    }
+    for g in [&kz, &by] {
+        wait_reloaded(g, 1);
+    }
+
+    // A new request opens under version 2 on both sides, with its deadline.
+    let (new, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&kz, &new, "received");
+    wait_case(&by, &new, "received");
+    let after = assert_same_case(&kz, &by, &new);
+    assert_eq!(after["profile_version"], json!(2), "{after}");
+    let days = |c: &Value| (unix(&c["deadline"]) - unix(&c["received_at"])) / 86_400;
+    assert_eq!(days(&after), 20, "{after}");
+    assert_eq!(days(&before), 30, "{before}");
+
+    // The earlier case keeps version 1 and its deadline, and its answer,
+    // judged by version 1, closes it on both sides.
+    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&old));
+    send(&by, &doc);
+    wait_case(&kz, &old, "answered");
+    let answered = assert_same_case(&kz, &by, &old);
+    assert_eq!(answered["profile_version"], json!(1));
+    assert_eq!(answered["deadline"], before["deadline"]);
+
+    // A profile file listed twice with the same version is refused on reload
+    // (the running configuration stays).
+    kz.edit_config(
+        "\"profiles/kz-by-2019-v2.toml\"",
+        "\"profiles/kz-by-2019-v2.toml\", \"profiles/kz-by-2019-v2.toml\"",
+    );
+    kz.reload();
+    let deadline = Instant::now() + WAIT;
+    while !kz.log().contains("reload refused") {
+        assert!(Instant::now() < deadline, "{}", kz.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(kz.log().contains("loaded twice"), "{}", kz.log());
 }

@@ -27,6 +27,7 @@ use konvert_envelope::model::{Digest, Id};
 use tokio::io::{AsyncRead, ReadBuf};
 
 pub mod cases;
+pub mod directory;
 mod json_pointer;
 pub mod ops;
 pub mod problem;
@@ -146,6 +147,41 @@ pub trait ApiService: Send + Sync + 'static {
         _id: Id,
     ) -> impl Future<Output = Result<cases::CaseView, Problem>> + Send {
         async { Err(Problem::not_found("case")) }
+    }
+
+    /// Closes an ended case on this side (`POST /v1/cases/{id}/close`, Art.
+    /// 11.5): after its final answer, refusal or withdrawal, so that its
+    /// messages may be destroyed early. Answers the closed case.
+    fn close_case(
+        &self,
+        _caller: Caller,
+        _id: Id,
+    ) -> impl Future<Output = Result<cases::CaseView, Problem>> + Send {
+        async { Err(Problem::not_found("case")) }
+    }
+
+    /// The verified directory of the peers (`GET /v1/directory`). A service
+    /// that keeps none (a test double) shows it empty.
+    fn directory(
+        &self,
+        _caller: Caller,
+    ) -> impl Future<Output = Result<directory::DirectoryView, Problem>> + Send {
+        async {
+            Ok(directory::DirectoryView {
+                rosters: Vec::new(),
+                changes: Vec::new(),
+            })
+        }
+    }
+
+    /// Sends this authority's signed renaming or replacement to every peer
+    /// (`POST /v1/directory/changes`, Art. 2).
+    fn directory_change(
+        &self,
+        _caller: Caller,
+        _request: directory::ChangeRequest,
+    ) -> impl Future<Output = Result<directory::ChangeQueued, Problem>> + Send {
+        async { Err(Problem::not_found("route")) }
     }
 
     /// The peers and their connections.

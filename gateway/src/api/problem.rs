@@ -24,6 +24,11 @@ pub enum ProblemType {
     Validation,
     /// 422: the agreement the message names is not (or no longer) in force (Art. 17).
     NotInForce,
+    /// 422: the signatory named by a submission may not sign for this
+    /// authority now: not on its latest signatory roster (revoked), or
+    /// outside its validity (Art. 9.3, 9.4). The peer would refuse it with
+    /// `signer_not_authorised`.
+    SignerNotAuthorised,
     /// 400: the request is malformed: bad JSON, a bad parameter, an id of the wrong shape.
     BadRequest,
     /// 403: the connecting process is not on the socket's allow-list.
@@ -46,9 +51,10 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 11] = [
+    pub const ALL: [ProblemType; 12] = [
         Self::Validation,
         Self::NotInForce,
+        Self::SignerNotAuthorised,
         Self::BadRequest,
         Self::UnauthorizedCaller,
         Self::NotFound,
@@ -65,6 +71,7 @@ impl ProblemType {
         match self {
             Self::Validation => "validation",
             Self::NotInForce => "not-in-force",
+            Self::SignerNotAuthorised => "signer-not-authorised",
             Self::BadRequest => "bad-request",
             Self::UnauthorizedCaller => "unauthorized-caller",
             Self::NotFound => "not-found",
@@ -80,7 +87,7 @@ impl ProblemType {
     /// The HTTP status.
     pub const fn status(self) -> u16 {
         match self {
-            Self::Validation | Self::NotInForce => 422,
+            Self::Validation | Self::NotInForce | Self::SignerNotAuthorised => 422,
             Self::BadRequest => 400,
             Self::UnauthorizedCaller => 403,
             Self::NotFound => 404,
@@ -98,6 +105,7 @@ impl ProblemType {
         match self {
             Self::Validation => "The message is not valid under its agreement",
             Self::NotInForce => "The agreement is not in force",
+            Self::SignerNotAuthorised => "The signatory may not sign for this authority now",
             Self::BadRequest => "The request is malformed",
             Self::UnauthorizedCaller => "The calling process is not allowed to use this socket",
             Self::NotFound => "Not found",

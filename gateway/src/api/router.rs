@@ -116,6 +116,18 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/cases/{id}/purge",
         methods: &["POST"],
     },
+    RouteSpec {
+        path: "/v1/cases/{id}/close",
+        methods: &["POST"],
+    },
+    RouteSpec {
+        path: "/v1/directory",
+        methods: &["GET"],
+    },
+    RouteSpec {
+        path: "/v1/directory/changes",
+        methods: &["POST"],
+    },
 ];
 
 /// Media type of an exported receipt (a tagged COSE_Sign1, RFC 9052).
@@ -366,6 +378,23 @@ async fn route<S: ApiService>(
             no_query(q)?;
             let id = parse_id("id", &params[0])?;
             Ok(json_response(StatusCode::OK, &svc.purge_case(caller, id).await?))
+        }
+        ("/v1/cases/{id}/close", _) => {
+            no_query(q)?;
+            let id = parse_id("id", &params[0])?;
+            Ok(json_response(StatusCode::OK, &svc.close_case(caller, id).await?))
+        }
+        ("/v1/directory", _) => {
+            no_query(q)?;
+            Ok(json_response(StatusCode::OK, &svc.directory(caller).await?))
+        }
+        ("/v1/directory/changes", _) => {
+            no_query(q)?;
+            let request = read_json(req, limits.max_json_body).await?;
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &svc.directory_change(caller, request).await?,
+            ))
         }
         _ => Err(Problem::not_found("route")),
     }

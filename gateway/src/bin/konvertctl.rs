@@ -189,6 +189,14 @@ enum Command {
     Inbox(InboxArgs),
     /// List request cases (overdue, due soon) or show one with its history (Art. 10.3).
     Requests(RequestsArgs),
+    /// Renamings and replacements of authorities (Art. 2): send one, or list the peers' directory.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl authority list\n  \
+        konvertctl authority rename --config /etc/konvert/konvert.toml --old kz.mvd --new kz.mia \\\n    \
+        --name 'Министерство внутренних дел Республики Казахстан' --effective 2027-01-01T00:00:00Z"
+    )]
+    Authority(AuthorityCommand),
     /// List peer gateways: connected?, queue depth, oldest undelivered message.
     #[command(after_help = "Example:\n  konvertctl peers\n  konvertctl --json peers")]
     Peers,
@@ -504,6 +512,66 @@ enum RequestsCommand {
         /// The case id (the request's message id) or the id of any message of the case.
         id: Id,
     },
+    /// Close an ended case on this gateway (Art. 11.5): answered, refused or withdrawn; it then takes no messages.
+    #[command(
+        after_help = "Example:\n  konvertctl requests close 019ec9a6-9c80-7137-be01-be76fa861153\n  \
+        konvertctl retention purge --case 019ec9a6-9c80-7137-be01-be76fa861153   # destroy it early\n\n\
+        Closing is local: the peer keeps its own case. Closing a closed case again changes nothing."
+    )]
+    Close {
+        /// The case id (the request's message id).
+        id: Id,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthorityCommand {
+    /// Art. 2: an authority of this party changes its name and id; sign the change with the root key and send it to every peer.
+    #[command(
+        after_help = "Example:\n  konvertctl authority rename --config /etc/konvert/konvert.toml --old kz.mvd --new kz.mvd2 \\\n    \
+        --name 'Министерство внутренних дел Республики Казахстан' --effective 2027-01-01T00:00:00Z\n\n\
+        konvertd (running, reached through the configuration's API socket) queues one signed\n\
+        directory_update to every peer; `konvertctl status ID` follows each. The old id stays\n\
+        resolvable at the peers. Update the agreement profiles (a new version) as well."
+    )]
+    Rename(AuthorityChangeArgs),
+    /// Art. 2: another body replaces an authority of this party; sign the change with the root key and send it to every peer.
+    #[command(
+        after_help = "Example:\n  konvertctl authority replace --config /etc/konvert/konvert.toml --old kz.mtszn --new kz.mtszn2 \\\n    \
+        --name 'Министерство труда Республики Казахстан' --effective 2027-01-01T00:00:00Z"
+    )]
+    Replace(AuthorityChangeArgs),
+    /// The peers' signatory rosters (ids and validity) and the renamings and replacements received from them.
+    #[command(after_help = "Example:\n  konvertctl --config /etc/konvert/konvert.toml authority list")]
+    List,
+}
+
+#[derive(Debug, Args)]
+struct AuthorityChangeArgs {
+    /// The configuration file of the gateway (its root key signs; its API socket is used).
+    #[arg(long)]
+    config: PathBuf,
+    /// The authority's id until the change.
+    #[arg(long)]
+    old: AuthorityId,
+    /// The authority's id from the change on.
+    #[arg(long)]
+    new: AuthorityId,
+    /// The new name, in Russian.
+    #[arg(long)]
+    name: String,
+    /// The new name, in English.
+    #[arg(long)]
+    name_en: Option<String>,
+    /// When the change takes effect (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    effective: Timestamp,
+    /// A note for the peers.
+    #[arg(long)]
+    note: Option<String>,
+    /// The signatory who signs the messages [default: the first configured one the roster lets sign now].
+    #[arg(long, value_name = "ID")]
+    signatory: Option<konvert_envelope::model::SignatoryId>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -868,7 +936,18 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
             Some(RequestsCommand::Show { id }) => {
                 print_out(json, &c.case(id).await?, konvert_gateway::api::cases::case_text)
             }
+            Some(RequestsCommand::Close { id }) => print_out(
+                json,
+                &c.close_case(id).await?,
+                konvert_gateway::api::cases::case_text,
+            ),
         },
+        Command::Authority(AuthorityCommand::List) => print_out(
+            json,
+            &c.directory().await?,
+            konvert_gateway::api::directory::directory_text,
+        ),
+        Command::Authority(AuthorityCommand::Rename(_) | AuthorityCommand::Replace(_)) => Ok(()), // handled in run
         Command::Peers => print_out(json, &c.peers().await?, |p| client::peers_table(p)),
         Command::Health => {
             let h = c.health().await?;
@@ -1118,7 +1197,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}", f.display());
             }
         }
+        Command::Authority(AuthorityCommand::Rename(a)) => send_authority_change(cli.online.json, false, a)?,
+        Command::Authority(AuthorityCommand::Replace(a)) => send_authority_change(cli.online.json, true, a)?,
         command @ (Command::Send { .. }
+        | Command::Authority(AuthorityCommand::List)
         | Command::Status { .. }
         | Command::Receipts(_)
         | Command::Inbox(_)
@@ -1128,6 +1210,37 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Audit(_)
         | Command::Story { .. }
         | Command::Retention(_)) => run_online(&cli.online, command)?,
+    }
+    Ok(())
+}
+
+/// `authority rename|replace`: signs the change offline with the root key,
+/// then has konvertd send it to every peer.
+fn send_authority_change(json: bool, replaced: bool, a: AuthorityChangeArgs) -> Result<(), Failure> {
+    let args = signatories::AuthorityChangeArgs {
+        replaced,
+        old: a.old,
+        new: a.new,
+        name: a.name,
+        name_en: a.name_en,
+        effective: a.effective,
+        note: a.note,
+    };
+    let (update, socket) = signatories::authority_change(&a.config, &args, Timestamp::now())?;
+    let request = konvert_gateway::api::directory::ChangeRequest {
+        update,
+        signatory: a.signatory,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?;
+    let q = rt.block_on(Client::new(socket).directory_change(&request))?;
+    print_out(json, &q, konvert_gateway::api::directory::queued_text)?;
+    if q.peers.iter().any(|p| p.id.is_none()) {
+        return Err(Failure::Other(
+            "the change was not queued to every peer (see above); run the command again once fixed".into(),
+        ));
     }
     Ok(())
 }

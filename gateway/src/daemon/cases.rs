@@ -3,27 +3,33 @@
 //! the peers (signatory rosters, renamings: [`DirectoryHistory`]) and the
 //! consent ledger ([`ConsentLedger`]), kept durably next to the store.
 //!
-//! The three live in one [`Procedure`], written as one deterministic CBOR
-//! snapshot (`DATA_DIR/procedure.cbor`, mode 0600) by an atomic replace
-//! (temporary file, fsync, rename, fsync of the directory) after every
-//! change and before the change is acknowledged to anyone. The snapshot is
-//! the record of cases; the store's case records ([`mirror`]: state code and
-//! running deadline, for the store's overdue list and per-case keys) follow
-//! it, written after it and idempotently, so a crash between the two is
-//! repaired by the resend that follows. It holds ids, kinds,
-//! times, states, Art. 10.4 grounds and SHA-256 digests of purposes and
-//! consent scopes — no personal data and no message text.
+//! The three live in memory in one [`Procedure`] and are kept in the
+//! store record by record ([`konvert_store::Store::records_apply`]): a
+//! case, a message outside cases, a provision, a consent request, each
+//! under its own key; the directory as one record. A change writes only the
+//! records it touched, under the state's lock (so records are written in
+//! the order of the changes), and then waits for the store's group commit
+//! outside the lock: many changes share one sync, and the cost of a change
+//! does not grow with the history. The records are loaded at start. They
+//! hold ids, kinds, times, states, Art. 10.4 grounds and SHA-256 digests of
+//! purposes and consent scopes — no personal data and no message text. The
+//! store's case records ([`mirror`]: state code and running deadline, for
+//! the store's overdue list and per-case keys) follow them, written after
+//! them and idempotently, so a crash between the two is repaired by the
+//! resend that follows. A data directory of an earlier version, with the
+//! whole procedure in one snapshot file (`procedure.cbor`), is moved into
+//! records at start.
 //!
 //! Order of durable steps, and why a crash between them is harmless:
 //!
-//! - **Received message**: the change is applied and the snapshot written
-//!   *before* `put_inbox` and the `accepted` receipt. A crash after the
-//!   snapshot but before the receipt leaves the sender without a receipt;
+//! - **Received message**: the change is applied and its records made
+//!   durable *before* `put_inbox` and the `accepted` receipt. A crash after
+//!   the records but before the receipt leaves the sender without a receipt;
 //!   it sends the same envelope again, the book answers `Duplicate` (the
 //!   message is on record) and the message is stored and accepted. A
-//!   refused message changes nothing (the change is made on a copy).
-//! - **Sent message**: checked against a copy of the book before sealing;
-//!   applied, and the snapshot written, when the peer's receipt says
+//!   refused message changes nothing (every check is made before the first change).
+//! - **Sent message**: checked against the book (a dry run) before sealing;
+//!   applied, and its records written, when the peer's receipt says
 //!   `accepted` and *before* the store marks it delivered. A crash between
 //!   the two leaves the message `sent`; it is delivered again, the peer
 //!   answers with the same receipt, and applying it again is `Duplicate`.
@@ -49,9 +55,10 @@ use serde::{Deserialize, Serialize};
 use super::Node;
 use crate::api::cases::{grounds_of, CaseFilter, CaseSelection, CaseView};
 use crate::files;
-use konvert_store::{CaseId, NewCase};
+use konvert_store::{CaseId, NewCase, Store};
 
-/// The snapshot file in the data directory.
+/// The snapshot file of earlier versions in the data directory (moved
+/// into the store's records at start, then removed).
 pub const STATE_FILE: &str = "procedure.cbor";
 
 /// Everything the node knows of the procedure (see the module documentation).
@@ -73,6 +80,17 @@ pub enum CasesError {
     /// The store's case record could not be written.
     #[error("store case record: {0}")]
     Store(String),
+    /// The procedure's records could not be written or read.
+    #[error("procedure records in the store: {0}")]
+    Records(#[from] konvert_store::Error),
+    /// A record in the store cannot be decoded.
+    #[error("procedure record {key}: {reason}")]
+    BadRecord {
+        /// What the record is (kind and id).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The snapshot cannot be read or written.
     #[error("{path}: {reason}")]
     File {
@@ -135,14 +153,121 @@ impl OutgoingError {
 /// The node's procedure state (see the module documentation).
 #[derive(Debug)]
 pub struct Cases {
-    path: PathBuf,
-    /// The state and the number of changes applied to it.
-    state: Mutex<(Procedure, u64)>,
-    /// The number of changes on disk; held while writing (group commit:
-    /// one write covers every change applied before it began).
-    durable: Mutex<u64>,
+    store: Arc<Store>,
+    /// The state. Changes are applied to it and their records to the store
+    /// under this lock, so that the store has them in the same order.
+    state: Mutex<Procedure>,
     /// Case id → the outgoing message of it now queued or sent.
     in_flight: Mutex<BTreeMap<Id, Id>>,
+}
+
+/// A record of the procedure in the store (see [`Key::bytes`] for the keys).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    /// A request case, by case id.
+    Case(Id),
+    /// A message outside cases.
+    Loose(Id),
+    /// An authenticity query about a message outside cases, by query id.
+    Query(Id),
+    /// A message outside cases that has been answered.
+    Decided(Id),
+    /// Art. 2: a renamed or replaced authority's old id → its new id.
+    Renamed(AuthorityId),
+    /// Data provided by a message, by message id.
+    Provision(Id),
+    /// A consent request and its decision, by request id.
+    Consent(Id),
+    /// The version of the own roster queued to a peer.
+    RosterSent(AuthorityId),
+    /// The verified directory of the peers (one record; changes rarely;
+    /// its key sorts after the others', apart from often changed records).
+    Directory,
+}
+
+const K_CASE: u8 = b'c';
+const K_LOOSE: u8 = b'l';
+const K_QUERY: u8 = b'q';
+const K_DECIDED: u8 = b'd';
+const K_RENAMED: u8 = b'n';
+const K_PROVISION: u8 = b'p';
+const K_CONSENT: u8 = b'r';
+const K_ROSTER_SENT: u8 = b's';
+const K_DIRECTORY: &[u8] = b"~directory";
+
+impl Key {
+    fn bytes(&self) -> Vec<u8> {
+        let (tag, rest): (u8, &[u8]) = match self {
+            Key::Case(id) => (K_CASE, id.as_bytes()),
+            Key::Loose(id) => (K_LOOSE, id.as_bytes()),
+            Key::Query(id) => (K_QUERY, id.as_bytes()),
+            Key::Decided(id) => (K_DECIDED, id.as_bytes()),
+            Key::Renamed(a) => (K_RENAMED, a.as_str().as_bytes()),
+            Key::Provision(id) => (K_PROVISION, id.as_bytes()),
+            Key::Consent(id) => (K_CONSENT, id.as_bytes()),
+            Key::RosterSent(a) => (K_ROSTER_SENT, a.as_str().as_bytes()),
+            Key::Directory => return K_DIRECTORY.to_vec(),
+        };
+        let mut k = Vec::with_capacity(1 + rest.len());
+        k.push(tag);
+        k.extend_from_slice(rest);
+        k
+    }
+
+    /// The record's current value in `p` (`None`: not there).
+    fn value(&self, p: &Procedure) -> Result<Option<Vec<u8>>, CasesError> {
+        fn enc<T: Serialize>(key: &Key, v: Option<&T>) -> Result<Option<Vec<u8>>, CasesError> {
+            v.map(|v| konvert_envelope::cbor::to_deterministic_vec(v).map_err(|e| key.bad(e)))
+                .transpose()
+        }
+        match self {
+            Key::Case(id) => enc(self, p.book.case(id)),
+            Key::Loose(id) => enc(self, p.book.loose(id)),
+            Key::Query(id) => enc(self, p.book.loose_query(id)),
+            Key::Decided(id) => Ok(p.book.is_decided(id).then(Vec::new)),
+            Key::Renamed(a) => enc(self, p.book.renamed().get(a)),
+            Key::Provision(id) => enc(self, p.consents.provision(id)),
+            Key::Consent(id) => enc(self, p.consents.request(id)),
+            Key::RosterSent(a) => enc(self, p.rosters_sent.get(a)),
+            Key::Directory => enc(self, Some(&p.directory)),
+        }
+    }
+
+    fn bad(&self, reason: impl std::fmt::Display) -> CasesError {
+        CasesError::BadRecord {
+            key: format!("{self:?}"),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The records a change to the procedure may have touched: every key it
+/// could have set (a key not in the state afterwards is not written).
+fn touched_by(p: &Procedure, msg: &Message) -> Vec<Key> {
+    let h = &msg.header;
+    let mut keys = vec![
+        Key::Loose(h.id),
+        Key::Query(h.id),
+        Key::Provision(h.id),
+        Key::Consent(h.id),
+    ];
+    if let Some(c) = p.book.case_of(&h.id) {
+        keys.push(Key::Case(c.id()));
+    }
+    let target = match &msg.body {
+        MessageBody::AuthenticityQuery(q) => Some(q.message),
+        _ => h.in_reply_to,
+    };
+    if let Some(t) = target {
+        keys.extend([Key::Decided(t), Key::Query(t), Key::Consent(t)]);
+    }
+    if let MessageBody::DirectoryUpdate(_) = &msg.body {
+        // Rare, and may rename an authority in every case (Art. 2).
+        keys.push(Key::Directory);
+        keys.extend(p.book.renamed().keys().cloned().map(Key::Renamed));
+        keys.extend(p.book.cases().map(|c| Key::Case(c.id())));
+    }
+    keys
 }
 
 fn country_of(profile: &Profile, a: &AuthorityId) -> Option<CountryCode> {
@@ -159,28 +284,23 @@ pub fn stated_purpose(m: &Message) -> Option<&str> {
 }
 
 impl Cases {
-    /// Loads the snapshot from `data_dir`, or starts empty if there is none.
-    pub fn load(data_dir: &Path) -> Result<Cases, CasesError> {
-        let path = data_dir.join(STATE_FILE);
-        let err = |reason: String| CasesError::File {
-            path: path.clone(),
-            reason,
-        };
-        let state = if path.exists() {
-            let bytes = files::read_limited(&path, MAX_STATE_LEN as u64).map_err(|e| err(e.to_string()))?;
-            konvert_envelope::cbor::from_slice(&bytes, MAX_STATE_LEN).map_err(|e| err(e.to_string()))?
-        } else {
-            Procedure::default()
-        };
+    /// Loads the procedure from the store's records; moves the snapshot
+    /// file of an earlier version (`DATA_DIR/procedure.cbor`) into records
+    /// first if there is one.
+    pub fn load(store: Arc<Store>, data_dir: &Path) -> Result<Cases, CasesError> {
+        let legacy = data_dir.join(STATE_FILE);
+        if legacy.exists() {
+            migrate_snapshot(&store, &legacy)?;
+        }
+        let state = load_records(&store)?;
         Ok(Cases {
-            path,
-            state: Mutex::new((state, 0)),
-            durable: Mutex::new(0),
+            store,
+            state: Mutex::new(state),
             in_flight: Mutex::new(BTreeMap::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, (Procedure, u64)> {
+    fn lock(&self) -> MutexGuard<'_, Procedure> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -188,68 +308,65 @@ impl Cases {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(&self, p: &Procedure) -> Result<(), CasesError> {
-        let err = |reason: String| CasesError::File {
-            path: self.path.clone(),
-            reason,
-        };
-        let bytes = konvert_envelope::cbor::to_deterministic_vec(p).map_err(|e| err(e.to_string()))?;
-        files::write_atomic(&self.path, &bytes, 0o600, true).map_err(|e| err(e.to_string()))
-    }
-
-    /// Changes a copy of the state with `f`; when `f` succeeds the copy
-    /// replaces the state, and returns once it is on disk (a refusal
-    /// changes nothing). Concurrent changes share one write: whoever writes
-    /// writes every change applied so far.
-    fn update<T, E: From<CasesError>>(&self, f: impl FnOnce(&mut Procedure) -> Result<T, E>) -> Result<T, E> {
-        let seen = {
-            let mut guard = self.lock();
-            let mut next = guard.0.clone();
-            let out = f(&mut next);
-            if out.is_ok() && next != guard.0 {
-                guard.0 = next;
-                guard.1 += 1;
-            }
-            // Even an unchanged outcome waits for what it saw (a duplicate
-            // of a change whose write failed must not be acknowledged first).
-            (out, guard.1)
-        };
-        let (out, version) = seen;
-        let out = out?;
-        self.make_durable(version)?;
+    /// Changes the state with `f`, which returns its result and the records
+    /// it may have touched, and must change nothing when it fails. The
+    /// touched records are written to the store under the state's lock;
+    /// the call returns once they (and every change before them) are
+    /// durable. Even a change that touched nothing (a duplicate) waits: the
+    /// change it repeats may not be durable yet.
+    fn update<T, E: From<CasesError>>(
+        &self,
+        f: impl FnOnce(&mut Procedure) -> Result<(T, Vec<Key>), E>,
+    ) -> Result<T, E> {
+        let out = self.apply(f)?;
+        self.store.sync().map_err(CasesError::from)?;
         Ok(out)
     }
 
-    /// Returns once change `version` (and every earlier one) is on disk.
-    fn make_durable(&self, version: u64) -> Result<(), CasesError> {
-        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
-        if *durable >= version {
-            return Ok(());
-        }
-        let (snapshot, latest) = {
-            let g = self.lock();
-            (g.0.clone(), g.1)
+    /// [`Cases::update`] without waiting for the sync: the records are
+    /// applied to the store and become durable with the caller's next
+    /// durable store write (sled recovers a prefix of its log, so that
+    /// write's sync covers every change applied before it). For steps that
+    /// are always followed by one: a received message by `put_inbox`, an
+    /// accepted outgoing one by `mark_delivered`. A crash before it is the
+    /// crash before the receipt described in the module documentation.
+    fn apply<T, E: From<CasesError>>(
+        &self,
+        f: impl FnOnce(&mut Procedure) -> Result<(T, Vec<Key>), E>,
+    ) -> Result<T, E> {
+        let out = {
+            let mut p = self.lock();
+            let (out, mut keys) = f(&mut p)?;
+            keys.sort();
+            keys.dedup();
+            let mut ops = Vec::with_capacity(keys.len());
+            for k in &keys {
+                if let Some(v) = k.value(&p)? {
+                    ops.push((k.bytes(), Some(v)));
+                }
+            }
+            // A failed write poisons the store: nothing is acknowledged
+            // after it, so the state ahead of the disk is never relied on.
+            self.store.records_apply(ops).map_err(CasesError::from)?;
+            out
         };
-        self.persist(&snapshot)?;
-        *durable = latest;
-        Ok(())
+        Ok(out)
     }
 
     /// A read-only view of the state.
     pub fn with<T>(&self, f: impl FnOnce(&Procedure) -> T) -> T {
-        f(&self.lock().0)
+        f(&self.lock())
     }
 
     /// The signers whose signatures are accepted from a peer: its card's
     /// signatories until its first roster, its rosters from then on.
     pub fn trusted_signers(&self, card: &AuthorityCard) -> Vec<TrustedSigner> {
-        self.lock().0.directory.rosters().trusted_signers_with_card(card)
+        self.lock().directory.rosters().trusted_signers_with_card(card)
     }
 
     /// The id of the signatory with key id `kid`: on the peer's rosters, else on its card.
     pub fn signatory_id(&self, card: &AuthorityCard, kid: &KeyId) -> Option<String> {
-        let g = self.lock();
-        let p = &g.0;
+        let p = self.lock();
         for r in p.directory.rosters().versions(&card.authority).iter().rev() {
             for s in &r.roster().signatories {
                 let key = konvert_envelope::keys::VerifyingKey::from_bytes(s.public_key.as_bytes());
@@ -266,8 +383,10 @@ impl Cases {
 
     /// A received message (after every envelope check, before it is stored
     /// and acknowledged): applied to its case, the directory and the
-    /// consent ledger, and written durably. On refusal nothing changes and
-    /// the receipt code is returned.
+    /// consent ledger, and its records written to the store — durable with
+    /// the `put_inbox` that must follow before the receipt (see
+    /// [`Cases::apply`]). On refusal nothing changes and the receipt code
+    /// is returned.
     pub fn receive(
         &self,
         msg: &Message,
@@ -276,18 +395,45 @@ impl Cases {
         received_at: Timestamp,
         now: Timestamp,
     ) -> Result<Applied, RejectCode> {
-        let r = self.update(|p| -> Result<Applied, Refusal> {
+        let r = self.apply(|p| -> Result<(Applied, Vec<Key>), Refusal> {
+            // Every check before the first change: a refusal changes nothing.
+            let code = |e: &dyn CodeOf| Refusal::Code(e.code());
+            p.book
+                .check(msg, received_at, now, profile)
+                .map_err(|e| code(&e))?;
+            let directory = match &msg.body {
+                MessageBody::DirectoryUpdate(_) => {
+                    let mut d = p.directory.clone();
+                    let applied = d
+                        .apply_update(msg, card.root_key.as_ref())
+                        .map_err(|e| code(&e))?;
+                    let changed = match applied {
+                        konvert_envelope::roster::DirectoryApplied::AuthorityChanged { old, new, .. } => {
+                            Some((old, new))
+                        }
+                        _ => None,
+                    };
+                    Some((d, changed))
+                }
+                _ => None,
+            };
+            if is_consent(msg) {
+                p.consents.check_apply(msg).map_err(|e| code(&e))?;
+            }
             let applied = p
                 .book
                 .apply(msg, received_at, now, profile)
-                .map_err(|e| Refusal::Code(e.reject_code()))?;
-            if let MessageBody::DirectoryUpdate(_) = &msg.body {
-                p.directory
-                    .apply_update(msg, card.root_key.as_ref())
-                    .map_err(|e| Refusal::Code(e.reject_code()))?;
+                .map_err(|e| code(&e))?;
+            if let Some((d, changed)) = directory {
+                p.directory = d;
+                // Art. 2: the cases follow a renaming or replacement (both ids accepted).
+                if let Some((old, new)) = changed {
+                    p.book.rename_authority(&old, &new);
+                }
             }
-            apply_consent(p, msg, profile).map_err(|e| Refusal::Code(e.reject_code()))?;
-            Ok(applied)
+            apply_consent(p, msg, profile).map_err(|e| code(&e))?;
+            let keys = touched_by(p, msg);
+            Ok((applied, keys))
         });
         match r {
             Ok(a) => Ok(a),
@@ -316,19 +462,15 @@ impl Cases {
     ) -> Result<(), OutgoingError> {
         profile.in_force_at(now)?;
         profile.in_force_at(msg.header.time)?;
-        let g = self.lock();
-        let p = &g.0;
+        let p = self.lock();
         let case = match p.book.check(msg, now, now, profile) {
             Ok(Applied::Opened { case, .. }) => Some(case),
             Ok(Applied::Case(t)) => Some(t.case),
             Ok(Applied::Recorded { .. } | Applied::Duplicate) => None,
             Err(e) => return Err(OutgoingError::Case(e)),
         };
-        if matches!(
-            msg.body,
-            MessageBody::ConsentRequest(_) | MessageBody::ConsentDecision(_)
-        ) {
-            p.consents.clone().apply(msg).map_err(OutgoingError::Consent)?;
+        if is_consent(msg) {
+            p.consents.check_apply(msg).map_err(OutgoingError::Consent)?;
         }
         if !sources.is_empty() {
             let purpose = purpose.or(stated_purpose(msg)).ok_or(OutgoingError::NoPurpose)?;
@@ -348,7 +490,7 @@ impl Cases {
                     .map_err(|error| OutgoingError::ConsentMissing { index, error })?;
             }
         }
-        drop(g);
+        drop(p);
         if let Some(case) = case {
             let mut f = self.flights();
             match f.get(&case) {
@@ -375,8 +517,7 @@ impl Cases {
     /// Rebuilds the in-flight slot of an undelivered outgoing message (at start).
     pub fn restore_in_flight(&self, msg: &Message) {
         let case = {
-            let g = self.lock();
-            let p = &g.0;
+            let p = self.lock();
             case_of_outgoing(&p.book, msg)
         };
         if let Some(case) = case {
@@ -385,8 +526,10 @@ impl Cases {
     }
 
     /// The peer accepted an outgoing message: applied to its case and the
-    /// ledger and written durably. `receipt_time` is the time of the peer's
-    /// receipt (the start of a request's deadline on both sides).
+    /// ledger, its records written to the store (durable with the
+    /// `mark_delivered` that must follow, see [`Cases::apply`]).
+    /// `receipt_time` is the time of the peer's receipt (the start of a
+    /// request's deadline on both sides).
     pub fn sent_accepted(
         &self,
         msg: &Message,
@@ -394,7 +537,7 @@ impl Cases {
         receipt_time: Timestamp,
         now: Timestamp,
     ) -> Result<(), CasesError> {
-        let r = self.update(|p| -> Result<(), Refusal> {
+        let r = self.apply(|p| -> Result<((), Vec<Key>), Refusal> {
             match p.book.apply(msg, receipt_time, now, profile) {
                 Ok(_) => {}
                 // The peer accepted it, so the two sides now differ: say so
@@ -410,7 +553,9 @@ impl Cases {
                     *v = (*v).max(*version);
                 }
             }
-            Ok(())
+            let mut keys = touched_by(p, msg);
+            keys.push(Key::RosterSent(msg.header.to.clone()));
+            Ok(((), keys))
         });
         self.release(&msg.header.id);
         match r {
@@ -422,10 +567,10 @@ impl Cases {
 
     /// Records that roster `version` was queued to `peer`.
     pub fn roster_queued(&self, peer: &AuthorityId, version: u64) -> Result<(), CasesError> {
-        self.update(|p| -> Result<(), CasesError> {
+        self.update(|p| -> Result<((), Vec<Key>), CasesError> {
             let v = p.rosters_sent.entry(peer.clone()).or_default();
             *v = (*v).max(version);
-            Ok(())
+            Ok(((), vec![Key::RosterSent(peer.clone())]))
         })
     }
 
@@ -435,8 +580,7 @@ impl Cases {
         roster: &SignedRoster,
         peers: impl Iterator<Item = &'a AuthorityId>,
     ) -> Vec<AuthorityId> {
-        let g = self.lock();
-        let p = &g.0;
+        let p = self.lock();
         let v = roster.roster().version;
         peers
             .filter(|a| p.rosters_sent.get(*a).is_none_or(|s| *s < v))
@@ -446,15 +590,17 @@ impl Cases {
 
     /// Closes an ended case (local; Art. 11.5).
     pub fn close(&self, case: &Id, at: Timestamp) -> Result<Case, CloseError> {
-        self.update(|p| -> Result<Case, CloseError> {
+        self.update(|p| -> Result<(Case, Vec<Key>), CloseError> {
             p.book.close(case, at).map_err(CloseError::Case)?;
-            p.book
+            let c = p
+                .book
                 .case(case)
                 .cloned()
                 .ok_or(CloseError::Case(CaseError::UnknownCase {
                     kind: konvert_envelope::model::MessageKind::Request,
                     reference: *case,
-                }))
+                }))?;
+            Ok((c, vec![Key::Case(*case)]))
         })
     }
 }
@@ -470,7 +616,11 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
     match receipt.outcome {
         Outcome::Accepted => {
             let dir = node.directory();
-            let Some(profile) = dir.profiles.get(&msg.header.agreement) else {
+            // Art. 16: the version the receiver applied it under (its case's, or the one at its time).
+            let governing = node
+                .cases
+                .with(|p| super::versions::governing(&dir.versions, &p.book, &msg).ok());
+            let Some(profile) = governing.or_else(|| dir.profiles.get(&msg.header.agreement)) else {
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };
@@ -739,6 +889,136 @@ impl From<CasesError> for Refusal {
     }
 }
 
+/// The receipt code of a refusal.
+trait CodeOf {
+    fn code(&self) -> RejectCode;
+}
+impl CodeOf for CaseError {
+    fn code(&self) -> RejectCode {
+        self.reject_code()
+    }
+}
+impl CodeOf for ConsentError {
+    fn code(&self) -> RejectCode {
+        self.reject_code()
+    }
+}
+impl CodeOf for konvert_envelope::roster::RosterError {
+    fn code(&self) -> RejectCode {
+        self.reject_code()
+    }
+}
+
+fn is_consent(msg: &Message) -> bool {
+    matches!(
+        msg.body,
+        MessageBody::ConsentRequest(_) | MessageBody::ConsentDecision(_)
+    )
+}
+
+/// Reads the procedure from the store's records.
+fn load_records(store: &Store) -> Result<Procedure, CasesError> {
+    fn dec<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CasesError> {
+        konvert_envelope::cbor::from_slice(v, konvert_store::MAX_RECORD_VALUE).map_err(|e| {
+            CasesError::BadRecord {
+                key: String::from_utf8_lossy(&key[..1]).into_owned() + &hex::encode(&key[1..]),
+                reason: e.to_string(),
+            }
+        })
+    }
+    let (mut cases, mut loose, mut queries, mut decided, mut renamed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut provisions, mut requests) = (Vec::new(), Vec::new());
+    let mut p = Procedure::default();
+    for r in store.records(b"") {
+        let (k, v) = r?;
+        let id = || -> Result<Id, CasesError> {
+            let b: [u8; 16] = k[1..].try_into().map_err(|_| CasesError::BadRecord {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "not a 16-byte id".into(),
+            })?;
+            Ok(Id::from_bytes(b))
+        };
+        let authority = || -> Result<AuthorityId, CasesError> {
+            let s = std::str::from_utf8(&k[1..])
+                .ok()
+                .and_then(|s| AuthorityId::new(s).ok());
+            s.ok_or_else(|| CasesError::BadRecord {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "not an authority id".into(),
+            })
+        };
+        if k.as_slice() == K_DIRECTORY {
+            p.directory = dec(&k, &v)?;
+            continue;
+        }
+        match k.first().copied() {
+            Some(K_CASE) => cases.push(dec::<Case>(&k, &v)?),
+            Some(K_LOOSE) => loose.push((id()?, dec(&k, &v)?)),
+            Some(K_QUERY) => queries.push(dec(&k, &v)?),
+            Some(K_DECIDED) => decided.push(id()?),
+            Some(K_RENAMED) => renamed.push((authority()?, dec(&k, &v)?)),
+            Some(K_PROVISION) => provisions.push(dec(&k, &v)?),
+            Some(K_CONSENT) => requests.push(dec(&k, &v)?),
+            Some(K_ROSTER_SENT) => {
+                p.rosters_sent.insert(authority()?, dec(&k, &v)?);
+            }
+            _ => {
+                return Err(CasesError::BadRecord {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "unknown kind of record".into(),
+                })
+            }
+        }
+    }
+    p.book = CaseBook::from_parts(cases, loose, queries, decided, renamed);
+    p.consents = ConsentLedger::from_parts(provisions, requests);
+    Ok(p)
+}
+
+/// Moves the snapshot of an earlier version into records (in groups, then
+/// one sync) and removes the file. Idempotent: a crash before the removal
+/// writes the same records again at the next start.
+fn migrate_snapshot(store: &Store, path: &Path) -> Result<(), CasesError> {
+    let err = |reason: String| CasesError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = files::read_limited(path, MAX_STATE_LEN as u64).map_err(|e| err(e.to_string()))?;
+    let p: Procedure =
+        konvert_envelope::cbor::from_slice(&bytes, MAX_STATE_LEN).map_err(|e| err(e.to_string()))?;
+    let mut keys: Vec<Key> = Vec::new();
+    keys.extend(p.book.cases().map(|c| Key::Case(c.id())));
+    keys.extend(p.book.loose_messages().map(|(id, _)| Key::Loose(*id)));
+    keys.extend(p.book.loose_queries().map(|q| Key::Query(q.query)));
+    keys.extend(p.book.decided().map(|id| Key::Decided(*id)));
+    keys.extend(p.book.renamed().keys().cloned().map(Key::Renamed));
+    keys.extend(p.consents.provisions().map(|v| Key::Provision(v.message)));
+    keys.extend(p.consents.consents().map(|v| Key::Consent(v.request)));
+    keys.extend(p.rosters_sent.keys().cloned().map(Key::RosterSent));
+    keys.push(Key::Directory);
+    for chunk in keys.chunks(konvert_store::MAX_RECORD_OPS) {
+        let mut ops = Vec::with_capacity(chunk.len());
+        for k in chunk {
+            if let Some(v) = k.value(&p)? {
+                ops.push((k.bytes(), Some(v)));
+            }
+        }
+        store.records_apply(ops)?;
+    }
+    store.sync()?;
+    std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        files::sync_dir(dir).map_err(|e| err(e.to_string()))?;
+    }
+    tracing::info!(
+        cases = p.book.cases().count(),
+        records = keys.len(),
+        "procedure snapshot of an earlier version moved into the store"
+    );
+    Ok(())
+}
+
 fn apply_consent(p: &mut Procedure, msg: &Message, profile: &Profile) -> Result<(), ConsentError> {
     match &msg.body {
         MessageBody::ConsentRequest(_) | MessageBody::ConsentDecision(_) => p.consents.apply(msg),
@@ -785,6 +1065,23 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    fn store(dir: &Path) -> Arc<Store> {
+        let cfg =
+            konvert_store::StoreConfig::new(dir.join("store"), konvert_store::MasterKey::from_bytes([7; 32]));
+        Arc::new(Store::open(cfg).unwrap())
+    }
+
+    /// Opens the store and the procedure of data directory `dir`.
+    fn open(dir: &Path) -> (Arc<Store>, Cases) {
+        let st = store(dir);
+        let cases = Cases::load(Arc::clone(&st), dir).unwrap();
+        (st, cases)
+    }
+
+    fn records(st: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        st.records(b"").map(Result::unwrap).collect()
+    }
+
     fn card(authority: &str) -> AuthorityCard {
         let t = tempfile::tempdir().unwrap();
         crate::offline::keygen(&AuthorityId::new(authority).unwrap(), t.path(), None, false).unwrap()
@@ -797,31 +1094,110 @@ mod tests {
         let req = example("request");
         let now = req.header.time.plus_secs(60);
         let kz = card("kz.mvd");
-        let cases = Cases::load(t.path()).unwrap();
-        assert!(matches!(
-            cases.receive(&req, &kz, &p, now, now),
-            Ok(Applied::Opened { .. })
-        ));
-        // The same message again (a resend after a crash before the receipt).
-        assert_eq!(cases.receive(&req, &kz, &p, now, now), Ok(Applied::Duplicate));
-        let before = std::fs::read(t.path().join(STATE_FILE)).unwrap();
-        // An answer to an unknown request is refused and not written.
-        let mut stray = example("response");
-        stray.header.in_reply_to = Some(Id::new(now));
-        assert_eq!(
-            cases.receive(&stray, &kz, &p, now, now).unwrap_err(),
-            RejectCode::UnknownCase
-        );
-        assert_eq!(std::fs::read(t.path().join(STATE_FILE)).unwrap(), before);
-        // A new process sees the case (a crash after the snapshot, before
+        let before = {
+            let (st, cases) = open(t.path());
+            assert!(matches!(
+                cases.receive(&req, &kz, &p, now, now),
+                Ok(Applied::Opened { .. })
+            ));
+            // The same message again (a resend after a crash before the receipt).
+            assert_eq!(cases.receive(&req, &kz, &p, now, now), Ok(Applied::Duplicate));
+            let before = records(&st);
+            // The case and the data the request provided, each its own record.
+            assert_eq!(before.len(), 2, "{before:?}");
+            // An answer to an unknown request is refused and not written.
+            let mut stray = example("response");
+            stray.header.in_reply_to = Some(Id::new(now));
+            assert_eq!(
+                cases.receive(&stray, &kz, &p, now, now).unwrap_err(),
+                RejectCode::UnknownCase
+            );
+            assert_eq!(records(&st), before);
+            before
+        };
+        // A new process sees the case (a crash after the records, before
         // the store's put and the receipt) ...
-        let again = Cases::load(t.path()).unwrap();
+        let (st, again) = open(t.path());
         let state = again.with(|p| p.book.case(&req.header.id).map(|c| c.state().code()));
         assert_eq!(state, Some("received"));
+        assert!(again.with(|p| p.consents.provision(&req.header.id).is_some()));
         // ... and the sender's resend of the same envelope is a duplicate
         // there, so it is stored and accepted without a second transition.
         assert_eq!(again.receive(&req, &kz, &p, now, now), Ok(Applied::Duplicate));
-        assert_eq!(std::fs::read(t.path().join(STATE_FILE)).unwrap(), before);
+        assert_eq!(records(&st), before);
+    }
+
+    #[test]
+    fn a_change_writes_only_its_own_records_and_a_reload_rebuilds_the_book() {
+        let t = tempfile::tempdir().unwrap();
+        let p = profile();
+        let kz = card("kz.mvd");
+        let base = example("request");
+        let now = base.header.time.plus_secs(60);
+        let (st, cases) = open(t.path());
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let mut m = base.clone();
+            m.header.id = Id::new(now.plus_secs(i));
+            cases.receive(&m, &kz, &p, now, now).unwrap();
+            ids.push(m.header.id);
+        }
+        // The 21st change rewrites its case only: the other records stay
+        // byte for byte (a change costs the same however long the history).
+        let before = records(&st);
+        let mut clar = example("clarification_request");
+        clar.header.from = base.header.to.clone();
+        clar.header.to = base.header.from.clone();
+        clar.header.in_reply_to = Some(ids[3]);
+        clar.header.time = now;
+        clar.header.id = Id::new(now.plus_secs(100));
+        cases.sent_accepted(&clar, &p, now, now).unwrap();
+        let after = records(&st);
+        assert_eq!(after.len(), before.len());
+        let changed: Vec<_> = after
+            .iter()
+            .zip(&before)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0.clone())
+            .collect();
+        assert_eq!(changed, vec![Key::Case(ids[3]).bytes()]);
+        let book = cases.with(|p| p.book.clone());
+        drop(cases);
+        drop(st);
+        let (_st, again) = open(t.path());
+        // The index of messages to cases is rebuilt too.
+        assert_eq!(again.with(|p| p.book.clone()), book);
+        assert_eq!(
+            again.with(|p| p.book.case_of(&clar.header.id).map(Case::id)),
+            Some(ids[3])
+        );
+    }
+
+    #[test]
+    fn a_snapshot_of_an_earlier_version_is_moved_into_records() {
+        let t = tempfile::tempdir().unwrap();
+        let p = profile();
+        let kz = card("kz.mvd");
+        let req = example("request");
+        let now = req.header.time.plus_secs(60);
+        let mut old = Procedure::default();
+        old.book.apply(&req, now, now, &p).unwrap();
+        apply_consent(&mut old, &req, &p).unwrap();
+        old.rosters_sent.insert(AuthorityId::new("by.mvd").unwrap(), 3);
+        let snapshot = t.path().join(STATE_FILE);
+        std::fs::write(
+            &snapshot,
+            konvert_envelope::cbor::to_deterministic_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let (_st, cases) = open(t.path());
+        assert!(!snapshot.exists(), "the snapshot is removed once moved");
+        assert_eq!(cases.with(Clone::clone), old);
+        assert_eq!(cases.receive(&req, &kz, &p, now, now), Ok(Applied::Duplicate));
+        drop(cases);
+        drop(_st);
+        let (_st, again) = open(t.path());
+        assert_eq!(again.with(Clone::clone), old);
     }
 
     #[test]
@@ -849,11 +1225,11 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_changes_share_writes_and_every_acknowledged_one_is_on_disk() {
+    fn concurrent_changes_all_reach_the_store() {
         let t = tempfile::tempdir().unwrap();
         let p = profile();
         let kz = card("kz.mvd");
-        let cases = Cases::load(t.path()).unwrap();
+        let (st, cases) = open(t.path());
         let base = example("request");
         let now = base.header.time.plus_secs(60);
         let ids: Vec<Id> = std::thread::scope(|scope| {
@@ -865,7 +1241,6 @@ mod tests {
                         for j in 0..10 {
                             let mut m = base.clone();
                             m.header.id = Id::new(now.plus_secs(i * 100 + j));
-                            // Returns only once the change is on disk.
                             cases.receive(&m, kz, p, now, now).unwrap();
                             mine.push(m.header.id);
                         }
@@ -875,7 +1250,9 @@ mod tests {
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        let again = Cases::load(t.path()).unwrap();
+        drop(cases);
+        drop(st);
+        let (_st, again) = open(t.path());
         for id in &ids {
             assert!(again.with(|p| p.book.case(id).is_some()), "case {id} not on disk");
         }
@@ -888,7 +1265,7 @@ mod tests {
         let p = profile();
         let req = example("request");
         let now = req.header.time.plus_secs(60);
-        let cases = Cases::load(t.path()).unwrap();
+        let (_st, cases) = open(t.path());
         cases.receive(&req, &card("kz.mvd"), &p, now, now).unwrap();
         let mut a = example("clarification_request");
         a.header.in_reply_to = Some(req.header.id);

@@ -10,15 +10,16 @@
 //! decoding, attachments, profile). Only after the store's `put_inbox` has
 //! returned (a real fdatasync) is the `accepted` receipt sent. An envelope
 //! received twice is stored once and answered with the same receipt bytes
-//! (the stored ones).
+//! (the stored ones). Directory updates are applied by the gateway and
+//! acknowledged on receipt: they never appear in the application inbox.
 
 use std::sync::Arc;
 
-use konvert_envelope::envelope::{self, EnvelopeHeader, MemoryParts, OpenError};
+use konvert_envelope::envelope::{self, EnvelopeHeader, MemoryParts, OpenError, PartSink};
 use konvert_envelope::model::{AuthorityId, Digest, Id, Timestamp};
 use konvert_envelope::receipt::{Outcome, Receipt, RejectCode};
 use konvert_envelope::signed::SignedMessage;
-use konvert_store::{Direction, MessageId, NewMessage, NewReceipt};
+use konvert_store::{BlobRef, Direction, MessageId, NewMessage, NewReceipt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -36,8 +37,13 @@ pub struct InboxRecord {
     pub signed: SignedMessage,
     /// The signatory's id on the sender's card.
     pub signatory: String,
-    /// Attachment plaintexts, in message order.
+    /// Attachment plaintexts, in message order (envelopes up to
+    /// [`STREAM_ABOVE`] bytes).
     pub attachments: Vec<serde_bytes::ByteBuf>,
+    /// The attachments of a larger envelope, in message order: store blobs
+    /// (streamed in and out; their keys sealed in this record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_blobs: Vec<BlobRef>,
     /// The receipt sent (replayed for duplicates).
     #[serde(with = "serde_bytes")]
     pub receipt: Vec<u8>,
@@ -45,7 +51,22 @@ pub struct InboxRecord {
     pub received: Timestamp,
 }
 
+/// Envelopes declared larger than this are streamed: from the QUIC stream
+/// through every check into store blobs, in bounded memory (the body
+/// ciphertext waits in an unlinked spool file while the node signature at
+/// its end is checked). Smaller ones are read whole.
+pub const STREAM_ABOVE: u64 = 1 << 20;
+
+/// The part of an attachment's plaintext held in memory at a time when
+/// streamed (the decryption's and the blob's chunk).
+const DUPLEX_BYTES: usize = 256 << 10;
+
 impl InboxRecord {
+    /// The number of attachments.
+    pub fn attachment_count(&self) -> usize {
+        self.attachments.len().max(self.attachment_blobs.len())
+    }
+
     /// Encodes as CBOR.
     pub fn to_vec(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
@@ -117,15 +138,42 @@ async fn handle(node: Arc<Node>, mut stream: EnvelopeStream) {
         let _ = stream.respond(&receipt).await;
         return;
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(stream.declared_len()).unwrap_or(0).min(64 << 20));
-    if let Err(e) = stream.copy_to(&mut bytes).await {
-        warn!(peer = %peer, error = %e, "envelope body not received");
-        return;
-    }
-    let size = bytes.len();
+    let size = stream.declared_len();
     let node2 = Arc::clone(&node);
     let peer2 = peer.clone();
-    let result = tokio::task::spawn_blocking(move || process(&node2, &peer2, &bytes)).await;
+    let result = if size <= STREAM_ABOVE {
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        if let Err(e) = stream.copy_to(&mut bytes).await {
+            warn!(peer = %peer, error = %e, "envelope body not received");
+            return;
+        }
+        tokio::task::spawn_blocking(move || process(&node2, &peer2, bytes.as_slice(), false)).await
+    } else {
+        // Streamed: the checks read from the QUIC stream as it arrives.
+        let (mut tx, rx) = tokio::io::duplex(DUPLEX_BYTES);
+        let rt = tokio::runtime::Handle::current();
+        let checks = tokio::task::spawn_blocking(move || {
+            let mut input = tokio_util::io::SyncIoBridge::new_with_handle(rx, rt);
+            let r = process(&node2, &peer2, &mut input, true);
+            // Read to the end even after an early answer, so that the copy
+            // below completes and the answer can be sent.
+            let _ = std::io::copy(&mut input, &mut std::io::sink());
+            r
+        });
+        let copied = async {
+            let r = stream.copy_to(&mut tx).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tx).await;
+            drop(tx);
+            r
+        }
+        .await;
+        let result = checks.await;
+        if let Err(e) = copied {
+            warn!(peer = %peer, error = %e, "envelope body not received");
+            return;
+        }
+        result
+    };
     let (receipt, outcome) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -162,10 +210,120 @@ fn reject(node: &Node, sender: &AuthorityId, id: Option<Id>, digest: Digest, cod
         .unwrap_or_default()
 }
 
-/// Runs every check, stores, and returns the receipt to send and its outcome text.
-fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, String) {
-    let mut body = Vec::with_capacity(bytes.len());
-    let received = match envelope::receive(bytes, &node.limits, &mut body) {
+/// The body ciphertext between reading and opening: in memory, or (for a
+/// streamed envelope) in an unlinked file in `DATA_DIR/spool` — age
+/// ciphertext to this node, gone when closed, also after a crash.
+enum BodySpool {
+    Memory(Vec<u8>),
+    File(std::io::BufWriter<std::fs::File>),
+}
+
+impl BodySpool {
+    fn new(node: &Node, streamed: bool) -> std::io::Result<BodySpool> {
+        if !streamed {
+            return Ok(BodySpool::Memory(Vec::new()));
+        }
+        // Made (0700) at start.
+        let f = tempfile::tempfile_in(node.config.data_dir.join("spool"))?;
+        Ok(BodySpool::File(std::io::BufWriter::with_capacity(64 << 10, f)))
+    }
+
+    /// The spooled bytes, from the start.
+    fn into_reader(self) -> std::io::Result<Box<dyn std::io::Read>> {
+        use std::io::Seek;
+        Ok(match self {
+            BodySpool::Memory(v) => Box::new(std::io::Cursor::new(v)),
+            BodySpool::File(w) => {
+                let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                f.rewind()?;
+                Box::new(std::io::BufReader::with_capacity(64 << 10, f))
+            }
+        })
+    }
+}
+
+impl std::io::Write for BodySpool {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            BodySpool::Memory(v) => v.write(b),
+            BodySpool::File(f) => f.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            BodySpool::Memory(_) => Ok(()),
+            BodySpool::File(f) => f.flush(),
+        }
+    }
+}
+
+/// Attachments of a streamed envelope, written into store blobs as they
+/// are decrypted. Blobs of a message that is then not stored are discarded.
+struct BlobParts<'a> {
+    store: &'a konvert_store::Store,
+    agreement: String,
+    blobs: Vec<BlobRef>,
+}
+
+impl PartSink for BlobParts<'_> {
+    type Writer = konvert_store::BlobWriter;
+    fn create(&mut self, _index: u32) -> std::io::Result<Self::Writer> {
+        self.store
+            .blob_writer(&self.agreement, None)
+            .map_err(std::io::Error::other)
+    }
+    fn finish(&mut self, _index: u32, w: Self::Writer) -> std::io::Result<()> {
+        self.blobs.push(w.finish().map_err(std::io::Error::other)?);
+        Ok(())
+    }
+}
+
+impl BlobParts<'_> {
+    /// The blobs now belong to a stored message.
+    fn keep(mut self) -> Vec<BlobRef> {
+        std::mem::take(&mut self.blobs)
+    }
+}
+
+impl Drop for BlobParts<'_> {
+    fn drop(&mut self) {
+        for b in &self.blobs {
+            if let Err(e) = self.store.blob_discard(b) {
+                warn!(error = %e, "blob of a message not stored not removed (it goes with its hour)");
+            }
+        }
+    }
+}
+
+/// Where the attachments go while an envelope is opened.
+enum Parts<'a> {
+    Memory(MemoryParts),
+    Blobs(BlobParts<'a>),
+}
+
+/// Runs every check, stores, and returns the receipt to send and its
+/// outcome text. `streamed`: the envelope is large; its body is spooled to
+/// a file and its attachments go to store blobs.
+fn process<R: std::io::Read>(
+    node: &Arc<Node>,
+    peer: &AuthorityId,
+    input: R,
+    streamed: bool,
+) -> (Vec<u8>, String) {
+    let temporary = |node: &Node| {
+        (
+            reject(node, peer, None, Digest::default(), RejectCode::TemporaryFailure),
+            "rejected:temporary_failure".to_string(),
+        )
+    };
+    let mut body = match BodySpool::new(node, streamed) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "no spool file for a large envelope");
+            return temporary(node);
+        }
+    };
+    let received = match envelope::receive(input, &node.limits, &mut body) {
         Ok(r) => r,
         Err(e) => {
             let code = RejectCode::from(&e);
@@ -212,16 +370,41 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     let now = node.now();
     // Signatories by the peer's roster in force at signing time (Art. 9.3).
     let signers = node.cases.trusted_signers(&entry.card);
-    let mut parts = MemoryParts::default();
-    let opened = match auth.open(
-        body.as_slice(),
-        &node.own.current(),
-        &signers,
-        profile,
-        now,
-        &node.limits,
-        &mut parts,
-    ) {
+    let mut parts = if streamed {
+        Parts::Blobs(BlobParts {
+            store: &node.store,
+            agreement: agreement.to_string(),
+            blobs: Vec::new(),
+        })
+    } else {
+        Parts::Memory(MemoryParts::default())
+    };
+    let body = match body.into_reader() {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "spooled envelope body not readable");
+            return refuse(RejectCode::TemporaryFailure);
+        }
+    };
+    // Art. 16: the message is validated against the version its case was
+    // opened under, or the one in force at its time.
+    let mut governing: Option<&konvert_envelope::profile::Profile> = None;
+    let version = |m: &konvert_envelope::model::Message| {
+        let p = node
+            .cases
+            .with(|c| super::versions::governing(&dir.versions, &c.book, m))
+            .map_err(version_refusal)?;
+        governing = Some(p);
+        Ok(p)
+    };
+    let limits = &node.limits;
+    // Every age identity kept after a key rotation opens (crate::rotation).
+    let own = node.own.current();
+    let opened = match &mut parts {
+        Parts::Memory(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
+        Parts::Blobs(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
+    };
+    let opened = match opened {
         Ok(o) => o,
         Err(e) => {
             if let OpenError::Io(_) = e {
@@ -230,6 +413,7 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
             return refuse(RejectCode::from(&e));
         }
     };
+    let profile = governing.unwrap_or(profile);
     // The agreement's procedure (case, directory, consents), durable before the receipt.
     if let Err(code) = node
         .cases
@@ -269,39 +453,59 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
     let Ok(receipt_bytes) = receipt.sign(&node.own.for_peer(peer, now).signing) else {
         return refuse(RejectCode::TemporaryFailure);
     };
+    let (attachments, blob_parts) = match parts {
+        Parts::Memory(p) => (p.parts, None),
+        Parts::Blobs(b) => (Vec::new(), Some(b)),
+    };
     let record = InboxRecord {
         envelope: auth.header().clone(),
         digest,
         signed: opened.signed,
         signatory,
-        attachments: parts.parts.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        attachments: attachments.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        attachment_blobs: blob_parts.as_ref().map(|b| b.blobs.clone()).unwrap_or_default(),
         receipt: receipt_bytes.clone(),
         received: now,
     };
     let Ok(payload) = record.to_vec() else {
         return refuse(RejectCode::TemporaryFailure);
     };
-    match node.store.put_inbox(&NewMessage {
-        id: key,
-        peer: peer.to_string(),
-        agreement: agreement.to_string(),
-        kind: opened.message.kind().as_str().to_string(),
-        case,
-        payload,
-    }) {
+    // The message and the receipt issued for it in one durable write (the
+    // receipt is also kept apart from the message, for the audit
+    // retention: a duplicate that arrives after the message's retention
+    // ended still gets the same receipt). The procedure's records applied
+    // above become durable with it.
+    let issued = NewReceipt {
+        outcome: "accepted".into(),
+        bytes: receipt_bytes.clone(),
+    };
+    match node.store.put_inbox_with_receipt(
+        &NewMessage {
+            id: key,
+            peer: peer.to_string(),
+            agreement: agreement.to_string(),
+            kind: opened.message.kind().as_str().to_string(),
+            case,
+            payload,
+        },
+        &issued,
+    ) {
         Ok(put) if put.created => {
-            // Also kept apart from the message, for the audit retention: a
-            // duplicate that arrives after the message's retention ended
-            // still gets the same receipt (the copy in the inbox record goes
-            // with the payload).
-            if let Err(e) = node.store.put_issued_receipt(
-                &key,
-                &NewReceipt {
-                    outcome: "accepted".into(),
-                    bytes: receipt_bytes.clone(),
-                },
-            ) {
-                warn!(error = %e, "issued receipt not kept apart (it is in the inbox record)");
+            if let Some(b) = blob_parts {
+                b.keep();
+            }
+            // A directory update is the gateway's own business: verified and
+            // applied above, stored and receipted like any message, and
+            // acknowledged here (audited) instead of being listed for
+            // applications. A crash before this is repaired by the inbox
+            // listing, which acknowledges such leftovers and skips them.
+            let kind = opened.message.kind().as_str();
+            if super::service::GATEWAY_KINDS.contains(&kind) {
+                match node.store.inbox_ack(&key) {
+                    Ok(_) => info!(id = %id, kind, "applied and acknowledged by the gateway"),
+                    Err(e) => warn!(id = %id, error = %e, "gateway's own message not acknowledged yet"),
+                }
+                return (receipt_bytes, "accepted".into());
             }
             node.inbox_wake.notify_waiters();
             (receipt_bytes, "accepted".into())
@@ -314,6 +518,39 @@ fn process(node: &Arc<Node>, peer: &AuthorityId, bytes: &[u8]) -> (Vec<u8>, Stri
         Err(e) => {
             warn!(error = %e, "store refused a received envelope");
             refuse(RejectCode::TemporaryFailure)
+        }
+    }
+}
+
+/// Why no profile version governs a received message, as the open error
+/// whose receipt code says it: not in force or terminated (Art. 17); a case
+/// whose version is no longer loaded is this gateway's fault, so the sender
+/// is asked to retry (`temporary_failure`) while the operator restores it.
+fn version_refusal(e: super::versions::VersionError) -> OpenError {
+    use konvert_envelope::profile::ProfileVersionError as V;
+    match e {
+        super::versions::VersionError::At(V::NotInForce(n)) if n.is_terminated() => {
+            OpenError::AgreementTerminated {
+                agreement: n.agreement.clone(),
+                reason: n.reason.to_string(),
+            }
+        }
+        super::versions::VersionError::At(V::NotInForce(n)) => OpenError::AgreementNotInForce {
+            agreement: n.agreement.clone(),
+            reason: n.reason.to_string(),
+        },
+        super::versions::VersionError::At(e) => OpenError::AgreementNotInForce {
+            agreement: match &e {
+                V::DuplicateVersion { agreement, .. }
+                | V::NoVersionYet { agreement, .. }
+                | V::UnknownAgreement(agreement) => agreement.clone(),
+                V::NotInForce(n) => n.agreement.clone(),
+            },
+            reason: e.to_string(),
+        },
+        e @ super::versions::VersionError::CaseVersionMissing { .. } => {
+            warn!(error = %e, "a received message's case has no loaded profile version; asking the sender to retry");
+            OpenError::Io(std::io::Error::other(e.to_string()))
         }
     }
 }

@@ -21,10 +21,12 @@
 
 pub mod cases;
 pub mod inbound;
+pub mod local;
 pub mod operator;
 pub mod outbound;
 pub mod retention;
 pub mod service;
+pub mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -237,8 +239,12 @@ pub enum StartError {
 /// What changes on SIGHUP: peers, their cards and the profiles.
 #[derive(Debug)]
 pub struct Directory {
-    /// Profiles by agreement.
+    /// The highest loaded profile version of each agreement (its dates in
+    /// force are the agreement's).
     pub profiles: BTreeMap<AgreementId, Profile>,
+    /// Every loaded version (Art. 16): which one governs a message is
+    /// [`versions::governing`].
+    pub versions: konvert_envelope::profile::ProfileVersions,
     /// Peers by authority.
     pub peers: BTreeMap<AuthorityId, PeerEntry>,
 }
@@ -281,6 +287,7 @@ impl Directory {
         }
         Ok(Self {
             profiles: l.profiles.clone(),
+            versions: l.versions.clone(),
             peers,
         })
     }
@@ -341,6 +348,9 @@ pub struct Node {
     pub sweeps: retention::SweepTotals,
     /// Request cases, peers' rosters and consents ([`cases`]).
     pub cases: cases::Cases,
+    /// This authority's own signatory roster (`keys/roster.cose`), re-read
+    /// when the file changes: who may sign submissions.
+    pub own_roster: crate::signatories::RosterCache,
 }
 
 impl Node {
@@ -396,6 +406,8 @@ impl Node {
         })?;
         let uploads_dir = cfg.data_dir.join("uploads");
         files::create_private_dir(&uploads_dir).map_err(offline::Error::from)?;
+        // Bodies of large envelopes while they are checked (unlinked files).
+        files::create_private_dir(&cfg.data_dir.join("spool")).map_err(offline::Error::from)?;
 
         let tcfg = TransportConfig {
             idle_timeout: cfg.quic.idle_timeout.0,
@@ -423,7 +435,8 @@ impl Node {
             max_attempts: cfg.outbox.max_attempts,
         };
         let links = outbound::Links::new(&directory);
-        let cases = cases::Cases::load(&cfg.data_dir)?;
+        let store = Arc::new(store);
+        let cases = cases::Cases::load(Arc::clone(&store), &cfg.data_dir)?;
         let node = Arc::new(Node {
             config_path: config_path.to_path_buf(),
             config: loaded.config.clone(),
@@ -431,7 +444,7 @@ impl Node {
             own,
             signatories,
             directory: RwLock::new(Arc::new(directory)),
-            store: Arc::new(store),
+            store,
             endpoint,
             limits,
             backoff,
@@ -445,6 +458,7 @@ impl Node {
             clock,
             sweeps: retention::SweepTotals::default(),
             cases,
+            own_roster: crate::signatories::RosterCache::default(),
         });
         outbound::restore_in_flight(&node);
         // The peers' recorded key rotations and the own one, if any.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
+use konvert_envelope::profile::ProfileVersionError;
 use konvert_envelope::receipt::Outcome;
 use konvert_store::{Direction, MessageId, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
@@ -46,6 +47,16 @@ pub enum SubmitError {
     /// The signatory is not configured.
     #[error("signatory {0} is not configured on this gateway")]
     UnknownSignatory(String),
+    /// The signatory is not on the own latest roster, or not valid now or
+    /// at the message's time (Art. 9.3, 9.4).
+    #[error(transparent)]
+    SignerNotAuthorised(#[from] crate::signatories::NotAuthorised),
+    /// No profile version governs the message (Art. 16).
+    #[error(transparent)]
+    ProfileVersion(super::versions::VersionError),
+    /// The own roster file exists but cannot be read or verified.
+    #[error("the own signatory roster cannot be used: {0}")]
+    OwnRoster(String),
     /// An attachment names an upload that does not exist.
     #[error("attachment {index}: {reason}")]
     Attachment {
@@ -325,6 +336,10 @@ pub struct OutboxRecord {
     /// the peer accepts it (absent in records written before cases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<serde_bytes::ByteBuf>,
+    /// A large envelope is kept in a store blob instead of `envelope`
+    /// (sealed into it and streamed out of it in bounded memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_blob: Option<konvert_store::BlobRef>,
 }
 
 impl OutboxRecord {
@@ -413,8 +428,24 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             Err(SubmitError::IdInUse(h.id))
         };
     }
+    let now = node.now();
+    // Who may sign: the own latest roster, at the node's time and at the
+    // message's (what the peer checks), before anything is sealed.
+    if let Some(roster) = node
+        .own_roster
+        .current(&node.config.keys_dir)
+        .map_err(|e| SubmitError::OwnRoster(e.to_string()))?
+    {
+        crate::signatories::check_signer(
+            roster.roster(),
+            &sub.signatory,
+            &signer.verifying_key(),
+            &[now, h.time],
+        )?;
+    }
     let mut sources = Vec::new();
     let mut used = Vec::new();
+    let mut upload_bytes = 0u64;
     for (index, a) in msg.attachments().into_iter().enumerate() {
         let name = a
             .file
@@ -434,17 +465,36 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             index,
             reason: format!("upload {upload} does not exist (or has expired)"),
         })?;
+        upload_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
         sources.push(std::io::BufReader::with_capacity(envelope::CHUNK_SIZE, f));
     }
+    // Large messages are sealed into a store blob and streamed out later,
+    // in bounded memory; small ones are sealed in memory.
+    let streamed = upload_bytes > super::inbound::STREAM_ABOVE;
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
-    let now = node.now();
-    // The message itself first (fields, kind, in force), then its place in the procedure.
+    // Art. 17 first, so that the refusal names the receipt code the peer
+    // would give (agreement_not_in_force or agreement_terminated); then the
+    // message itself (fields, kind), then its place in the procedure.
+    profile
+        .in_force_at(now)
+        .and_then(|()| profile.in_force_at(h.time))
+        .map_err(|e| SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e)))?;
+    // Art. 16: the version its case was opened under, or the one in force at its time.
+    let profile = node
+        .cases
+        .with(|p| super::versions::governing(&dir.versions, &p.book, &msg))
+        .map_err(|e| match e {
+            super::versions::VersionError::At(ProfileVersionError::NotInForce(e)) => {
+                SubmitError::Procedure(super::cases::OutgoingError::NotInForce(e))
+            }
+            e => SubmitError::ProfileVersion(e),
+        })?;
     profile
         .validate_unsealed(&msg, now)
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
     node.cases
         .check_outgoing(&msg, profile, &sub.sources, sub.purpose.as_deref(), now)?;
-    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print);
+    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print, streamed);
     if queued.is_err() {
         node.cases.release(&h.id);
     }
@@ -476,33 +526,69 @@ fn seal_and_queue(
     profile: &konvert_envelope::profile::Profile,
     now: Timestamp,
     print: konvert_envelope::model::Digest,
+    streamed: bool,
 ) -> Result<(envelope::Sealed, konvert_store::Put), SubmitError> {
     let h = msg.header.clone();
     let id = MessageId(*h.id.as_bytes());
-    let mut bytes = Vec::new();
+    let kind = msg.kind().as_str().to_string();
     // The node key towards this peer and its current age recipients
     // (both follow key rotations: crate::rotation).
     let own = node.own.for_peer(&h.to, now);
     let card = crate::rotation::sealing_card(node, &peer.card);
-    let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
+    let (sealed, envelope, envelope_blob) = if streamed {
+        let mut w = std::io::BufWriter::with_capacity(
+            envelope::CHUNK_SIZE,
+            node.store.blob_writer(h.agreement.as_str(), Some(&kind))?,
+        );
+        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut w)?;
+        let w = w
+            .into_inner()
+            .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
+        (sealed, Vec::new(), Some(w.finish()?))
+    } else {
+        let mut bytes = Vec::new();
+        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
+        (sealed, bytes, None)
+    };
+    let discard = |node: &Node| {
+        if let Some(b) = &envelope_blob {
+            let _ = node.store.blob_discard(b);
+        }
+    };
     let message = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
         .map_err(|e| SubmitError::Internal(e.to_string()))?;
-    let case = super::cases::store_case_of_outgoing(node, &sealed.message)?;
-    let put = node.store.put_outbox(&NewMessage {
-        id,
-        peer: h.to.to_string(),
-        agreement: h.agreement.to_string(),
-        kind: sealed.message.kind().as_str().to_string(),
-        case,
-        payload: OutboxRecord {
-            envelope: bytes,
-            digest: sealed.envelope_digest,
-            fingerprint: print,
-            message: Some(serde_bytes::ByteBuf::from(message)),
+    let put = super::cases::store_case_of_outgoing(node, &sealed.message)
+        .map_err(SubmitError::from)
+        .and_then(|case| {
+            let payload = OutboxRecord {
+                envelope,
+                digest: sealed.envelope_digest,
+                fingerprint: print,
+                message: Some(serde_bytes::ByteBuf::from(message)),
+                envelope_blob: envelope_blob.clone(),
+            }
+            .to_vec()?;
+            Ok(node.store.put_outbox(&NewMessage {
+                id,
+                peer: h.to.to_string(),
+                agreement: h.agreement.to_string(),
+                kind,
+                case,
+                payload,
+            })?)
+        });
+    match put {
+        Ok(put) if put.created => Ok((sealed, put)),
+        Ok(put) => {
+            // A concurrent submission of the same id won: its envelope is the one.
+            discard(node);
+            Ok((sealed, put))
         }
-        .to_vec()?,
-    })?;
-    Ok((sealed, put))
+        Err(e) => {
+            discard(node);
+            Err(e)
+        }
+    }
 }
 
 /// Rebuilds the cases' in-flight slots from the undelivered outbox (at start).
@@ -767,8 +853,18 @@ async fn attempt(
         .map_err(|e| AttemptError::Send(e.to_string()))??;
     let conn = connection(node, peer, link).await?;
     let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
-    let len = record.envelope.len() as u64;
-    let sent = conn.send_envelope(len, record.envelope.as_slice()).await;
+    let sent = match &record.envelope_blob {
+        Some(blob) => {
+            let reader = node.store.blob_reader(blob)?;
+            let len = blob.len;
+            let stream = super::service::stream_blocking(reader, Id::from_bytes(id.0));
+            conn.send_envelope(len, stream).await
+        }
+        None => {
+            let len = record.envelope.len() as u64;
+            conn.send_envelope(len, record.envelope.as_slice()).await
+        }
+    };
     // `sent`: the envelope went out on a connection the peer accepted (a
     // refused or lost connection is not sending). Recorded in memory, and
     // the first time durably as queued → sent (audited).
@@ -845,18 +941,17 @@ async fn attempt(
         &konvert_envelope::model::Id::from_bytes(id.0),
         matches!(receipt.outcome, Outcome::Accepted),
     );
-    let (n, m, r) = (Arc::clone(node), record.message.clone(), receipt.clone());
-    tokio::task::spawn_blocking(move || super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r))
-        .await
-        .map_err(|e| AttemptError::Send(e.to_string()))?
-        .map_err(|e| AttemptError::Send(e.to_string()))?;
-    let store = Arc::clone(&node.store);
+    let (n, m, r) = (Arc::clone(node), record.message, receipt);
     let key = *id;
     let out = outcome.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), konvert_store::Error> {
-        // (queued →) sent → delivered, each audited: the store records a
-        // delivery straight from queued as sent too, in the same write.
-        store.mark_delivered(
+    // One blocking step: the case applied (its records ride on the durable
+    // write that follows), then (queued →) sent → delivered, each audited:
+    // the store records a delivery straight from queued as sent too, in
+    // the same write.
+    tokio::task::spawn_blocking(move || -> Result<(), AttemptError> {
+        super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r)
+            .map_err(|e| AttemptError::Send(e.to_string()))?;
+        n.store.mark_delivered(
             &key,
             &NewReceipt {
                 outcome: out,

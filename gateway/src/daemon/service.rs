@@ -478,7 +478,7 @@ fn inbox_item(meta: &MessageMeta, rec: &InboxRecord) -> Result<InboxItem, Proble
         kind: meta.kind.clone(),
         in_reply_to: msg.header.in_reply_to,
         received: rec.received,
-        attachments: u32::try_from(rec.attachments.len()).unwrap_or(u32::MAX),
+        attachments: u32::try_from(rec.attachment_count()).unwrap_or(u32::MAX),
         due: None,
         purpose: purpose_of(&msg),
         expires: Some(ts(meta.expires_at)),
@@ -492,12 +492,52 @@ fn parse_cursor(c: &Cursor) -> Result<MessageId, Problem> {
     Ok(MessageId(b))
 }
 
+/// The kinds the gateway handles itself and never lists for applications:
+/// directory updates (rosters, renamings) are verified and applied by the
+/// gateway on receipt, and acknowledged there ([`super::inbound`]).
+pub const GATEWAY_KINDS: &[&str] = &["directory_update"];
+
+/// Unacknowledged received messages of the gateway's own kinds (left by a
+/// crash between the store's put and the acknowledgement, or received
+/// before they were acknowledged on receipt) are acknowledged here, and the
+/// list goes on after them: an application never sees one.
+fn inbox_metas(node: &Node, after: Option<MessageId>, limit: u32) -> Result<Vec<MessageMeta>, Problem> {
+    let mut after = after;
+    let mut out = Vec::new();
+    loop {
+        let batch = node
+            .store
+            .inbox_list(after.as_ref(), limit as usize)
+            .map_err(store_err)?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        after = Some(last.id);
+        let full = batch.len() >= limit as usize;
+        for m in batch {
+            if GATEWAY_KINDS.contains(&m.kind.as_str()) {
+                match node.store.inbox_ack(&m.id) {
+                    Ok(_) => {
+                        tracing::info!(id = %Id::from_bytes(m.id.0), kind = %m.kind, "gateway's own message acknowledged")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "gateway's own message not acknowledged"),
+                }
+                continue;
+            }
+            out.push(m);
+            if out.len() >= limit as usize {
+                return Ok(out);
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
 fn inbox_list(node: &Node, after: Option<&Cursor>, limit: u32) -> Result<Vec<InboxItem>, Problem> {
     let after = after.map(parse_cursor).transpose()?;
-    let metas = node
-        .store
-        .inbox_list(after.as_ref(), limit as usize)
-        .map_err(store_err)?;
+    let metas = inbox_metas(node, after, limit)?;
     let mut out = Vec::with_capacity(metas.len());
     for m in metas {
         let Ok(msg) = node.store.get(StoreDirection::Inbound, &m.id) else {
@@ -730,15 +770,24 @@ impl ApiService for Service {
             let message: Message = konvert_envelope::cbor::from_slice(&rec.signed.message, 64 << 20)
                 .map_err(|_| Problem::internal())?;
             let atts = message.attachments();
-            let (Some(a), Some(bytes)) = (atts.get(index as usize), rec.attachments.get(index as usize))
-            else {
+            let Some(a) = atts.get(index as usize) else {
                 return Err(Problem::not_found("attachment"));
             };
+            let reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> =
+                if let Some(blob) = rec.attachment_blobs.get(index as usize) {
+                    // Streamed out of the store in bounded memory.
+                    let r = node.store.blob_reader(blob).map_err(store_err)?;
+                    stream_blocking(r, id)
+                } else if let Some(bytes) = rec.attachments.into_iter().nth(index as usize) {
+                    Box::pin(std::io::Cursor::new(bytes.into_vec()))
+                } else {
+                    return Err(Problem::not_found("attachment"));
+                };
             Ok(Download {
                 media_type: a.media_type.clone(),
                 length: Some(a.length),
                 sha256: Some(a.sha256),
-                reader: Box::pin(std::io::Cursor::new(bytes.to_vec())),
+                reader,
             })
         })
         .await
@@ -772,6 +821,26 @@ impl ApiService for Service {
 
     async fn case(&self, _caller: Caller, id: Id) -> Result<crate::api::cases::CaseView, Problem> {
         super::cases::view(&self.0, &id).ok_or_else(|| Problem::not_found("case"))
+    }
+
+    async fn close_case(&self, caller: Caller, id: Id) -> Result<crate::api::cases::CaseView, Problem> {
+        let node = Arc::clone(&self.0);
+        tracing::info!(case = %id, uid = caller.uid, "case close requested");
+        blocking(move || super::local::close_case(&node, id)).await
+    }
+
+    async fn directory(&self, _caller: Caller) -> Result<crate::api::directory::DirectoryView, Problem> {
+        Ok(super::local::directory_view(&self.0))
+    }
+
+    async fn directory_change(
+        &self,
+        caller: Caller,
+        request: crate::api::directory::ChangeRequest,
+    ) -> Result<crate::api::directory::ChangeQueued, Problem> {
+        let node = Arc::clone(&self.0);
+        tracing::info!(uid = caller.uid, "api: directory change");
+        blocking(move || super::local::send_change(&node, request)).await
     }
 
     async fn peers(&self, _caller: Caller) -> Result<Vec<PeerView>, Problem> {
@@ -1196,7 +1265,9 @@ fn submit_problem(e: SubmitError) -> Problem {
     match e {
         SubmitError::Seal(SealError::Invalid(errs)) => {
             let mut p = Problem::from_validation(&errs, "/message");
-            if errs.has(konvert_envelope::profile::ValidationRule::NotInForce) {
+            if errs.has(konvert_envelope::profile::ValidationRule::NotInForce)
+                || errs.has(konvert_envelope::profile::ValidationRule::Terminated)
+            {
                 let t = ProblemType::NotInForce;
                 p.type_ = t;
                 p.title = t.title().to_owned();
@@ -1224,6 +1295,24 @@ fn submit_problem(e: SubmitError) -> Problem {
             "unknown_signatory",
             e.to_string(),
         ),
+        SubmitError::SignerNotAuthorised(..) => Problem::new(ProblemType::SignerNotAuthorised, e.to_string())
+            .with_error("/signatory", "signer_not_authorised", e.to_string()),
+        SubmitError::ProfileVersion(super::versions::VersionError::At(ref v)) => Problem::new(
+            ProblemType::NotInForce,
+            e.to_string(),
+        )
+        .with_error("/message/header/time", "agreement_not_in_force", v.to_string()),
+        SubmitError::ProfileVersion(ref v) => {
+            tracing::error!(error = %v, "no loaded profile version for a case");
+            Problem::new(ProblemType::Unavailable, e.to_string())
+        }
+        SubmitError::OwnRoster(ref reason) => {
+            tracing::error!(error = %reason, "own signatory roster not usable; submissions refused");
+            Problem::new(
+                ProblemType::Unavailable,
+                "the own signatory roster (keys/roster.cose) cannot be read or verified; see the daemon's log",
+            )
+        }
         SubmitError::Attachment { index, ref reason } => Problem::new(ProblemType::Validation, e.to_string())
             .with_error(
                 format!("/message/attachments/{index}"),
@@ -1238,6 +1327,28 @@ fn submit_problem(e: SubmitError) -> Problem {
             Problem::internal()
         }
     }
+}
+
+/// An async reader over a blocking one (a store blob being decrypted): a
+/// blocking task copies it through a bounded pipe. A failure midway (a
+/// blob that does not authenticate) ends the stream early, which the HTTP
+/// layer reports as a body shorter than its `Content-Length`.
+pub(crate) fn stream_blocking(
+    mut r: impl std::io::Read + Send + 'static,
+    id: Id,
+) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+    let (rx, tx) = tokio::io::duplex(256 << 10);
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut w = tokio_util::io::SyncIoBridge::new_with_handle(tx, rt);
+        if let Err(e) = std::io::copy(&mut r, &mut w) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                tracing::error!(id = %id, error = %e, "attachment not streamed out of the store");
+            }
+        }
+        let _ = w.shutdown();
+    });
+    Box::pin(rx)
 }
 
 #[cfg(test)]
