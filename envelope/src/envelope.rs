@@ -805,15 +805,27 @@ fn read_definite_bytes<R: Read>(
 impl Received {
     /// Verifies the node signature with the sender's card.
     pub fn authenticate(self, sender: &AuthorityCard) -> Result<Authenticated, OpenError> {
-        if self.header.from != sender.authority {
+        let key = sender.node_key;
+        self.authenticate_any(&sender.authority, &[key])
+    }
+
+    /// Verifies the node signature with any of `keys`, the node keys of
+    /// `sender` accepted now (during a key rotation's dual-key window, the
+    /// old and the new one: `roster::DirectoryHistory::accepted_node_keys`).
+    pub fn authenticate_any(
+        self,
+        sender: &AuthorityId,
+        keys: &[crate::keys::VerifyingKey],
+    ) -> Result<Authenticated, OpenError> {
+        if &self.header.from != sender {
             return Err(OpenError::UnknownSender {
                 claimed: self.header.from.clone(),
-                expected: sender.authority.clone(),
+                expected: sender.clone(),
             });
         }
         let tbs =
             node_sig_input(&self.header_bytes, &self.body_digest).map_err(|e| structure(e.to_string()))?;
-        if !sender.node_key.verify(&tbs, &self.node_sig) {
+        if !keys.iter().any(|k| k.verify(&tbs, &self.node_sig)) {
             return Err(OpenError::NodeSignature {
                 from: self.header.from.clone(),
             });
@@ -916,7 +928,11 @@ impl Authenticated {
         let decryptor = age::Decryptor::new_buffered(io::BufReader::with_capacity(CHUNK_SIZE, body))
             .map_err(decrypt_err)?;
         let mut plain = decryptor
-            .decrypt(std::iter::once(keys.age.inner() as &dyn age::Identity))
+            .decrypt(
+                std::iter::once(&keys.age)
+                    .chain(&keys.previous_age)
+                    .map(|i| i.inner() as &dyn age::Identity),
+            )
             .map_err(decrypt_err)?;
         let mut found = Vec::with_capacity(header.attachments as usize);
         let signed_bytes = {

@@ -205,6 +205,33 @@ impl AgeIdentity {
             .map(Self)
             .map_err(|_| KeyError::AgeIdentity("invalid Bech32 secret key"))
     }
+    /// Reads every identity of an identity file, in order: the current one
+    /// first, then the previous ones a key rotation keeps (so that
+    /// envelopes sealed to an old recipient still open). Comment and blank
+    /// lines are skipped; at most 16 identities.
+    pub fn all_from_text(text: &str) -> Result<Vec<Self>, KeyError> {
+        if text.len() > MAX_KEY_TEXT {
+            return Err(KeyError::TooLarge(text.len()));
+        }
+        let keys: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        if keys.is_empty() {
+            return Err(KeyError::AgeIdentity("no key line found"));
+        }
+        if keys.len() > 16 {
+            return Err(KeyError::AgeIdentity("more than 16 key lines"));
+        }
+        keys.into_iter()
+            .map(|l| {
+                age::x25519::Identity::from_str(l)
+                    .map(Self)
+                    .map_err(|_| KeyError::AgeIdentity("invalid Bech32 secret key"))
+            })
+            .collect()
+    }
     /// The identity as text, in `age-keygen` file form (zeroized when dropped).
     pub fn to_text(&self) -> Zeroizing<String> {
         let secret = self.0.to_string();
@@ -285,6 +312,9 @@ pub struct NodeKeys {
     pub signing: SigningKey,
     /// Decrypts envelopes addressed to this authority.
     pub age: AgeIdentity,
+    /// Earlier age identities kept after a key rotation: envelopes sealed
+    /// to their recipients still open (tried after `age`).
+    pub previous_age: Vec<AgeIdentity>,
 }
 
 impl NodeKeys {
@@ -294,6 +324,7 @@ impl NodeKeys {
             authority,
             signing: SigningKey::generate(),
             age: AgeIdentity::generate(),
+            previous_age: Vec::new(),
         }
     }
     /// The public card that peers need to talk to this gateway.

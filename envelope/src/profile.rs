@@ -1172,6 +1172,43 @@ impl Checker<'_> {
                     }
                 }
             }
+            DirectoryChange::KeyRotation {
+                authority,
+                effective,
+                old_until,
+                tls_pin,
+                node_key,
+                age_recipient,
+            } => {
+                let path = format!("{C}.key_rotation");
+                if authority != from {
+                    self.err(
+                        format!("{path}.authority"),
+                        ValidationRule::NotOwnAuthority,
+                        format!("{from} may rotate only its own keys, not those of {authority}"),
+                    );
+                }
+                if tls_pin.is_none() && node_key.is_none() && age_recipient.is_none() {
+                    self.err(
+                        path.clone(),
+                        ValidationRule::MissingRequired,
+                        "names no key (tls_pin, node_key or age_recipient)",
+                    );
+                }
+                if old_until < effective {
+                    self.err(
+                        format!("{path}.old_until"),
+                        ValidationRule::DateOrder,
+                        "old_until is before effective",
+                    );
+                }
+                for (name, t) in [("tls_pin", tls_pin), ("age_recipient", age_recipient)] {
+                    if let Some(t) = t {
+                        self.short_text(&format!("{path}.{name}.old"), &t.old, true);
+                        self.short_text(&format!("{path}.{name}.new"), &t.new, true);
+                    }
+                }
+            }
         }
     }
 

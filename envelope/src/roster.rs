@@ -29,10 +29,10 @@ use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, Tagged
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::keys::{AuthorityCard, SigningKey, TrustedSigner, VerifyingKey};
+use crate::keys::{AgeRecipient, AuthorityCard, SigningKey, TrustedSigner, VerifyingKey};
 use crate::model::{
     Attestation, AuthorityId, DirectoryChange, DirectoryUpdate, Message, MessageBody, PublicKeyBytes,
-    Signatory, SignatoryId, Timestamp, MAX_ATTESTATION_LEN,
+    RotatedKey, RotatedText, Signatory, SignatoryId, Timestamp, MAX_ATTESTATION_LEN,
 };
 use crate::receipt::RejectCode;
 
@@ -108,6 +108,14 @@ pub enum RosterError {
     /// The statement is a roster where a renaming was expected, or the reverse.
     #[error("directory statement holds another kind of change than expected")]
     WrongChange,
+    /// A key rotation that is inconsistent.
+    #[error("key rotation of {authority}: {what}")]
+    InvalidRotation {
+        /// The authority.
+        authority: AuthorityId,
+        /// What is wrong (field names, never key material).
+        what: String,
+    },
     /// Could not encode.
     #[error("cannot encode directory statement: {0}")]
     Encode(String),
@@ -119,7 +127,7 @@ impl RosterError {
         match self {
             Self::Stale { .. } => RejectCode::StaleDirectoryUpdate,
             Self::NotDirectoryUpdate | Self::WrongChange => RejectCode::WrongState,
-            Self::InvalidRoster { .. } => RejectCode::InvalidMessage,
+            Self::InvalidRoster { .. } | Self::InvalidRotation { .. } => RejectCode::InvalidMessage,
             _ => RejectCode::DirectoryNotVerified,
         }
     }
@@ -336,7 +344,10 @@ pub fn authority_change_update(
     note: Option<String>,
     root: &SigningKey,
 ) -> Result<DirectoryUpdate, RosterError> {
-    if matches!(change, DirectoryChange::SignatoryRoster { .. }) {
+    if matches!(
+        change,
+        DirectoryChange::SignatoryRoster { .. } | DirectoryChange::KeyRotation { .. }
+    ) {
         return Err(RosterError::WrongChange);
     }
     let stmt = DirectoryStatement {
@@ -625,6 +636,217 @@ pub struct AuthorityChange {
     pub cose: Vec<u8>,
 }
 
+/// Longest dual-key window a key rotation may ask for (`old_until - effective`).
+pub const MAX_ROTATION_WINDOW_SECS: i64 = 366 * 24 * 3600;
+
+/// Checks the text form of a TLS pin: `sha256/` and the standard base64 of 32 bytes.
+pub fn check_tls_pin(pin: &str) -> Result<[u8; 32], &'static str> {
+    use base64::Engine as _;
+    let b64 = pin
+        .strip_prefix("sha256/")
+        .ok_or("a TLS pin starts with \"sha256/\"")?;
+    if b64.len() != 44 {
+        return Err("a TLS pin is \"sha256/\" and the base64 of 32 bytes");
+    }
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "a TLS pin is \"sha256/\" and the base64 of 32 bytes")?;
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| "a TLS pin is \"sha256/\" and the base64 of 32 bytes")
+}
+
+/// A verified rotation of a gateway's own keys (see
+/// [`DirectoryChange::KeyRotation`]): what [`DirectoryHistory`] records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    /// The authority whose gateway keys change.
+    pub authority: AuthorityId,
+    /// When the root key signed it.
+    pub issued: Timestamp,
+    /// From when the new keys are used.
+    pub effective: Timestamp,
+    /// Until when the old TLS pin and node key stay accepted.
+    pub old_until: Timestamp,
+    /// TLS pin, old and new.
+    pub tls_pin: Option<RotatedText>,
+    /// Node signing key, old and new.
+    pub node_key: Option<RotatedKey>,
+    /// age recipient, old and new.
+    pub age_recipient: Option<RotatedText>,
+    /// The signed statement.
+    #[serde(with = "serde_bytes")]
+    pub cose: Vec<u8>,
+}
+
+impl KeyRotation {
+    /// The rotation of a statement, checked: the rotated authority is the
+    /// signing one, at least one key, `effective <= old_until` within
+    /// [`MAX_ROTATION_WINDOW_SECS`], old and new differ, every key parses.
+    pub fn from_statement(s: &DirectoryStatement, cose: Vec<u8>) -> Result<KeyRotation, RosterError> {
+        let DirectoryChange::KeyRotation {
+            authority,
+            effective,
+            old_until,
+            tls_pin,
+            node_key,
+            age_recipient,
+        } = &s.change
+        else {
+            return Err(RosterError::WrongChange);
+        };
+        if authority != &s.authority {
+            return Err(RosterError::WrongAuthority {
+                statement: s.authority.clone(),
+                sender: authority.clone(),
+            });
+        }
+        let r = KeyRotation {
+            authority: authority.clone(),
+            issued: s.issued,
+            effective: *effective,
+            old_until: *old_until,
+            tls_pin: tls_pin.clone(),
+            node_key: node_key.clone(),
+            age_recipient: age_recipient.clone(),
+            cose,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    /// Checks the rotation (see [`KeyRotation::from_statement`]).
+    pub fn check(&self) -> Result<(), RosterError> {
+        let bad = |what: &str| RosterError::InvalidRotation {
+            authority: self.authority.clone(),
+            what: what.to_string(),
+        };
+        if self.tls_pin.is_none() && self.node_key.is_none() && self.age_recipient.is_none() {
+            return Err(bad("names no key (tls_pin, node_key or age_recipient)"));
+        }
+        if self.old_until < self.effective {
+            return Err(bad("old_until is before effective"));
+        }
+        if self.old_until.as_unix() - self.effective.as_unix() > MAX_ROTATION_WINDOW_SECS {
+            return Err(bad(
+                "the window from effective to old_until is longer than 366 days",
+            ));
+        }
+        if let Some(p) = &self.tls_pin {
+            check_tls_pin(&p.old).map_err(|_| bad("tls_pin.old is not a pin (sha256/<base64>)"))?;
+            check_tls_pin(&p.new).map_err(|_| bad("tls_pin.new is not a pin (sha256/<base64>)"))?;
+            if p.old == p.new {
+                return Err(bad("tls_pin.new equals tls_pin.old"));
+            }
+        }
+        if let Some(k) = &self.node_key {
+            VerifyingKey::from_bytes(k.old.as_bytes())
+                .map_err(|_| bad("node_key.old is not an Ed25519 key"))?;
+            VerifyingKey::from_bytes(k.new.as_bytes())
+                .map_err(|_| bad("node_key.new is not an Ed25519 key"))?;
+            if k.old == k.new {
+                return Err(bad("node_key.new equals node_key.old"));
+            }
+        }
+        if let Some(a) = &self.age_recipient {
+            let old: AgeRecipient = a
+                .old
+                .parse()
+                .map_err(|_| bad("age_recipient.old is not an age recipient (age1…)"))?;
+            let new: AgeRecipient = a
+                .new
+                .parse()
+                .map_err(|_| bad("age_recipient.new is not an age recipient (age1…)"))?;
+            if old == new {
+                return Err(bad("age_recipient.new equals age_recipient.old"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The statement the root key signs.
+    pub fn statement(&self) -> DirectoryStatement {
+        DirectoryStatement {
+            authority: self.authority.clone(),
+            issued: self.issued,
+            change: DirectoryChange::KeyRotation {
+                authority: self.authority.clone(),
+                effective: self.effective,
+                old_until: self.old_until,
+                tls_pin: self.tls_pin.clone(),
+                node_key: self.node_key.clone(),
+                age_recipient: self.age_recipient.clone(),
+            },
+        }
+    }
+
+    /// Checks and signs the rotation with the authority's root key; the
+    /// result holds the signed bytes.
+    pub fn sign(mut self, root: &SigningKey) -> Result<KeyRotation, RosterError> {
+        self.check()?;
+        self.cose = self.statement().sign(root)?;
+        Ok(self)
+    }
+
+    /// Verifies signed bytes with the authority's root key.
+    pub fn verify(bytes: &[u8], root: &VerifyingKey) -> Result<KeyRotation, RosterError> {
+        let s = DirectoryStatement::verify(bytes, root)?;
+        KeyRotation::from_statement(&s, bytes.to_vec())
+    }
+
+    /// The `directory_update` body that announces the rotation.
+    pub fn to_directory_update(&self, note: Option<String>) -> DirectoryUpdate {
+        DirectoryUpdate {
+            change: self.statement().change,
+            note,
+            attestation: Some(Attestation(self.cose.clone())),
+        }
+    }
+
+    /// Is `t` inside the dual-key window (old keys still accepted)?
+    pub fn old_accepted_at(&self, t: Timestamp) -> bool {
+        t <= self.old_until
+    }
+
+    fn same_change(&self, other: &KeyRotation) -> bool {
+        self.authority == other.authority
+            && self.issued == other.issued
+            && self.statement().change == other.statement().change
+    }
+}
+
+/// The values accepted at `t` from a starting set and a list of (old, new,
+/// old_until) rotations: every new value, and the starting ones, with each
+/// old value accepted until its `old_until` and refused after it.
+fn accepted_at<T: PartialEq + Clone>(
+    base: impl IntoIterator<Item = T>,
+    rotations: &[(T, T, Timestamp)],
+    t: Timestamp,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    let add = |v: &T, out: &mut Vec<T>| {
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+    };
+    for v in base {
+        add(&v, &mut out);
+    }
+    for (old, new, until) in rotations {
+        add(new, &mut out);
+        if t <= *until {
+            add(old, &mut out);
+        }
+    }
+    // A value retired by one rotation stays retired unless a later one
+    // names it as new again.
+    for (i, (old, _, until)) in rotations.iter().enumerate() {
+        let renewed = rotations[i + 1..].iter().any(|(_, n, _)| n == old);
+        if t > *until && !renewed {
+            out.retain(|v| v != old);
+        }
+    }
+    out
+}
+
 /// What [`DirectoryHistory::apply_update`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirectoryApplied {
@@ -639,6 +861,13 @@ pub enum DirectoryApplied {
         /// Whether it was new.
         added: bool,
     },
+    /// A key rotation was recorded (or was already on record).
+    KeysRotated {
+        /// The authority whose keys changed.
+        authority: AuthorityId,
+        /// Whether it was new.
+        added: bool,
+    },
 }
 
 /// The verified directory of the peers: roster history and the renamings
@@ -647,6 +876,10 @@ pub enum DirectoryApplied {
 pub struct DirectoryHistory {
     rosters: RosterHistory,
     changes: Vec<AuthorityChange>,
+    /// Key rotations of the peers' gateways, by issue time (absent in
+    /// snapshots written before rotations existed).
+    #[serde(default)]
+    rotations: Vec<KeyRotation>,
 }
 
 impl DirectoryHistory {
@@ -670,6 +903,16 @@ impl DirectoryHistory {
     /// Applies an update verified by [`verify_update`].
     pub fn apply_verified(&mut self, v: VerifiedUpdate) -> Result<DirectoryApplied, RosterError> {
         let (replaced, old, new, new_name, new_name_en, effective) = match &v.statement.change {
+            DirectoryChange::KeyRotation { .. } => {
+                let r = KeyRotation::from_statement(&v.statement, v.cose)?;
+                let added = !self.rotations.iter().any(|x| x.same_change(&r));
+                let authority = r.authority.clone();
+                if added {
+                    self.rotations.push(r);
+                    self.rotations.sort_by_key(|x| (x.issued, x.effective));
+                }
+                return Ok(DirectoryApplied::KeysRotated { authority, added });
+            }
             DirectoryChange::SignatoryRoster { .. } => {
                 let roster = Roster::from_statement(&v.statement)?;
                 return self
@@ -727,6 +970,78 @@ impl DirectoryHistory {
     /// Every renaming and replacement, by effective time.
     pub fn changes(&self) -> &[AuthorityChange] {
         &self.changes
+    }
+
+    /// Every recorded key rotation of `authority`, by issue time.
+    pub fn rotations<'a>(
+        &'a self,
+        authority: &'a AuthorityId,
+    ) -> impl DoubleEndedIterator<Item = &'a KeyRotation> + 'a {
+        self.rotations.iter().filter(move |r| &r.authority == authority)
+    }
+
+    /// The node signing keys of the peer with `card` accepted at `t`: the
+    /// card's key and every rotated-in key; a rotated-out key until the
+    /// rotation's `old_until`, not after.
+    pub fn accepted_node_keys(&self, card: &AuthorityCard, t: Timestamp) -> Vec<VerifyingKey> {
+        let rot: Vec<(PublicKeyBytes, PublicKeyBytes, Timestamp)> = self
+            .rotations(&card.authority)
+            .filter_map(|r| r.node_key.as_ref().map(|k| (k.old, k.new, r.old_until)))
+            .collect();
+        accepted_at([PublicKeyBytes(card.node_key.to_bytes())], &rot, t)
+            .iter()
+            .filter_map(|k| VerifyingKey::from_bytes(k.as_bytes()).ok())
+            .collect()
+    }
+
+    /// The TLS pins of the peer with `card` accepted at `t` (text form), by
+    /// the same rule as [`DirectoryHistory::accepted_node_keys`].
+    pub fn accepted_tls_pins(&self, card: &AuthorityCard, t: Timestamp) -> Vec<String> {
+        let rot: Vec<(String, String, Timestamp)> = self
+            .rotations(&card.authority)
+            .filter_map(|r| {
+                r.tls_pin
+                    .as_ref()
+                    .map(|p| (p.old.clone(), p.new.clone(), r.old_until))
+            })
+            .collect();
+        accepted_at(card.tls_pin.clone(), &rot, t)
+    }
+
+    /// The age recipients to seal to for the peer with `card` at `t`: the
+    /// new recipient of the latest age rotation effective at or before `t`,
+    /// else the card's recipients.
+    pub fn age_recipients_at(&self, card: &AuthorityCard, t: Timestamp) -> Vec<AgeRecipient> {
+        let latest = self
+            .rotations(&card.authority)
+            .filter(|r| r.effective <= t)
+            .filter_map(|r| r.age_recipient.as_ref())
+            .next_back();
+        match latest.and_then(|a| a.new.parse::<AgeRecipient>().ok()) {
+            Some(r) => vec![r],
+            None => card.age_recipients.clone(),
+        }
+    }
+
+    /// The peer's card as it applies at `t`: the age recipients to seal to
+    /// and the current node key and pin (the latest rotated-in ones).
+    /// Checks that accept old keys too use the `accepted_*` functions.
+    pub fn effective_card(&self, card: &AuthorityCard, t: Timestamp) -> AuthorityCard {
+        let mut c = card.clone();
+        c.age_recipients = self.age_recipients_at(card, t);
+        for r in self.rotations(&card.authority).filter(|r| r.effective <= t) {
+            if let Some(k) = r
+                .node_key
+                .as_ref()
+                .and_then(|k| VerifyingKey::from_bytes(k.new.as_bytes()).ok())
+            {
+                c.node_key = k;
+            }
+            if let Some(p) = &r.tls_pin {
+                c.tls_pin = Some(p.new.clone());
+            }
+        }
+        c
     }
 
     /// The id under which the authority known as `id` acts at `t`, after

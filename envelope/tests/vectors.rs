@@ -25,6 +25,7 @@ fn node(a: &str) -> NodeKeys {
         authority: AuthorityId::new(a).unwrap(),
         signing: SigningKey::from_pkcs8_pem(&read(&format!("keys/{a}.node.key.pem"))).unwrap(),
         age: AgeIdentity::from_text(&read(&format!("keys/{a}.age.key"))).unwrap(),
+        previous_age: Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ fn ctx() -> &'static Ctx {
                 authority: AuthorityId::new("by.mvd").expect("id"),
                 signing: SigningKey::from_pkcs8_pem(&v("by.mvd.node.key.pem")).expect("key"),
                 age: AgeIdentity::from_text(&v("by.mvd.age.key")).expect("age"),
+                previous_age: Vec::new(),
             },
             signers: vec![TrustedSigner {
                 authority: AuthorityId::new("kz.mvd").expect("id"),

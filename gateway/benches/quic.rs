@@ -77,7 +77,7 @@ async fn bare_pair() -> (quinn::Endpoint, quinn::Connection) {
         }
     });
     let client_tls =
-        QuicClientConfig::try_from(tls::client_config(&cid, sp.pin).expect("client tls")).expect("quic");
+        QuicClientConfig::try_from(tls::client_config(&cid, &[sp.pin]).expect("client tls")).expect("quic");
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(client_tls));
     client_cfg.transport_config(quinn_transport());
     let client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");

@@ -12,6 +12,7 @@
 //! | `DIR/keys/master.key` | 0600 | the store's master key |
 //! | `DIR/keys/signatories/ID.key.pem` (+ `.pub`) | 0600 | a first signatory |
 //! | `DIR/keys/root.key.pem` (+ `.pub`) | 0600 | the authority root key: signs the signatory roster (`root_key` on the card) |
+//! | `DIR/keys/rotation/` | 0700 | a key rotation's statement and old keys (`konvertctl keys rotate`; empty until then) |
 //! | `DIR/profiles/*.toml` | 0644 | the shipped agreement profiles |
 //! | `DIR/peers/` | 0700 | peer cards, filled by `peer add` |
 //! | `DIR/data/` | 0700 | the store |
@@ -102,6 +103,8 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
 
     let sig_dir = keys.join("signatories");
     files::create_private_dir(&sig_dir)?;
+    // Where a key rotation keeps its statement and old keys (`konvertctl keys rotate`).
+    files::create_private_dir(&keys.join(crate::rotation::PREVIOUS_DIR))?;
     let sig_path = sig_dir.join(format!("{}.key.pem", o.signatory));
     let sig_pub = offline::signatory_keygen(&sig_path, o.force)?;
     let root_pub = offline::signatory_keygen(&keys.join(crate::signatories::ROOT_KEY_FILE), o.force)?;
@@ -190,6 +193,198 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
         card: public_card,
         card_value: card,
     })
+}
+
+/// What `init --systemd` is asked to make.
+#[derive(Debug, Clone)]
+pub struct SystemdOptions {
+    /// The authority, e.g. `kz.mvd`.
+    pub authority: AuthorityId,
+    /// Root of the file system to lay out (`/` on a real host; a temporary
+    /// directory in tests). Paths inside the written configuration are
+    /// the ones the service sees (`/etc/konvert/…`), without this prefix.
+    pub root: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Human-readable authority name for the card.
+    pub name: Option<String>,
+    /// Id of the first signatory.
+    pub signatory: String,
+    /// The service's user and group (the package's sysusers entry: `konvert`).
+    pub service_user: String,
+}
+
+/// Where `init --systemd` put things, and whether it set owners.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SystemdReport {
+    /// `ROOT/etc/konvert/konvert.toml`.
+    pub config: PathBuf,
+    /// `ROOT/etc/konvert/card.toml`: give it to peers.
+    pub card: PathBuf,
+    /// `ROOT/etc/konvert/keys`: the unit's `LoadCredential=` sources.
+    pub keys: PathBuf,
+    /// `ROOT/var/lib/konvert`: the store.
+    pub data: PathBuf,
+    /// Owners set (root:USER for the configuration, USER for the store);
+    /// `false` when not running as root (modes are set either way).
+    pub owners_set: bool,
+}
+
+/// The packaged service's configuration directory.
+pub const SYSTEMD_CONFIG_DIR: &str = "etc/konvert";
+/// The packaged service's state directory (`StateDirectory=konvert`).
+pub const SYSTEMD_DATA_DIR: &str = "var/lib/konvert";
+/// The packaged service's API socket (`RuntimeDirectory=konvert`).
+pub const SYSTEMD_SOCKET: &str = "/run/konvert/api.sock";
+
+/// Lays out keys and configuration for the packaged systemd service
+/// (`deploy/systemd/konvertd.service`, `deploy/tmpfiles.d/konvert.conf`):
+///
+/// | path (under `root`) | mode, owner | what |
+/// |---|---|---|
+/// | `/etc/konvert/` | 2750 root:konvert | `konvert.toml` (0640), `card.toml` (0644), `profiles/` and `peers/` (2750, files 0640) |
+/// | `/etc/konvert/keys/` | 0700 root:root | node, age, TLS, master, root and signatory keys (0600; public halves 0644): read by systemd as credentials |
+/// | `/var/lib/konvert/` | 0700 konvert:konvert | the store |
+///
+/// The configuration names the keys by `${CREDENTIALS_DIRECTORY}` (as
+/// the unit's `LoadCredential=` lines pass them), `data_dir =
+/// "/var/lib/konvert"`, the socket `/run/konvert/api.sock` for group
+/// `konvert`, and `master_key_credential = "master.key"`. Owners are set
+/// when running as root (the user must exist: the package's sysusers entry
+/// makes it); otherwise only modes. Refused if `konvert.toml` exists.
+pub fn init_systemd(o: &SystemdOptions) -> Result<SystemdReport, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let etc = o.root.join(SYSTEMD_CONFIG_DIR);
+    let data = o.root.join(SYSTEMD_DATA_DIR);
+    let is_root = nix::unistd::geteuid().is_root();
+    let owner = if is_root {
+        let user = nix::unistd::User::from_name(&o.service_user)
+            .map_err(|e| Error::Usage(format!("cannot look up user {}: {e}", o.service_user)))?
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "user {} does not exist: install the package (its sysusers.d entry makes it) or run                      `systemd-sysusers` first",
+                    o.service_user
+                ))
+            })?;
+        let group = nix::unistd::Group::from_name(&o.service_user)
+            .map_err(|e| Error::Usage(format!("cannot look up group {}: {e}", o.service_user)))?
+            .ok_or_else(|| Error::Usage(format!("group {} does not exist", o.service_user)))?;
+        Some((user.uid, group.gid))
+    } else {
+        None
+    };
+    if etc.join(CONFIG_FILE).exists() {
+        return Err(FileError::Exists(etc.join(CONFIG_FILE)).into());
+    }
+    let report = init(&InitOptions {
+        authority: o.authority.clone(),
+        dir: etc.clone(),
+        listen: o.listen,
+        api_socket: Some(PathBuf::from(SYSTEMD_SOCKET)),
+        name: o.name.clone(),
+        signatory: o.signatory.clone(),
+        force: false,
+    })?;
+    let cfg_path = report.config.clone();
+    let cred = |name: &str| PathBuf::from(format!("{}/{name}", crate::config::CREDENTIALS_PLACEHOLDER));
+    let text = files::read_text(&cfg_path, crate::config::MAX_CONFIG)?;
+    let mut config = Config::parse(&text, &cfg_path).map_err(|e| Error::Usage(e.to_string()))?;
+    let service_etc = Path::new("/").join(SYSTEMD_CONFIG_DIR);
+    config.keys_dir = PathBuf::from(crate::config::CREDENTIALS_PLACEHOLDER);
+    config.data_dir = Path::new("/").join(SYSTEMD_DATA_DIR);
+    config.profiles = crate::demo::PROFILES
+        .iter()
+        .map(|(id, _)| service_etc.join("profiles").join(format!("{id}.toml")))
+        .collect();
+    config.api.socket = PathBuf::from(SYSTEMD_SOCKET);
+    config.api.groups = vec![o.service_user.clone()];
+    config.store.master_key_file = None;
+    config.store.master_key_credential = Some(MASTER_KEY_FILE.to_string());
+    for s in &mut config.signatories {
+        s.key = cred(&format!("signatory_{}.key.pem", s.id));
+    }
+    let text = format!(
+        "# Konvert gateway of {} for the packaged service (konvertd.service), made by\n\
+         # `konvertctl init --systemd`. Keys reach konvertd as systemd credentials\n\
+         # (LoadCredential= from /etc/konvert/keys). Add peers with\n\
+         # `konvertctl peer add --config /etc/konvert/konvert.toml --card PEER_CARD --address HOST:PORT --agreement ID`,\n\
+         # then `systemctl reload konvertd`.\n\n{}",
+        o.authority,
+        config.to_toml().map_err(|e| Error::Usage(e.to_string()))?
+    );
+    Config::parse(&text, &cfg_path).map_err(|e| Error::Usage(format!("{}: {e}", cfg_path.display())))?;
+    files::write_atomic(&cfg_path, text.as_bytes(), 0o640, true)?;
+
+    let keys = etc.join("keys");
+    files::create_private_dir(&data)?;
+    let set_mode = |p: &Path, mode: u32| -> Result<(), Error> {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::Usage(format!("cannot set the mode of {}: {e}", p.display())))
+    };
+    let chown =
+        |p: &Path, uid: Option<nix::unistd::Uid>, gid: Option<nix::unistd::Gid>| -> Result<(), Error> {
+            if owner.is_some() {
+                nix::unistd::chown(p, uid, gid)
+                    .map_err(|e| Error::Usage(format!("cannot set the owner of {}: {e}", p.display())))?;
+            }
+            Ok(())
+        };
+    let root_uid = Some(nix::unistd::Uid::from_raw(0));
+    let root_gid = Some(nix::unistd::Gid::from_raw(0));
+    let (svc_uid, svc_gid) = match owner {
+        Some((u, g)) => (Some(u), Some(g)),
+        None => (None, None),
+    };
+    // Configuration: root-owned, readable by the service's group (set-group-id dirs).
+    for d in [etc.clone(), etc.join("profiles"), etc.join("peers")] {
+        chown(&d, root_uid, svc_gid)?;
+        set_mode(&d, 0o2750)?;
+    }
+    for entry in std::fs::read_dir(etc.join("profiles"))
+        .map_err(|e| Error::Usage(format!("cannot list {}: {e}", etc.join("profiles").display())))?
+    {
+        let p = entry
+            .map_err(|e| Error::Usage(format!("cannot list {}: {e}", etc.join("profiles").display())))?
+            .path();
+        chown(&p, root_uid, svc_gid)?;
+        set_mode(&p, 0o640)?;
+    }
+    chown(&cfg_path, root_uid, svc_gid)?;
+    set_mode(&cfg_path, 0o640)?;
+    chown(&report.card, root_uid, svc_gid)?;
+    set_mode(&report.card, 0o644)?;
+    // Keys: root only; systemd reads them as credentials.
+    chown(&keys, root_uid, root_gid)?;
+    set_mode(&keys, 0o700)?;
+    // The store: the service's own.
+    chown(&data, svc_uid, svc_gid)?;
+    set_mode(&data, 0o700)?;
+    files::sync_dir(&etc)?;
+    Ok(SystemdReport {
+        config: cfg_path,
+        card: report.card,
+        keys,
+        data,
+        owners_set: owner.is_some(),
+    })
+}
+
+/// Human text for [`SystemdReport`].
+pub fn systemd_text(r: &SystemdReport) -> String {
+    format!(
+        "configuration: {}\ncard (give it to peers): {}\nkeys (credentials of konvertd.service): {}\nstore: {}\n{}\
+         Next: konvertctl peer add --config /etc/konvert/konvert.toml ...; systemctl enable --now konvertd\n",
+        r.config.display(),
+        r.card.display(),
+        r.keys.display(),
+        r.data.display(),
+        if r.owners_set {
+            ""
+        } else {
+            "owners not set (not running as root): run as root on the target host, or chown as the unit expects
+"
+        }
+    )
 }
 
 /// Adds a peer from its card to the configuration at `config_path`.

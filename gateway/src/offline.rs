@@ -135,8 +135,15 @@ pub fn load_node_keys(dir: &Path) -> Result<NodeKeys, Error> {
     let signing = SigningKey::from_pkcs8_pem(&files::read_secret(&node_path, MAX_SMALL_FILE)?)
         .map_err(key_err(&node_path))?;
     let age_path = dir.join(AGE_KEY_FILE);
-    let age = AgeIdentity::from_text(&files::read_secret(&age_path, MAX_SMALL_FILE)?)
-        .map_err(key_err(&age_path))?;
+    // The first identity is the current one; the ones after it are kept
+    // from earlier key rotations (envelopes sealed to them still open).
+    let mut ages = AgeIdentity::all_from_text(&files::read_secret(&age_path, MAX_SMALL_FILE)?)
+        .map_err(key_err(&age_path))?
+        .into_iter();
+    let age = ages
+        .next()
+        .ok_or_else(|| Error::Usage(format!("{}: no age identity", age_path.display())))?;
+    let previous_age: Vec<AgeIdentity> = ages.collect();
     if signing.verifying_key() != card.node_key {
         return Err(Error::Usage(format!(
             "{} does not match the node key in {}",
@@ -148,6 +155,7 @@ pub fn load_node_keys(dir: &Path) -> Result<NodeKeys, Error> {
         authority: card.authority,
         signing,
         age,
+        previous_age,
     })
 }
 

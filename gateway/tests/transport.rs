@@ -322,7 +322,7 @@ fn raw_client(
     server_pin: tls::Pin,
     tweak: impl FnOnce(&mut rustls::ClientConfig),
 ) -> (quinn::Endpoint, quinn::ClientConfig) {
-    let mut crypto = tls::client_config(id, server_pin).unwrap();
+    let mut crypto = tls::client_config(id, &[server_pin]).unwrap();
     tweak(&mut crypto);
     let cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
     (
@@ -375,7 +375,7 @@ async fn zero_rtt_is_never_offered() {
     let (cid, client_peer) = identity("kz.mvd");
     let pins = PinSet::new([client_peer.clone()]).unwrap();
     assert_eq!(tls::server_config(&sid, pins).unwrap().max_early_data_size, 0);
-    let client_tls = tls::client_config(&cid, server_peer.pin).unwrap();
+    let client_tls = tls::client_config(&cid, &[server_peer.pin]).unwrap();
     assert!(!client_tls.enable_early_data);
 
     let server = bind(sid, &[&client_peer], TransportConfig::default());

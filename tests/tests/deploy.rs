@@ -12,9 +12,15 @@
 //!   RELOADING=1 and READY=1 around SIGHUP, and STOPPING=1 to NOTIFY_SOCKET;
 //! - man pages and shell completions come from konvertctl's own definitions,
 //!   and every command's `--help` has an example;
-//! - the Debian package metadata names files that exist.
+//! - the Debian package metadata names files that exist; where cargo-deb
+//!   and dpkg-deb are installed, `deploy/build-deb` builds the package (a
+//!   release build: minutes) and its contents and control data are checked;
+//! - `konvertctl init --systemd` under a temporary root lays out what the
+//!   unit's `LoadCredential=` lines and tmpfiles.d expect, and konvertd
+//!   starts from it.
 //!
-//! Tests that need a systemd tool skip, saying so, only when it is absent.
+//! Tests that need a systemd tool, cargo-deb or dpkg-deb skip, saying so,
+//! only when it is absent.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -721,5 +727,289 @@ fn debian_package_assets_exist() {
         assert!(m.permissions().mode() & 0o111 != 0, "{script} is executable");
         let out = Command::new("sh").arg("-n").arg(&p).output().unwrap();
         ok(out, &format!("sh -n {script}"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `konvertctl init --systemd`
+
+#[test]
+fn init_systemd_lays_out_what_the_unit_and_tmpfiles_expect_and_konvertd_starts_from_it() {
+    let root = TempDir::new().unwrap();
+    let r = root.path();
+    let port = free_udp_port();
+    // As root, owners are set: to `daemon` here (the package's `konvert`
+    // does not exist on a build host). Otherwise only modes.
+    let as_root = nix::unistd::geteuid().is_root();
+    let user = if as_root { "daemon" } else { "konvert" };
+    let out = konvertctl([
+        "--json",
+        "init",
+        "--systemd",
+        "--root",
+        r.to_str().unwrap(),
+        "--authority",
+        "kz.mvd",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--service-user",
+        user,
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&ok(out, "init --systemd")).unwrap();
+    assert_eq!(report["owners_set"], serde_json::json!(as_root), "{report}");
+    let etc = r.join("etc/konvert");
+    let keys = etc.join("keys");
+    let data = r.join("var/lib/konvert");
+    let (svc_uid, svc_gid) = if as_root {
+        let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+        let g = nix::unistd::Group::from_name(user).unwrap().unwrap();
+        (u.uid.as_raw(), g.gid.as_raw())
+    } else {
+        (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    // (path, mode, uid, gid) as deploy/tmpfiles.d/konvert.conf and the unit expect.
+    let expected: Vec<(PathBuf, u32, u32, u32)> = vec![
+        (etc.clone(), 0o2750, me, svc_gid),
+        (etc.join("profiles"), 0o2750, me, svc_gid),
+        (etc.join("peers"), 0o2750, me, svc_gid),
+        (etc.join("konvert.toml"), 0o640, me, svc_gid),
+        (etc.join("profiles/kz-by-2019.toml"), 0o640, me, svc_gid),
+        (etc.join("card.toml"), 0o644, me, svc_gid),
+        (keys.clone(), 0o700, me, if as_root { 0 } else { svc_gid }),
+        (data.clone(), 0o700, svc_uid, svc_gid),
+    ];
+    for (p, mode, uid, gid) in &expected {
+        assert_eq!(mode_uid_gid(p), (*mode, *uid, *gid), "{}", p.display());
+    }
+    for f in [
+        "node.key.pem",
+        "age.key",
+        "tls.key.pem",
+        "master.key",
+        "root.key.pem",
+        "signatories/head.key.pem",
+    ] {
+        assert_eq!(mode_uid_gid(&keys.join(f)).0, 0o600, "{f}");
+    }
+    // Every credential the unit loads exists where it points.
+    for (id, path) in load_credentials(&read(UNIT)) {
+        let p = r.join(path.strip_prefix("/").unwrap());
+        assert!(p.exists(), "credential {id}: {} missing", p.display());
+    }
+    // The configuration names the installed paths and the credentials.
+    let text = fs::read_to_string(etc.join("konvert.toml")).unwrap();
+    for want in [
+        "keys_dir = \"${CREDENTIALS_DIRECTORY}\"",
+        "data_dir = \"/var/lib/konvert\"",
+        "socket = \"/run/konvert/api.sock\"",
+        "master_key_credential = \"master.key\"",
+        "key = \"${CREDENTIALS_DIRECTORY}/signatory_head.key.pem\"",
+        "\"/etc/konvert/profiles/kz-by-2019.toml\"",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    // A second run is refused and changes nothing.
+    let again = konvertctl([
+        "init",
+        "--systemd",
+        "--root",
+        r.to_str().unwrap(),
+        "--authority",
+        "kz.mvd",
+        "--service-user",
+        user,
+    ]);
+    assert!(!again.status.success());
+    assert_eq!(fs::read_to_string(etc.join("konvert.toml")).unwrap(), text);
+    // --dir and --systemd exclude each other.
+    assert!(
+        !konvertctl(["init", "--systemd", "--dir", "x", "--authority", "kz.mvd"])
+            .status
+            .success()
+    );
+
+    // konvertd starts from this layout with the credentials the unit would pass.
+    let gid = nix::unistd::Gid::effective();
+    let moved = text
+        .replace("\"/etc/konvert/", &format!("\"{}/etc/konvert/", r.display()))
+        .replace(
+            "\"/var/lib/konvert\"",
+            &format!("\"{}/var/lib/konvert\"", r.display()),
+        )
+        .replace("\"/run/konvert/", &format!("\"{}/run/konvert/", r.display()))
+        .replace(
+            &format!("groups = [\"{user}\"]"),
+            &format!("groups = [\"{gid}\"]"),
+        );
+    let config = r.join("konvert-test.toml");
+    fs::write(&config, moved).unwrap();
+    fs::create_dir_all(r.join("run/konvert")).unwrap();
+    let credentials = r.join("credentials");
+    make_credentials(r, &credentials);
+    let log = r.join("konvertd.log");
+    let mut child = Command::new(bin("konvertd"))
+        .arg("--config")
+        .arg(&config)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("KONVERT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = r.join("run/konvert/api.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = http(&socket, "GET", "/v1/health", None) {
+            break;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "konvertd exited with {st}:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "konvertd did not come up:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
+
+// ---------------------------------------------------------------------------
+// The Debian package itself (only where cargo-deb is installed)
+
+/// Builds the package with `deploy/build-deb` (a release build: minutes)
+/// and checks its contents and control data against the repository's
+/// unit, sysusers/tmpfiles entries, man pages and binaries. Skipped with a
+/// printed reason when `cargo deb` or `dpkg-deb` is missing (CI does not
+/// install them: `cargo install cargo-deb --locked`).
+#[test]
+fn debian_package_builds_and_holds_what_the_unit_needs() {
+    let name = "debian_package_builds_and_holds_what_the_unit_needs";
+    let has_cargo_deb = Command::new(env!("CARGO"))
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_deb {
+        return skip(
+            name,
+            "cargo-deb is not installed (cargo install cargo-deb --locked)",
+        );
+    }
+    let Some(dpkg_deb) = tool("dpkg-deb") else {
+        return skip(name, "dpkg-deb is not installed");
+    };
+    let out_dir = TempDir::new().unwrap();
+    let deb = out_dir.path().join("konvert.deb");
+    let build = Command::new("sh")
+        .arg(workspace_root().join("deploy/build-deb"))
+        .arg("--output")
+        .arg(&deb)
+        .env("CARGO", env!("CARGO"))
+        .output()
+        .unwrap();
+    ok(build, "deploy/build-deb");
+    let info = ok(
+        Command::new(&dpkg_deb).arg("-I").arg(&deb).output().unwrap(),
+        "dpkg-deb -I",
+    );
+    for want in [
+        "Package: konvert",
+        "Depends:",
+        "systemd (>= 250)",
+        " postinst",
+        " prerm",
+        " postrm",
+    ] {
+        assert!(info.contains(want), "{want:?} not in dpkg-deb -I:\n{info}");
+    }
+    let list = ok(
+        Command::new(&dpkg_deb).arg("-c").arg(&deb).output().unwrap(),
+        "dpkg-deb -c",
+    );
+    let entries: Vec<(String, String)> = list
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.last()?.trim_start_matches('.').to_string(),
+            ))
+        })
+        .collect();
+    let has = |path: &str, perms: &str| entries.iter().any(|(p, f)| f == path && p.ends_with(perms));
+    for (path, perms) in [
+        ("/usr/bin/konvertd", "rwxr-xr-x"),
+        ("/usr/bin/konvertctl", "rwxr-xr-x"),
+        ("/usr/lib/systemd/system/konvertd.service", "rw-r--r--"),
+        ("/usr/lib/sysusers.d/konvert.conf", "rw-r--r--"),
+        ("/usr/lib/tmpfiles.d/konvert.conf", "rw-r--r--"),
+        ("/usr/share/man/man8/konvertd.8.gz", "rw-r--r--"),
+        ("/usr/share/man/man1/konvertctl.1.gz", "rw-r--r--"),
+        ("/usr/share/man/man1/konvertctl-keys-rotate.1.gz", "rw-r--r--"),
+        ("/usr/share/bash-completion/completions/konvertctl", "rw-r--r--"),
+        ("/usr/share/zsh/vendor-completions/_konvertctl", "rw-r--r--"),
+        (
+            "/usr/share/fish/vendor_completions.d/konvertctl.fish",
+            "rw-r--r--",
+        ),
+        ("/usr/share/konvert/profiles/kz-by-2019.toml", "rw-r--r--"),
+        ("/usr/share/doc/konvert/examples/kz.mvd/konvert.toml", "rw-r--r--"),
+        ("/usr/share/doc/konvert/OPERATIONS.md", "rw-r--r--"),
+        ("/usr/share/doc/konvert/THREAT-MODEL.md", "rw-r--r--"),
+    ] {
+        assert!(has(path, perms), "{path} ({perms}) not in the package:\n{list}");
+    }
+    // Stripped binaries (the release profile keeps line tables: ~100 MB each).
+    let size_of = |path: &str| {
+        list.lines()
+            .find(|l| l.ends_with(&format!(".{path}")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    for b in ["/usr/bin/konvertd", "/usr/bin/konvertctl"] {
+        assert!(size_of(b) < 40 << 20, "{b} is {} bytes: not stripped", size_of(b));
+    }
+    // The packaged unit and entries are the repository's, byte for byte.
+    for (inside, repo) in [
+        ("./usr/lib/systemd/system/konvertd.service", UNIT),
+        (
+            "./usr/lib/sysusers.d/konvert.conf",
+            "deploy/sysusers.d/konvert.conf",
+        ),
+        (
+            "./usr/lib/tmpfiles.d/konvert.conf",
+            "deploy/tmpfiles.d/konvert.conf",
+        ),
+    ] {
+        let x = TempDir::new().unwrap();
+        ok(
+            Command::new(&dpkg_deb)
+                .arg("-x")
+                .arg(&deb)
+                .arg(x.path())
+                .output()
+                .unwrap(),
+            "dpkg-deb -x",
+        );
+        let got = fs::read_to_string(x.path().join(inside)).unwrap();
+        assert_eq!(got, read(repo), "{inside} differs from {repo}");
+        // The packaged binary runs and knows the commands the docs name.
+        if inside.ends_with("konvertd.service") {
+            let help = ok(
+                Command::new(x.path().join("usr/bin/konvertctl"))
+                    .args(["keys", "rotate", "--help"])
+                    .output()
+                    .unwrap(),
+                "packaged konvertctl keys rotate --help",
+            );
+            assert!(help.contains("--overlap"), "{help}");
+        }
     }
 }

@@ -506,7 +506,8 @@ pub struct Signatory {
 }
 
 /// A change to the directory of authorities and signatories.
-/// JSON: `{"authority_renamed": {…}}`, `{"authority_replaced": {…}}` or `{"signatory_roster": {…}}`.
+/// JSON: `{"authority_renamed": {…}}`, `{"authority_replaced": {…}}`,
+/// `{"signatory_roster": {…}}` or `{"key_rotation": {…}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DirectoryChange {
@@ -547,6 +548,50 @@ pub enum DirectoryChange {
         /// The signatories.
         signatories: Vec<Signatory>,
     },
+    /// Operations: the sender rotates its own gateway keys. From `effective`
+    /// it uses the new TLS key, node signing key and/or age recipient; the
+    /// receiver accepts the new TLS pin and node key as soon as it has
+    /// recorded the change, seals to the new age recipient from
+    /// `effective`, and keeps accepting the old TLS pin and node key until
+    /// `old_until` (the dual-key window). At least one key is named.
+    KeyRotation {
+        /// The authority whose keys change (must be the sender).
+        authority: AuthorityId,
+        /// From when the new keys are used.
+        effective: Timestamp,
+        /// Until when the old TLS pin and node key stay accepted (not before `effective`).
+        old_until: Timestamp,
+        /// The TLS key pin (`sha256/<base64 of SHA-256(SPKI)>`), old and new.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls_pin: Option<RotatedText>,
+        /// The node signing key (raw Ed25519), old and new.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_key: Option<RotatedKey>,
+        /// The age recipient (`age1…`), old and new.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        age_recipient: Option<RotatedText>,
+    },
+}
+
+/// A rotated public key in a [`DirectoryChange::KeyRotation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotatedKey {
+    /// The key used until the rotation.
+    pub old: PublicKeyBytes,
+    /// The key used from the rotation's `effective` time.
+    pub new: PublicKeyBytes,
+}
+
+/// A rotated key in text form (TLS pin, age recipient) in a
+/// [`DirectoryChange::KeyRotation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotatedText {
+    /// The value used until the rotation.
+    pub old: String,
+    /// The value used from the rotation's `effective` time.
+    pub new: String,
 }
 
 /// Art. 2, 9.3, 9.4: a notified change to the directory.

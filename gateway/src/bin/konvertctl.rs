@@ -73,16 +73,29 @@ enum Command {
     },
     /// Create a gateway directory: keys (node, age, TLS, store master key), a signatory, profiles, konvert.toml and the public card.
     #[command(
-        after_help = "Example:\n  konvertctl init --authority kz.mvd --dir /etc/konvert --listen 0.0.0.0:7443\n\n\
-        Then give DIR/card.toml to each peer, and add theirs with `konvertctl peer add`."
+        after_help = "Example:\n  konvertctl init --authority kz.mvd --dir /etc/konvert --listen 0.0.0.0:7443\n  \
+        sudo konvertctl init --systemd --authority kz.mvd --listen 0.0.0.0:7443   # for the Debian package's unit\n\n\
+        Then give DIR/card.toml (with --systemd: /etc/konvert/card.toml) to each peer, and add theirs with \
+        `konvertctl peer add`. --systemd lays out /etc/konvert (konvert.toml 0640 root:konvert), \
+        /etc/konvert/keys (0700 root, keys 0600: the unit's LoadCredential= sources) and /var/lib/konvert \
+        (0700 konvert), with keys named by ${CREDENTIALS_DIRECTORY} in konvert.toml."
     )]
     Init {
         /// Authority id, for example kz.mvd.
         #[arg(long)]
         authority: AuthorityId,
         /// Directory to create (must not hold a konvert.toml yet).
-        #[arg(long)]
-        dir: PathBuf,
+        #[arg(long, required_unless_present = "systemd", conflicts_with = "systemd")]
+        dir: Option<PathBuf>,
+        /// Lay out /etc/konvert and /var/lib/konvert for the packaged systemd service (run as root).
+        #[arg(long, conflicts_with = "api_socket")]
+        systemd: bool,
+        /// With --systemd: the root of the file system to lay out (for images and tests).
+        #[arg(long, value_name = "DIR", default_value = "/", requires = "systemd")]
+        root: PathBuf,
+        /// With --systemd: the service's user and group.
+        #[arg(long, value_name = "NAME", default_value = "konvert", requires = "systemd")]
+        service_user: String,
         /// QUIC listen address.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: std::net::SocketAddr,
@@ -216,6 +229,67 @@ enum Command {
         konvertctl store rekey --config /etc/konvert/konvert.toml --new-master-key /etc/konvert/keys/master.key.new"
     )]
     Store(StoreCommand),
+    /// Rotate this gateway's own keys (TLS key, node signing key, age identity) and retire the old ones.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  konvertctl keys rotate --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys --all --overlap 7d\n  \
+        systemctl restart konvertd   # credentials are read at start; announces the rotation to every peer\n  \
+        konvertctl keys retire --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys   # after the overlap"
+    )]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make new keys next to the old ones, update card.toml and sign the rotation with the root key.
+    #[command(
+        after_help = "Example:\n  konvertctl keys rotate --config /etc/konvert/konvert.toml --tls --node --overlap 48h\n  \
+        systemctl reload konvertd\n\n\
+        The new keys are used towards each peer once it has accepted the signed rotation (konvertd sends it on \
+        start and reload); the old TLS pin and node key stay accepted by peers for the overlap. The old age \
+        identity stays in age.key, so envelopes sealed to it still open. Needs the authority root key \
+        (keys/root.key.pem). Exit code 1 if a rotation is not retired yet or a key file is unusable."
+    )]
+    Rotate {
+        /// The gateway's konvert.toml (names the keys directory).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY} (packaged service: /etc/konvert/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
+        /// Rotate the QUIC TLS key and certificate.
+        #[arg(long)]
+        tls: bool,
+        /// Rotate the node signing key.
+        #[arg(long)]
+        node: bool,
+        /// Rotate the age identity.
+        #[arg(long)]
+        age: bool,
+        /// Rotate all three.
+        #[arg(long, conflicts_with_all = ["tls", "node", "age"])]
+        all: bool,
+        /// How long peers keep accepting the old TLS pin and node key (1m to 366d; 90s, 48h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = konvert_gateway::config::parse_span)]
+        overlap: std::time::Duration,
+    },
+    /// Remove the old keys of the last rotation after its overlap (previous/, old age identities, rotation.cose).
+    #[command(
+        after_help = "Example:\n  konvertctl keys retire --config /etc/konvert/konvert.toml\n  \
+        systemctl reload konvertd\n\n\
+        Refused (exit code 1) while the overlap lasts, unless --force."
+    )]
+    Retire {
+        /// The gateway's konvert.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY}.
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
+        /// Retire before the overlap ends (peers then refuse what was signed or sealed with the old keys).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -916,11 +990,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Init {
             authority,
-            dir,
+            dir: None,
+            listen,
+            name,
+            signatory,
+            root,
+            service_user,
+            ..
+        } => {
+            let r = konvert_gateway::init::init_systemd(&konvert_gateway::init::SystemdOptions {
+                authority,
+                root,
+                listen,
+                name,
+                signatory,
+                service_user,
+            })?;
+            print_out(cli.online.json, &r, konvert_gateway::init::systemd_text)?;
+        }
+        Command::Init {
+            authority,
+            dir: Some(dir),
             listen,
             api_socket,
             name,
             signatory,
+            ..
         } => {
             let r = konvert_gateway::init::init(&konvert_gateway::init::InitOptions {
                 authority,
@@ -1057,6 +1152,33 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let r = konvert_gateway::rekey::rekey(&config, &new_master_key)
                 .map_err(|e| Failure::Other(e.to_string()))?;
             print_out(cli.online.json, &r, konvert_gateway::rekey::rekeyed_text)?;
+        }
+        Command::Keys(KeysCommand::Rotate {
+            config,
+            keys_dir,
+            tls,
+            node,
+            age,
+            all,
+            overlap,
+        }) => {
+            let kinds = if all {
+                konvert_gateway::rotation::Kinds::ALL
+            } else {
+                konvert_gateway::rotation::Kinds { tls, node, age }
+            };
+            let now = Timestamp::now();
+            let r = konvert_gateway::rotation::rotate(&config, keys_dir.as_deref(), kinds, overlap, now)?;
+            print_out(cli.online.json, &r, konvert_gateway::rotation::rotated_text)?;
+        }
+        Command::Keys(KeysCommand::Retire {
+            config,
+            keys_dir,
+            force,
+        }) => {
+            let now = Timestamp::now();
+            let r = konvert_gateway::rotation::retire(&config, keys_dir.as_deref(), now, force)?;
+            print_out(cli.online.json, &r, konvert_gateway::rotation::retired_text)?;
         }
         Command::Generate(g) => {
             use clap::CommandFactory;

@@ -206,7 +206,8 @@ fn reject(node: &Node, sender: &AuthorityId, id: Option<Id>, digest: Digest, cod
         sender: sender.clone(),
         outcome: Outcome::Rejected { code },
     };
-    r.sign(&node.keys.signing).unwrap_or_default()
+    r.sign(&node.own.for_peer(sender, r.time).signing)
+        .unwrap_or_default()
 }
 
 /// The body ciphertext between reading and opening: in memory, or (for a
@@ -347,7 +348,9 @@ fn process<R: std::io::Read>(
     let Some(entry) = dir.peers.get(peer) else {
         return refuse(RejectCode::UnknownSender);
     };
-    let auth = match received.authenticate(&entry.card) {
+    // The card's node key, and during the peer's key rotation its old and new ones.
+    let node_keys = crate::rotation::accepted_node_keys(node, &entry.card);
+    let auth = match received.authenticate_any(peer, &node_keys) {
         Ok(a) => a,
         Err(e) => return refuse(RejectCode::from(&e)),
     };
@@ -395,9 +398,11 @@ fn process<R: std::io::Read>(
         Ok(p)
     };
     let limits = &node.limits;
+    // Every age identity kept after a key rotation opens (crate::rotation).
+    let own = node.own.current();
     let opened = match &mut parts {
-        Parts::Memory(p) => auth.open_with(body, &node.keys, &signers, profile, now, limits, p, version),
-        Parts::Blobs(p) => auth.open_with(body, &node.keys, &signers, profile, now, limits, p, version),
+        Parts::Memory(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
+        Parts::Blobs(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
     };
     let opened = match opened {
         Ok(o) => o,
@@ -435,7 +440,17 @@ fn process<R: std::io::Read>(
         sender: peer.clone(),
         outcome: Outcome::Accepted,
     };
-    let Ok(receipt_bytes) = receipt.sign(&node.keys.signing) else {
+    if let konvert_envelope::model::MessageBody::DirectoryUpdate(u) = &opened.message.body {
+        if matches!(
+            u.change,
+            konvert_envelope::model::DirectoryChange::KeyRotation { .. }
+        ) {
+            // The peer's new pin is admitted before the receipt goes out.
+            crate::rotation::apply(node);
+            tracing::info!(peer = %peer, "peer's key rotation recorded");
+        }
+    }
+    let Ok(receipt_bytes) = receipt.sign(&node.own.for_peer(peer, now).signing) else {
         return refuse(RejectCode::TemporaryFailure);
     };
     let (attachments, blob_parts) = match parts {

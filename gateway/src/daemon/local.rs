@@ -181,6 +181,14 @@ pub fn send_change(node: &Arc<Node>, req: ChangeRequest) -> Result<ChangeQueued,
                  (konvertctl signatory add|revoke, then reload)",
             ))
         }
+        DirectoryChange::KeyRotation { .. } => {
+            return Err(bad(
+                "/update/change",
+                "wrong_change",
+                "a key rotation is sent by konvertd itself from keys/rotation/ \
+                 (konvertctl keys rotate, then reload)",
+            ))
+        }
     };
     let own = &node.keys.authority;
     let att = req.update.attestation.as_ref().ok_or_else(|| {

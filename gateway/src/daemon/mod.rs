@@ -108,7 +108,7 @@ pub async fn run(
         metrics_listener.map(|l| tokio::spawn(crate::metrics::serve(l, Arc::clone(&node), stop_rx.clone())));
     let accept_task = tokio::spawn(inbound::accept_loop(Arc::clone(&node)));
     let sweep_task = tokio::spawn(retention::sweeper(Arc::clone(&node), stop_rx.clone()));
-    let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx));
+    let dispatch_task = tokio::spawn(outbound::dispatch(Arc::clone(&node), stop_rx.clone()));
     tracing::info!(
         authority = %node.keys.authority,
         quic = %node.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -117,6 +117,8 @@ pub async fn run(
     );
     crate::systemd::ready("QUIC endpoint and API socket up");
     announce_roster(&node);
+    announce_rotation(&node);
+    let rotation_task = tokio::spawn(crate::rotation::watch(Arc::clone(&node), stop_rx.clone()));
     let _watchdog = crate::systemd::Watchdog::spawn({
         let node = Arc::clone(&node);
         let tasks = [&api_task, &accept_task, &dispatch_task, &sweep_task].map(|t| t.abort_handle());
@@ -138,6 +140,7 @@ pub async fn run(
                     tracing::error!(error = %e, "reload refused; keeping the previous configuration");
                 }
                 announce_roster(&node);
+                announce_rotation(&node);
                 crate::systemd::ready("QUIC endpoint and API socket up");
             }
             Control::Stop => break,
@@ -150,6 +153,7 @@ pub async fn run(
     let _ = api_task.await;
     let _ = dispatch_task.await;
     let _ = sweep_task.await;
+    let _ = rotation_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -174,6 +178,13 @@ pub async fn run(
 fn announce_roster(node: &Arc<Node>) {
     let node = Arc::clone(node);
     tokio::task::spawn_blocking(move || cases::announce_roster(&node));
+}
+
+/// Sends an ongoing rotation of the own keys to the peers that have not
+/// been sent it, off the async threads.
+fn announce_rotation(node: &Arc<Node>) {
+    let node = Arc::clone(node);
+    tokio::task::spawn_blocking(move || crate::rotation::announce(&node));
 }
 
 /// Why the daemon cannot start or reload.
@@ -299,8 +310,12 @@ pub struct Node {
     pub config_path: PathBuf,
     /// The configuration as loaded at start (paths resolved).
     pub config: Config,
-    /// This gateway's node keys.
+    /// This gateway's node keys as loaded at start: its authority. Sealing,
+    /// signing receipts and opening go through `own`, which follows key
+    /// rotations (reloaded on SIGHUP).
     pub keys: NodeKeys,
+    /// The own keys with an ongoing rotation ([`crate::rotation`]).
+    pub own: crate::rotation::OwnKeys,
     /// Signatories by id.
     pub signatories: HashMap<String, SigningKey>,
     /// Peers and profiles (replaced on SIGHUP).
@@ -359,6 +374,8 @@ impl Node {
         }
         let tls = load_tls(&cfg.keys_dir)?;
         let directory = Directory::from_loaded(&loaded)?;
+        files::create_private_dir(&cfg.data_dir).map_err(offline::Error::from)?;
+        let own = crate::rotation::OwnKeys::load(&cfg.keys_dir, &cfg.data_dir)?;
 
         let master = match (&cfg.store.master_key_file, &cfg.store.master_key_credential) {
             (Some(f), _) => MasterKey::from_file(f),
@@ -424,6 +441,7 @@ impl Node {
             config_path: config_path.to_path_buf(),
             config: loaded.config.clone(),
             keys,
+            own,
             signatories,
             directory: RwLock::new(Arc::new(directory)),
             store,
@@ -443,6 +461,8 @@ impl Node {
             own_roster: crate::signatories::RosterCache::default(),
         });
         outbound::restore_in_flight(&node);
+        // The peers' recorded key rotations and the own one, if any.
+        crate::rotation::apply(&node);
         Ok(node)
     }
 
@@ -463,17 +483,21 @@ impl Node {
         self.clock
             .reload()
             .map_err(|e| StartError::Clock(e.to_string()))?;
-        self.endpoint
-            .pins()
-            .replace(dir.pins())
-            .map_err(|e| StartError::Tls {
-                path: self.config.keys_dir.clone(),
-                reason: e.to_string(),
-            })?;
+        // Own keys after `konvertctl keys rotate|retire`; checked before anything changes.
+        self.own.reload(&self.config.keys_dir)?;
+        let now = self.now();
+        let pins = self
+            .cases
+            .with(|p| crate::rotation::peer_pins(&p.directory, &dir, now));
+        self.endpoint.pins().replace(pins).map_err(|e| StartError::Tls {
+            path: self.config.keys_dir.clone(),
+            reason: e.to_string(),
+        })?;
         self.links.update(&dir, &self.endpoint);
         if let Ok(mut d) = self.directory.write() {
             *d = Arc::new(dir);
         }
+        crate::rotation::apply(self);
         self.outbox_wake.notify_one();
         tracing::info!(
             peers = loaded.config.peers.len(),

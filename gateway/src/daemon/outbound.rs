@@ -20,14 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 use konvert_envelope::envelope;
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
 use konvert_envelope::profile::ProfileVersionError;
-use konvert_envelope::receipt::{Outcome, Receipt};
+use konvert_envelope::receipt::Outcome;
 use konvert_store::{Direction, MessageId, MessageState, NewMessage, NewReceipt};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::{Directory, Node};
 use crate::retry::{AddressRotation, Next};
-use crate::transport::{CloseCode, Connection, Endpoint, Peer};
+use crate::transport::{CloseCode, Connection, Endpoint};
 
 /// Envelopes in flight to one peer at a time.
 pub const IN_FLIGHT_PER_PEER: usize = 64;
@@ -546,23 +546,23 @@ fn seal_and_queue(
     let h = msg.header.clone();
     let id = MessageId(*h.id.as_bytes());
     let kind = msg.kind().as_str().to_string();
+    // The node key towards this peer and its current age recipients
+    // (both follow key rotations: crate::rotation).
+    let own = node.own.for_peer(&h.to, now);
+    let card = crate::rotation::sealing_card(node, &peer.card);
     let (sealed, envelope, envelope_blob) = if streamed {
         let mut w = std::io::BufWriter::with_capacity(
             envelope::CHUNK_SIZE,
             node.store.blob_writer(h.agreement.as_str(), Some(&kind))?,
         );
-        let sealed = envelope::seal(
-            msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut w,
-        )?;
+        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut w)?;
         let w = w
             .into_inner()
             .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
         (sealed, Vec::new(), Some(w.finish()?))
     } else {
         let mut bytes = Vec::new();
-        let sealed = envelope::seal(
-            msg, dyns, signer, &node.keys, &peer.card, profile, h.id, now, &mut bytes,
-        )?;
+        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
         (sealed, bytes, None)
     };
     let discard = |node: &Node| {
@@ -948,8 +948,9 @@ async fn attempt(
         .get(peer)
         .ok_or_else(|| AttemptError::BadReceipt("peer no longer configured".into()))?
         .card;
-    let receipt = Receipt::verify(&receipt_bytes, &card.node_key)
-        .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
+    let receipt =
+        crate::rotation::verify_receipt(&receipt_bytes, &crate::rotation::accepted_node_keys(node, card))
+            .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
     let digest = record.digest;
     // A receiver that refuses an envelope unread (too large) cannot name it:
     // it answers on the envelope's own stream with the nil id and digest.
@@ -971,6 +972,12 @@ async fn attempt(
         Outcome::Rejected { code } if code.is_temporary() => return Err(AttemptError::Temporary),
         Outcome::Rejected { code } => format!("rejected:{code}"),
     };
+    crate::rotation::delivered(
+        node,
+        peer,
+        &konvert_envelope::model::Id::from_bytes(id.0),
+        matches!(receipt.outcome, Outcome::Accepted),
+    );
     let (n, m, r) = (Arc::clone(node), record.message, receipt);
     let key = *id;
     let out = outcome.clone();
@@ -1033,10 +1040,8 @@ async fn connection(node: &Arc<Node>, peer: &AuthorityId, link: &Link) -> Result
         .peers
         .get(peer)
         .ok_or_else(|| AttemptError::Connect("peer no longer configured".into()))?;
-    let expected = Peer {
-        authority: peer.clone(),
-        pin: entry.pin,
-    };
+    // The card's pin, and during the peer's key rotation its old and new ones.
+    let pins = crate::rotation::dial_pins(node, &entry.card, entry.pin);
     let tries = entry.addresses.len().max(1);
     let mut last = String::new();
     for _ in 0..tries {
@@ -1047,7 +1052,7 @@ async fn connection(node: &Arc<Node>, peer: &AuthorityId, link: &Link) -> Result
             .and_then(|r| r.current().map(str::to_string))
             .unwrap_or_default();
         match resolve(&addr).await {
-            Some(sa) => match node.endpoint.connect(sa, &expected).await {
+            Some(sa) => match node.endpoint.connect_any(sa, peer, &pins).await {
                 Ok(c) => {
                     info!(peer = %peer, address = %addr, "connected");
                     *guard = Some(c.clone());

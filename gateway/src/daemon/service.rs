@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use konvert_envelope::model::{AgreementId, AuthorityId, Digest, Id, Message, SignatoryId, Timestamp};
-use konvert_envelope::receipt::{Outcome, Receipt};
+use konvert_envelope::receipt::Outcome;
 use konvert_store::{Direction as StoreDirection, MessageId, MessageMeta, MessageState as StoreState};
 use tokio::io::AsyncWriteExt;
 
@@ -99,7 +99,8 @@ fn outbound_receipt_view(
     let checked = match dir.peers.get(&peer) {
         None => Err(UnverifiedReason::PeerNotConfigured),
         Some(p) => {
-            Receipt::verify(&r.bytes, &p.card.node_key).map_err(|_| UnverifiedReason::SignatureInvalid)
+            crate::rotation::verify_receipt(&r.bytes, &crate::rotation::known_node_keys(node, &p.card))
+                .map_err(|_| UnverifiedReason::SignatureInvalid)
         }
     };
     let message_id = Id::from_bytes(r.message.0);
@@ -218,7 +219,12 @@ fn issued_view(
     time: Timestamp,
     digest: Option<Digest>,
 ) -> ReceiptView {
-    match Receipt::verify(bytes, &node.keys.signing.verifying_key()) {
+    let mut own = node.own.own_node_keys();
+    let start = node.keys.signing.verifying_key();
+    if !own.contains(&start) {
+        own.push(start);
+    }
+    match crate::rotation::verify_receipt(bytes, &own) {
         Ok(rc) => ReceiptView {
             envelope_id: rc.envelope_id,
             message_id: Some(id),

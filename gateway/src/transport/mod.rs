@@ -30,7 +30,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use konvert_envelope::model::AuthorityId;
@@ -211,6 +211,9 @@ pub enum ConnectError {
     /// The server did not select ALPN `konvert/1`.
     #[error("the peer did not agree on ALPN konvert/1")]
     Alpn,
+    /// No pin was given for the peer.
+    #[error("no TLS pin is known for the peer")]
+    NoPin,
     /// This endpoint already holds `max_connections_per_peer` outgoing
     /// connections to the peer; none was dialled.
     #[error("already {max} outgoing connections to {peer}")]
@@ -345,7 +348,8 @@ pub enum RespondError {
 
 struct Shared {
     quinn: quinn::Endpoint,
-    identity: TlsIdentity,
+    /// The TLS identities in use (replaced by [`Endpoint::set_identities`]).
+    identities: RwLock<Arc<Identities>>,
     pins: PinSet,
     cfg: TransportConfig,
     transport: Arc<quinn::TransportConfig>,
@@ -420,6 +424,17 @@ impl Drop for Dialling {
     }
 }
 
+/// The TLS identities of an endpoint (see [`Endpoint::set_identities`]).
+#[derive(Debug)]
+pub struct Identities {
+    /// Presented to connecting peers.
+    pub server: Arc<TlsIdentity>,
+    /// Presented when dialling a peer not in `client_for`.
+    pub client: Arc<TlsIdentity>,
+    /// Presented when dialling these peers.
+    pub client_for: HashMap<AuthorityId, Arc<TlsIdentity>>,
+}
+
 /// The gateway's QUIC endpoint: one UDP socket, server and client.
 ///
 /// Cloning shares the endpoint.
@@ -432,7 +447,7 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("local_addr", &self.shared.quinn.local_addr().ok())
-            .field("identity", &self.shared.identity)
+            .field("identity", &self.identity())
             .field("pins", &self.shared.pins.len())
             .finish()
     }
@@ -481,10 +496,15 @@ impl Endpoint {
             peers = pins.len(),
             "QUIC endpoint bound"
         );
+        let identity = Arc::new(identity);
         Ok(Self {
             shared: Arc::new(Shared {
                 quinn,
-                identity,
+                identities: RwLock::new(Arc::new(Identities {
+                    server: Arc::clone(&identity),
+                    client: identity,
+                    client_for: HashMap::new(),
+                })),
                 pins,
                 cfg,
                 transport,
@@ -507,9 +527,44 @@ impl Endpoint {
         &self.shared.pins
     }
 
-    /// The endpoint's own TLS identity.
-    pub fn identity(&self) -> &TlsIdentity {
-        &self.shared.identity
+    /// The endpoint's own TLS identity: the one it presents as server.
+    pub fn identity(&self) -> Arc<TlsIdentity> {
+        Arc::clone(&self.identities().server)
+    }
+
+    fn identities(&self) -> Arc<Identities> {
+        Arc::clone(
+            &self
+                .shared
+                .identities
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the TLS identities for new handshakes (a key rotation):
+    /// `server` is presented to connecting peers, `client` when dialling,
+    /// except towards the peers in `client_for`, which get their own (the
+    /// old key, until they have accepted the rotation). Established
+    /// connections stay.
+    pub fn set_identities(&self, ids: Identities) -> Result<(), BindError> {
+        let current = self.identities();
+        if !Arc::ptr_eq(&current.server, &ids.server) && current.server.pin() != ids.server.pin() {
+            let crypto =
+                QuicServerConfig::try_from(tls::server_config(&ids.server, self.shared.pins.clone())?)?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server
+                .transport_config(self.shared.transport.clone())
+                .max_incoming(self.shared.cfg.max_incoming_handshakes);
+            self.shared.quinn.set_server_config(Some(server));
+            info!(pin = %ids.server.pin(), "TLS server identity replaced");
+        }
+        *self
+            .shared
+            .identities
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(ids);
+        Ok(())
     }
 
     /// The transport configuration.
@@ -527,13 +582,31 @@ impl Endpoint {
     /// closed); beyond that, [`ConnectError::TooManyConnections`] without
     /// dialling.
     pub async fn connect(&self, addr: SocketAddr, expected: &Peer) -> Result<Connection, ConnectError> {
+        self.connect_any(addr, &expected.authority, &[expected.pin]).await
+    }
+
+    /// Dials `authority` at `addr` and accepts a server certificate with
+    /// any of `pins` (during a peer's key rotation: its old and new pin).
+    /// Otherwise as [`Endpoint::connect`].
+    pub async fn connect_any(
+        &self,
+        addr: SocketAddr,
+        authority: &AuthorityId,
+        pins: &[Pin],
+    ) -> Result<Connection, ConnectError> {
+        let expected = Peer {
+            authority: authority.clone(),
+            pin: *pins.first().ok_or(ConnectError::NoPin)?,
+        };
         let reservation = self.shared.reserve_dial(&expected.authority).ok_or_else(|| {
             ConnectError::TooManyConnections {
                 peer: expected.authority.clone(),
                 max: self.shared.cfg.max_connections_per_peer,
             }
         })?;
-        let crypto = QuicClientConfig::try_from(tls::client_config(&self.shared.identity, expected.pin)?)?;
+        let ids = self.identities();
+        let own = ids.client_for.get(authority).unwrap_or(&ids.client);
+        let crypto = QuicClientConfig::try_from(tls::client_config(own, pins)?)?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(self.shared.transport.clone());
         let connecting = self.shared.quinn.connect_with(client, addr, SERVER_NAME)?;

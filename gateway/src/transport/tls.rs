@@ -399,7 +399,7 @@ fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
 /// not checked; the TLS 1.3 handshake signature is.
 #[derive(Debug)]
 struct PinnedServerVerifier {
-    expected: Pin,
+    expected: Vec<Pin>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -412,7 +412,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if pin_of_end_entity(end_entity)? == self.expected {
+        if self.expected.contains(&pin_of_end_entity(end_entity)?) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -542,13 +542,17 @@ pub fn server_config(identity: &TlsIdentity, pins: PinSet) -> Result<rustls::Ser
 }
 
 /// The client-side rustls configuration for dialling the peer whose
-/// certificate has pin `expected`: TLS 1.3 only, *ring*, ALPN `konvert/1`,
+/// certificate has one of the pins `expected` (more than one during the
+/// peer's key rotation): TLS 1.3 only, *ring*, ALPN `konvert/1`,
 /// our certificate as client certificate, no SNI (the name would be
 /// cleartext and is not used), no resumption and no early data.
-pub fn client_config(identity: &TlsIdentity, expected: Pin) -> Result<rustls::ClientConfig, TlsConfigError> {
+pub fn client_config(
+    identity: &TlsIdentity,
+    expected: &[Pin],
+) -> Result<rustls::ClientConfig, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(PinnedServerVerifier {
-        expected,
+        expected: expected.to_vec(),
         algorithms: provider.signature_verification_algorithms,
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
