@@ -7,10 +7,10 @@
 //! information with one attachment of 1 KiB or 1 MiB, 1 / 16 / 256 in flight.
 //!
 //! ```text
-//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m|256m] [--count N]
+//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m|256m] [--count N] [--in-flight 1|16|256]
 //! ```
 //!
-//! `--only` runs one size and `--count` sets the messages of every round
+//! `--only` runs one size, `--in-flight` one concurrency, and `--count` sets the messages of every round
 //! (for profiling one case, e.g. `--only 1k --count 5000` under `perf`).
 //!
 //! Compare with the bare-quinn figures of `cargo bench -p konvert-gateway --bench quic`
@@ -215,6 +215,22 @@ async fn large_round(node: &Arc<Node>, size: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// CPU time this process has used so far (user + system, all threads),
+/// from `/proc/self/stat` (clock ticks of 10 ms; rounds are long enough).
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Median of `f` over `n` runs.
 fn median(n: usize, mut f: impl FnMut()) -> Duration {
     let mut t: Vec<Duration> = (0..n)
@@ -281,6 +297,15 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    // The gateways' logs on stderr, at the level RUST_LOG names (default:
+    // warnings only, so that logging does not weigh on the figures).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let arg = |name: &str| {
@@ -291,6 +316,7 @@ async fn main() -> Result<(), Error> {
     };
     let only = arg("--only");
     let count_override: Option<usize> = arg("--count").and_then(|c| c.parse().ok());
+    let in_flight_only: Option<usize> = arg("--in-flight").and_then(|c| c.parse().ok());
     let dir = tempfile::tempdir()?;
     let (kz_cfg, by_cfg) = setup(dir.path())?;
     let kz = Node::start(&kz_cfg)?;
@@ -310,8 +336,8 @@ async fn main() -> Result<(), Error> {
         ceiling,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling | CPU per message | of it public-key work |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (size, label, counts) in [
         (1024, "1 KiB", [200usize, 1000, 2000]),
         (1024 * 1024, "1 MiB", [20, 64, 256]),
@@ -321,21 +347,30 @@ async fn main() -> Result<(), Error> {
             continue;
         }
         for (in_flight, count) in [1usize, 16, 256].into_iter().zip(counts) {
+            if in_flight_only.is_some_and(|n| n != in_flight) {
+                continue;
+            }
             let count = count_override.unwrap_or(if quick { count.min(40) } else { count });
             let start = Instant::now();
+            let cpu0 = cpu_time();
             let lat = round(&kz, size, count, in_flight).await?;
             let secs = start.elapsed().as_secs_f64();
+            let cpu = (cpu_time() - cpu0).as_secs_f64() / count as f64;
             let rate = count as f64 / secs;
-            let share = if size == 1024 {
-                format!("{:.0} %", 100.0 * rate / ceiling)
+            let (share, crypto_share) = if size == 1024 {
+                (
+                    format!("{:.0} %", 100.0 * rate / ceiling),
+                    format!("{:.0} %", 100.0 * per_message.as_secs_f64() / cpu.max(1e-9)),
+                )
             } else {
-                "-".into()
+                ("-".into(), "-".into())
             };
             println!(
-                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} |",
+                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} | {:.0} µs | {crypto_share} |",
                 (count * size) as f64 / secs / 1e6,
                 pct(&lat, 0.5).as_secs_f64() * 1e3,
                 pct(&lat, 0.99).as_secs_f64() * 1e3,
+                cpu * 1e6,
             );
         }
     }

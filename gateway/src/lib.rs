@@ -17,6 +17,11 @@
 //!   node's own keys (announced by a signed directory statement) and of its peers' rotations.
 #![forbid(unsafe_code)]
 
+/// The process's allocator (konvertd, konvertctl and everything linking
+/// this crate): see the workspace's Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod client;
 pub mod clock;

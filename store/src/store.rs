@@ -653,9 +653,26 @@ impl Store {
         self.put_message_async(Direction::Inbound, msg).await
     }
 
+    /// [`Store::put_inbox_with_receipt`] for async callers (see
+    /// [`Store::put_outbox_async`]): the message and the receipt issued for
+    /// it in one durable write, awaited without blocking the task's thread.
+    pub async fn put_inbox_with_receipt_async(
+        self: &Arc<Self>,
+        msg: &NewMessage,
+        receipt: &NewReceipt,
+    ) -> Result<Put> {
+        let mut job = self.prepare_put(Direction::Inbound, msg)?;
+        job.issued = Some(self.prepare_issued(&msg.id, &msg.peer, receipt)?);
+        self.commit_job_async(job).await
+    }
+
     async fn put_message_async(self: &Arc<Self>, dir: Direction, msg: &NewMessage) -> Result<Put> {
-        self.ensure_servers();
         let job = self.prepare_put(dir, msg)?;
+        self.commit_job_async(job).await
+    }
+
+    async fn commit_job_async(self: &Arc<Self>, job: PreparedPut) -> Result<Put> {
+        self.ensure_servers();
         match self.gc.commit_async(job).await {
             Ok(Ok(Some(p))) => Ok(p),
             Ok(Ok(None)) | Err(_) => Err(Error::Poisoned),
@@ -1407,6 +1424,24 @@ impl Store {
         outcome: Option<&str>,
         receipt: Option<&NewReceipt>,
     ) -> Result<MessageMeta> {
+        let meta = self.transition_apply(dir, id, from, to, kind, outcome, receipt)?;
+        self.commit()?;
+        Ok(meta)
+    }
+
+    /// [`Store::transition`] without waiting for durability: applied to
+    /// sled, durable with the next commit or sync that follows.
+    #[allow(clippy::too_many_arguments)]
+    fn transition_apply(
+        &self,
+        dir: Direction,
+        id: &MessageId,
+        from: &[MessageState],
+        to: MessageState,
+        kind: AuditKind,
+        outcome: Option<&str>,
+        receipt: Option<&NewReceipt>,
+    ) -> Result<MessageMeta> {
         self.gc.check()?;
         if let Some(o) = outcome {
             check_name("outcome", o)?;
@@ -1502,7 +1537,6 @@ impl Store {
                 rec.meta(dir, *id)?
             }
         };
-        self.commit()?;
         Ok(meta)
     }
 
@@ -1530,7 +1564,26 @@ impl Store {
     /// Outbound: the peer's signed delivery receipt arrived (`queued`/`sent`
     /// → `delivered`); the receipt is stored in the same atomic write.
     pub fn mark_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<MessageMeta> {
-        self.transition(
+        let meta = self.apply_delivered(id, receipt)?;
+        self.commit()?;
+        Ok(meta)
+    }
+
+    /// [`Store::mark_delivered`] for async callers: the change is applied
+    /// on the caller's thread and its durability awaited without blocking
+    /// it (the group commit's service threads sync).
+    pub async fn mark_delivered_async(
+        self: &Arc<Self>,
+        id: &MessageId,
+        receipt: &NewReceipt,
+    ) -> Result<MessageMeta> {
+        let meta = self.apply_delivered(id, receipt)?;
+        self.sync_async().await?;
+        Ok(meta)
+    }
+
+    fn apply_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<MessageMeta> {
+        self.transition_apply(
             Direction::Outbound,
             id,
             &[MessageState::Queued, MessageState::Sent, MessageState::Failed],
@@ -1756,6 +1809,16 @@ impl Store {
     /// Open a request case and create its key. Returns the existing case if
     /// the id is already open.
     pub fn case_open(&self, case: &NewCase) -> Result<CaseInfo> {
+        let info = self.case_open_deferred(case)?;
+        self.commit()?;
+        Ok(info)
+    }
+
+    /// [`Store::case_open`] without waiting for durability: the case is
+    /// applied now and becomes durable with the next write that is
+    /// committed (for the case of a message whose own put follows: one
+    /// sync for both).
+    pub fn case_open_deferred(&self, case: &NewCase) -> Result<CaseInfo> {
         self.gc.check()?;
         check_name("peer", &case.peer)?;
         check_name("agreement", &case.agreement)?;
@@ -1800,7 +1863,6 @@ impl Store {
                 .detail(&case.state);
             self.apply(&mut head, batch, &[ev], now)?;
         }
-        self.commit()?;
         Ok(info)
     }
 
@@ -1815,6 +1877,14 @@ impl Store {
     /// Change a case's state code and deadline (`None`: no longer tracked,
     /// e.g. answered or closed).
     pub fn case_update(&self, id: &CaseId, state: &str, deadline: Option<i64>) -> Result<CaseInfo> {
+        let info = self.case_update_deferred(id, state, deadline)?;
+        self.commit()?;
+        Ok(info)
+    }
+
+    /// [`Store::case_update`] without waiting for durability (see
+    /// [`Store::case_open_deferred`]).
+    pub fn case_update_deferred(&self, id: &CaseId, state: &str, deadline: Option<i64>) -> Result<CaseInfo> {
         self.gc.check()?;
         check_name("case state", state)?;
         let now = self.clock.now();
@@ -1844,7 +1914,6 @@ impl Store {
             self.apply(&mut head, batch, &[ev], now)?;
             info
         };
-        self.commit()?;
         Ok(info)
     }
 

@@ -39,6 +39,12 @@ use crate::store::PreparedPut;
 /// How the leader applies queued puts: results by ticket.
 pub(crate) type ApplyFn<'a> = dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> + 'a;
 
+thread_local! {
+    /// This thread is one of the group commit's service threads (it looks
+    /// for the next role itself after finishing one).
+    static IS_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Most puts applied and synced as one group.
 const MAX_GROUP: usize = 512;
 
@@ -120,6 +126,14 @@ pub(crate) enum Served {
 }
 
 impl State {
+    /// Roles nobody holds that have work waiting: making queued payloads
+    /// durable, applying ready puts, syncing what is applied.
+    fn free_roles_with_work(&self) -> usize {
+        usize::from(!self.preparing && !self.queue.is_empty())
+            + usize::from(!self.applying && !self.ready.is_empty())
+            + usize::from(!self.syncing && self.applied() > self.durable)
+    }
+
     /// Every ticket up to this one has its changes in sled: tickets of plain
     /// commits are issued after their writes; queued puts are in sled once
     /// their group has been applied.
@@ -285,7 +299,8 @@ impl GroupCommit {
         let ticket = st.issued;
         st.queue.push((ticket, job));
         st.waiters.insert(ticket, Waiter::Task(tx));
-        Self::wake_servers(&mut st);
+        let n = st.free_roles_with_work().min(1);
+        Self::wake_servers(&mut st, n);
         rx
     }
 
@@ -303,7 +318,8 @@ impl GroupCommit {
         st.issued += 1;
         let ticket = st.issued;
         st.waiters.insert(ticket, Waiter::Synced(tx));
-        Self::wake_servers(&mut st);
+        let n = st.free_roles_with_work().min(1);
+        Self::wake_servers(&mut st, n);
         rx
     }
 
@@ -316,6 +332,7 @@ impl GroupCommit {
         prepare: &dyn Fn() -> Result<()>,
         apply: &ApplyFn<'_>,
     ) -> Served {
+        IS_SERVER.set(true);
         let mut st = self.lock();
         st.servers = true;
         if st.poisoned {
@@ -475,7 +492,15 @@ impl GroupCommit {
             return;
         }
         if st.servers {
-            Self::wake_servers(st);
+            // A service thread that just finished a role takes the next
+            // one itself; only the other free roles with work need a server.
+            let roles = st.free_roles_with_work();
+            let more = if IS_SERVER.get() {
+                roles.saturating_sub(1)
+            } else {
+                roles
+            };
+            Self::wake_servers(st, more);
             return;
         }
         for (_, w) in st.waiters.iter().take(3) {
@@ -485,10 +510,16 @@ impl GroupCommit {
         }
     }
 
-    /// Unpark the idle service threads (at most three roles can be taken).
-    fn wake_servers(st: &mut State) {
-        for t in st.idle_servers.drain(..) {
-            t.unpark();
+    /// Unpark up to `n` idle service threads. Waking more than there are
+    /// roles to take costs each a context switch for nothing; a server
+    /// that finishes a role looks for the next before it parks, so work is
+    /// never left without one.
+    fn wake_servers(st: &mut State, n: usize) {
+        for _ in 0..n {
+            match st.idle_servers.pop() {
+                Some(t) => t.unpark(),
+                None => break,
+            }
         }
     }
 

@@ -628,7 +628,7 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
                 .sent_accepted(&msg, profile, receipt.time, node.now())?;
             let case = node.cases.with(|p| case_of_outgoing(&p.book, &msg));
             if let Some(case) = case {
-                mirror(node, &case).map_err(|e| CasesError::Store(e.to_string()))?;
+                mirror_deferred(node, &case).map_err(|e| CasesError::Store(e.to_string()))?;
             }
             Ok(())
         }
@@ -638,7 +638,7 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
             let opened = node.cases.with(|p| p.book.case(&msg.header.id).is_some());
             if matches!(msg.body, MessageBody::Request(_)) && !opened {
                 let id = CaseId(*msg.header.id.as_bytes());
-                if let Err(e) = node.store.case_update(&id, "rejected", None) {
+                if let Err(e) = node.store.case_update_deferred(&id, "rejected", None) {
                     tracing::warn!(id = %msg.header.id, error = %e, "store case of a rejected request not updated");
                 }
             }
@@ -777,6 +777,14 @@ pub fn view(node: &Node, id: &Id) -> Option<CaseView> {
 /// repairs it. Returns the store case to file the case's messages under,
 /// `None` if there is no such case or it was destroyed early.
 pub fn mirror(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::Error> {
+    let c = mirror_deferred(node, case)?;
+    node.store.sync()?;
+    Ok(c)
+}
+
+/// [`mirror`] whose store writes become durable with the next commit (the
+/// put or delivery mark of the message being handled, which follows).
+fn mirror_deferred(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::Error> {
     let own = &node.keys.authority;
     let Some((peer, agreement, state, deadline)) = node.cases.with(|p| {
         p.book.case(case).map(|c| {
@@ -796,7 +804,7 @@ pub fn mirror(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::E
         return Ok(None);
     };
     let id = CaseId(*case.as_bytes());
-    let info = node.store.case_open(&NewCase {
+    let info = node.store.case_open_deferred(&NewCase {
         id,
         peer,
         agreement,
@@ -807,7 +815,7 @@ pub fn mirror(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::E
         return Ok(None);
     }
     if info.state != state || info.deadline != deadline {
-        match node.store.case_update(&id, state, deadline) {
+        match node.store.case_update_deferred(&id, state, deadline) {
             Ok(_) => {}
             Err(konvert_store::Error::Destroyed { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -819,7 +827,7 @@ pub fn mirror(node: &Node, case: &Id) -> Result<Option<CaseId>, konvert_store::E
 /// The store case a received message is filed under, mirrored first.
 pub fn store_case_of_received(node: &Node, message: &Id) -> Result<Option<CaseId>, konvert_store::Error> {
     match node.cases.with(|p| p.book.case_of(message).map(Case::id)) {
-        Some(case) => mirror(node, &case),
+        Some(case) => mirror_deferred(node, &case),
         None => Ok(None),
     }
 }
@@ -832,7 +840,7 @@ pub fn store_case_of_outgoing(node: &Node, msg: &Message) -> Result<Option<CaseI
         return Ok(None);
     };
     if let MessageBody::Request(_) = msg.body {
-        let info = node.store.case_open(&NewCase {
+        let info = node.store.case_open_deferred(&NewCase {
             id: CaseId(*case.as_bytes()),
             peer: msg.header.to.to_string(),
             agreement: msg.header.agreement.to_string(),
@@ -841,7 +849,7 @@ pub fn store_case_of_outgoing(node: &Node, msg: &Message) -> Result<Option<CaseI
         })?;
         return Ok(info.destroyed_at.is_none().then_some(info.id));
     }
-    mirror(node, &case)
+    mirror_deferred(node, &case)
 }
 
 /// The purpose of the request whose case message `id` belongs to (Art.

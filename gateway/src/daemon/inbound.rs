@@ -147,7 +147,9 @@ async fn handle(node: Arc<Node>, mut stream: EnvelopeStream) {
             warn!(peer = %peer, error = %e, "envelope body not received");
             return;
         }
-        tokio::task::spawn_blocking(move || process(&node2, &peer2, bytes.as_slice(), false)).await
+        // Checked on this task (the public-key work of one small envelope,
+        // a few hundred µs), stored with the async write.
+        Ok(process_async(&node2, &peer2, bytes.as_slice()).await)
     } else {
         // Streamed: the checks read from the QUIC stream as it arrives.
         let (mut tx, rx) = tokio::io::duplex(DUPLEX_BYTES);
@@ -301,15 +303,113 @@ enum Parts<'a> {
     Blobs(BlobParts<'a>),
 }
 
-/// Runs every check, stores, and returns the receipt to send and its
-/// outcome text. `streamed`: the envelope is large; its body is spooled to
-/// a file and its attachments go to store blobs.
-fn process<R: std::io::Read>(
-    node: &Arc<Node>,
+/// The receipt to send and its outcome text.
+type Answer = (Vec<u8>, String);
+
+/// A received envelope that passed every check, ready for its durable write.
+struct Accepted<'a> {
+    id: Id,
+    key: MessageId,
+    digest: Digest,
+    new: NewMessage,
+    issued: NewReceipt,
+    receipt: Vec<u8>,
+    /// The attachments' blobs of a streamed envelope.
+    blobs: Option<BlobParts<'a>>,
+}
+
+/// Runs every check, stores (waiting on this thread), and returns the
+/// receipt to send and its outcome text. `streamed`: the envelope is
+/// large; its body is spooled to a file and its attachments go to store
+/// blobs.
+fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, streamed: bool) -> Answer {
+    let a = match check(node, peer, input, streamed) {
+        Ok(a) => a,
+        Err(answer) => return answer,
+    };
+    let put = node.store.put_inbox_with_receipt(&a.new, &a.issued);
+    let (answer, ack) = stored(node, peer, a, put);
+    if let Some(key) = ack {
+        gateway_ack(node, &key);
+    }
+    answer
+}
+
+/// [`process`] of a small envelope in memory on an async task: the store's
+/// write is awaited without holding a thread.
+async fn process_async(node: &Arc<Node>, peer: &AuthorityId, input: &[u8]) -> Answer {
+    let a = match check(node, peer, input, false) {
+        Ok(a) => a,
+        Err(answer) => return answer,
+    };
+    let put = node.store.put_inbox_with_receipt_async(&a.new, &a.issued).await;
+    let (answer, ack) = stored(node, peer, a, put);
+    if let Some(key) = ack {
+        let node = Arc::clone(node);
+        let _ = tokio::task::spawn_blocking(move || gateway_ack(&node, &key)).await;
+    }
+    answer
+}
+
+/// A directory update is the gateway's own business: verified and applied
+/// before its receipt, stored and receipted like any message, and
+/// acknowledged here (audited) instead of being listed for applications.
+/// A crash before this is repaired by the inbox listing, which
+/// acknowledges such leftovers and skips them.
+fn gateway_ack(node: &Node, key: &MessageId) {
+    let id = Id::from_bytes(key.0);
+    match node.store.inbox_ack(key) {
+        Ok(_) => info!(id = %id, "applied and acknowledged by the gateway"),
+        Err(e) => warn!(id = %id, error = %e, "gateway's own message not acknowledged yet"),
+    }
+}
+
+/// After the durable write: the answer, and the message to acknowledge on
+/// the gateway's behalf (its own kinds), if any.
+fn stored(
+    node: &Node,
+    peer: &AuthorityId,
+    a: Accepted<'_>,
+    put: konvert_store::Result<konvert_store::Put>,
+) -> (Answer, Option<MessageId>) {
+    let refuse = |code: RejectCode| {
+        (
+            reject(node, peer, Some(a.id), a.digest, code),
+            format!("rejected:{code}"),
+        )
+    };
+    match put {
+        Ok(put) if put.created => {
+            if let Some(b) = a.blobs {
+                b.keep();
+            }
+            let answer = (a.receipt, "accepted".to_string());
+            if super::service::GATEWAY_KINDS.contains(&a.new.kind.as_str()) {
+                return (answer, Some(a.key));
+            }
+            node.inbox_wake.notify_waiters();
+            (answer, None)
+        }
+        // Raced with a duplicate: answer as the first time.
+        Ok(_) => match stored_receipt(node, &a.key) {
+            Some(r) => ((r, "duplicate".into()), None),
+            None => (refuse(RejectCode::TemporaryFailure), None),
+        },
+        Err(e) => {
+            warn!(error = %e, "store refused a received envelope");
+            (refuse(RejectCode::TemporaryFailure), None)
+        }
+    }
+}
+
+/// Every check of a received envelope, up to the record to store; `Err`
+/// is the answer to send at once (a refusal, or a duplicate's receipt).
+fn check<'a, R: std::io::Read>(
+    node: &'a Arc<Node>,
     peer: &AuthorityId,
     input: R,
     streamed: bool,
-) -> (Vec<u8>, String) {
+) -> Result<Accepted<'a>, Answer> {
     let temporary = |node: &Node| {
         (
             reject(node, peer, None, Digest::default(), RejectCode::TemporaryFailure),
@@ -320,17 +420,17 @@ fn process<R: std::io::Read>(
         Ok(b) => b,
         Err(e) => {
             warn!(error = %e, "no spool file for a large envelope");
-            return temporary(node);
+            return Err(temporary(node));
         }
     };
     let received = match envelope::receive(input, &node.limits, &mut body) {
         Ok(r) => r,
         Err(e) => {
             let code = RejectCode::from(&e);
-            return (
+            return Err((
                 reject(node, peer, None, Digest::default(), code),
                 format!("rejected:{code}"),
-            );
+            ));
         }
     };
     let id = received.header.id;
@@ -342,17 +442,17 @@ fn process<R: std::io::Read>(
         )
     };
     if &received.header.from != peer {
-        return refuse(RejectCode::UnknownSender);
+        return Err(refuse(RejectCode::UnknownSender));
     }
     let dir = node.directory();
     let Some(entry) = dir.peers.get(peer) else {
-        return refuse(RejectCode::UnknownSender);
+        return Err(refuse(RejectCode::UnknownSender));
     };
     // The card's node key, and during the peer's key rotation its old and new ones.
     let node_keys = crate::rotation::accepted_node_keys(node, &entry.card);
     let auth = match received.authenticate_any(peer, &node_keys) {
         Ok(a) => a,
-        Err(e) => return refuse(RejectCode::from(&e)),
+        Err(e) => return Err(refuse(RejectCode::from(&e))),
     };
     let agreement = auth.header().agreement.clone();
     let Some(profile) = dir
@@ -360,12 +460,12 @@ fn process<R: std::io::Read>(
         .get(&agreement)
         .filter(|_| entry.agreements.contains(&agreement))
     else {
-        return refuse(RejectCode::AgreementNotInForce);
+        return Err(refuse(RejectCode::AgreementNotInForce));
     };
     let key = MessageId(*id.as_bytes());
     // A duplicate: the same receipt again.
     if let Some(r) = stored_receipt(node, &key) {
-        return (r, "duplicate".into());
+        return Err((r, "duplicate".into()));
     }
     let now = node.now();
     // Signatories by the peer's roster in force at signing time (Art. 9.3).
@@ -383,7 +483,7 @@ fn process<R: std::io::Read>(
         Ok(b) => b,
         Err(e) => {
             warn!(error = %e, "spooled envelope body not readable");
-            return refuse(RejectCode::TemporaryFailure);
+            return Err(refuse(RejectCode::TemporaryFailure));
         }
     };
     // Art. 16: the message is validated against the version its case was
@@ -408,9 +508,9 @@ fn process<R: std::io::Read>(
         Ok(o) => o,
         Err(e) => {
             if let OpenError::Io(_) = e {
-                return refuse(RejectCode::TemporaryFailure);
+                return Err(refuse(RejectCode::TemporaryFailure));
             }
-            return refuse(RejectCode::from(&e));
+            return Err(refuse(RejectCode::from(&e)));
         }
     };
     let profile = governing.unwrap_or(profile);
@@ -419,13 +519,13 @@ fn process<R: std::io::Read>(
         .cases
         .receive(&opened.message, &entry.card, profile, now, now)
     {
-        return refuse(code);
+        return Err(refuse(code));
     }
     let case = match super::cases::store_case_of_received(node, &opened.message.header.id) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "store refused a case record");
-            return refuse(RejectCode::TemporaryFailure);
+            return Err(refuse(RejectCode::TemporaryFailure));
         }
     };
     let signatory = node
@@ -451,7 +551,7 @@ fn process<R: std::io::Read>(
         }
     }
     let Ok(receipt_bytes) = receipt.sign(&node.own.for_peer(peer, now).signing) else {
-        return refuse(RejectCode::TemporaryFailure);
+        return Err(refuse(RejectCode::TemporaryFailure));
     };
     let (attachments, blob_parts) = match parts {
         Parts::Memory(p) => (p.parts, None),
@@ -468,19 +568,18 @@ fn process<R: std::io::Read>(
         received: now,
     };
     let Ok(payload) = record.to_vec() else {
-        return refuse(RejectCode::TemporaryFailure);
+        return Err(refuse(RejectCode::TemporaryFailure));
     };
-    // The message and the receipt issued for it in one durable write (the
-    // receipt is also kept apart from the message, for the audit
+    // The message and the receipt issued for it go in one durable write
+    // (the receipt is also kept apart from the message, for the audit
     // retention: a duplicate that arrives after the message's retention
     // ended still gets the same receipt). The procedure's records applied
     // above become durable with it.
-    let issued = NewReceipt {
-        outcome: "accepted".into(),
-        bytes: receipt_bytes.clone(),
-    };
-    match node.store.put_inbox_with_receipt(
-        &NewMessage {
+    Ok(Accepted {
+        id,
+        key,
+        digest,
+        new: NewMessage {
             id: key,
             peer: peer.to_string(),
             agreement: agreement.to_string(),
@@ -488,38 +587,13 @@ fn process<R: std::io::Read>(
             case,
             payload,
         },
-        &issued,
-    ) {
-        Ok(put) if put.created => {
-            if let Some(b) = blob_parts {
-                b.keep();
-            }
-            // A directory update is the gateway's own business: verified and
-            // applied above, stored and receipted like any message, and
-            // acknowledged here (audited) instead of being listed for
-            // applications. A crash before this is repaired by the inbox
-            // listing, which acknowledges such leftovers and skips them.
-            let kind = opened.message.kind().as_str();
-            if super::service::GATEWAY_KINDS.contains(&kind) {
-                match node.store.inbox_ack(&key) {
-                    Ok(_) => info!(id = %id, kind, "applied and acknowledged by the gateway"),
-                    Err(e) => warn!(id = %id, error = %e, "gateway's own message not acknowledged yet"),
-                }
-                return (receipt_bytes, "accepted".into());
-            }
-            node.inbox_wake.notify_waiters();
-            (receipt_bytes, "accepted".into())
-        }
-        // Raced with a duplicate: answer as the first time.
-        Ok(_) => match stored_receipt(node, &key) {
-            Some(r) => (r, "duplicate".into()),
-            None => refuse(RejectCode::TemporaryFailure),
+        issued: NewReceipt {
+            outcome: "accepted".into(),
+            bytes: receipt_bytes.clone(),
         },
-        Err(e) => {
-            warn!(error = %e, "store refused a received envelope");
-            refuse(RejectCode::TemporaryFailure)
-        }
-    }
+        receipt: receipt_bytes,
+        blobs: blob_parts,
+    })
 }
 
 /// Why no profile version governs a received message, as the open error

@@ -95,6 +95,18 @@ pub struct Link {
     failures: AtomicU32,
     /// When the current run of failures began.
     failing_since: Mutex<Option<Timestamp>>,
+    /// Messages due now that found every slot taken: a finishing delivery
+    /// starts the next one (no rescan of the outbox per delivery).
+    backlog: Mutex<Backlog>,
+}
+
+/// Messages of one peer waiting for a delivery slot, oldest first.
+#[derive(Debug, Default)]
+struct Backlog {
+    order: VecDeque<([u8; 16], bool)>,
+    /// Ids still waiting (an id started by another path meanwhile is
+    /// removed here and skipped when its turn comes).
+    waiting: HashSet<[u8; 16]>,
 }
 
 impl Link {
@@ -106,6 +118,36 @@ impl Link {
             last_delivery: Mutex::new(None),
             failures: AtomicU32::new(0),
             failing_since: Mutex::new(None),
+            backlog: Mutex::new(Backlog::default()),
+        }
+    }
+
+    /// Queues a due message for the next free slot.
+    fn wait_for_slot(&self, id: [u8; 16], first_send: bool) {
+        if let Ok(mut b) = self.backlog.lock() {
+            if b.waiting.insert(id) {
+                b.order.push_back((id, first_send));
+            }
+        }
+    }
+
+    /// The next message waiting for a slot, if any.
+    fn next_waiting(&self) -> Option<([u8; 16], bool)> {
+        let mut b = self.backlog.lock().ok()?;
+        while let Some((id, first)) = b.order.pop_front() {
+            if b.waiting.remove(&id) {
+                return Some((id, first));
+            }
+        }
+        None
+    }
+
+    /// A delivery of `id` starts: it no longer waits for a slot.
+    fn started(&self, id: &[u8; 16]) {
+        if let Ok(mut b) = self.backlog.lock() {
+            if b.waiting.remove(id) && b.waiting.is_empty() {
+                b.order.clear();
+            }
         }
     }
 
@@ -181,7 +223,23 @@ pub struct Links {
     in_flight: Mutex<HashSet<[u8; 16]>>,
     /// Delivery state per message since the daemon started.
     live: Mutex<LiveLog>,
+    /// Envelopes just queued, handed to their first delivery attempt
+    /// without reading them back from the store (bounded; see [`Fresh`]).
+    fresh: Mutex<Fresh>,
 }
+
+/// Outbox records of messages just queued, by id, until their first
+/// attempt takes them. At most [`FRESH_MAX_BYTES`] of envelopes are kept;
+/// a message that does not fit is read back from the store, as after a
+/// restart or for a retry.
+#[derive(Debug, Default)]
+struct Fresh {
+    map: HashMap<[u8; 16], Arc<OutboxRecord>>,
+    bytes: usize,
+}
+
+/// Envelope bytes kept in [`Fresh`] at most.
+const FRESH_MAX_BYTES: usize = 32 << 20;
 
 impl Links {
     /// Links for the peers of `dir`.
@@ -243,6 +301,23 @@ impl Links {
                 }
             }
         }
+    }
+
+    fn keep_fresh(&self, id: [u8; 16], record: Arc<OutboxRecord>) {
+        let len = record.envelope.len();
+        if let Ok(mut f) = self.fresh.lock() {
+            if f.bytes + len <= FRESH_MAX_BYTES && !f.map.contains_key(&id) {
+                f.bytes += len;
+                f.map.insert(id, record);
+            }
+        }
+    }
+
+    fn take_fresh(&self, id: &[u8; 16]) -> Option<Arc<OutboxRecord>> {
+        let mut f = self.fresh.lock().ok()?;
+        let r = f.map.remove(id)?;
+        f.bytes -= r.envelope.len();
+        Some(r)
     }
 
     /// The link of `peer`.
@@ -321,6 +396,7 @@ impl Links {
 
     /// Delivered or failed for good: kept (bounded) for status queries.
     fn finish(&self, id: &MessageId) {
+        let _ = self.take_fresh(&id.0);
         if let Ok(mut l) = self.live.lock() {
             if let Some(d) = l.map.get_mut(&id.0) {
                 d.next_at = None;
@@ -400,13 +476,78 @@ pub struct Submission {
 /// (which is also the envelope id) and whether it was new (a resubmission
 /// of the same message id is idempotent).
 pub async fn submit(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), SubmitError> {
-    let node2 = Arc::clone(node);
-    tokio::task::spawn_blocking(move || submit_blocking(&node2, sub))
-        .await
-        .map_err(|e| SubmitError::Internal(e.to_string()))?
+    if uploads_len(node, &sub.message) > super::inbound::STREAM_ABOVE {
+        // Large: sealed into a store blob, streamed, on a blocking thread.
+        let node2 = Arc::clone(node);
+        return tokio::task::spawn_blocking(move || submit_blocking(&node2, sub))
+            .await
+            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+    }
+    // Small: validated, signed and sealed on this task (a few hundred µs
+    // of CPU, most of it the public-key work), then queued with the
+    // store's async write: no thread waits for the fdatasync.
+    match prepare(node, sub)? {
+        Prepared::Existing(r) => Ok(r),
+        Prepared::Sealed(q) => {
+            let put = node.store.put_outbox_async(&q.new).await;
+            queued(node, q, put)
+        }
+    }
 }
 
+/// [`submit`] on the caller's thread, which waits for the durable write.
 pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, bool), SubmitError> {
+    match prepare(node, sub)? {
+        Prepared::Existing(r) => Ok(r),
+        Prepared::Sealed(q) => {
+            let put = node.store.put_outbox(&q.new);
+            queued(node, q, put)
+        }
+    }
+}
+
+/// The bytes of the uploads a message's attachments name (what decides
+/// whether it is sealed in memory or streamed); unknown uploads count as
+/// nothing here and are refused by [`prepare`].
+fn uploads_len(node: &Node, msg: &Message) -> u64 {
+    msg.attachments()
+        .into_iter()
+        .filter_map(|a| {
+            let name = a
+                .file
+                .as_deref()?
+                .strip_prefix(crate::api::types::UPLOAD_REF_PREFIX)?;
+            let upload: Id = name.parse().ok()?;
+            std::fs::metadata(node.uploads_dir.join(upload.to_string()))
+                .ok()
+                .map(|m| m.len())
+        })
+        .sum()
+}
+
+/// A submission after its checks: already queued before, or sealed and
+/// ready for the durable outbox write.
+enum Prepared {
+    Existing((Id, bool)),
+    Sealed(Box<Ready>),
+}
+
+/// A sealed message ready for the outbox.
+struct Ready {
+    id: Id,
+    peer: AuthorityId,
+    kind: &'static str,
+    size: u64,
+    new: NewMessage,
+    /// The record being stored, also handed to the first delivery attempt.
+    record: Arc<OutboxRecord>,
+    /// The uploads it used, removed once it is queued.
+    used: Vec<std::path::PathBuf>,
+}
+
+/// Everything before the durable write: checks, validation, signing and
+/// sealing.
+fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
     let msg = sub.message;
     let h = msg.header.clone();
     if h.from != node.keys.authority {
@@ -438,7 +579,7 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             .and_then(|m| OutboxRecord::from_slice(&m.payload).ok())
             .is_some_and(|r| r.fingerprint == print);
         return if same {
-            Ok((h.id, false))
+            Ok(Prepared::Existing((h.id, false)))
         } else {
             Err(SubmitError::IdInUse(h.id))
         };
@@ -475,13 +616,19 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
             reason: "the upload id is not a UUID".into(),
         })?;
         let path = node.uploads_dir.join(upload.to_string());
-        used.push(path.clone());
         let f = std::fs::File::open(&path).map_err(|_| SubmitError::Attachment {
             index,
             reason: format!("upload {upload} does not exist (or has expired)"),
         })?;
-        upload_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-        sources.push(std::io::BufReader::with_capacity(envelope::CHUNK_SIZE, f));
+        used.push(path);
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        upload_bytes += len;
+        // Read in pieces of at most CHUNK_SIZE; a small upload needs no
+        // buffer larger than itself.
+        let cap = usize::try_from(len)
+            .unwrap_or(envelope::CHUNK_SIZE)
+            .clamp(1, envelope::CHUNK_SIZE);
+        sources.push(std::io::BufReader::with_capacity(cap, f));
     }
     // Large messages are sealed into a store blob and streamed out later,
     // in bounded memory; small ones are sealed in memory.
@@ -509,30 +656,67 @@ pub(crate) fn submit_blocking(node: &Arc<Node>, sub: Submission) -> Result<(Id, 
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
     node.cases
         .check_outgoing(&msg, profile, &sub.sources, sub.purpose.as_deref(), now)?;
-    let queued = seal_and_queue(node, msg, &mut dyns, signer, peer, profile, now, print, streamed);
-    if queued.is_err() {
+    let sealed = seal_for_outbox(node, msg, &mut dyns, signer, peer, profile, now, print, streamed);
+    if sealed.is_err() {
         node.cases.release(&h.id);
     }
-    let (sealed, put) = queued?;
+    let mut sealed = sealed?;
+    sealed.used = used;
+    Ok(Prepared::Sealed(Box::new(sealed)))
+}
+
+/// After the outbox write: the uploads are spent, the first delivery
+/// starts; a failed write frees the message's place in its case.
+fn queued(
+    node: &Arc<Node>,
+    q: Box<Ready>,
+    put: konvert_store::Result<konvert_store::Put>,
+) -> Result<(Id, bool), SubmitError> {
+    let put = match put {
+        Ok(p) => p,
+        Err(e) => {
+            discard_blob(node, &q.record);
+            node.cases.release(&q.id);
+            return Err(e.into());
+        }
+    };
+    if !put.created {
+        // A concurrent submission of the same id won: its envelope is the one.
+        discard_blob(node, &q.record);
+    }
     // The envelope now holds the attachments (sealed); the uploads are spent.
-    drop(dyns);
-    drop(sources);
-    for p in used {
+    for p in &q.used {
         let _ = std::fs::remove_file(p);
     }
-    info!(
-        id = %h.id,
-        peer = %h.to,
-        kind = sealed.message.kind().as_str(),
-        size = sealed.size,
-        "queued"
-    );
-    node.outbox_wake.notify_one();
-    Ok((h.id, put.created))
+    info!(id = %q.id, peer = %q.peer, kind = q.kind, size = q.size, "queued");
+    if put.created {
+        let key = *q.id.as_bytes();
+        node.links.keep_fresh(key, Arc::clone(&q.record));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let mut next = Duration::MAX;
+            start_delivery(
+                node,
+                &MessageId(key),
+                q.peer.as_str(),
+                MessageState::Queued,
+                Instant::now(),
+                &mut next,
+            );
+        } else {
+            node.outbox_wake.notify_one();
+        }
+    }
+    Ok((q.id, put.created))
+}
+
+fn discard_blob(node: &Node, record: &OutboxRecord) {
+    if let Some(b) = &record.envelope_blob {
+        let _ = node.store.blob_discard(b);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn seal_and_queue(
+fn seal_for_outbox(
     node: &Node,
     msg: Message,
     dyns: &mut [&mut dyn Read],
@@ -542,10 +726,10 @@ fn seal_and_queue(
     now: Timestamp,
     print: konvert_envelope::model::Digest,
     streamed: bool,
-) -> Result<(envelope::Sealed, konvert_store::Put), SubmitError> {
+) -> Result<Ready, SubmitError> {
     let h = msg.header.clone();
     let id = MessageId(*h.id.as_bytes());
-    let kind = msg.kind().as_str().to_string();
+    let kind = msg.kind().as_str();
     // The node key towards this peer and its current age recipients
     // (both follow key rotations: crate::rotation).
     let own = node.own.for_peer(&h.to, now);
@@ -553,7 +737,7 @@ fn seal_and_queue(
     let (sealed, envelope, envelope_blob) = if streamed {
         let mut w = std::io::BufWriter::with_capacity(
             envelope::CHUNK_SIZE,
-            node.store.blob_writer(h.agreement.as_str(), Some(&kind))?,
+            node.store.blob_writer(h.agreement.as_str(), Some(kind))?,
         );
         let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut w)?;
         let w = w
@@ -565,45 +749,50 @@ fn seal_and_queue(
         let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
         (sealed, bytes, None)
     };
-    let discard = |node: &Node| {
-        if let Some(b) = &envelope_blob {
-            let _ = node.store.blob_discard(b);
+    let blob = envelope_blob.clone();
+    let record = OutboxRecord {
+        envelope,
+        digest: sealed.envelope_digest,
+        fingerprint: print,
+        message: None,
+        envelope_blob,
+    };
+    let built = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
+        .map_err(|e| SubmitError::Internal(e.to_string()))
+        .and_then(|message| {
+            let case = super::cases::store_case_of_outgoing(node, &sealed.message)?;
+            let record = OutboxRecord {
+                message: Some(serde_bytes::ByteBuf::from(message)),
+                ..record
+            };
+            let payload = record.to_vec()?;
+            Ok((record, case, payload))
+        });
+    let (record, case, payload) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(b) = &blob {
+                let _ = node.store.blob_discard(b);
+            }
+            return Err(e);
         }
     };
-    let message = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
-        .map_err(|e| SubmitError::Internal(e.to_string()))?;
-    let put = super::cases::store_case_of_outgoing(node, &sealed.message)
-        .map_err(SubmitError::from)
-        .and_then(|case| {
-            let payload = OutboxRecord {
-                envelope,
-                digest: sealed.envelope_digest,
-                fingerprint: print,
-                message: Some(serde_bytes::ByteBuf::from(message)),
-                envelope_blob: envelope_blob.clone(),
-            }
-            .to_vec()?;
-            Ok(node.store.put_outbox(&NewMessage {
-                id,
-                peer: h.to.to_string(),
-                agreement: h.agreement.to_string(),
-                kind,
-                case,
-                payload,
-            })?)
-        });
-    match put {
-        Ok(put) if put.created => Ok((sealed, put)),
-        Ok(put) => {
-            // A concurrent submission of the same id won: its envelope is the one.
-            discard(node);
-            Ok((sealed, put))
-        }
-        Err(e) => {
-            discard(node);
-            Err(e)
-        }
-    }
+    Ok(Ready {
+        id: h.id,
+        peer: h.to.clone(),
+        kind,
+        size: sealed.size,
+        new: NewMessage {
+            id,
+            peer: h.to.to_string(),
+            agreement: h.agreement.to_string(),
+            kind: kind.to_string(),
+            case,
+            payload,
+        },
+        record: Arc::new(record),
+        used: Vec::new(),
+    })
 }
 
 /// Rebuilds the cases' in-flight slots from the undelivered outbox (at start).
@@ -771,24 +960,46 @@ fn start_delivery(
         // Peer removed from the configuration: the message stays, paused.
         return;
     };
-    let Ok(permit) = Arc::clone(&link.slots).try_acquire_owned() else {
-        // This peer has enough in flight; look again soon.
-        *next_check = (*next_check).min(Duration::from_millis(50));
-        return;
-    };
-    if let Ok(mut s) = node.links.in_flight.lock() {
-        s.insert(key);
-    }
-    let first_send = state == MessageState::Queued;
-    let node = Arc::clone(node);
-    tokio::spawn(async move {
-        deliver(&node, peer, link, meta_id(key), first_send).await;
-        drop(permit);
-        if let Ok(mut s) = node.links.in_flight.lock() {
-            s.remove(&key);
+    // This peer has enough in flight: the message waits for the next free
+    // slot (a finishing delivery starts it), then slots are taken up again
+    // in case one came free meanwhile.
+    link.wait_for_slot(key, state == MessageState::Queued);
+    pump(node, &peer, &link);
+}
+
+/// Starts deliveries of messages waiting for a slot of `link` while slots
+/// are free.
+fn pump(node: &Arc<Node>, peer: &AuthorityId, link: &Arc<Link>) {
+    loop {
+        let Ok(permit) = Arc::clone(&link.slots).try_acquire_owned() else {
+            return;
+        };
+        let Some((key, first_send)) = link.next_waiting() else {
+            return;
+        };
+        let fresh = match node.links.in_flight.lock() {
+            Ok(mut s) => s.insert(key),
+            Err(_) => false,
+        };
+        if !fresh {
+            continue;
         }
-        node.outbox_wake.notify_one();
-    });
+        link.started(&key);
+        let node = Arc::clone(node);
+        let (peer, link) = (peer.clone(), Arc::clone(link));
+        tokio::spawn(async move {
+            let retry = deliver(&node, peer.clone(), Arc::clone(&link), meta_id(key), first_send).await;
+            drop(permit);
+            if let Ok(mut s) = node.links.in_flight.lock() {
+                s.remove(&key);
+            }
+            pump(&node, &peer, &link);
+            if retry {
+                // The dispatcher's next look must come in time for it.
+                node.outbox_wake.notify_one();
+            }
+        });
+    }
 }
 
 fn meta_id(key: [u8; 16]) -> MessageId {
@@ -830,7 +1041,15 @@ impl AttemptError {
     }
 }
 
-async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: MessageId, first_send: bool) {
+/// One delivery attempt and its bookkeeping; returns whether a retry was
+/// scheduled.
+async fn deliver(
+    node: &Arc<Node>,
+    peer: AuthorityId,
+    link: Arc<Link>,
+    id: MessageId,
+    first_send: bool,
+) -> bool {
     let started = Instant::now();
     let attempts = node.links.begin_attempt(&id, &peer);
     match attempt(node, &peer, &link, &id, first_send).await {
@@ -838,13 +1057,14 @@ async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: Messa
             link.record_success();
             node.links.finish(&id);
             info!(id = %Id::from_bytes(id.0), peer = %peer, outcome = %outcome, attempt = attempts, ms = started.elapsed().as_millis() as u64, "delivered");
+            false
         }
         Err(e) => {
             if node.links.get(&peer).is_none_or(|l| !Arc::ptr_eq(&l, &link)) {
                 // Removed on reload while in flight: paused, not counted.
                 node.links.uncount_attempt(&id);
                 info!(id = %Id::from_bytes(id.0), peer = %peer, "delivery interrupted: peer removed; message paused");
-                return;
+                return false;
             }
             if e.unreachable() {
                 link.record_failure();
@@ -862,14 +1082,19 @@ async fn deliver(node: &Arc<Node>, peer: AuthorityId, link: Arc<Link>, id: Messa
                         Err(e) => debug!(error = %e, "failed attempt not recorded"),
                     }
                     node.links.retry_at(&id, Instant::now() + d);
+                    true
                 }
                 Next::GiveUp => {
                     warn!(id = %Id::from_bytes(id.0), peer = %peer, attempts, error = %e, "delivery failed; giving up");
                     node.links.finish(&id);
                     node.cases.release(&Id::from_bytes(id.0));
-                    if let Err(e) = node.store.mark_failed(&id, &failure_outcome(attempts, &e)) {
-                        warn!(error = %e, "cannot mark a message failed");
+                    let (store, outcome) = (Arc::clone(&node.store), failure_outcome(attempts, &e));
+                    match tokio::task::spawn_blocking(move || store.mark_failed(&id, &outcome)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot mark a message failed"),
+                        Err(e) => warn!(error = %e, "cannot mark a message failed"),
                     }
+                    false
                 }
             }
         }
@@ -883,13 +1108,16 @@ async fn attempt(
     id: &MessageId,
     first_send: bool,
 ) -> Result<String, AttemptError> {
-    let store = Arc::clone(&node.store);
-    let key = *id;
-    let msg = tokio::task::spawn_blocking(move || store.outbox_get(&key))
-        .await
-        .map_err(|e| AttemptError::Send(e.to_string()))??;
+    // Just queued: the record is still in memory; otherwise (a retry, after
+    // a restart) it is read back (a small record, or a blob's reference).
+    let record = match node.links.take_fresh(&id.0) {
+        Some(r) => r,
+        None => Arc::new(
+            OutboxRecord::from_slice(&node.store.outbox_get(id)?.payload)
+                .map_err(AttemptError::BadReceipt)?,
+        ),
+    };
     let conn = connection(node, peer, link).await?;
-    let record = OutboxRecord::from_slice(&msg.payload).map_err(AttemptError::BadReceipt)?;
     let sent = match &record.envelope_blob {
         Some(blob) => {
             let reader = node.store.blob_reader(blob)?;
@@ -978,27 +1206,21 @@ async fn attempt(
         &konvert_envelope::model::Id::from_bytes(id.0),
         matches!(receipt.outcome, Outcome::Accepted),
     );
-    let (n, m, r) = (Arc::clone(node), record.message, receipt);
-    let key = *id;
-    let out = outcome.clone();
-    // One blocking step: the case applied (its records ride on the durable
-    // write that follows), then (queued →) sent → delivered, each audited:
-    // the store records a delivery straight from queued as sent too, in
-    // the same write.
-    tokio::task::spawn_blocking(move || -> Result<(), AttemptError> {
-        super::cases::delivered(&n, m.as_ref().map(|b| b.as_slice()), &r)
-            .map_err(|e| AttemptError::Send(e.to_string()))?;
-        n.store.mark_delivered(
-            &key,
+    // The case applied (its records ride on the durable write that
+    // follows), then (queued →) sent → delivered, each audited: the store
+    // records a delivery straight from queued as sent too, in the same
+    // write, whose sync this task awaits without holding a thread.
+    super::cases::delivered(node, record.message.as_ref().map(|b| b.as_slice()), &receipt)
+        .map_err(|e| AttemptError::Send(e.to_string()))?;
+    node.store
+        .mark_delivered_async(
+            id,
             &NewReceipt {
-                outcome: out,
+                outcome: outcome.clone(),
                 bytes: receipt_bytes,
             },
-        )?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| AttemptError::Send(e.to_string()))??;
+        )
+        .await?;
     if let Ok(mut t) = link.last_delivery.lock() {
         *t = Some(Timestamp::now());
     }
