@@ -311,7 +311,10 @@ fn expired_signatory_is_refused_and_earlier_validity_accepted() {
     };
     assert!(open_at(Some(t), Some(t), archive).is_ok());
     // ... and arriving, within the grace after the end (a late delivery) ...
-    assert!(now().as_unix() - t.as_unix() > 3600, "now() is well after the example");
+    assert!(
+        now().as_unix() - t.as_unix() > 3600,
+        "now() is well after the example"
+    );
     let grace = Limits {
         ended_signer_grace_secs: Some(u64::try_from(now().as_unix() - t.as_unix()).unwrap()),
         ..Limits::default()
