@@ -444,7 +444,7 @@ pub fn submit(gw: &Gateway, doc: &Value) -> String {
 /// `to`'s card, validated against `from`'s copy of the agreement's
 /// profile at `now` (the message's own time when `None`). The gateway's
 /// procedure checks (cases, consents, its own roster) do not run: that is
-/// the point. Every attachment is replaced by `attachment`'s bytes.
+/// the point. Every attachment is replaced by a few document bytes.
 /// Returns the envelope bytes.
 pub fn seal_offline(
     from: &Gateway,
