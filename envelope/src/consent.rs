@@ -470,6 +470,50 @@ impl ConsentLedger {
         }))
     }
 
+    /// Whether a message from `sender` to `recipient` (an authority of
+    /// state `country`), sent for `purpose`, may carry the data of message
+    /// `data` at time `at`: Art. 11.2 and 11.3 together, as the sending
+    /// gateway checks every source a submission declares.
+    ///
+    /// - Data `sender` provided itself is its own: Art. 11 binds the
+    ///   receiving party only.
+    /// - To a third party (neither the provider nor an authority of the
+    ///   provider's state): the provider's consent to pass it to
+    ///   `recipient` for `purpose` ([`Use::Transfer`]). That consent names
+    ///   the purpose of the transfer, so it also settles Art. 11.2.
+    /// - Otherwise (back to the provider, or to another authority of its
+    ///   state): `purpose` must be the one the data was provided for, or
+    ///   the provider must have consented to this other purpose
+    ///   ([`Use::Purpose`], Art. 11.2).
+    pub fn check_outgoing(
+        &self,
+        data: &Id,
+        sender: &AuthorityId,
+        recipient: &AuthorityId,
+        country: CountryCode,
+        purpose: &str,
+        at: Timestamp,
+    ) -> Result<(), ConsentError> {
+        let p = self
+            .provisions
+            .get(data)
+            .ok_or(ConsentError::UnknownData(*data))?;
+        if &p.provider == sender {
+            return Ok(());
+        }
+        let third_party = country != p.provider_country && recipient != &p.provider;
+        let use_ = if third_party {
+            Use::Transfer {
+                recipient,
+                country,
+                purpose,
+            }
+        } else {
+            Use::Purpose { purpose }
+        };
+        self.check(data, &use_, at)
+    }
+
     /// Checks [`ConsentLedger::check`] for every message in `sources`
     /// (the received messages whose data an outgoing message carries);
     /// the first refusal is returned.

@@ -69,7 +69,8 @@ pub struct EnvelopeHeader {
     pub attachments: u32,
 }
 
-/// Size limits checked while reading, before anything is allocated.
+/// Limits checked while reading (sizes, before anything is allocated) and
+/// opening (how late a signature of an ended signatory may arrive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Whole envelope, all parts included.
@@ -82,7 +83,16 @@ pub struct Limits {
     pub max_attachments: u32,
     /// One chunk of an indefinite-length byte string.
     pub max_chunk: usize,
+    /// Backdating bound (see [`crate::signed::SignedMessage::verify_arriving`]):
+    /// a signature by a signatory whose validity has ended by the time of
+    /// opening (revoked, expired, dropped from its roster) is accepted only
+    /// until this many seconds after that end. `None`: no bound (offline
+    /// verification of archived envelopes). Default 24 hours.
+    pub ended_signer_grace_secs: Option<u64>,
 }
+
+/// Default of [`Limits::ended_signer_grace_secs`]: 24 hours.
+pub const DEFAULT_ENDED_SIGNER_GRACE_SECS: u64 = 24 * 3600;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -92,6 +102,7 @@ impl Default for Limits {
             max_message: 8 * 1024 * 1024,
             max_attachments: 256,
             max_chunk: 1024 * 1024,
+            ended_signer_grace_secs: Some(DEFAULT_ENDED_SIGNER_GRACE_SECS),
         }
     }
 }
@@ -951,7 +962,7 @@ impl Authenticated {
         let signed: SignedMessage = cbor::from_slice(&signed_bytes, limits.max_message).map_err(|e| {
             OpenError::Decrypt(format!("decrypted body does not end with a signed message: {e}"))
         })?;
-        let claims = signed.verify(signers)?;
+        let claims = signed.verify_arriving(signers, now, limits.ended_signer_grace_secs)?;
         check_routing(&claims, header)?;
         let message: Message = cbor::from_deterministic_slice(&signed.message, limits.max_message)
             .map_err(|e| OpenError::MessageDecode(e.to_string()))?;

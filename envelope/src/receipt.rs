@@ -89,11 +89,16 @@ pub enum RejectCode {
     /// A signatory roster whose version is not higher than the one on record
     /// (or the same version with different content).
     StaleDirectoryUpdate,
+    /// The signatory was valid at the signing time, but its validity ended
+    /// (revoked, expired, dropped from the roster) longer than the
+    /// receiver's grace period before the envelope arrived (a bound on
+    /// backdated signatures; see `SignedMessage::verify_arriving`).
+    SignerNoLongerValid,
 }
 
 impl RejectCode {
     /// Every code, in declaration order.
-    pub const ALL: [RejectCode; 25] = [
+    pub const ALL: [RejectCode; 26] = [
         Self::TooLarge,
         Self::Malformed,
         Self::UnsupportedVersion,
@@ -119,6 +124,7 @@ impl RejectCode {
         Self::ConsentMissing,
         Self::DirectoryNotVerified,
         Self::StaleDirectoryUpdate,
+        Self::SignerNoLongerValid,
     ];
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
@@ -148,6 +154,7 @@ impl RejectCode {
             Self::ConsentMissing => "consent_missing",
             Self::DirectoryNotVerified => "directory_not_verified",
             Self::StaleDirectoryUpdate => "stale_directory_update",
+            Self::SignerNoLongerValid => "signer_no_longer_valid",
         }
     }
     /// Whether the sender should retry later (only [`RejectCode::TemporaryFailure`]).
@@ -187,6 +194,7 @@ impl From<&OpenError> for RejectCode {
             OpenError::Signature(
                 SignatureError::UnknownSigner { .. } | SignatureError::SignerNotValid { .. },
             ) => Self::SignerNotAuthorised,
+            OpenError::Signature(SignatureError::SignerNoLongerValid { .. }) => Self::SignerNoLongerValid,
             OpenError::Signature(_) => Self::BadSignature,
             OpenError::Readdressed { .. } => Self::Readdressed,
             OpenError::MessageDecode(_) => Self::MalformedMessage,

@@ -74,6 +74,27 @@ pub enum SignatureError {
         /// The signing time claimed in the protected header.
         time: Timestamp,
     },
+    /// The signer was valid at the signing time, but its validity ended
+    /// (revoked, expired, dropped from its roster) longer than the
+    /// receiver's grace period before the message arrived: a late delivery
+    /// can no longer be told from a backdated signature.
+    #[error(
+        "signatory key {kid} was valid at the signing time {time}, but its validity ended at {ended}, \
+         more than {grace_secs} s before this arrival at {now}; a message signed by it had to arrive \
+         by then: sign it again with a current signatory"
+    )]
+    SignerNoLongerValid {
+        /// The key id.
+        kid: String,
+        /// The signing time claimed in the protected header.
+        time: Timestamp,
+        /// The last moment the key was valid.
+        ended: Timestamp,
+        /// The receiver's grace period.
+        grace_secs: u64,
+        /// The time of arrival.
+        now: Timestamp,
+    },
     /// The Ed25519 signature does not verify.
     #[error("signatory signature does not verify")]
     BadSignature,
@@ -224,6 +245,55 @@ impl SignedMessage {
             return Err(SignatureError::DigestMismatch);
         }
         Ok(claims)
+    }
+}
+
+impl SignedMessage {
+    /// [`SignedMessage::verify`] for a message arriving at `now`, bounding
+    /// backdating. The signing time (`konvert-time`) is set by the sender,
+    /// so a signatory whose key was revoked could sign later with an
+    /// earlier time. Therefore, when the key is valid at `now` on none of
+    /// its entries in `signers` (revoked, expired or dropped from the
+    /// roster), its signature is accepted only until `grace_secs` after the
+    /// last moment it was valid; later arrivals are
+    /// [`SignatureError::SignerNoLongerValid`]. A key still valid at `now`
+    /// is not bounded: its holder may sign with the current time anyway,
+    /// and an envelope queued through a long outage still opens.
+    /// `grace_secs = None` checks no bound.
+    pub fn verify_arriving(
+        &self,
+        signers: &[TrustedSigner],
+        now: Timestamp,
+        grace_secs: Option<u64>,
+    ) -> Result<SignedClaims, SignatureError> {
+        let claims = self.verify(signers)?;
+        let Some(grace) = grace_secs else {
+            return Ok(claims);
+        };
+        let mut ended: Option<Timestamp> = None;
+        for s in signers
+            .iter()
+            .filter(|s| s.key.key_id() == claims.kid && s.authority == claims.from)
+        {
+            if s.valid_at(now) {
+                return Ok(claims);
+            }
+            if let Some(u) = s.valid_until.filter(|u| *u < now) {
+                ended = Some(ended.map_or(u, |e| e.max(u)));
+            }
+        }
+        match ended {
+            Some(e) if now > e.plus_secs(i64::try_from(grace).unwrap_or(i64::MAX)) => {
+                Err(SignatureError::SignerNoLongerValid {
+                    kid: claims.kid.to_string(),
+                    time: claims.time,
+                    ended: e,
+                    grace_secs: grace,
+                    now,
+                })
+            }
+            _ => Ok(claims),
+        }
     }
 }
 

@@ -236,6 +236,84 @@ fn no_consent_is_needed_back_to_the_providing_state_or_for_unsolicited_use() {
 }
 
 #[test]
+fn an_outgoing_message_needs_the_consent_its_use_of_each_source_needs() {
+    let (mut l, resp) = am_answer();
+    let (kz, by, mcs, am) = (
+        authority("kz.mvd"),
+        to_by_mvd(),
+        authority("am.mcs"),
+        authority("am.police"),
+    );
+    let data = resp.header.id;
+    // Back to the provider or its state for the purpose it was provided for: free.
+    l.check_outgoing(&data, &kz, &am, arm(), PURPOSE_AM, at())
+        .unwrap();
+    l.check_outgoing(&data, &kz, &mcs, arm(), PURPOSE_AM, at())
+        .unwrap();
+    // For another purpose, even to the provider itself: Art. 11.2.
+    for to in [&am, &mcs] {
+        let e = l
+            .check_outgoing(&data, &kz, to, arm(), PURPOSE_BY, at())
+            .unwrap_err();
+        let ConsentError::Missing(m) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(m.wanted, Wanted::OtherPurpose);
+        assert_eq!(m.provider, am);
+        assert_eq!(e.reject_code(), RejectCode::ConsentMissing);
+        assert!(e.to_string().contains("Art. 11.2"), "{e}");
+    }
+    // To a third party: Art. 11.3, whatever the purpose.
+    for purpose in [PURPOSE_AM, PURPOSE_BY] {
+        let e = l
+            .check_outgoing(&data, &kz, &by, blr(), purpose, at())
+            .unwrap_err();
+        let ConsentError::Missing(m) = &e else {
+            panic!("{e}")
+        };
+        assert!(matches!(m.wanted, Wanted::ThirdParty { .. }), "{e}");
+    }
+    // A consent to the other purpose settles Art. 11.2 only.
+    let cr = consent_request(
+        "kz.mvd",
+        "am.police",
+        &resp,
+        "2026-10-15T09:00:00Z",
+        ConsentScope::OtherPurpose {
+            purpose: PURPOSE_BY.into(),
+        },
+    );
+    l.apply(&cr).unwrap();
+    l.apply(&consent_decision(&cr, "2026-10-16T09:00:00Z", true))
+        .unwrap();
+    l.check_outgoing(&data, &kz, &am, arm(), PURPOSE_BY, at())
+        .unwrap();
+    assert!(l
+        .check_outgoing(&data, &kz, &by, blr(), PURPOSE_BY, at())
+        .is_err());
+    // A transfer consent names its purpose: it settles Art. 11.2 for that transfer.
+    let cr = consent_request(
+        "kz.mvd",
+        "am.police",
+        &resp,
+        "2026-10-17T09:00:00Z",
+        third_party("by.mvd", Some(blr()), "Иная цель."),
+    );
+    l.apply(&cr).unwrap();
+    l.apply(&consent_decision(&cr, "2026-10-18T09:00:00Z", true))
+        .unwrap();
+    l.check_outgoing(&data, &kz, &by, blr(), "Иная цель.", at())
+        .unwrap();
+    // The provider's own data is its own.
+    l.check_outgoing(&data, &am, &by, blr(), "Любая.", at()).unwrap();
+    // Unknown data.
+    assert!(matches!(
+        l.check_outgoing(&fresh_id(), &kz, &am, arm(), PURPOSE_AM, at()),
+        Err(ConsentError::UnknownData(_))
+    ));
+}
+
+#[test]
 fn consent_messages_are_checked() {
     let (mut l, resp) = am_answer();
     // About data not on record.

@@ -205,6 +205,103 @@ fn old_messages_stay_verifiable_with_the_history_as_trusted_signers() {
 }
 
 #[test]
+fn a_signature_of_an_ended_signatory_is_accepted_only_within_the_grace_after_the_end() {
+    let root = SigningKey::generate();
+    let (a, b) = (SigningKey::generate(), SigningKey::generate());
+    let mut h = RosterHistory::new();
+    h.apply(
+        roster(
+            1,
+            "2026-01-01T00:00:00Z",
+            vec![
+                signatory("kz.mvd.a", &a, "2026-01-01T00:00:00Z", None),
+                signatory("kz.mvd.b", &b, "2026-01-01T00:00:00Z", None),
+            ],
+        )
+        .sign(&root)
+        .unwrap(),
+    )
+    .unwrap();
+    // Version 2 revokes a (drops it) on 2026-03-01; b stays.
+    h.apply(
+        roster(
+            2,
+            "2026-03-01T00:00:00Z",
+            vec![signatory("kz.mvd.b", &b, "2026-01-01T00:00:00Z", None)],
+        )
+        .sign(&root)
+        .unwrap(),
+    )
+    .unwrap();
+    let signers = h.trusted_signers(&authority("kz.mvd"));
+    let day = 86_400;
+    let arriving = |key: &SigningKey, signed: &str, now: &str| {
+        let m = request(signed);
+        SignedMessage::sign(&m, key)
+            .unwrap()
+            .verify_arriving(&signers, ts(now), Some(day))
+    };
+    // Signed by a while valid (the claimed time), arriving within a day of
+    // the revocation: a late delivery, accepted.
+    arriving(&a, "2026-02-27T10:00:00Z", "2026-03-01T23:59:59Z").unwrap();
+    // Arriving later: the time may be backdated; refused with its own code.
+    let e = arriving(&a, "2026-02-27T10:00:00Z", "2026-03-02T00:00:00Z").unwrap_err();
+    let SignatureError::SignerNoLongerValid {
+        ended, grace_secs, ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(*ended, ts("2026-02-28T23:59:59Z"));
+    assert_eq!(*grace_secs, day);
+    assert_eq!(
+        RejectCode::from(&konvert_envelope::envelope::OpenError::Signature(e)),
+        RejectCode::SignerNoLongerValid
+    );
+    // Without a bound (offline verification of an archived envelope), as before.
+    let m = request("2026-02-27T10:00:00Z");
+    SignedMessage::sign(&m, &a)
+        .unwrap()
+        .verify_arriving(&signers, ts("2027-01-01T00:00:00Z"), None)
+        .unwrap();
+    // A signatory still valid is not bounded: an old message after a long
+    // outage still verifies.
+    arriving(&b, "2026-02-27T10:00:00Z", "2026-09-01T00:00:00Z").unwrap();
+    // Signed after the end: refused as before (not valid at signing time).
+    assert!(matches!(
+        arriving(&a, "2026-03-01T10:00:00Z", "2026-03-01T10:00:00Z"),
+        Err(SignatureError::SignerNotValid { .. })
+    ));
+    // A planned end (valid_until) counts the same as a revocation.
+    let c = SigningKey::generate();
+    let mut h = RosterHistory::new();
+    h.apply(
+        roster(
+            1,
+            "2026-01-01T00:00:00Z",
+            vec![signatory(
+                "kz.mvd.c",
+                &c,
+                "2026-01-01T00:00:00Z",
+                Some("2026-06-30T23:59:59Z"),
+            )],
+        )
+        .sign(&root)
+        .unwrap(),
+    )
+    .unwrap();
+    let signers = h.trusted_signers(&authority("kz.mvd"));
+    let m = request("2026-06-30T12:00:00Z");
+    let sm = SignedMessage::sign(&m, &c).unwrap();
+    sm.verify_arriving(&signers, ts("2026-07-01T12:00:00Z"), Some(day))
+        .unwrap();
+    assert!(matches!(
+        sm.verify_arriving(&signers, ts("2026-07-02T00:00:00Z"), Some(day)),
+        Err(SignatureError::SignerNoLongerValid { .. })
+    ));
+}
+
+#[test]
 fn the_card_signatories_apply_until_the_first_roster() {
     let node = NodeKeys::generate(authority("kz.mvd"));
     let old = SigningKey::generate();

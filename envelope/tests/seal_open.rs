@@ -275,7 +275,7 @@ fn expired_signatory_is_refused_and_earlier_validity_accepted() {
     let w = World::new();
     let env = sealed_request(&w);
     let t = example("request").header.time;
-    let open_with = |from: Option<Timestamp>, until: Option<Timestamp>| {
+    let open_at = |from: Option<Timestamp>, until: Option<Timestamp>, limits: Limits| {
         let signers = vec![TrustedSigner {
             authority: authority("kz.mvd"),
             key: w.signatory.verifying_key(),
@@ -284,7 +284,7 @@ fn expired_signatory_is_refused_and_earlier_validity_accepted() {
         }];
         envelope::open_bytes(
             &env,
-            &Limits::default(),
+            &limits,
             &w.card(&authority("kz.mvd")),
             w.node(&authority("by.mvd")),
             &signers,
@@ -292,6 +292,7 @@ fn expired_signatory_is_refused_and_earlier_validity_accepted() {
             now(),
         )
     };
+    let open_with = |from, until| open_at(from, until, Limits::default());
     let err = open_with(None, Some(t.plus_secs(-1))).unwrap_err();
     assert!(
         matches!(err, OpenError::Signature(SignatureError::SignerNotValid { .. })),
@@ -302,8 +303,36 @@ fn expired_signatory_is_refused_and_earlier_validity_accepted() {
         matches!(err, OpenError::Signature(SignatureError::SignerNotValid { .. })),
         "{err}"
     );
-    // Valid exactly when signed, even if expired by now: old messages stay verifiable.
-    assert!(open_with(Some(t), Some(t)).is_ok());
+    // Valid exactly when signed, even if expired by now: old messages stay
+    // verifiable (offline, without the bound on late arrivals) ...
+    let archive = Limits {
+        ended_signer_grace_secs: None,
+        ..Limits::default()
+    };
+    assert!(open_at(Some(t), Some(t), archive).is_ok());
+    // ... and arriving, within the grace after the end (a late delivery) ...
+    assert!(
+        now().as_unix() - t.as_unix() > 3600,
+        "now() is well after the example"
+    );
+    let grace = Limits {
+        ended_signer_grace_secs: Some(u64::try_from(now().as_unix() - t.as_unix()).unwrap()),
+        ..Limits::default()
+    };
+    assert!(open_at(Some(t), Some(t), grace).is_ok());
+    // ... but not later (the signing time might be backdated).
+    let err = open_with(Some(t), Some(t)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::Signature(SignatureError::SignerNoLongerValid { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        konvert_envelope::receipt::RejectCode::from(&err),
+        konvert_envelope::receipt::RejectCode::SignerNoLongerValid
+    );
 }
 
 /// Decrypts the signed message of an envelope addressed to `to`.

@@ -191,7 +191,54 @@ pub struct Config {
     /// The Prometheus metrics endpoint (off unless `listen` is set).
     #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
     pub metrics: MetricsConfig,
+    /// How received signatures are judged.
+    #[serde(default, skip_serializing_if = "SignaturesConfig::is_default")]
+    pub signatures: SignaturesConfig,
 }
+
+/// `[signatures]`: how signatures on received messages are judged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturesConfig {
+    /// A message signed by a peer's signatory while valid is accepted for
+    /// this long after the signatory's validity ended (revoked, expired,
+    /// dropped from the roster); after that it is refused with
+    /// `signer_no_longer_valid`, since the signing time is the sender's
+    /// claim and a late arrival could be backdated (docs/THREAT-MODEL.md).
+    /// Signatures of signatories still valid are not bounded, so messages
+    /// queued through a long outage are delivered. Default 24 h; 5m..30d.
+    #[serde(default = "default_ended_signer_grace")]
+    pub ended_signer_grace: Span,
+}
+
+impl Default for SignaturesConfig {
+    fn default() -> Self {
+        Self {
+            ended_signer_grace: default_ended_signer_grace(),
+        }
+    }
+}
+
+impl SignaturesConfig {
+    /// All defaults (not written out by `konvertctl init`).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+fn default_ended_signer_grace() -> Span {
+    Span(Duration::from_secs(
+        konvert_envelope::envelope::DEFAULT_ENDED_SIGNER_GRACE_SECS,
+    ))
+}
+
+/// Bounds of `[signatures] ended_signer_grace`: at least the clock skew
+/// tolerated between gateways, at most 30 days (a longer grace would let a
+/// revoked signatory backdate for that long).
+pub const ENDED_SIGNER_GRACE_RANGE: (Duration, Duration) = (
+    Duration::from_secs(konvert_envelope::profile::MAX_CLOCK_SKEW_SECS as u64),
+    Duration::from_secs(30 * 86_400),
+);
 
 /// `[metrics]`: the Prometheus metrics endpoint (`GET /metrics`), off by default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,6 +698,14 @@ impl Config {
                 ));
             }
         }
+        let (lo, hi) = ENDED_SIGNER_GRACE_RANGE;
+        if self.signatures.ended_signer_grace.0 < lo || self.signatures.ended_signer_grace.0 > hi {
+            return Err(invalid(
+                "signatures.ended_signer_grace".into(),
+                "must be between 5m (the clock skew tolerated between gateways) and 30d \
+                 (a revoked signatory could backdate signatures for that long)",
+            ));
+        }
         if self.health.peer_failures == 0 {
             return Err(invalid("health.peer_failures".into(), "must be at least 1"));
         }
@@ -868,6 +923,29 @@ card = "peers/by.mvd.toml"
         let bad = GOOD.to_owned() + "\n[health]\npeer_failures = 0\n";
         let err = Config::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
         assert!(err.contains("health.peer_failures"), "{err}");
+    }
+
+    #[test]
+    fn the_grace_of_ended_signatories_defaults_to_a_day_and_is_bounded() {
+        let cfg = Config::parse(GOOD, Path::new("k.toml")).unwrap();
+        assert_eq!(
+            cfg.signatures.ended_signer_grace,
+            Span(Duration::from_secs(86_400))
+        );
+        // Defaults are not written out (konvertctl init's file stays as it was).
+        assert!(!cfg.to_toml().unwrap().contains("[signatures]"));
+        let cfg = Config::parse(
+            &(GOOD.to_owned() + "\n[signatures]\nended_signer_grace = \"2h\"\n"),
+            Path::new("k.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.signatures.ended_signer_grace, Span(Duration::from_secs(7200)));
+        assert!(cfg.to_toml().unwrap().contains("ended_signer_grace = \"2h\""));
+        for bad in ["0s", "4m", "31d"] {
+            let text = GOOD.to_owned() + &format!("\n[signatures]\nended_signer_grace = \"{bad}\"\n");
+            let err = Config::parse(&text, Path::new("k.toml")).unwrap_err().to_string();
+            assert!(err.contains("signatures.ended_signer_grace"), "{bad}: {err}");
+        }
     }
 
     #[test]

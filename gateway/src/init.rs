@@ -169,6 +169,7 @@ pub fn init(o: &InitOptions) -> Result<InitReport, Error> {
         log: Default::default(),
         health: Default::default(),
         metrics: crate::config::MetricsConfig::default(),
+        signatures: crate::config::SignaturesConfig::default(),
         signatories: vec![SignatoryConfig {
             id: o.signatory.clone(),
             key: PathBuf::from("keys/signatories").join(format!("{}.key.pem", o.signatory)),

@@ -2,6 +2,10 @@
 //! `konvertctl` and `konvertd` binaries, makes gateway directories with
 //! `konvertctl init` / `peer add`, runs `konvertd` processes on loopback,
 //! and talks to their local API over its Unix socket with plain HTTP/1.1.
+//! For what the sending daemon would refuse to send, envelopes are sealed
+//! offline with `konvertctl envelope seal` ([`seal_offline`]) and pushed
+//! to the receiving daemon over QUIC with the sender's TLS key
+//! ([`push_envelope`]), as a compromised or buggy sending gateway could.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // test harness: a panic is the failure report
 
@@ -432,4 +436,127 @@ pub fn submit(gw: &Gateway, doc: &Value) -> String {
     let (code, body) = gw.post_json("/v1/messages", doc);
     assert_eq!(code, 202, "submit: {body}\n{}", gw.log());
     body["id"].as_str().unwrap().to_string()
+}
+
+/// Seals `message` (the JSON form of docs/MODEL.md) offline with
+/// `konvertctl envelope seal`: signed by `from`'s signatory `signatory`
+/// (`keys/signatories/ID.key.pem`), sealed with `from`'s node keys to
+/// `to`'s card, validated against `from`'s copy of the agreement's
+/// profile at `now` (the message's own time when `None`). The gateway's
+/// procedure checks (cases, consents, its own roster) do not run: that is
+/// the point. Every attachment is replaced by a few document bytes.
+/// Returns the envelope bytes.
+pub fn seal_offline(
+    from: &Gateway,
+    to: &Gateway,
+    signatory: &str,
+    message: &Value,
+    now: Option<&str>,
+) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = message.clone();
+    with_attachment_files(&mut m, dir.path(), b"document bytes");
+    let agreement = m["header"]["agreement"].as_str().unwrap().to_owned();
+    let input = dir.path().join("message.json");
+    std::fs::write(&input, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = dir.path().join("message.env");
+    let profile = from.dir.join("profiles").join(format!("{agreement}.toml"));
+    let signer = from
+        .dir
+        .join("keys/signatories")
+        .join(format!("{signatory}.key.pem"));
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "envelope".into(),
+        "seal".into(),
+        "--keys".into(),
+        from.dir.join("keys").into(),
+        "--to".into(),
+        to.card().into(),
+        "--signer".into(),
+        signer.into(),
+        "--profile".into(),
+        profile.into(),
+        "--in".into(),
+        input.into(),
+        "--out".into(),
+        out.clone().into(),
+    ];
+    let time = now.map_or_else(|| m["header"]["time"].as_str().unwrap().to_owned(), str::to_owned);
+    args.extend(["--now".into(), time.into()]);
+    let o = konvertctl(&args);
+    assert!(
+        o.status.success(),
+        "envelope seal: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// Replaces every attachment of `v` by `{"media_type", "file"}` naming a
+/// file in `dir` that holds `bytes` (for `konvertctl envelope seal`).
+fn with_attachment_files(v: &mut Value, dir: &Path, bytes: &[u8]) {
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("media_type") && map.contains_key("sha256") {
+                let mt = map["media_type"].as_str().unwrap().to_string();
+                let name = format!("attachment-{}.bin", new_id());
+                std::fs::write(dir.join(&name), bytes).unwrap();
+                *v = json!({ "media_type": mt, "file": name });
+                return;
+            }
+            for (_, x) in map.iter_mut() {
+                with_attachment_files(x, dir, bytes);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                with_attachment_files(x, dir, bytes);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sends `envelope` to `to`'s running konvertd over QUIC, as `from`'s
+/// gateway would: mutual TLS with `from`'s TLS key (`keys/tls.*.pem`),
+/// `to` pinned by its card. Returns the receipt, verified with `to`'s
+/// node key, in its JSON form (`outcome.code` on a rejection).
+pub fn push_envelope(from: &Gateway, to: &Gateway, envelope: &[u8]) -> Value {
+    use konvert_gateway::transport::{CloseCode, Endpoint, Peer, PinSet, TransportConfig};
+    let card =
+        konvert_envelope::keys::AuthorityCard::from_toml_str(&std::fs::read_to_string(to.card()).unwrap())
+            .unwrap();
+    let pin = card
+        .tls_pin
+        .as_deref()
+        .expect("the card has no TLS pin")
+        .parse()
+        .unwrap();
+    let peer = Peer {
+        authority: card.authority.clone(),
+        pin,
+    };
+    let tls = konvert_gateway::daemon::load_tls(&from.dir.join("keys")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let receipt = rt.block_on(async {
+        let ep = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            PinSet::new([peer.clone()]).unwrap(),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", to.port).parse().unwrap();
+        let conn = ep.connect(addr, &peer).await.unwrap();
+        let receipt = conn.send_envelope(envelope.len() as u64, envelope).await.unwrap();
+        conn.close(CloseCode::Normal);
+        ep.close();
+        ep.wait_idle().await;
+        receipt
+    });
+    let r = konvert_envelope::receipt::Receipt::verify(&receipt, &card.node_key).unwrap();
+    serde_json::to_value(r).unwrap()
 }

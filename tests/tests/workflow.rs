@@ -1,15 +1,22 @@
 //! End-to-end scenarios of the agreement's procedure (issue 5) over real
 //! `konvertd` processes: request cases tracked on both sides with the same
 //! state and deadline, clarifications, answers and refusals with grounds,
-//! a second final answer refused, consent for onward transfer (Art. 11.3),
-//! a revoked signatory's request refused (Art. 9.3, 9.4), and overdue cases
-//! after the test clock passes 30 days (Art. 10.3).
+//! a second final answer refused, consent for onward transfer (Art. 11.3)
+//! and for use for another purpose (Art. 11.2), a revoked signatory's
+//! request refused (Art. 9.3, 9.4) and its backdated signatures bounded,
+//! renamed and replaced authorities (Art. 2), agreements not yet or no
+//! longer in force (Art. 17), and overdue cases after the test clock passes
+//! 30 days (Art. 10.3). What a sending gateway refuses to send (an answer to
+//! an unknown request, a second final answer, an answer from an authority
+//! that was not asked, a backdated signature) is sealed offline and pushed
+//! over QUIC, so that the receiver's own refusal and its receipt code are
+//! what is tested.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use konvert_tests::{example, konvertctl, new_id, submit, Gateway};
+use konvert_tests::{example, konvertctl, new_id, push_envelope, seal_offline, submit, Gateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,6 +25,33 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `message`), its attachments uploaded as a few document bytes.
 fn message(gw: &Gateway, name: &str, to: &str, in_reply_to: Option<&str>) -> (String, Value) {
     konvert_tests::message(gw, name, to, in_reply_to, b"document bytes")
+}
+
+/// An example as `from` would send it to `to`, without uploading its
+/// attachments (for [`seal_offline`], which reads them from files): fresh
+/// id, current time, the given reply link.
+fn offline_message(from: &str, name: &str, to: &str, in_reply_to: Option<&str>) -> Value {
+    let mut m = example(name);
+    m["header"]["id"] = json!(new_id());
+    m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+    m["header"]["from"] = json!(from);
+    m["header"]["to"] = json!(to);
+    match in_reply_to {
+        Some(r) => m["header"]["in_reply_to"] = json!(r),
+        None => {
+            m["header"].as_object_mut().unwrap().remove("in_reply_to");
+        }
+    }
+    m
+}
+
+/// The receipt's reject code (`None`: accepted).
+fn reject_code(receipt: &Value) -> Option<&str> {
+    match receipt["outcome"]["status"].as_str() {
+        Some("accepted") => None,
+        Some("rejected") => receipt["outcome"]["code"].as_str(),
+        _ => panic!("not a receipt: {receipt}"),
+    }
 }
 
 /// Submits and waits until the peer's receipt accepted it.
@@ -840,4 +874,363 @@ fn a_case_keeps_the_profile_version_it_was_opened_under_after_an_amendment() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(kz.log().contains("loaded twice"), "{}", kz.log());
+}
+
+#[test]
+fn the_receiver_rejects_messages_that_do_not_fit_its_case_with_the_receipt_code() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // by.gpk, another Belarusian authority: a peer of KZ that runs no
+    // daemon here; its keys seal, its TLS key pushes.
+    let gpk = Gateway::init(t.path(), "by.gpk");
+    kz.add_peer(&gpk, "kz-by-2019");
+    gpk.add_peer(&kz, "kz-by-2019");
+    kz.start();
+    by.start();
+
+    // KZ asks BY, BY answers: the case is answered on both sides.
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &req, "received");
+    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
+    send(&by, &doc);
+    wait_case(&kz, &req, "answered");
+    let answered = case(&kz, &req);
+
+    // An answer to a request KZ never made: BY's gateway would refuse it
+    // before sealing, so it is sealed offline with BY's keys and pushed.
+    let stray = offline_message("by.mvd", "response", "kz.mvd", Some(&new_id()));
+    let r = push_envelope(&by, &kz, &seal_offline(&by, &kz, "head", &stray, None));
+    assert_eq!(reject_code(&r), Some("unknown_case"), "{r}");
+    assert_eq!(r["receiver"], json!("kz.mvd"), "{r}");
+    assert_eq!(r["sender"], json!("by.mvd"), "{r}");
+
+    // A second final answer to the answered request.
+    let second = offline_message("by.mvd", "response-refused", "kz.mvd", Some(&req));
+    let r = push_envelope(&by, &kz, &seal_offline(&by, &kz, "head", &second, None));
+    assert_eq!(reject_code(&r), Some("already_answered"), "{r}");
+    assert_eq!(case(&kz, &req)["history"], answered["history"]);
+    assert_eq!(case(&kz, &req)["state"], json!("answered"));
+
+    // An answer from an authority that was not asked: KZ asked by.mvd,
+    // by.gpk answers.
+    let (open, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&kz, &open, "received");
+    let intruder = offline_message("by.gpk", "response", "kz.mvd", Some(&open));
+    let r = push_envelope(&gpk, &kz, &seal_offline(&gpk, &kz, "head", &intruder, None));
+    assert_eq!(reject_code(&r), Some("not_addressee"), "{r}");
+    assert_eq!(r["sender"], json!("by.gpk"), "{r}");
+    assert_eq!(case(&kz, &open)["state"], json!("received"));
+
+    // None of them reached KZ's inbox; the receipts are on record.
+    let inbox = kz.get_json("/v1/inbox?limit=1000");
+    for m in [&stray, &second, &intruder] {
+        let id = m["header"]["id"].as_str().unwrap();
+        assert!(!inbox.to_string().contains(id), "{id} in the inbox: {inbox}");
+    }
+    // The same pushed envelope again gets the same answer (nothing was stored).
+    let r = push_envelope(&by, &kz, &seal_offline(&by, &kz, "head", &second, None));
+    assert_eq!(reject_code(&r), Some("already_answered"), "{r}");
+    // A well-formed answer from the right authority still goes through.
+    let (_ok, doc) = message(&by, "response", "kz.mvd", Some(&open));
+    send(&by, &doc);
+    wait_case(&kz, &open, "answered");
+}
+
+#[test]
+fn use_of_received_data_for_another_purpose_needs_the_providers_consent() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+
+    // KZ asks BY; BY's answer provides data for the request's purpose.
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &req, "received");
+    let (resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
+    send(&by, &doc);
+    wait_case(&kz, &req, "answered");
+    let provided = example("response")["body"]["content"]["purpose"].clone();
+
+    // KZ uses that data in a new request for another purpose (Art. 11.2):
+    // refused before sealing, naming the consent that is missing.
+    let other = "Розыск лица, уклоняющегося от исполнения решения о выдворении.";
+    let (refused, mut again) = message(&kz, "request", "by.mvd", None);
+    again["message"]["body"]["content"]["purpose"] = json!(other);
+    again["sources"] = json!([resp]);
+    let (code, p) = kz.post_json("/v1/messages", &again);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(
+        p["type"],
+        json!("https://konvert.invalid/problems/consent-missing"),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["field"], json!("/sources/0"), "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("consent_missing"), "{p}");
+    let why = p["errors"][0]["message"].as_str().unwrap();
+    for part in [
+        "by.mvd",
+        resp.as_str(),
+        "Art. 11.2",
+        "no consent request has been made",
+    ] {
+        assert!(why.contains(part), "{part} not in {why}");
+    }
+    assert!(
+        !p.to_string().contains("Розыск"),
+        "no purpose text in problems: {p}"
+    );
+    assert_eq!(kz.request("GET", &format!("/v1/messages/{refused}"), None).0, 404);
+
+    // The purpose it was provided for needs no consent.
+    let (_same, mut same) = message(&kz, "request", "by.mvd", None);
+    same["message"]["body"]["content"]["purpose"] = provided;
+    same["sources"] = json!([resp]);
+    send(&kz, &same);
+
+    // KZ asks BY for consent to the other purpose; pending, still refused.
+    let (creq, mut doc) = message(&kz, "consent_request", "by.mvd", None);
+    doc["message"]["body"]["content"]["message"] = json!(resp);
+    doc["message"]["body"]["content"]["scope"] = json!({"other_purpose": {"purpose": other}});
+    send(&kz, &doc);
+    wait_inbox_kind(&by, "consent_request", 1);
+    let (code, p) = kz.post_json("/v1/messages", &again);
+    assert_eq!(code, 422, "{p}");
+    let why = p["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        why.contains("awaits its decision") && why.contains(&creq),
+        "{why}"
+    );
+
+    // BY grants it: the request for the other purpose goes through.
+    let (_dec, doc) = message(&by, "consent_decision", "kz.mvd", Some(&creq));
+    send(&by, &doc);
+    wait_inbox_kind(&kz, "consent_decision", 1);
+    let id = send(&kz, &again);
+    assert_eq!(id, refused);
+    wait_case(&by, &id, "received");
+    // A consent to the other purpose is not one to pass the data to a third
+    // party: it is still checked per recipient (Art. 11.3, see the AM test).
+}
+
+#[test]
+fn an_agreement_not_yet_in_force_is_refused_by_the_receiver_and_before_sealing() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // Art. 17: in BY's copy of the profile the agreement enters into force
+    // in 30 days (an amendment of the dates not yet applied at KZ).
+    let later = konvert_envelope::model::Timestamp::now()
+        .plus_secs(30 * 86_400)
+        .date_utc()
+        .to_string();
+    let enter_later = |g: &Gateway| {
+        let path = g.dir.join("profiles/kz-by-2019.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from = "in_force_from = \"2020-12-03\"";
+        assert!(text.contains(from), "{}", path.display());
+        std::fs::write(
+            &path,
+            text.replacen(from, &format!("in_force_from = \"{later}\""), 1),
+        )
+        .unwrap();
+    };
+    enter_later(&by);
+    kz.start();
+    by.start();
+
+    // KZ sends; BY rejects it on arrival.
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    submit(&kz, &doc);
+    let s = kz.wait_state(&req, &["rejected", "delivered"], WAIT);
+    assert_eq!(s["state"], json!("rejected"), "{s}");
+    assert_eq!(
+        s["receipt"]["outcome"]["code"],
+        json!("agreement_not_in_force"),
+        "{s}"
+    );
+    assert_eq!(by.request("GET", &format!("/v1/cases/{req}"), None).0, 404);
+    assert!(by.get_json("/v1/inbox?limit=1000")["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // With the same dates at KZ, KZ refuses before sealing.
+    enter_later(&kz);
+    kz.reload();
+    wait_reloaded(&kz, 1);
+    let (refused, doc) = message(&kz, "request", "by.mvd", None);
+    let (code, p) = kz.post_json("/v1/messages", &doc);
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(
+        p["type"],
+        json!("https://konvert.invalid/problems/not-in-force"),
+        "{p}"
+    );
+    assert_eq!(p["errors"][0]["field"], json!("/message/header/agreement"), "{p}");
+    assert_eq!(p["errors"][0]["rule"], json!("agreement_not_in_force"), "{p}");
+    assert!(p["detail"].as_str().unwrap().contains(&later), "{p}");
+    assert_eq!(kz.request("GET", &format!("/v1/messages/{refused}"), None).0, 404);
+}
+
+#[test]
+fn an_authority_replacement_is_sent_to_the_peer_and_its_cases_follow() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    by.start();
+    let (req, doc) = message(&kz, "request", "by.mvd", None);
+    send(&kz, &doc);
+    wait_case(&by, &req, "received");
+
+    // Art. 2: another body takes over kz.mvd's tasks; KZ signs the
+    // replacement with its root key and konvertd sends it to BY.
+    let cfg = kz.config();
+    let effective = konvert_envelope::model::Timestamp::now().to_string();
+    let out = konvertctl([
+        "--json",
+        "authority",
+        "replace",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--old",
+        "kz.mvd",
+        "--new",
+        "kz.mia",
+        "--name",
+        "Министерство внутренних дел Республики Казахстан",
+        "--name-en",
+        "Ministry of Internal Affairs",
+        "--effective",
+        &effective,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["change"], json!("replaced"), "{q}");
+    assert_eq!(q["peers"][0]["peer"], json!("by.mvd"), "{q}");
+    let id = q["peers"][0]["id"].as_str().unwrap().to_string();
+    kz.wait_state(&id, &["delivered"], WAIT);
+
+    // BY verified and applied it: a replacement (not a renaming) in its
+    // directory, its case now names the new authority, its inbox is clear.
+    let d = by.get_json("/v1/directory");
+    let c = &d["changes"][0];
+    assert_eq!(c["change"], json!("replaced"), "{d}");
+    assert_eq!(c["old"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["new"], json!("kz.mia"), "{d}");
+    assert_eq!(c["notified_by"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["effective"], json!(effective), "{d}");
+    assert_eq!(case(&by, &req)["requester"], json!("kz.mia"));
+    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
+    let sock = by.socket();
+    let out = konvertctl(["--socket", sock.to_str().unwrap(), "authority", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("kz.mvd replaced to kz.mia"), "{text}");
+
+    // The old id stays resolvable: BY answers the open case to kz.mvd, and
+    // both sides apply it.
+    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
+    send(&by, &doc);
+    wait_case(&kz, &req, "answered");
+    wait_case(&by, &req, "answered");
+    // The same replacement again changes nothing at BY.
+    let out = konvertctl([
+        "--json",
+        "authority",
+        "replace",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--old",
+        "kz.mvd",
+        "--new",
+        "kz.mia",
+        "--name",
+        "Министерство внутренних дел Республики Казахстан",
+        "--name-en",
+        "Ministry of Internal Affairs",
+        "--effective",
+        &effective,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    kz.wait_state(q["peers"][0]["id"].as_str().unwrap(), &["delivered"], WAIT);
+    assert_eq!(
+        by.get_json("/v1/directory")["changes"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn a_revoked_signatorys_backdated_signature_is_refused_after_the_grace_period() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // BY accepts signatures of an ended signatory for 5 minutes after the end.
+    let text = std::fs::read_to_string(by.config()).unwrap();
+    std::fs::write(
+        by.config(),
+        format!("{text}\n[signatures]\nended_signer_grace = \"5m\"\n"),
+    )
+    .unwrap();
+    let cfg = kz.config();
+    let cfg = cfg.to_str().unwrap();
+    for (id, name, position) in [
+        ("head", "Иванов Иван Иванович", "Министр"),
+        ("petrov", "Петров Пётр Петрович", "Заместитель министра"),
+    ] {
+        let out = konvertctl([
+            "signatory",
+            "add",
+            "--config",
+            cfg,
+            "--id",
+            id,
+            "--name",
+            name,
+            "--position",
+            position,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    kz.start();
+    by.start();
+    wait_roster(&by, "kz.mvd", 2);
+
+    // Requests signed while petrov may sign (queued at KZ, say), and one by head.
+    let signed_then = |signatory: &str| {
+        let m = offline_message("kz.mvd", "request", "by.mvd", None);
+        (
+            m["header"]["id"].as_str().unwrap().to_owned(),
+            seal_offline(&kz, &by, signatory, &m, None),
+        )
+    };
+    let (late, late_env) = signed_then("petrov");
+    let (stale, stale_env) = signed_then("petrov");
+    let (queued, queued_env) = signed_then("head");
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // petrov is revoked and BY applies roster 3.
+    let out = konvertctl(["signatory", "revoke", "--config", cfg, "--id", "petrov"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kz.reload();
+    wait_roster(&by, "kz.mvd", 3);
+
+    // Within the grace period, a message petrov signed while valid is a
+    // late delivery: accepted.
+    let r = push_envelope(&kz, &by, &late_env);
+    assert_eq!(reject_code(&r), None, "{r}");
+    wait_case(&by, &late, "received");
+
+    // An hour later by BY's clock the same kind of message could be
+    // backdated: refused with its own code, and no case opens.
+    shift_clock(t.path(), &by, "1h");
+    wait_reloaded(&by, 1);
+    let r = push_envelope(&kz, &by, &stale_env);
+    assert_eq!(reject_code(&r), Some("signer_no_longer_valid"), "{r}");
+    assert_eq!(by.request("GET", &format!("/v1/cases/{stale}"), None).0, 404);
+    // A message of a signatory still valid is not bounded, however long it
+    // waited (delivery after a long outage).
+    let r = push_envelope(&kz, &by, &queued_env);
+    assert_eq!(reject_code(&r), None, "{r}");
+    wait_case(&by, &queued, "received");
 }

@@ -29,6 +29,13 @@ pub enum ProblemType {
     /// outside its validity (Art. 9.3, 9.4). The peer would refuse it with
     /// `signer_not_authorised`.
     SignerNotAuthorised,
+    /// 422: the submission carries data received from another party
+    /// (`sources`) that may not go to this recipient, or be used for this
+    /// purpose, without a consent of the providing party, and none is
+    /// granted on record (Art. 11.2, 11.3). `errors[0].field` is
+    /// `/sources/<i>`; the text names the consent that is missing. The peer
+    /// would refuse it with `consent_missing`.
+    ConsentMissing,
     /// 400: the request is malformed: bad JSON, a bad parameter, an id of the wrong shape.
     BadRequest,
     /// 403: the connecting process is not on the socket's allow-list.
@@ -51,10 +58,11 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 12] = [
+    pub const ALL: [ProblemType; 13] = [
         Self::Validation,
         Self::NotInForce,
         Self::SignerNotAuthorised,
+        Self::ConsentMissing,
         Self::BadRequest,
         Self::UnauthorizedCaller,
         Self::NotFound,
@@ -72,6 +80,7 @@ impl ProblemType {
             Self::Validation => "validation",
             Self::NotInForce => "not-in-force",
             Self::SignerNotAuthorised => "signer-not-authorised",
+            Self::ConsentMissing => "consent-missing",
             Self::BadRequest => "bad-request",
             Self::UnauthorizedCaller => "unauthorized-caller",
             Self::NotFound => "not-found",
@@ -87,7 +96,7 @@ impl ProblemType {
     /// The HTTP status.
     pub const fn status(self) -> u16 {
         match self {
-            Self::Validation | Self::NotInForce | Self::SignerNotAuthorised => 422,
+            Self::Validation | Self::NotInForce | Self::SignerNotAuthorised | Self::ConsentMissing => 422,
             Self::BadRequest => 400,
             Self::UnauthorizedCaller => 403,
             Self::NotFound => 404,
@@ -106,6 +115,7 @@ impl ProblemType {
             Self::Validation => "The message is not valid under its agreement",
             Self::NotInForce => "The agreement is not in force",
             Self::SignerNotAuthorised => "The signatory may not sign for this authority now",
+            Self::ConsentMissing => "The consent of the party that provided the data is missing",
             Self::BadRequest => "The request is malformed",
             Self::UnauthorizedCaller => "The calling process is not allowed to use this socket",
             Self::NotFound => "Not found",

@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use konvert_envelope::consent::{ConsentError, ConsentLedger, Use};
+use konvert_envelope::consent::{ConsentError, ConsentLedger};
 use konvert_envelope::keys::{AuthorityCard, KeyId, TrustedSigner};
 use konvert_envelope::model::{
     AuthorityId, CountryCode, DirectoryChange, Id, Message, MessageBody, Timestamp,
@@ -449,8 +449,11 @@ impl Cases {
     /// case's in-flight slot: the agreement is in force at `now` and at the
     /// message's time (Art. 17), the message fits its case, a consent
     /// message fits the ledger, the data of every received message in
-    /// `sources` may go to the recipient for the message's purpose (Art.
-    /// 11.2, 11.3), and no other message of the case is in flight. Call
+    /// `sources` may go to the recipient for the message's purpose
+    /// ([`ConsentLedger::check_outgoing`]: a third party needs the
+    /// provider's consent to the transfer, Art. 11.3; anyone else a purpose
+    /// the data was provided for or the provider's consent to this other
+    /// one, Art. 11.2), and no other message of the case is in flight. Call
     /// [`Cases::release`] if the message is then not queued.
     pub fn check_outgoing(
         &self,
@@ -474,19 +477,12 @@ impl Cases {
         }
         if !sources.is_empty() {
             let purpose = purpose.or(stated_purpose(msg)).ok_or(OutgoingError::NoPurpose)?;
-            let to = &msg.header.to;
+            let (from, to) = (&msg.header.from, &msg.header.to);
             let country = country_of(profile, to).ok_or(OutgoingError::NoPurpose)?;
+            // Art. 11.3 to a third party, else Art. 11.2 (another purpose).
             for (index, s) in sources.iter().enumerate() {
                 p.consents
-                    .check(
-                        s,
-                        &Use::Transfer {
-                            recipient: to,
-                            country,
-                            purpose,
-                        },
-                        now,
-                    )
+                    .check_outgoing(s, from, to, country, purpose, now)
                     .map_err(|error| OutgoingError::ConsentMissing { index, error })?;
             }
         }

@@ -427,6 +427,7 @@ impl Node {
         })?;
         let limits = Limits {
             max_envelope: cfg.quic.max_envelope_bytes,
+            ended_signer_grace_secs: Some(cfg.signatures.ended_signer_grace.0.as_secs()),
             ..Limits::default()
         };
         let backoff = Backoff {

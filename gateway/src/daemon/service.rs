@@ -1263,11 +1263,15 @@ fn procedure_problem(e: &crate::daemon::cases::OutgoingError) -> Problem {
             rule,
             e.to_string(),
         ),
-        O::ConsentMissing { index, .. } => Problem::new(ProblemType::Validation, e.to_string()).with_error(
-            format!("/sources/{index}"),
-            rule,
-            e.to_string(),
-        ),
+        O::ConsentMissing { index, error } => {
+            // A consent that is not on record has its own type; a source
+            // that is not received data at all is a plain validation error.
+            let t = match error {
+                konvert_envelope::consent::ConsentError::Missing(_) => ProblemType::ConsentMissing,
+                _ => ProblemType::Validation,
+            };
+            Problem::new(t, e.to_string()).with_error(format!("/sources/{index}"), rule, e.to_string())
+        }
         O::NoPurpose => Problem::new(ProblemType::Validation, e.to_string()).with_error(
             "/purpose",
             "required",
