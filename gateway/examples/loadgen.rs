@@ -13,8 +13,13 @@
 //! `--only` runs one size, `--in-flight` one concurrency, and `--count` sets the messages of every round
 //! (for profiling one case, e.g. `--only 1k --count 5000` under `perf`).
 //!
-//! Compare with the bare-quinn figures of `cargo bench -p konvert-gateway --bench quic`
-//! and the crypto ceiling from `cargo bench -p konvert-envelope` (see docs/BENCHMARKS.md).
+//! Every round is printed beside the same work done bare in the same run:
+//! the *cryptographic ceiling* (the public-key operations one message needs
+//! across both gateways, measured now, divided into the cores), the share
+//! of the CPU per message that is public-key work, and bare quinn
+//! request/response on one connection with the same TLS setup and the same
+//! message size and concurrency, measured just before the round
+//! (`benches/shared/bare_quic.rs`, also used by `cargo bench --bench quic`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +30,9 @@ use konvert_gateway::daemon::outbound::{self, Submission};
 use konvert_gateway::daemon::{self, Control, Node};
 use konvert_gateway::init::{self, InitOptions};
 use konvert_store::{Direction, MessageId, MessageState};
+
+#[path = "../benches/shared/bare_quic.rs"]
+mod bare_quic;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -336,8 +344,13 @@ async fn main() -> Result<(), Error> {
         ceiling,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling | CPU per message | of it public-key work |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    // Bare quinn request/response on one connection with the same TLS
+    // setup, measured just before each end-to-end round.
+    let (_bare_client, bare_conn) = bare_quic::bare_pair().await;
+    println!(
+        "| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling | CPU per message | of it public-key work | bare quinn msg/s | of bare quinn |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, label, counts) in [
         (1024, "1 KiB", [200usize, 1000, 2000]),
         (1024 * 1024, "1 MiB", [20, 64, 256]),
@@ -351,6 +364,15 @@ async fn main() -> Result<(), Error> {
                 continue;
             }
             let count = count_override.unwrap_or(if quick { count.min(40) } else { count });
+            let bare_count = if size == 1024 { (count * 4).max(2000) } else { count.max(64) };
+            let body: Arc<[u8]> = vec![0xa5; size].into();
+            let conn = bare_conn.clone();
+            let bare = bare_quic::run(bare_count as u64, in_flight, move || {
+                let (conn, body) = (conn.clone(), Arc::clone(&body));
+                async move { bare_quic::bare_request(&conn, &body).await }
+            })
+            .await;
+            let bare_rate = bare_count as f64 / bare.as_secs_f64();
             let start = Instant::now();
             let cpu0 = cpu_time();
             let lat = round(&kz, size, count, in_flight).await?;
@@ -366,11 +388,13 @@ async fn main() -> Result<(), Error> {
                 ("-".into(), "-".into())
             };
             println!(
-                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} | {:.0} µs | {crypto_share} |",
+                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} | {:.0} µs | {crypto_share} | {bare_rate:.0} ({:.0} MB/s) | {:.0} % |",
                 (count * size) as f64 / secs / 1e6,
                 pct(&lat, 0.5).as_secs_f64() * 1e3,
                 pct(&lat, 0.99).as_secs_f64() * 1e3,
                 cpu * 1e6,
+                bare_rate * size as f64 / 1e6,
+                100.0 * rate / bare_rate,
             );
         }
     }
