@@ -520,7 +520,6 @@ fn status_json_reports_peers_queues_inbox_and_overdue_cases() {
     // At by.mvd the request waits in the inbox for its application.
     let bst = ctl_json(&by, &["status"]);
     assert_eq!(bst["inbox_unacknowledged"], 1, "{bst}");
-    assert_eq!(bst["peers"][0]["connected"], true, "{bst}");
 
     // by.mvd goes down: the next request waits in kz.mvd's queue.
     by.stop();

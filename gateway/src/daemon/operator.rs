@@ -669,12 +669,16 @@ pub fn retention_report(node: &Node, q: &RetentionQuery) -> Result<RetentionRepo
     let mut trail = Trail::new(&*node.store);
     let (first, end) = trail.bounds().map_err(store_problem)?;
     let from = end.saturating_sub(RETENTION_AUDIT_SCAN).max(first);
-    let mut destroyed = Vec::new();
+    // Oldest first; only the newest `q.events` are kept (with their ids).
+    let mut destroyed = std::collections::VecDeque::new();
     trail
         .scan(from, i64::MAX - STORY_SLACK, RETENTION_AUDIT_SCAN, |e| {
-            if e.event.kind == AuditKind::Destroyed {
+            if e.event.kind == AuditKind::Destroyed && q.events > 0 {
+                if destroyed.len() >= q.events as usize {
+                    destroyed.pop_front();
+                }
                 let ids_recorded = !e.event.ids.is_empty();
-                destroyed.push(DestroyedEvent {
+                destroyed.push_back(DestroyedEvent {
                     ids_recorded,
                     ids: (list_ids && ids_recorded)
                         .then(|| e.event.ids.iter().map(|(d, m)| message_ref(*d, m)).collect()),
@@ -690,8 +694,7 @@ pub fn retention_report(node: &Node, q: &RetentionQuery) -> Result<RetentionRepo
             true
         })
         .map_err(store_problem)?;
-    destroyed.reverse();
-    destroyed.truncate(q.events as usize);
+    let destroyed: Vec<DestroyedEvent> = destroyed.into_iter().rev().collect();
     let mut upcoming = bucket_ids(expiries, period, list_ids);
     if let Some(t) = q.bucket {
         let start = t.as_unix().div_euclid(period) * period;
