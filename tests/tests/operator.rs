@@ -696,7 +696,7 @@ fn retention_lists_the_ids_each_destruction_destroyed() {
             })
             .collect()
     };
-    assert_eq!(ids_of("early"), [a.clone()], "{r}");
+    assert_eq!(ids_of("early"), std::slice::from_ref(&a), "{r}");
     assert!(ids_of("expired").contains(&b), "{r}");
     let text = ctl_text(&by, &["retention", "--ids"]);
     assert!(
