@@ -93,6 +93,34 @@ fn credential_suffix(p: &Path) -> Option<Result<PathBuf, String>> {
     Some(Ok(rest.to_path_buf()))
 }
 
+/// The file a key named `${CREDENTIALS_DIRECTORY}/NAME` in `konvert.toml`
+/// comes from, as the packaged unit's `LoadCredential=` lines load it from
+/// `keys_dir` (the `--keys-dir` of the offline commands, normally
+/// `/etc/konvert/keys`): a directory credential's files `signatory_FILE`
+/// and `rotation_FILE` come from `keys_dir/signatories/FILE` and
+/// `keys_dir/rotation/FILE`, any other `NAME` from `keys_dir/NAME`; the
+/// placeholder alone is `keys_dir`. Other paths are returned unchanged.
+pub fn credential_source(p: &Path, keys_dir: &Path) -> PathBuf {
+    match credential_suffix(p) {
+        Some(Ok(rest)) if rest.as_os_str().is_empty() => keys_dir.to_path_buf(),
+        Some(Ok(rest)) => {
+            let name = rest.to_string_lossy();
+            for (prefix, dir) in [("signatory_", "signatories"), ("rotation_", "rotation")] {
+                if let Some(file) = name.strip_prefix(prefix).filter(|f| !f.is_empty()) {
+                    return keys_dir.join(dir).join(file);
+                }
+            }
+            keys_dir.join(rest)
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Whether a key path names the credentials directory (`${CREDENTIALS_DIRECTORY}`…).
+pub fn is_credential_path(p: &Path) -> bool {
+    credential_suffix(p).is_some()
+}
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -11,7 +11,9 @@
 //! message is delivered over QUIC, stored durably by the receiver, answered
 //! with a signed receipt that the demo verifies with the receiver's card,
 //! read from the receiver's inbox and acknowledged. The timeline shows ids,
-//! sizes, kinds and outcomes only. The daemons are stopped at the end; with
+//! kinds, outcomes, the refusal's grounds (Art. 10.4 codes and the refused
+//! fields) and, after each step of a case, the case's state as each of its
+//! two gateways sees it (`GET /v1/cases/{id}` on both): nothing personal. The daemons are stopped at the end; with
 //! `--keep DIR` the directories stay, ready for `konvertd --config
 //! DIR/kz.mvd/konvert.toml` and `konvertctl`.
 
@@ -100,8 +102,186 @@ const STEPS: [Step; 7] = [
     },
 ];
 
-/// Runs the demo in `dir` (which must be empty or absent) and returns the timeline.
-pub fn run(dir: &Path) -> Result<String, Error> {
+/// What the demo did, for `konvertctl demo` (text by [`demo_text`], or JSON).
+/// Ids, kinds, states, grounds and outcomes only: nothing personal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    /// The directory holding the three gateways.
+    pub dir: PathBuf,
+    /// The gateways started.
+    pub gateways: Vec<DemoGateway>,
+    /// The exchange, step by step.
+    pub steps: Vec<DemoStep>,
+    /// Each request case as each of its two gateways sees it at the end.
+    pub cases: Vec<DemoCase>,
+}
+
+/// One gateway of the demo.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoGateway {
+    /// Its authority.
+    pub authority: String,
+    /// Its QUIC address.
+    pub quic: String,
+    /// Its TLS pin (on its card).
+    pub tls_pin: String,
+}
+
+/// One message of the exchange.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoStep {
+    /// Its number, from 1.
+    pub n: usize,
+    /// Sender.
+    pub from: String,
+    /// Receiver.
+    pub to: String,
+    /// The message id.
+    pub id: Id,
+    /// The message kind.
+    pub kind: String,
+    /// What it is, in words.
+    pub note: String,
+    /// The receipt's outcome: `accepted` or `rejected`.
+    pub receipt: String,
+    /// The receipt's signature verified with the receiver's card.
+    pub receipt_verified: bool,
+    /// The receiving application read it from its inbox and acknowledged it.
+    pub read_and_acknowledged: bool,
+    /// The request case it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case: Option<Id>,
+    /// The case's state on each of its two gateways once the step was done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub case_states: Vec<SideState>,
+    /// Art. 10.4 grounds of a refusal, as the message gives them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grounds: Vec<String>,
+    /// Fields refused, for a partial refusal.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_fields: Vec<String>,
+}
+
+/// A case's state at one gateway.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SideState {
+    /// The gateway.
+    pub authority: String,
+    /// Its side of the case: `requester` or `requested`.
+    pub role: String,
+    /// The state code (`GET /v1/cases/{id}`).
+    pub state: String,
+    /// Whether the case still awaits its answer there.
+    pub open: bool,
+    /// Refusal grounds recorded there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grounds: Vec<String>,
+}
+
+/// A request case at the end of the demo.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoCase {
+    /// The case id (the request's id).
+    pub id: Id,
+    /// Its state at the requester and at the requested gateway.
+    pub states: Vec<SideState>,
+}
+
+/// The timeline as text.
+pub fn demo_text(r: &DemoReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Konvert demo: three gateways on 127.0.0.1 exchange messages (directories in {})\n",
+        r.dir.display()
+    );
+    for g in &r.gateways {
+        let _ = writeln!(
+            out,
+            "  {:<10} QUIC {:<15}  TLS pin {}",
+            g.authority, g.quic, g.tls_pin
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  #  from       to         message id                            receipt                    application  what"
+    );
+    let states = |v: &[SideState]| {
+        v.iter()
+            .map(|s| format!("{} {}", s.authority, s.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for s in &r.steps {
+        let verdict = match (s.receipt.as_str(), s.receipt_verified) {
+            ("accepted", true) => "accepted, verified",
+            ("accepted", false) => "accepted, NOT VERIFIED",
+            _ => "REJECTED",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<2} {:<10} {:<10} {}  {verdict:<25}  {:<11}  {}: {}",
+            s.n,
+            s.from,
+            s.to,
+            s.id,
+            if s.read_and_acknowledged {
+                "read, acked"
+            } else {
+                "MISMATCH"
+            },
+            s.kind,
+            s.note,
+        );
+        if !s.grounds.is_empty() {
+            let fields = if s.refused_fields.is_empty() {
+                String::new()
+            } else {
+                format!("; fields refused: {}", s.refused_fields.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "       grounds (Art. 10.4): {}{fields}",
+                s.grounds.join(", ")
+            );
+        }
+        if let Some(c) = &s.case {
+            let _ = writeln!(out, "       case {c}: {}", states(&s.case_states));
+        }
+    }
+    if !r.cases.is_empty() {
+        let _ = writeln!(out, "\nCases as each gateway sees them at the end:");
+        for c in &r.cases {
+            let _ = writeln!(out, "  {}", c.id);
+            for s in &c.states {
+                let grounds = if s.grounds.is_empty() {
+                    String::new()
+                } else {
+                    format!(", grounds {}", s.grounds.join(", "))
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:<10} {:<9}  {}{}{grounds}",
+                    s.authority,
+                    s.role,
+                    s.state,
+                    if s.open { " (open)" } else { "" }
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nEach message went application → local API → seal (signatory COSE signature, age) →\n\
+         QUIC with pinned mutual TLS → every check at the receiver → durable store → signed\n\
+         receipt (verified here with the receiver's card) → receiver's inbox → acknowledged."
+    );
+    out
+}
+
+/// Runs the demo in `dir` (which must be empty or absent) and returns what happened.
+pub fn run(dir: &Path) -> Result<DemoReport, Error> {
     if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
         return Err(Error::Usage(format!(
             "{} is not empty; the demo needs an empty directory",
@@ -118,7 +298,6 @@ pub fn run(dir: &Path) -> Result<String, Error> {
 
 struct Running {
     authority: &'static str,
-    config: PathBuf,
     control: tokio::sync::mpsc::Sender<crate::daemon::Control>,
     task: tokio::task::JoinHandle<Result<(), crate::daemon::StartError>>,
 }
@@ -130,13 +309,13 @@ fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Usage(format!("no free UDP port on 127.0.0.1: {e}")))
 }
 
-async fn run_async(dir: &Path) -> Result<String, Error> {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Konvert demo: three gateways on 127.0.0.1 exchange messages (directories in {})\n",
-        dir.display()
-    );
+async fn run_async(dir: &Path) -> Result<DemoReport, Error> {
+    let mut report = DemoReport {
+        dir: dir.to_path_buf(),
+        gateways: Vec::new(),
+        steps: Vec::new(),
+        cases: Vec::new(),
+    };
     // Set up as an operator would: init on each side, then peer add.
     let mut cfgs = Vec::new();
     for a in AUTHORITIES {
@@ -150,8 +329,11 @@ async fn run_async(dir: &Path) -> Result<String, Error> {
             signatory: "head".into(),
             force: false,
         })?;
-        let pin = r.card_value.tls_pin.clone().unwrap_or_default();
-        let _ = writeln!(out, "  {a:<10} QUIC 127.0.0.1:{port:<5}  TLS pin {pin}");
+        report.gateways.push(DemoGateway {
+            authority: a.to_string(),
+            quic: format!("127.0.0.1:{port}"),
+            tls_pin: r.card_value.tls_pin.clone().unwrap_or_default(),
+        });
         cfgs.push((a, r, port));
     }
     let link = |x: usize, y: usize, agreement: &str| -> Result<(), Error> {
@@ -178,12 +360,11 @@ async fn run_async(dir: &Path) -> Result<String, Error> {
         let task = tokio::spawn(crate::daemon::run(node, rx));
         running.push(Running {
             authority: a,
-            config: r.config.clone(),
             control: tx,
             task,
         });
     }
-    let result = exchange(dir, &mut out).await;
+    let result = exchange(dir, &mut report).await;
     for r in &running {
         let _ = r.control.send(crate::daemon::Control::Stop).await;
     }
@@ -193,10 +374,9 @@ async fn run_async(dir: &Path) -> Result<String, Error> {
             Ok(Err(e)) => return Err(Error::Usage(format!("{}: {e}", r.authority))),
             Err(e) => return Err(Error::Usage(format!("{}: {e}", r.authority))),
         }
-        let _ = r.config;
     }
     result?;
-    Ok(out)
+    Ok(report)
 }
 
 fn client_of(dir: &Path, authority: &str) -> crate::client::Client {
@@ -207,7 +387,47 @@ fn client_err(e: crate::client::ClientError) -> Error {
     Error::Usage(e.to_string())
 }
 
-async fn exchange(dir: &Path, out: &mut String) -> Result<(), Error> {
+fn code<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The case `id` as the gateways of `parties` see it (a gateway that does
+/// not know it is left out).
+async fn case_states(dir: &Path, id: Id, parties: [&str; 2]) -> Vec<SideState> {
+    let mut out = Vec::new();
+    for a in parties {
+        if let Ok(c) = client_of(dir, a).case(id).await {
+            out.push(SideState {
+                authority: a.to_string(),
+                role: code(&c.role),
+                state: c.state.clone(),
+                open: c.open,
+                grounds: c.grounds.iter().map(code).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The grounds and refused fields of a refusal (empty for any other message).
+fn refusal_of(m: &Message) -> (Vec<String>, Vec<String>) {
+    let Ok(v) = serde_json::to_value(&m.body) else {
+        return (Vec::new(), Vec::new());
+    };
+    let refused = &v["content"]["outcome"]["refused"];
+    let list = |p: &serde_json::Value| -> Vec<String> {
+        p.as_array()
+            .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    (list(&refused["grounds"]), list(&refused["partial"]["fields"]))
+}
+
+async fn exchange(dir: &Path, report: &mut DemoReport) -> Result<(), Error> {
     // The APIs answer once the daemons run.
     for a in AUTHORITIES {
         let c = client_of(dir, a);
@@ -229,12 +449,9 @@ async fn exchange(dir: &Path, out: &mut String) -> Result<(), Error> {
         .chain((0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8))
         .collect();
     files::write_atomic(&msgs.join("photo.jpg"), &photo, 0o600, false)?;
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "  #  from       to         message id                            receipt                    application  what"
-    );
     let mut ids: Vec<Id> = Vec::new();
+    // The case of each step (the id of the request that opened it) and its two gateways.
+    let mut cases: Vec<Option<(Id, [&'static str; 2])>> = Vec::new();
     for (n, step) in STEPS.iter().enumerate() {
         let now = Timestamp::now();
         let mut m: Message =
@@ -252,6 +469,20 @@ async fn exchange(dir: &Path, out: &mut String) -> Result<(), Error> {
         ids.push(id);
         let from = m.header.from.to_string();
         let kind = m.kind().as_str();
+        let case = match step.answers {
+            Some(i) => cases[i],
+            None if kind == "request" => {
+                let from_static = AUTHORITIES
+                    .iter()
+                    .copied()
+                    .find(|a| *a == from)
+                    .unwrap_or("kz.mvd");
+                Some((id, [from_static, step.to]))
+            }
+            None => None,
+        };
+        cases.push(case);
+        let (grounds, refused_fields) = refusal_of(&m);
         let msg_path = msgs.join(format!("{:02}-{kind}.json", n + 1));
         let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(e.to_string()))?;
         files::write_atomic(&msg_path, &json, 0o600, false)?;
@@ -281,33 +512,45 @@ async fn exchange(dir: &Path, out: &mut String) -> Result<(), Error> {
         let raw = sender.receipt_raw(id).await.map_err(client_err)?;
         let card: AuthorityCard = offline::load_card(&dir.join(step.to).join(offline::CARD_FILE))?;
         let receipt = Receipt::verify(&raw, &card.node_key).map_err(|e| Error::Usage(e.to_string()))?;
-        let verdict = match receipt.outcome {
-            Outcome::Accepted => "accepted, verified",
-            Outcome::Rejected { .. } => "REJECTED",
-        };
         // The receiving application reads it and acknowledges it.
         let receiver = client_of(dir, step.to);
         let got = receiver.inbox_get(id).await.map_err(client_err)?;
         let same = got.message.header.id == id && got.message.kind().as_str() == kind;
         receiver.inbox_ack(id).await.map_err(client_err)?;
-        let _ = writeln!(
-            out,
-            "  {:<2} {from:<10} {:<10} {id}  {verdict:<25}  {:<11}  {kind}: {}",
-            n + 1,
-            step.to,
-            if same { "read, acked" } else { "MISMATCH" },
-            step.note,
-        );
-        if !same || receipt.outcome != Outcome::Accepted {
+        let case_states = match case {
+            Some((c, parties)) => case_states(dir, c, parties).await,
+            None => Vec::new(),
+        };
+        let accepted = receipt.outcome == Outcome::Accepted;
+        report.steps.push(DemoStep {
+            n: n + 1,
+            from,
+            to: step.to.to_string(),
+            id,
+            kind: kind.to_string(),
+            note: step.note.to_string(),
+            receipt: if accepted { "accepted" } else { "rejected" }.to_string(),
+            receipt_verified: true,
+            read_and_acknowledged: same,
+            case: case.map(|(c, _)| c),
+            case_states,
+            grounds,
+            refused_fields,
+        });
+        if !same || !accepted {
             return Err(Error::Usage(format!("step {} did not go through", n + 1)));
         }
     }
-    let _ = writeln!(
-        out,
-        "\nEach message went application → local API → seal (signatory COSE signature, age) →\n\
-         QUIC with pinned mutual TLS → every check at the receiver → durable store → signed\n\
-         receipt (verified here with the receiver's card) → receiver's inbox → acknowledged."
-    );
+    let mut seen = Vec::new();
+    for (c, parties) in cases.into_iter().flatten() {
+        if !seen.contains(&c) {
+            seen.push(c);
+            report.cases.push(DemoCase {
+                id: c,
+                states: case_states(dir, c, parties).await,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -332,8 +575,33 @@ mod tests {
     #[test]
     fn demo_runs_three_daemons_and_every_receipt_verifies() {
         let (dir, _guard) = workdir(None).unwrap();
-        let out = run(&dir).unwrap();
+        let report = run(&dir).unwrap();
+        let out = demo_text(&report);
         assert_eq!(out.matches("accepted, verified").count(), STEPS.len(), "{out}");
+        // The refusal's grounds, and both cases as both gateways see them.
+        let refusal = &report.steps[5];
+        assert_eq!(refusal.grounds, ["contradicts_national_law"], "{out}");
+        assert!(
+            out.contains("grounds (Art. 10.4): contradicts_national_law"),
+            "{out}"
+        );
+        assert_eq!(report.cases.len(), 2, "{out}");
+        for c in &report.cases {
+            let at: Vec<&str> = c.states.iter().map(|s| s.authority.as_str()).collect();
+            assert_eq!(at, ["kz.mvd", "by.mvd"], "{out}");
+        }
+        let second = &report.cases[1];
+        assert!(
+            second
+                .states
+                .iter()
+                .all(|s| s.state.contains("refused") && s.grounds == ["contradicts_national_law"]),
+            "{out}"
+        );
+        assert!(
+            refusal.case_states.iter().all(|s| s.state.contains("refused")),
+            "{out}"
+        );
         assert_eq!(out.matches("read, acked").count(), STEPS.len(), "{out}");
         assert!(!out.contains("MISMATCH"));
         // Nothing personal in the timeline.

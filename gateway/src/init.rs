@@ -57,7 +57,7 @@ pub struct InitOptions {
 }
 
 /// Where `init` put things.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct InitReport {
     /// The configuration file.
     pub config: PathBuf,
@@ -354,7 +354,13 @@ pub fn init_systemd(o: &SystemdOptions) -> Result<SystemdReport, Error> {
     set_mode(&cfg_path, 0o640)?;
     chown(&report.card, root_uid, svc_gid)?;
     set_mode(&report.card, 0o644)?;
-    // Keys: root only; systemd reads them as credentials.
+    // Keys: root only; systemd reads them as credentials. The unit loads
+    // the roster too, so it must exist: empty, "no roster yet", until
+    // `konvertctl signatory add` writes the first one.
+    let roster = keys.join(crate::signatories::ROSTER_FILE);
+    if !roster.exists() {
+        files::write_atomic(&roster, b"", 0o644, true)?;
+    }
     chown(&keys, root_uid, root_gid)?;
     set_mode(&keys, 0o700)?;
     // The store: the service's own.

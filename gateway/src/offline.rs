@@ -506,3 +506,53 @@ pub fn inspect_file(
         digest: received.envelope_digest(),
     })
 }
+
+fn header_lines(h: &EnvelopeHeader) -> String {
+    format!(
+        "  id:          {}\n  from:        {}\n  to:          {}\n  agreement:   {}\n  sealed at:   {}\n  attachments: {}\n",
+        h.id, h.from, h.to, h.agreement, h.created, h.attachments
+    )
+}
+
+/// `envelope seal` for a person (`--json` prints the [`SealSummary`]).
+pub fn seal_text(s: &SealSummary) -> String {
+    format!(
+        "sealed message {} into an envelope of {} bytes\n{}  digest:      {} (the receiver's receipt names it)\n",
+        s.message_id,
+        s.size,
+        header_lines(&s.header),
+        s.digest
+    )
+}
+
+/// `envelope open` for a person: the checks passed, the routing, then the
+/// message itself as JSON (`--json` prints the whole [`OpenSummary`]).
+pub fn open_text(s: &OpenSummary) -> String {
+    let mut t = format!(
+        "opened envelope {}: size, structure, node signature, decryption, signatory signature, \
+         signed routing, message and profile checks passed\n{}  digest:      {}\n  kind:        {}\n",
+        s.envelope.id,
+        header_lines(&s.envelope),
+        s.digest,
+        s.message.kind().as_str()
+    );
+    for f in &s.attachment_files {
+        t.push_str(&format!("  attachment:  {}\n", f.display()));
+    }
+    t.push_str("message:\n");
+    t.push_str(&serde_json::to_string_pretty(&s.message).unwrap_or_default());
+    t.push('\n');
+    t
+}
+
+/// `envelope inspect` for a person (`--json` prints the [`InspectSummary`]).
+pub fn inspect_text(s: &InspectSummary) -> String {
+    format!(
+        "envelope format version {}, {} bytes ({} of them the encrypted body); no signature checked\n{}  digest:      {}\n",
+        s.version,
+        s.size,
+        s.body_size,
+        header_lines(&s.header),
+        s.digest
+    )
+}

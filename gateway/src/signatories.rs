@@ -10,7 +10,12 @@
 //! Every change writes a new roster version (the previous version + 1,
 //! issued now) and signs it. A running `konvertd` sends the latest version
 //! to every peer that has not had it, as a signed `directory_update`, at
-//! start and on reload (SIGHUP). The first roster replaces the card's list
+//! start and on reload (SIGHUP). Under the packaged systemd unit the keys
+//! directory is `${CREDENTIALS_DIRECTORY}`: the commands then take
+//! `--keys-dir /etc/konvert/keys` (where the unit's `LoadCredential=` lines
+//! read `roster.cose`, `root.key.pem.pub` and `signatories/`), and since
+//! systemd copies credentials only when the service starts, a change takes
+//! effect with `systemctl restart konvertd`, not with a reload. The first roster replaces the card's list
 //! of signatories at the peers: add every signatory who keeps signing.
 //! `revoke` takes a signatory off the roster; the key stays in
 //! `konvert.toml` until the operator removes it, but peers refuse its
@@ -32,11 +37,16 @@ pub const ROSTER_FILE: &str = "roster.cose";
 /// Largest roster file read.
 const MAX_ROSTER: u64 = 1024 * 1024;
 
-/// The authority's latest signed roster, verified with its root key; `None` before the first.
+/// The authority's latest signed roster, verified with its root key; `None`
+/// before the first. An empty file is no roster either: the packaged unit
+/// loads `roster.cose` as a credential, so `init --systemd` (and the
+/// package's tmpfiles.d entry) make it empty until `signatory add` writes one.
 pub fn load_roster(keys_dir: &Path) -> Result<Option<SignedRoster>, Error> {
     let path = keys_dir.join(ROSTER_FILE);
-    if !path.exists() {
-        return Ok(None);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(m) if m.len() == 0 => return Ok(None),
+        _ => {}
     }
     let root = offline::load_public_key(&offline::pub_path(&keys_dir.join(ROOT_KEY_FILE)))?;
     let bytes = files::read_limited(&path, MAX_ROSTER)?;
@@ -214,15 +224,42 @@ struct Dir {
     config_path: PathBuf,
     text: String,
     config: Config,
+    /// The configuration names the keys by `${CREDENTIALS_DIRECTORY}` (the
+    /// packaged service): new keys are named that way too.
+    credentials: bool,
 }
 
-fn open(config_path: &Path) -> Result<Dir, Error> {
+/// Reads the configuration. With `keys_dir` (`--keys-dir`), the keys are
+/// taken from there: the directory the unit's `LoadCredential=` lines load
+/// them from when konvert.toml names them by `${CREDENTIALS_DIRECTORY}`
+/// (signatory keys `${CREDENTIALS_DIRECTORY}/signatory_FILE` from
+/// `KEYS_DIR/signatories/FILE`); without it such a configuration is refused.
+fn open(config_path: &Path, keys_dir: Option<&Path>) -> Result<Dir, Error> {
     let text = files::read_text(config_path, crate::config::MAX_CONFIG)?;
-    let config = Config::parse(&text, config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut config = Config::parse(&text, config_path).map_err(|e| Error::Usage(e.to_string()))?;
+    let credentials = crate::config::is_credential_path(&config.keys_dir);
+    match keys_dir {
+        Some(k) => {
+            config.keys_dir = k.to_path_buf();
+            for s in &mut config.signatories {
+                s.key = crate::config::credential_source(&s.key, k);
+            }
+        }
+        None if credentials => {
+            return Err(Error::Usage(format!(
+                "{} names the keys by {}: give the directory they come from, as in the unit's \
+                 LoadCredential= lines: --keys-dir /etc/konvert/keys",
+                config_path.display(),
+                crate::config::CREDENTIALS_PLACEHOLDER
+            )))
+        }
+        None => {}
+    }
     Ok(Dir {
         config_path: config_path.to_path_buf(),
         text,
         config,
+        credentials,
     })
 }
 
@@ -279,6 +316,7 @@ fn next_roster(d: &Dir, now: Timestamp) -> Result<Roster, Error> {
 /// konvert.toml.
 pub fn add(
     config_path: &Path,
+    keys_dir: Option<&Path>,
     id: &str,
     name: &str,
     position: &str,
@@ -289,7 +327,7 @@ pub fn add(
     if name.trim().is_empty() || position.trim().is_empty() {
         return Err(Error::Usage("--name and --position must not be empty".into()));
     }
-    let d = open(config_path)?;
+    let d = open(config_path, keys_dir)?;
     root_key(&d)?;
     let mut roster = next_roster(&d, now)?;
     let key = match d.config.signatories.iter().find(|s| s.id == id) {
@@ -299,8 +337,16 @@ pub fn add(
             files::create_private_dir(&dir)?;
             let path = dir.join(format!("{id}.key.pem"));
             let key = offline::signatory_keygen(&path, false)?;
-            let base = files::parent_dir(&d.config_path);
-            let rel = path.strip_prefix(&base).map(Path::to_path_buf).unwrap_or(path);
+            let rel = if d.credentials {
+                // As the unit passes keys/signatories/: the credential signatory_FILE.
+                PathBuf::from(format!(
+                    "{}/signatory_{id}.key.pem",
+                    crate::config::CREDENTIALS_PLACEHOLDER
+                ))
+            } else {
+                let base = files::parent_dir(&d.config_path);
+                path.strip_prefix(&base).map(Path::to_path_buf).unwrap_or(path)
+            };
             #[derive(serde::Serialize)]
             struct One<'a> {
                 signatories: [&'a SignatoryConfig; 1],
@@ -339,8 +385,13 @@ pub fn add(
 }
 
 /// Takes a signatory off the roster (Art. 9.4) and signs a new version.
-pub fn revoke(config_path: &Path, id: &str, now: Timestamp) -> Result<SignedRoster, Error> {
-    let d = open(config_path)?;
+pub fn revoke(
+    config_path: &Path,
+    keys_dir: Option<&Path>,
+    id: &str,
+    now: Timestamp,
+) -> Result<SignedRoster, Error> {
+    let d = open(config_path, keys_dir)?;
     let mut roster = next_roster(&d, now)?;
     let before = roster.signatories.len();
     roster.signatories.retain(|s| s.id.as_str() != id);
@@ -380,6 +431,7 @@ pub struct AuthorityChangeArgs {
 /// the same old and new id.
 pub fn authority_change(
     config_path: &Path,
+    keys_dir: Option<&Path>,
     a: &AuthorityChangeArgs,
     now: Timestamp,
 ) -> Result<(konvert_envelope::model::DirectoryUpdate, PathBuf), Error> {
@@ -392,7 +444,7 @@ pub fn authority_change(
     if a.name.trim().is_empty() || a.name_en.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(Error::Usage("--name and --name-en must not be empty".into()));
     }
-    let d = open(config_path)?;
+    let d = open(config_path, keys_dir)?;
     let root = root_key(&d)?;
     let (old, new, new_name, new_name_en, effective) = (
         a.old.clone(),
@@ -430,8 +482,8 @@ pub fn authority_change(
 }
 
 /// The roster and the configured signatories.
-pub fn list(config_path: &Path) -> Result<RosterView, Error> {
-    let d = open(config_path)?;
+pub fn list(config_path: &Path, keys_dir: Option<&Path>) -> Result<RosterView, Error> {
+    let d = open(config_path, keys_dir)?;
     let roster = load_roster(&d.config.keys_dir)?;
     let mut out = Vec::new();
     if let Some(r) = &roster {
@@ -477,6 +529,75 @@ pub fn list(config_path: &Path) -> Result<RosterView, Error> {
     })
 }
 
+/// What `signatory add|revoke` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RosterChanged {
+    /// The signatory added (or updated) or revoked.
+    pub signatory: String,
+    /// `added` or `revoked`.
+    pub change: &'static str,
+    /// This authority.
+    pub authority: AuthorityId,
+    /// The new roster version.
+    pub version: u64,
+    /// When it was issued.
+    pub issued: Timestamp,
+    /// The signatories on it.
+    pub on_roster: Vec<String>,
+    /// How a running konvertd picks it up: `reload` (SIGHUP; the keys are
+    /// read from the configuration's keys directory) or `restart` (the
+    /// packaged unit: credentials are copied when the service starts).
+    pub takes_effect: &'static str,
+}
+
+/// Whether the configuration names its keys by `${CREDENTIALS_DIRECTORY}`
+/// (the packaged systemd service); `false` if it cannot be read.
+pub fn credentials_layout(config_path: &Path) -> bool {
+    files::read_text(config_path, crate::config::MAX_CONFIG)
+        .ok()
+        .and_then(|t| Config::parse(&t, config_path).ok())
+        .is_some_and(|c| crate::config::is_credential_path(&c.keys_dir))
+}
+
+/// The report of a roster change; `systemd`: the keys reach konvertd as credentials.
+pub fn changed(r: &SignedRoster, id: &str, added: bool, systemd: bool) -> RosterChanged {
+    RosterChanged {
+        signatory: id.to_owned(),
+        change: if added { "added" } else { "revoked" },
+        authority: r.roster().authority.clone(),
+        version: r.roster().version,
+        issued: r.roster().issued,
+        on_roster: r.roster().signatories.iter().map(|s| s.id.to_string()).collect(),
+        takes_effect: if systemd { "restart" } else { "reload" },
+    }
+}
+
+/// [`RosterChanged`] for a person.
+pub fn changed_text(c: &RosterChanged) -> String {
+    let how = match c.takes_effect {
+        "restart" => {
+            "systemctl restart konvertd to use it and send it to the peers (credentials are copied at start)"
+        }
+        _ => "reload konvertd (SIGHUP, systemctl reload) to send it to the peers",
+    };
+    let mut t = format!(
+        "{} is {} roster version {} of {} (on it: {}); {how}\n",
+        c.signatory,
+        if c.change == "added" { "on" } else { "off" },
+        c.version,
+        c.authority,
+        if c.on_roster.is_empty() {
+            "nobody".to_string()
+        } else {
+            c.on_roster.join(", ")
+        },
+    );
+    if c.change == "revoked" {
+        t.push_str("its key stays in the configuration until you remove it\n");
+    }
+    t
+}
+
 /// `signatory list` as a table.
 pub fn list_table(v: &RosterView) -> String {
     let mut t = crate::client::Table::new(&["ID", "NAME", "POSITION", "KEY ID", "ON ROSTER", "CONFIGURED"]);
@@ -520,10 +641,11 @@ mod tests {
         .unwrap();
         let root = r.card_value.root_key.unwrap();
         let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
-        let v1 = add(&r.config, "head", "Иванов И. И.", "Министр", None, now).unwrap();
+        let v1 = add(&r.config, None, "head", "Иванов И. И.", "Министр", None, now).unwrap();
         assert_eq!(v1.roster().version, 1);
         let v2 = add(
             &r.config,
+            None,
             "petrov",
             "Петров П. П.",
             "Заместитель министра",
@@ -535,14 +657,14 @@ mod tests {
         // The new signatory's key is configured, so the daemon can sign with it.
         let loaded = crate::config::Loaded::load(&r.config).unwrap();
         assert!(loaded.config.signatories.iter().any(|s| s.id == "petrov"));
-        let v3 = revoke(&r.config, "petrov", now.plus_secs(10)).unwrap();
+        let v3 = revoke(&r.config, None, "petrov", now.plus_secs(10)).unwrap();
         assert_eq!(v3.roster().version, 3);
         let keys = t.path().join("kz/keys");
         let on_disk = load_roster(&keys).unwrap().unwrap();
         assert_eq!(on_disk, SignedRoster::verify(on_disk.as_bytes(), &root).unwrap());
         assert_eq!(on_disk.roster().signatories.len(), 1);
-        assert!(revoke(&r.config, "petrov", now.plus_secs(11)).is_err());
-        let view = list(&r.config).unwrap();
+        assert!(revoke(&r.config, None, "petrov", now.plus_secs(11)).is_err());
+        let view = list(&r.config, None).unwrap();
         assert_eq!(view.version, Some(3));
         let petrov = view.signatories.iter().find(|s| s.id == "petrov").unwrap();
         assert!(!petrov.on_roster && petrov.configured);
@@ -567,9 +689,10 @@ mod tests {
         assert!(cache.current(&keys).unwrap().is_none());
         let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let until = now.plus_secs(3600);
-        add(&r.config, "head", "Иванов И. И.", "Министр", None, now).unwrap();
+        add(&r.config, None, "head", "Иванов И. И.", "Министр", None, now).unwrap();
         add(
             &r.config,
+            None,
             "petrov",
             "Петров П. П.",
             "Заместитель",
@@ -598,7 +721,7 @@ mod tests {
             "{e}"
         );
         // Revoked: the cache reads the new file at once.
-        revoke(&r.config, "petrov", now.plus_secs(10)).unwrap();
+        revoke(&r.config, None, "petrov", now.plus_secs(10)).unwrap();
         let v3 = cache.current(&keys).unwrap().unwrap();
         assert_eq!(v3.roster().version, 3);
         let e = check_signer(v3.roster(), "petrov", &petrov, &[now.plus_secs(20)]).unwrap_err();

@@ -474,8 +474,7 @@ impl ApiService for Double {
     async fn retention(
         &self,
         _caller: Caller,
-        _by_day: bool,
-        _events: u32,
+        _q: ops::RetentionQuery,
     ) -> Result<ops::RetentionReport, Problem> {
         Err(Problem::not_found("retention"))
     }

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::ids::{CaseId, MessageId};
+use crate::model::Direction;
 
 /// What an audit entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +97,37 @@ pub struct AuditEvent {
     /// A digest (payload hash, hash of destroyed ids, ...).
     #[serde(with = "opt_digest")]
     pub digest: Option<[u8; 32]>,
+    /// The messages a [`AuditKind::Destroyed`] event destroyed (direction
+    /// and id: no content, no personal data), at most [`MAX_EVENT_IDS`]:
+    /// a larger destruction is written as several events. Set with
+    /// [`AuditEvent::destroyed`], which also sets `digest` to the SHA-256
+    /// of the list, as before. Empty in every other event and in
+    /// destruction events written before ids were recorded (those keep
+    /// only count and digest); an empty list is not encoded, so blocks
+    /// written before the field existed decode and verify unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ids_list")]
+    pub ids: Vec<(Direction, MessageId)>,
+}
+
+/// Most message ids one audit event carries (17 bytes each in the block):
+/// the store destroys in steps of this many records and writes one event
+/// per step.
+pub const MAX_EVENT_IDS: usize = 512;
+
+/// The list of destroyed messages as the store keeps and hashes it:
+/// direction byte (`O`, `I`) and 16-byte id per message.
+pub fn destroyed_list(ids: &[(Direction, MessageId)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ids.len() * 17);
+    for (d, m) in ids {
+        v.push(d.byte());
+        v.extend_from_slice(&m.0);
+    }
+    v
+}
+
+/// SHA-256 of [`destroyed_list`]: the digest of a destruction event.
+pub fn destroyed_digest(ids: &[(Direction, MessageId)]) -> [u8; 32] {
+    Sha256::digest(destroyed_list(ids)).into()
 }
 
 impl AuditEvent {
@@ -109,6 +141,7 @@ impl AuditEvent {
             detail: None,
             count: None,
             digest: None,
+            ids: Vec::new(),
         }
     }
     /// Set the message.
@@ -140,6 +173,60 @@ impl AuditEvent {
     pub fn digest(mut self, d: [u8; 32]) -> Self {
         self.digest = Some(d);
         self
+    }
+    /// Set the destroyed messages of a [`AuditKind::Destroyed`] event (at
+    /// most [`MAX_EVENT_IDS`]; the rest is dropped: split larger lists into
+    /// several events) and the digest to [`destroyed_digest`] of the whole
+    /// given list.
+    pub fn destroyed(mut self, ids: &[(Direction, MessageId)]) -> Self {
+        self.digest = Some(destroyed_digest(ids));
+        self.ids = ids.iter().take(MAX_EVENT_IDS).copied().collect();
+        self
+    }
+    /// This event once per [`MAX_EVENT_IDS`] of `ids`, each with its part's
+    /// count, ids and digest: how a destruction of any size is audited
+    /// with bounded events (none for an empty list).
+    pub fn destroyed_events(self, ids: &[(Direction, MessageId)]) -> Vec<AuditEvent> {
+        ids.chunks(MAX_EVENT_IDS)
+            .map(|part| self.clone().count(part.len() as u64).destroyed(part))
+            .collect()
+    }
+    /// Whether the event's ids are the whole list its digest names: `None`
+    /// when it records no ids (an older event, or not a destruction).
+    pub fn ids_match_digest(&self) -> Option<bool> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        Some(self.digest == Some(destroyed_digest(&self.ids)))
+    }
+}
+
+mod ids_list {
+    use crate::ids::MessageId;
+    use crate::model::Direction;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[(Direction, MessageId)], s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&super::destroyed_list(v)).serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Direction, MessageId)>, D::Error> {
+        let b = serde_bytes::ByteBuf::deserialize(d)?;
+        if b.len() % 17 != 0 || b.len() / 17 > super::MAX_EVENT_IDS {
+            return Err(serde::de::Error::custom("destroyed id list length"));
+        }
+        b.chunks(17)
+            .map(|c| {
+                let dir = c
+                    .first()
+                    .copied()
+                    .and_then(Direction::from_byte)
+                    .ok_or_else(|| serde::de::Error::custom("destroyed id direction"))?;
+                let id: [u8; 16] = c
+                    .get(1..)
+                    .and_then(|r| r.try_into().ok())
+                    .ok_or_else(|| serde::de::Error::custom("destroyed id length"))?;
+                Ok((dir, MessageId(id)))
+            })
+            .collect()
     }
 }
 
@@ -804,5 +891,125 @@ impl HeadLog {
         st.last = Some(*head);
         st.partial = false;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event as blocks encoded it before destroyed ids were recorded.
+    #[derive(Serialize)]
+    struct OldEvent {
+        kind: AuditKind,
+        message: Option<MessageId>,
+        case: Option<CaseId>,
+        peer: Option<String>,
+        detail: Option<String>,
+        count: Option<u64>,
+        #[serde(with = "opt_digest")]
+        digest: Option<[u8; 32]>,
+    }
+
+    #[test]
+    fn blocks_written_before_ids_decode_and_hash_the_same() {
+        let old = vec![TimedEvent {
+            at: 1_700_000_000,
+            event: AuditEvent::new(AuditKind::Destroyed)
+                .case(CaseId([7; 16]))
+                .peer("by.mvd")
+                .detail("early")
+                .count(2)
+                .digest([9; 32]),
+        }];
+        let old_body = {
+            #[derive(Serialize)]
+            struct OldTimed {
+                at: i64,
+                event: OldEvent,
+            }
+            #[derive(Serialize)]
+            struct OldBody {
+                seq: u64,
+                #[serde(with = "serde_bytes")]
+                prev: [u8; 32],
+                events: Vec<OldTimed>,
+            }
+            let e = &old[0].event;
+            let body = OldBody {
+                seq: 5,
+                prev: [1; 32],
+                events: vec![OldTimed {
+                    at: old[0].at,
+                    event: OldEvent {
+                        kind: e.kind,
+                        message: e.message,
+                        case: e.case,
+                        peer: e.peer.clone(),
+                        detail: e.detail.clone(),
+                        count: e.count,
+                        digest: e.digest,
+                    },
+                }],
+            };
+            let mut b = Vec::new();
+            ciborium::into_writer(&body, &mut b).unwrap();
+            b
+        };
+        let (new, hash) = encode_block(5, [1; 32], old.clone());
+        // Same bytes, so the same hash: old chains verify unchanged.
+        assert_eq!(&new[32..], &old_body[..]);
+        assert_eq!(hash, hash_body(&old_body));
+        let mut stored = hash.to_vec();
+        stored.extend_from_slice(&old_body);
+        let b = decode_block(&stored).unwrap();
+        assert_eq!(b.computed, b.hash);
+        assert!(b.events[0].event.ids.is_empty());
+        assert_eq!(b.events[0].event.ids_match_digest(), None);
+    }
+
+    #[test]
+    fn destroyed_ids_round_trip_split_into_bounded_events() {
+        let ids: Vec<(Direction, MessageId)> = (0..1100u32)
+            .map(|i| {
+                let mut b = [0u8; 16];
+                b[12..].copy_from_slice(&i.to_be_bytes());
+                let d = if i % 3 == 0 {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                };
+                (d, MessageId(b))
+            })
+            .collect();
+        let events = AuditEvent::new(AuditKind::Destroyed)
+            .detail("expired")
+            .destroyed_events(&ids);
+        assert_eq!(
+            events.iter().map(|e| e.ids.len()).collect::<Vec<_>>(),
+            [512, 512, 76]
+        );
+        let back: Vec<_> = events.iter().flat_map(|e| e.ids.iter().copied()).collect();
+        assert_eq!(back, ids);
+        for e in &events {
+            assert_eq!(e.count, Some(e.ids.len() as u64));
+            assert_eq!(e.ids_match_digest(), Some(true));
+        }
+        let timed: Vec<TimedEvent> = events
+            .into_iter()
+            .map(|event| TimedEvent { at: 1, event })
+            .collect();
+        let (stored, _) = encode_block(0, [0; 32], timed.clone());
+        let b = decode_block(&stored).unwrap();
+        assert_eq!(b.computed, b.hash);
+        assert_eq!(
+            b.events.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+            timed.into_iter().map(|e| e.event).collect::<Vec<_>>()
+        );
+        // A list longer than an event holds keeps only the first MAX_EVENT_IDS,
+        // and says so by its digest.
+        let one = AuditEvent::new(AuditKind::Destroyed).destroyed(&ids);
+        assert_eq!(one.ids.len(), MAX_EVENT_IDS);
+        assert_eq!(one.ids_match_digest(), Some(false));
     }
 }

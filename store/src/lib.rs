@@ -42,8 +42,8 @@ mod sync;
 mod wal;
 
 pub use audit::{
-    last_audit_head, AuditAnchor, AuditBreak, AuditEntry, AuditEvent, AuditHead, AuditKind, BreakKind,
-    VerifiedChain,
+    destroyed_digest, destroyed_list, last_audit_head, AuditAnchor, AuditBreak, AuditEntry, AuditEvent,
+    AuditHead, AuditKind, BreakKind, VerifiedChain, MAX_EVENT_IDS,
 };
 pub use blobs::{BlobKey, BlobReader, BlobRef, BlobWriter, CHUNK as BLOB_CHUNK};
 pub use error::{Error, Result};

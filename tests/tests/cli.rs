@@ -172,9 +172,10 @@ impl Fixture {
         self.path("signatory.pem.pub")
     }
 
-    /// Seals `msg` from `from` to `to` under `agreement` into `out`.
+    /// Seals `msg` from `from` to `to` under `agreement` into `out` (`--json`: the summary).
     fn seal(&self, msg: &Path, from: &str, to: &str, agreement: &str, out: &Path) -> Output {
         konvertctl!(
+            "--json",
             "envelope",
             "seal",
             "--keys",
@@ -209,6 +210,7 @@ impl Fixture {
         extra: &[&OsStr],
     ) -> Output {
         let mut a: Vec<&OsStr> = vec![
+            "--json".as_ref(),
             "envelope".as_ref(),
             "open".as_ref(),
             "--keys".as_ref(),
@@ -799,7 +801,7 @@ fn seal_reads_attachment_files_relative_to_the_message() {
 fn inspect_shows_only_the_routing_header_and_extracts_the_age_body() {
     let (fx, p, env) = sealed_request();
     let body = fx.path("body.age");
-    let out = konvertctl!("envelope", "inspect", "--in", env, "--age-body", body);
+    let out = konvertctl!("--json", "envelope", "inspect", "--in", env, "--age-body", body);
     let text = ok(&out);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["version"], 1);
@@ -1109,5 +1111,188 @@ fn malformed_message_errors_never_quote_personal_data() {
         let out = fx.seal(&p.path, "kz.mvd", "by.mvd", "kz-by-2019", &fx.path("x.env"));
         let line = one_line_error(&out, &["not a valid message"]);
         assert_no_personal_data(&line, &example);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// --json on every offline command
+
+/// Each offline command prints one JSON document with `--json` and a human
+/// form (not JSON alone) without it. (`store rekey` needs a store and is
+/// checked in tests/operator.rs; `receipts verify` below its receipt tests.)
+#[test]
+fn every_offline_command_prints_json_with_json_and_text_without() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |s: String| t.path().join(s);
+    let profile = profile_path("kz-by-2019");
+    let mut request = load_example("request.json");
+    request["body"]["content"]["attachments"] = serde_json::json!([]);
+    let msg = p("request.json".into());
+    fs::write(&msg, serde_json::to_vec(&request).unwrap()).unwrap();
+    for (n, json) in [(0, true), (1, false)] {
+        let run = |what: &str, args: &[&OsStr]| {
+            let mut a: Vec<&OsStr> = Vec::new();
+            if json {
+                a.push(OsStr::new("--json"));
+            }
+            a.extend_from_slice(args);
+            let out = ok(&konvertctl(a));
+            let parsed = serde_json::from_str::<Value>(&out);
+            if json {
+                let v = parsed.unwrap_or_else(|e| panic!("{what} --json: {e}:\n{out}"));
+                assert!(v.is_object(), "{what} --json: {out}");
+            } else {
+                assert!(
+                    parsed.is_err() && !out.trim().is_empty(),
+                    "{what} without --json prints JSON only:\n{out}"
+                );
+            }
+            out
+        };
+        let gw = p(format!("kz{n}"));
+        let peer = p(format!("by{n}"));
+        let cfg = gw.join("konvert.toml");
+        let (kzk, byk) = (p(format!("kzk{n}")), p(format!("byk{n}")));
+        let sig = p(format!("sig{n}.pem"));
+        let env = p(format!("request{n}.env"));
+        let os = |s: &Path| s.as_os_str().to_owned();
+        macro_rules! a {
+            ($($x:expr),*) => { &[$(OsStr::new(&$x)),*] };
+        }
+        run(
+            "init",
+            a![
+                "init",
+                "--authority",
+                "kz.mvd",
+                "--dir",
+                os(&gw),
+                "--listen",
+                "127.0.0.1:7443"
+            ],
+        );
+        ok(&konvertctl!(
+            "init",
+            "--authority",
+            "by.mvd",
+            "--dir",
+            peer,
+            "--listen",
+            "127.0.0.1:7444"
+        ));
+        run(
+            "peer add",
+            a![
+                "peer",
+                "add",
+                "--config",
+                os(&cfg),
+                "--card",
+                os(&peer.join("card.toml")),
+                "--address",
+                "127.0.0.1:7444",
+                "--agreement",
+                "kz-by-2019"
+            ],
+        );
+        run("keygen", a!["keygen", "--authority", "kz.mvd", "--dir", os(&kzk)]);
+        ok(&konvertctl!("keygen", "--authority", "by.mvd", "--dir", byk));
+        run("signatory keygen", a!["signatory", "keygen", "--out", os(&sig)]);
+        run(
+            "signatory add",
+            a![
+                "signatory",
+                "add",
+                "--config",
+                os(&cfg),
+                "--id",
+                "petrov",
+                "--name",
+                "Петров Пётр Петрович",
+                "--position",
+                "Заместитель министра"
+            ],
+        );
+        run("signatory list", a!["signatory", "list", "--config", os(&cfg)]);
+        run(
+            "signatory revoke",
+            a!["signatory", "revoke", "--config", os(&cfg), "--id", "petrov"],
+        );
+        run(
+            "keys rotate",
+            a!["keys", "rotate", "--config", os(&cfg), "--node"],
+        );
+        run(
+            "keys retire",
+            a!["keys", "retire", "--config", os(&cfg), "--force"],
+        );
+        run(
+            "envelope seal",
+            a![
+                "envelope",
+                "seal",
+                "--keys",
+                os(&kzk),
+                "--to",
+                os(&byk.join("card.toml")),
+                "--signer",
+                os(&sig),
+                "--profile",
+                os(&profile),
+                "--in",
+                os(&msg),
+                "--out",
+                os(&env),
+                "--now",
+                NOW
+            ],
+        );
+        let opened = run(
+            "envelope open",
+            a![
+                "envelope",
+                "open",
+                "--keys",
+                os(&byk),
+                "--from",
+                os(&kzk.join("card.toml")),
+                "--signers",
+                os(&sig.with_extension("pem.pub")),
+                "--profile",
+                os(&profile),
+                "--in",
+                os(&env),
+                "--now",
+                NOW
+            ],
+        );
+        if !json {
+            assert!(
+                opened.contains("checks passed") && opened.contains("message:"),
+                "{opened}"
+            );
+        }
+        run("envelope inspect", a!["envelope", "inspect", "--in", os(&env)]);
+        run(
+            "generate man",
+            a!["generate", "man", "--out", os(&p(format!("man{n}")))],
+        );
+        run(
+            "generate completions",
+            a![
+                "generate",
+                "completions",
+                "--out",
+                os(&p(format!("completions{n}")))
+            ],
+        );
+        let demo = run("demo", a!["demo"]);
+        if json {
+            let v: Value = serde_json::from_str(&demo).unwrap();
+            assert_eq!(v["steps"].as_array().unwrap().len(), 7, "{v}");
+            assert_eq!(v["kept"], false, "{v}");
+        } else {
+            assert!(demo.contains("grounds (Art. 10.4)"), "{demo}");
+        }
     }
 }

@@ -341,6 +341,33 @@ fn the_newcomer_demo_runs_and_keeps_working_directories() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(text.matches("accepted, verified").count(), 7, "{text}");
+    // The refusal's grounds, and each case's state at both of its gateways
+    // after each of its steps and at the end.
+    assert!(
+        text.contains(
+            "grounds (Art. 10.4): contradicts_national_law; fields refused: administrative_liability"
+        ),
+        "{text}"
+    );
+    let case_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("case "))
+        .collect();
+    assert_eq!(
+        case_lines.len(),
+        6,
+        "a case line per step of the two cases:\n{text}"
+    );
+    assert!(
+        case_lines
+            .iter()
+            .all(|l| l.contains("kz.mvd ") && l.contains("by.mvd ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Cases as each gateway sees them at the end:"),
+        "{text}"
+    );
     for a in ["kz.mvd", "by.mvd", "am.police"] {
         assert!(keep.join(a).join("konvert.toml").exists());
     }

@@ -286,6 +286,9 @@ fn sysusers_and_tmpfiles_make_the_layout_init_writes_into() {
     assert_eq!(mode_uid_gid(&etc.join("profiles")), (0o2750, 0, gid));
     assert_eq!(mode_uid_gid(&etc.join("peers")), (0o2750, 0, gid));
     assert_eq!(mode_uid_gid(&etc.join("keys")), (0o700, 0, 0));
+    // The roster credential exists (systemd refuses a missing one), empty.
+    assert_eq!(mode_uid_gid(&etc.join("keys/roster.cose")), (0o644, 0, 0));
+    assert_eq!(fs::metadata(etc.join("keys/roster.cose")).unwrap().len(), 0);
     assert_eq!(mode_uid_gid(&r.join("var/lib/konvert")), (0o700, uid, gid));
 
     // The operator's first step (docs/OPERATIONS.md) as root into that layout:
@@ -421,6 +424,8 @@ fn install(authority: &str, peer: &str) -> Installed {
     fs::create_dir_all(r.join("run/konvert")).unwrap();
     let config = etc.join("konvert.toml");
     fs::write(&config, example_under(authority, r, port)).unwrap();
+    // No roster yet: empty, as the package's tmpfiles.d entry makes it.
+    fs::write(etc.join("keys/roster.cose"), b"").unwrap();
     let credentials = r.join("credentials");
     make_credentials(r, &credentials);
     Installed {
@@ -792,11 +797,18 @@ fn init_systemd_lays_out_what_the_unit_and_tmpfiles_expect_and_konvertd_starts_f
     ] {
         assert_eq!(mode_uid_gid(&keys.join(f)).0, 0o600, "{f}");
     }
-    // Every credential the unit loads exists where it points.
+    // Every credential the unit loads exists where it points (systemd
+    // refuses to start the service otherwise): the root key's public half,
+    // and the roster, empty until the first `signatory add`.
     for (id, path) in load_credentials(&read(UNIT)) {
         let p = r.join(path.strip_prefix("/").unwrap());
         assert!(p.exists(), "credential {id}: {} missing", p.display());
     }
+    assert!(load_credentials(&read(UNIT))
+        .iter()
+        .any(|(id, _)| id == "roster.cose"));
+    assert_eq!(fs::metadata(keys.join("roster.cose")).unwrap().len(), 0);
+    assert!(keys.join("root.key.pem.pub").is_file());
     // The configuration names the installed paths and the credentials.
     let text = fs::read_to_string(etc.join("konvert.toml")).unwrap();
     for want in [
@@ -1012,4 +1024,402 @@ fn debian_package_builds_and_holds_what_the_unit_needs() {
             assert!(help.contains("--overlap"), "{help}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Signatory rosters and authority changes under the packaged layout
+
+/// `konvertctl init --systemd` under `r` for `authority`, QUIC on `port`;
+/// returns the service user used.
+fn init_systemd_under(r: &Path, authority: &str, port: u16) -> String {
+    let user = if nix::unistd::geteuid().is_root() {
+        "daemon"
+    } else {
+        "konvert"
+    };
+    ok(
+        konvertctl([
+            "init",
+            "--systemd",
+            "--root",
+            r.to_str().unwrap(),
+            "--authority",
+            authority,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--service-user",
+            user,
+        ]),
+        "init --systemd",
+    );
+    user.to_string()
+}
+
+/// The packaged konvert.toml with its installed paths moved under `r` and
+/// the API open to this test's group, as `r/konvert-test.toml`.
+fn moved_config(r: &Path, user: &str) -> PathBuf {
+    let text = fs::read_to_string(r.join("etc/konvert/konvert.toml")).unwrap();
+    let gid = nix::unistd::Gid::effective();
+    let moved = text
+        .replace("\"/etc/konvert/", &format!("\"{}/etc/konvert/", r.display()))
+        .replace(
+            "\"/var/lib/konvert\"",
+            &format!("\"{}/var/lib/konvert\"", r.display()),
+        )
+        .replace("\"/run/konvert/", &format!("\"{}/run/konvert/", r.display()))
+        .replace(
+            &format!("groups = [\"{user}\"]"),
+            &format!("groups = [\"{gid}\"]"),
+        );
+    let config = r.join("konvert-test.toml");
+    fs::write(&config, moved).unwrap();
+    fs::create_dir_all(r.join("run/konvert")).unwrap();
+    config
+}
+
+/// Starts konvertd on `config` with `credentials` as $CREDENTIALS_DIRECTORY
+/// and waits until its API answers on `socket`.
+fn start_with_credentials(
+    config: &Path,
+    credentials: &Path,
+    socket: &Path,
+    log: &Path,
+) -> std::process::Child {
+    let mut child = Command::new(bin("konvertd"))
+        .arg("--config")
+        .arg(config)
+        .env("CREDENTIALS_DIRECTORY", credentials)
+        .env("KONVERT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = http(socket, "GET", "/v1/health", None) {
+            return child;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "konvertd exited with {st}:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "konvertd did not come up:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get_json(socket: &Path, path: &str) -> serde_json::Value {
+    let (code, body) = http(socket, "GET", path, None).unwrap();
+    assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Polls `what` until it returns `Some`.
+fn eventually<T>(what: &str, logs: &[&Path], mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen; logs:\n{}",
+            logs.iter()
+                .map(|l| fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Art. 9.3, Art. 2 under `konvertctl init --systemd`: `signatory add
+/// --keys-dir` writes the roster and the new signatory's key where the
+/// unit's `LoadCredential=` lines read them, names the key as a credential
+/// in konvert.toml, and konvertd started from the credentials the unit
+/// would pass announces the roster to its peer and enforces it locally;
+/// `authority rename --keys-dir` is signed with the root key and accepted
+/// by konvertd (which verifies it with the `root.key.pem.pub` credential).
+#[test]
+fn under_systemd_signatory_add_with_keys_dir_reaches_konvertd_through_credentials() {
+    let root = TempDir::new().unwrap();
+    let r = root.path().join("kz");
+    fs::create_dir(&r).unwrap();
+    let port = free_udp_port();
+    let user = init_systemd_under(&r, "kz.mvd", port);
+    let etc_config = r.join("etc/konvert/konvert.toml");
+    let keys = r.join("etc/konvert/keys");
+
+    // Without --keys-dir the command says which directory to give.
+    let out = konvertctl([
+        "signatory",
+        "add",
+        "--config",
+        etc_config.to_str().unwrap(),
+        "--id",
+        "petrov",
+        "--name",
+        "Петров Пётр Петрович",
+        "--position",
+        "Заместитель министра",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--keys-dir /etc/konvert/keys"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::metadata(keys.join("roster.cose")).unwrap().len(),
+        0,
+        "no roster yet"
+    );
+
+    // The first roster replaces the card's signatories at the peers: head,
+    // who signs the announcement, goes on it too.
+    let add = |id: &str, name: &str, position: &str| {
+        ok(
+            konvertctl([
+                "--json",
+                "signatory",
+                "add",
+                "--config",
+                etc_config.to_str().unwrap(),
+                "--keys-dir",
+                keys.to_str().unwrap(),
+                "--id",
+                id,
+                "--name",
+                name,
+                "--position",
+                position,
+            ]),
+            "signatory add --keys-dir",
+        )
+    };
+    add("head", "Иванов Иван Иванович", "Министр");
+    let out = add("petrov", "Петров Пётр Петрович", "Заместитель министра");
+    let changed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(changed["version"], 2, "{changed}");
+    assert_eq!(changed["takes_effect"], "restart", "{changed}");
+    assert!(keys.join("roster.cose").is_file());
+    assert_eq!(mode_uid_gid(&keys.join("signatories/petrov.key.pem")).0, 0o600);
+    let text_cfg = fs::read_to_string(&etc_config).unwrap();
+    assert!(
+        text_cfg.contains("key = \"${CREDENTIALS_DIRECTORY}/signatory_petrov.key.pem\""),
+        "{text_cfg}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(
+        konvertctl([
+            "--json",
+            "signatory",
+            "list",
+            "--config",
+            etc_config.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ]),
+        "signatory list --keys-dir",
+    ))
+    .unwrap();
+    let on: Vec<(&str, bool)> = list["signatories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["on_roster"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(on, [("head", true), ("petrov", true)], "{list}");
+
+    // A peer, by.mvd, started by hand; each knows the other.
+    let peer_dir = root.path().join("by.mvd");
+    let by_port = free_udp_port();
+    ok(
+        konvertctl([
+            "init",
+            "--authority",
+            "by.mvd",
+            "--dir",
+            peer_dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{by_port}"),
+        ]),
+        "init by.mvd",
+    );
+    let config = moved_config(&r, &user);
+    for (cfg, card, addr) in [
+        (config.clone(), peer_dir.join("card.toml"), by_port),
+        (
+            peer_dir.join("konvert.toml"),
+            r.join("etc/konvert/card.toml"),
+            port,
+        ),
+    ] {
+        ok(
+            konvertctl([
+                "peer",
+                "add",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--card",
+                card.to_str().unwrap(),
+                "--address",
+                &format!("127.0.0.1:{addr}"),
+                "--agreement",
+                "kz-by-2019",
+            ]),
+            "peer add",
+        );
+    }
+    let by_log = root.path().join("by.log");
+    let by_socket = peer_dir.join("api.sock");
+    let mut by = Command::new(bin("konvertd"))
+        .arg("--config")
+        .arg(peer_dir.join("konvert.toml"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("KONVERT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&by_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // kz.mvd from the credentials the unit would pass (roster.cose and
+    // root.key.pem.pub among them).
+    let credentials = r.join("credentials");
+    make_credentials(&r, &credentials);
+    assert!(fs::metadata(credentials.join("roster.cose")).unwrap().len() > 0);
+    assert!(credentials.join("signatory_petrov.key.pem").is_file());
+    let log = r.join("konvertd.log");
+    let socket = r.join("run/konvert/api.sock");
+    let mut kz = start_with_credentials(&config, &credentials, &socket, &log);
+    let _ = eventually("by.mvd up", &[&by_log], || {
+        http(&by_socket, "GET", "/v1/health", None).ok()
+    });
+
+    // Announced: by.mvd has kz.mvd's roster version 2.
+    let roster_at_by = |version: u64, logs: &[&Path]| -> Vec<String> {
+        let d = eventually(&format!("roster {version} reaching by.mvd"), logs, || {
+            let d = get_json(&by_socket, "/v1/directory");
+            let found = d["rosters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["authority"] == "kz.mvd" && x["version"] == version)
+                .cloned();
+            found
+        });
+        d["signatories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(roster_at_by(2, &[&log, &by_log]), ["head", "petrov"]);
+
+    let submit = |signatory: &str| {
+        let mut m: serde_json::Value = serde_json::from_str(&read("docs/examples/request.json")).unwrap();
+        let now = konvert_envelope::model::Timestamp::now();
+        m["header"]["id"] = serde_json::json!(konvert_envelope::model::Id::new(now).to_string());
+        m["header"]["time"] = serde_json::json!(now.to_string());
+        m["body"]["content"]["attachments"] = serde_json::json!([]);
+        let doc = serde_json::json!({ "message": m, "signatory": signatory });
+        let body = serde_json::to_vec(&doc).unwrap();
+        let (code, body) = http(&socket, "POST", "/v1/messages", Some(("application/json", &body))).unwrap();
+        (code, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+    };
+    let delivered = |id: &str, log: &Path| {
+        eventually(&format!("{id} delivered"), &[log, &by_log], || {
+            let s = get_json(&socket, &format!("/v1/messages/{id}"));
+            (s["state"] == "delivered").then_some(())
+        })
+    };
+    // petrov, on the roster, signs a request that by.mvd accepts.
+    let (code, p) = submit("petrov");
+    assert_eq!(code, 202, "{p}\n{}", fs::read_to_string(&log).unwrap_or_default());
+    delivered(p["id"].as_str().unwrap(), &log);
+
+    // petrov is revoked; the credentials are copied at start, so the change
+    // takes effect with a restart (`systemctl restart konvertd`).
+    let out = ok(
+        konvertctl([
+            "--json",
+            "signatory",
+            "revoke",
+            "--config",
+            etc_config.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+            "--id",
+            "petrov",
+        ]),
+        "signatory revoke --keys-dir",
+    );
+    let changed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (changed["version"].as_u64(), changed["takes_effect"].as_str()),
+        (Some(3), Some("restart"))
+    );
+    signal(&kz, nix::sys::signal::Signal::SIGTERM);
+    assert!(kz.wait().unwrap().success());
+    let credentials = r.join("credentials-2");
+    make_credentials(&r, &credentials);
+    let log = r.join("konvertd-2.log");
+    let mut kz = start_with_credentials(&config, &credentials, &socket, &log);
+    assert_eq!(roster_at_by(3, &[&log, &by_log]), ["head"]);
+    // Enforced locally now: petrov is refused before sealing, head is not.
+    let (code, p) = submit("petrov");
+    assert_eq!(code, 422, "{p}");
+    assert_eq!(p["errors"][0]["rule"], "signer_not_authorised", "{p}");
+    assert!(
+        p["errors"][0]["message"].as_str().unwrap().contains("version 3"),
+        "{p}"
+    );
+    let (code, p) = submit("head");
+    assert_eq!(code, 202, "{p}");
+    delivered(p["id"].as_str().unwrap(), &log);
+
+    // A renaming signed with the root key from the keys directory, sent
+    // through konvertd, which checks it with the root.key.pem.pub credential.
+    let out = ok(
+        konvertctl([
+            "--json",
+            "authority",
+            "rename",
+            "--config",
+            config.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+            "--old",
+            "kz.mvd",
+            "--new",
+            "kz.mia",
+            "--name",
+            "Министерство внутренних дел Республики Казахстан",
+            "--effective",
+            "2027-01-01T00:00:00Z",
+        ]),
+        "authority rename --keys-dir",
+    );
+    let q: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(q["peers"][0]["id"].is_string(), "{q}");
+    eventually("the renaming reaching by.mvd", &[&log, &by_log], || {
+        let d = get_json(&by_socket, "/v1/directory");
+        d["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.to_string().contains("kz.mia"))
+            .then_some(())
+    });
+
+    signal(&kz, nix::sys::signal::Signal::SIGTERM);
+    assert!(kz.wait().unwrap().success());
+    signal(&by, nix::sys::signal::Signal::SIGTERM);
+    assert!(by.wait().unwrap().success());
 }

@@ -208,13 +208,12 @@ pub trait ApiService: Send + Sync + 'static {
     /// A message's story from the audit trail (either direction).
     fn story(&self, caller: Caller, id: Id) -> impl Future<Output = Result<ops::Story, Problem>> + Send;
 
-    /// What will be destroyed when (per hour, or per day if `by_day`) and
-    /// what was destroyed (at most `events` destruction events, newest first).
+    /// What will be destroyed when (per hour, or per day) and what was
+    /// destroyed (destruction events, newest first), with ids if asked.
     fn retention(
         &self,
         caller: Caller,
-        by_day: bool,
-        events: u32,
+        q: ops::RetentionQuery,
     ) -> impl Future<Output = Result<ops::RetentionReport, Problem>> + Send;
 
     /// Destroys a case and its messages now (the case closed before its retention ended).

@@ -156,6 +156,32 @@ pub struct Story {
     pub notes: Vec<String>,
 }
 
+/// What `GET /v1/retention` reports (its query parameters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionQuery {
+    /// Periods of a UTC day instead of an hour.
+    pub by_day: bool,
+    /// At most this many destruction events, newest first.
+    pub events: u32,
+    /// List message ids: those of each upcoming bucket (at most
+    /// [`RETENTION_BUCKET_IDS`] each) and those each destruction event recorded.
+    pub ids: bool,
+    /// Only the upcoming bucket holding this time (implies `ids`).
+    pub bucket: Option<Timestamp>,
+}
+
+/// Most message ids listed per upcoming bucket.
+pub const RETENTION_BUCKET_IDS: usize = 10_000;
+
+/// A message named by a retention report: its direction and id (nothing else).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// `outbound` or `inbound`.
+    pub direction: super::types::Direction,
+    /// The message id.
+    pub id: Id,
+}
+
 /// Messages whose retention ends in one period (`GET /v1/retention`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionBucket {
@@ -165,6 +191,13 @@ pub struct RetentionBucket {
     pub outbound: u64,
     /// Inbound messages expiring then.
     pub inbound: u64,
+    /// With `ids=true`: the messages, soonest expiry first (at most
+    /// [`RETENTION_BUCKET_IDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<MessageRef>>,
+    /// With `ids=true`: whether `ids` lists every message counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids_complete: Option<bool>,
 }
 
 /// Destruction events of the audit trail.
@@ -187,6 +220,13 @@ pub struct DestroyedEvent {
     /// SHA-256 of the list of destroyed ids (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids_digest: Option<String>,
+    /// Whether the event records the destroyed ids (events written before
+    /// the store recorded them carry only `count` and `ids_digest`).
+    pub ids_recorded: bool,
+    /// With `ids=true`: the destroyed messages the event records (at most
+    /// 512 per event; a larger destruction is several events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<MessageRef>>,
 }
 
 /// What the sweeper has done since the daemon started.

@@ -359,7 +359,7 @@ async fn route<S: ApiService>(
             Ok(json_response(StatusCode::OK, &svc.story(caller, id).await?))
         }
         ("/v1/retention", _) => {
-            let params = Query::parse(q, &["by", "events"])?;
+            let params = Query::parse(q, &["by", "events", "ids", "bucket"])?;
             let by_day = match params.get("by") {
                 None | Some("hour") => false,
                 Some("day") => true,
@@ -369,10 +369,34 @@ async fn route<S: ApiService>(
                 Some(s) => parse_u32("events", s, 0, limits.max_list_limit)?,
                 None => DEFAULT_LIMIT.min(limits.max_list_limit),
             };
-            Ok(json_response(
-                StatusCode::OK,
-                &svc.retention(caller, by_day, events).await?,
-            ))
+            let ids = match params.get("ids") {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(Problem::bad_param(
+                        "ids",
+                        "invalid_value",
+                        "expected true or false",
+                    ))
+                }
+            };
+            let bucket = match params.get("bucket") {
+                None => None,
+                Some(s) => Some(s.parse::<Timestamp>().map_err(|_| {
+                    Problem::bad_param(
+                        "bucket",
+                        "invalid_value",
+                        "expected an RFC 3339 time, e.g. 2026-11-22T10:00:00Z",
+                    )
+                })?),
+            };
+            let q = super::ops::RetentionQuery {
+                by_day,
+                events,
+                ids,
+                bucket,
+            };
+            Ok(json_response(StatusCode::OK, &svc.retention(caller, q).await?))
         }
         ("/v1/cases/{id}/purge", _) => {
             no_query(q)?;

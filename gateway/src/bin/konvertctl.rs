@@ -53,7 +53,7 @@ struct OnlineArgs {
     /// Take the API socket path from this konvert.toml (instead of --socket); give it before the command.
     #[arg(long = "config", value_name = "FILE")]
     socket_config: Option<PathBuf>,
-    /// Print JSON instead of tables (online commands).
+    /// Print one JSON document on stdout instead of the human form (every command).
     #[arg(long, global = true)]
     json: bool,
 }
@@ -64,7 +64,9 @@ enum Command {
     #[command(
         after_help = "Example:\n  konvertctl demo\n  konvertctl demo --keep /tmp/konvert-demo   # keep keys, envelopes and receipts\n\n\
         Runs a request, a clarification, an answer, a partial refusal with grounds and unsolicited\n\
-        information through seal and open, with signed receipts, and prints the timeline."
+        information through seal and open, with signed receipts, and prints the timeline: each\n\
+        receipt verified, the refusal's grounds, and each case's state as both gateways see it\n\
+        (--json: the same as one document)."
     )]
     Demo {
         /// Keep the gateway directories (configs, keys, stores) in this new or empty directory.
@@ -220,7 +222,7 @@ enum Command {
         /// The message id (sent or received).
         id: Id,
     },
-    /// What will be destroyed when and what was destroyed (counts and id digests, never content); purge a closed case early.
+    /// What will be destroyed when and what was destroyed (counts and ids, never content); purge a closed case early.
     Retention(RetentionArgs),
     /// Offline store maintenance, with konvertd stopped: re-seal the keyring under a new master key.
     #[command(
@@ -317,6 +319,8 @@ enum AuditCommand {
     args_conflicts_with_subcommands = true,
     after_help = "Example:\n  konvertctl retention                 # per expiry hour\n  \
     konvertctl retention --by day --events 20\n  \
+    konvertctl retention --ids           # and the ids: per upcoming bucket, per destruction\n  \
+    konvertctl retention show 2026-11-22T10:00:00Z   # the ids destroyed in that hour\n  \
     konvertctl retention purge --case 019ec9a6-9c80-7137-be01-be76fa861153"
 )]
 struct RetentionArgs {
@@ -328,16 +332,30 @@ struct RetentionArgs {
     /// Show at most this many destruction events of the audit trail (0-1000; default 100).
     #[arg(long, value_name = "N")]
     events: Option<u32>,
+    /// Also list message ids (never content): those of each upcoming bucket and those each destruction event records.
+    #[arg(long)]
+    ids: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum RetentionCommand {
+    /// The ids of the messages whose retention ends in the hour (or, with --by day, the UTC day) holding TIME.
+    #[command(after_help = "Example:\n  konvertctl retention show 2026-11-22T10:00:00Z\n  \
+        konvertctl --json retention show 2026-11-22T00:00:00Z --by day | jq -r '.upcoming[].ids[].id'")]
+    Show {
+        /// A time in the period (RFC 3339).
+        #[arg(value_name = "RFC3339")]
+        time: Timestamp,
+        /// The period: an hour or a UTC day.
+        #[arg(long, value_parser = ["hour", "day"], default_value = "hour")]
+        by: String,
+    },
     /// Destroy a closed case and its messages now, before their retention ends (irreversible).
     #[command(
         after_help = "Example:\n  konvertctl retention purge --case 019ec9a6-9c80-7137-be01-be76fa861153\n\n\
         The case key is destroyed (its messages become unreadable at once), the case can take no\n\
-        more messages, and the audit trail records a Destroyed event with the count and a digest\n\
-        of the ids."
+        more messages, and the audit trail records Destroyed events with the count, the ids\n\
+        (at most 512 per event) and their digest: `konvertctl retention --ids` lists them."
     )]
     Purge {
         /// The case id (the id of the request that opened it).
@@ -528,7 +546,8 @@ enum RequestsCommand {
 enum AuthorityCommand {
     /// Art. 2: an authority of this party changes its name and id; sign the change with the root key and send it to every peer.
     #[command(
-        after_help = "Example:\n  konvertctl authority rename --config /etc/konvert/konvert.toml --old kz.mvd --new kz.mvd2 \\\n    \
+        after_help = "Example:\n  konvertctl authority rename --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys \\\n    \
+        --old kz.mvd --new kz.mvd2 \\\n    \
         --name 'Министерство внутренних дел Республики Казахстан' --effective 2027-01-01T00:00:00Z\n\n\
         konvertd (running, reached through the configuration's API socket) queues one signed\n\
         directory_update to every peer; `konvertctl status ID` follows each. The old id stays\n\
@@ -551,6 +570,9 @@ struct AuthorityChangeArgs {
     /// The configuration file of the gateway (its root key signs; its API socket is used).
     #[arg(long)]
     config: PathBuf,
+    /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY} (packaged service: /etc/konvert/keys).
+    #[arg(long, value_name = "DIR")]
+    keys_dir: Option<PathBuf>,
     /// The authority's id until the change.
     #[arg(long)]
     old: AuthorityId,
@@ -633,15 +655,21 @@ enum SignatoryCommand {
     },
     /// Put a signatory on this authority's roster (a new key for a new id) and sign a new roster version.
     #[command(
-        after_help = "Example:\n  konvertctl signatory add --config /etc/konvert/konvert.toml --id petrov \\\n    \
+        after_help = "Example:\n  konvertctl signatory add --config gw/konvert.toml --id petrov \\\n    \
         --name 'Петров Пётр Петрович' --position 'Заместитель министра'\n  \
-        systemctl reload konvertd   # sends the new roster to every peer\n\n\
+        kill -HUP $(pidof konvertd)   # sends the new roster to every peer\n\n  \
+        # the packaged service (keys are credentials, copied when it starts):\n  \
+        konvertctl signatory add --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys --id petrov ...\n  \
+        systemctl restart konvertd\n\n\
         The first roster replaces the card's signatories at the peers: add everyone who keeps signing."
     )]
     Add {
         /// The configuration file of the gateway.
         #[arg(long)]
         config: PathBuf,
+        /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY} (packaged service: /etc/konvert/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
         /// The signatory id (a configured one keeps its key).
         #[arg(long)]
         id: String,
@@ -657,23 +685,33 @@ enum SignatoryCommand {
     },
     /// Take a signatory off the roster (Art. 9.4) and sign a new version; peers refuse its later signatures.
     #[command(
-        after_help = "Example:\n  konvertctl signatory revoke --config /etc/konvert/konvert.toml --id petrov\n  \
-        systemctl reload konvertd"
+        after_help = "Example:\n  konvertctl signatory revoke --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys --id petrov\n  \
+        systemctl restart konvertd   # under systemd; a konvertd run by hand takes SIGHUP\n\n\
+        konvertd refuses the revoked signatory's submissions once it has read the new roster."
     )]
     Revoke {
         /// The configuration file of the gateway.
         #[arg(long)]
         config: PathBuf,
+        /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY} (packaged service: /etc/konvert/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
         /// The signatory id.
         #[arg(long)]
         id: String,
     },
     /// List the roster and the configured signatories.
-    #[command(after_help = "Example:\n  konvertctl signatory list --config /etc/konvert/konvert.toml")]
+    #[command(
+        after_help = "Example:\n  konvertctl signatory list --config /etc/konvert/konvert.toml --keys-dir /etc/konvert/keys\n  \
+        konvertctl --json signatory list --config gw/konvert.toml | jq -r '.signatories[].id'"
+    )]
     List {
         /// The configuration file of the gateway.
         #[arg(long)]
         config: PathBuf,
+        /// The keys directory, when konvert.toml names the keys by ${CREDENTIALS_DIRECTORY} (packaged service: /etc/konvert/keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
     },
 }
 
@@ -852,7 +890,12 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
         Command::Retention(args) => match args.command {
             None => print_out(
                 json,
-                &c.retention(args.by == "day", args.events).await?,
+                &c.retention(args.by == "day", args.events, args.ids, None).await?,
+                client::retention_text,
+            ),
+            Some(RetentionCommand::Show { time, by }) => print_out(
+                json,
+                &c.retention(by == "day", Some(0), true, Some(time)).await?,
                 client::retention_text,
             ),
             Some(RetentionCommand::Purge { case }) => {
@@ -970,23 +1013,40 @@ fn run_online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.online.json;
     match cli.command {
         Command::Demo { keep } => {
             let kept = keep.is_some();
             let (dir, _guard) = konvert_gateway::demo::workdir(keep)?;
-            print!("{}", konvert_gateway::demo::run(&dir)?);
-            if kept {
-                println!(
-                    "\nKept in {}: a working directory per gateway (konvert.toml, keys, store).",
-                    dir.display()
-                );
-                println!(
-                    "Continue by hand: konvertd --config {0}/kz.mvd/konvert.toml & konvertctl --config {0}/kz.mvd/konvert.toml peers",
-                    dir.display()
-                );
-            } else {
-                println!("\nThe daemons were stopped and nothing was left behind (--keep DIR keeps the directories).");
+            let report = konvert_gateway::demo::run(&dir)?;
+            #[derive(serde::Serialize)]
+            struct Demo<'a> {
+                #[serde(flatten)]
+                report: &'a konvert_gateway::demo::DemoReport,
+                kept: bool,
             }
+            print_out(
+                json,
+                &Demo {
+                    report: &report,
+                    kept,
+                },
+                |d| {
+                    let mut t = konvert_gateway::demo::demo_text(d.report);
+                    if kept {
+                        t.push_str(&format!(
+                        "\nKept in {0}: a working directory per gateway (konvert.toml, keys, store).\n\
+                         Continue by hand: konvertd --config {0}/kz.mvd/konvert.toml & konvertctl --config {0}/kz.mvd/konvert.toml peers\n",
+                        dir.display()
+                    ));
+                    } else {
+                        t.push_str(
+                        "\nThe daemons were stopped and nothing was left behind (--keep DIR keeps the directories).\n",
+                    );
+                    }
+                    t
+                },
+            )?;
         }
         Command::Init {
             authority,
@@ -1006,7 +1066,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 signatory,
                 service_user,
             })?;
-            print_out(cli.online.json, &r, konvert_gateway::init::systemd_text)?;
+            print_out(json, &r, konvert_gateway::init::systemd_text)?;
         }
         Command::Init {
             authority,
@@ -1026,11 +1086,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 signatory,
                 force: false,
             })?;
-            println!("created {}", r.config.display());
-            println!("  public card (give to peers): {}", r.card.display());
-            if let Some(pin) = &r.card_value.tls_pin {
-                println!("  TLS pin: {pin}");
-            }
+            let v = serde_json::json!({
+                "authority": r.card_value.authority,
+                "config": r.config,
+                "card": r.card,
+                "tls_pin": r.card_value.tls_pin,
+                "node_key_id": r.card_value.node_key.key_id().to_string(),
+            });
+            print_out(json, &v, |_| {
+                let mut t = format!(
+                    "created {}\n  public card (give to peers): {}\n",
+                    r.config.display(),
+                    r.card.display()
+                );
+                if let Some(pin) = &r.card_value.tls_pin {
+                    t.push_str(&format!("  TLS pin: {pin}\n"));
+                }
+                t
+            })?;
         }
         Command::Peer(PeerCommand::Add {
             config,
@@ -1039,7 +1112,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             agreements,
         }) => {
             let c = konvert_gateway::init::peer_add(&config, &card, &addresses, &agreements)?;
-            println!("added peer {} to {}", c.authority, config.display());
+            let v = serde_json::json!({
+                "authority": c.authority,
+                "config": config,
+                "addresses": addresses,
+                "agreements": agreements,
+                "tls_pin": c.tls_pin,
+            });
+            print_out(json, &v, |_| {
+                format!(
+                    "added peer {} to {}; a running konvertd picks it up on reload (systemctl reload konvertd)\n",
+                    c.authority,
+                    config.display()
+                )
+            })?;
         }
         Command::Keygen {
             authority,
@@ -1048,53 +1134,82 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
         } => {
             let card = offline::keygen(&authority, &dir, name, force)?;
-            println!("created node keys for {} in {}", card.authority, dir.display());
-            println!("  node key id: {}", card.node_key.key_id());
-            println!("  age recipient: {}", card.age_recipients[0]);
-            println!(
-                "  card (give to peers): {}",
-                dir.join(offline::CARD_FILE).display()
-            );
+            let v = serde_json::json!({
+                "authority": card.authority,
+                "dir": dir,
+                "node_key_id": card.node_key.key_id().to_string(),
+                "age_recipients": card.age_recipients,
+                "card": dir.join(offline::CARD_FILE),
+            });
+            print_out(json, &v, |_| {
+                let mut t = format!(
+                    "created node keys for {} in {}\n  node key id: {}\n",
+                    card.authority,
+                    dir.display(),
+                    card.node_key.key_id()
+                );
+                for r in &card.age_recipients {
+                    t.push_str(&format!("  age recipient: {r}\n"));
+                }
+                t.push_str(&format!(
+                    "  card (give to peers): {}\n",
+                    dir.join(offline::CARD_FILE).display()
+                ));
+                t
+            })?;
         }
         Command::Signatory(SignatoryCommand::Keygen { out, force }) => {
             let key = offline::signatory_keygen(&out, force)?;
-            println!(
-                "created signatory key {} (key id {})",
-                out.display(),
-                key.key_id()
-            );
-            println!("  public key: {}", offline::pub_path(&out).display());
+            let v = serde_json::json!({
+                "key": out,
+                "public_key": offline::pub_path(&out),
+                "key_id": key.key_id().to_string(),
+            });
+            print_out(json, &v, |_| {
+                format!(
+                    "created signatory key {} (key id {})\n  public key: {}\n",
+                    out.display(),
+                    key.key_id(),
+                    offline::pub_path(&out).display()
+                )
+            })?;
         }
         Command::Signatory(SignatoryCommand::Add {
             config,
+            keys_dir,
             id,
             name,
             position,
             valid_until,
         }) => {
-            let r = signatories::add(&config, &id, &name, &position, valid_until, Timestamp::now())?;
-            println!(
-                "{id} is on roster version {} of {}; reload konvertd to send it to the peers",
-                r.roster().version,
-                r.roster().authority
-            );
+            let systemd = signatories::credentials_layout(&config);
+            let r = signatories::add(
+                &config,
+                keys_dir.as_deref(),
+                &id,
+                &name,
+                &position,
+                valid_until,
+                Timestamp::now(),
+            )?;
+            print_out(
+                json,
+                &signatories::changed(&r, &id, true, systemd),
+                signatories::changed_text,
+            )?;
         }
-        Command::Signatory(SignatoryCommand::Revoke { config, id }) => {
-            let r = signatories::revoke(&config, &id, Timestamp::now())?;
-            println!(
-                "{id} is off roster version {} of {}; reload konvertd to send it to the peers \
-                 (its key stays in the configuration until you remove it)",
-                r.roster().version,
-                r.roster().authority
-            );
+        Command::Signatory(SignatoryCommand::Revoke { config, keys_dir, id }) => {
+            let systemd = signatories::credentials_layout(&config);
+            let r = signatories::revoke(&config, keys_dir.as_deref(), &id, Timestamp::now())?;
+            print_out(
+                json,
+                &signatories::changed(&r, &id, false, systemd),
+                signatories::changed_text,
+            )?;
         }
-        Command::Signatory(SignatoryCommand::List { config }) => {
-            let v = signatories::list(&config)?;
-            if cli.online.json {
-                print_json(&v)?;
-            } else {
-                print!("{}", signatories::list_table(&v));
-            }
+        Command::Signatory(SignatoryCommand::List { config, keys_dir }) => {
+            let v = signatories::list(&config, keys_dir.as_deref())?;
+            print_out(json, &v, signatories::list_table)?;
         }
         Command::Envelope(EnvelopeCommand::Seal {
             keys,
@@ -1108,7 +1223,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => {
             let now = time.now.unwrap_or_else(Timestamp::now);
             let s = offline::seal_file(&keys, &to, &signer, &profile, &input, &out, now, force)?;
-            print_json(&s)?;
+            print_out(json, &s, offline::seal_text)?;
         }
         Command::Envelope(EnvelopeCommand::Open {
             keys,
@@ -1135,7 +1250,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 now,
                 &limits,
             )?;
-            print_json(&s)?;
+            print_out(json, &s, offline::open_text)?;
         }
         Command::Envelope(EnvelopeCommand::Inspect {
             input,
@@ -1143,7 +1258,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
         }) => {
             let s = offline::inspect_file(&input, age_body.as_deref(), &Limits::default(), force)?;
-            print_json(&s)?;
+            print_out(json, &s, offline::inspect_text)?;
         }
         Command::Store(StoreCommand::Rekey {
             config,
@@ -1151,7 +1266,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => {
             let r = konvert_gateway::rekey::rekey(&config, &new_master_key)
                 .map_err(|e| Failure::Other(e.to_string()))?;
-            print_out(cli.online.json, &r, konvert_gateway::rekey::rekeyed_text)?;
+            print_out(json, &r, konvert_gateway::rekey::rekeyed_text)?;
         }
         Command::Keys(KeysCommand::Rotate {
             config,
@@ -1169,7 +1284,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let now = Timestamp::now();
             let r = konvert_gateway::rotation::rotate(&config, keys_dir.as_deref(), kinds, overlap, now)?;
-            print_out(cli.online.json, &r, konvert_gateway::rotation::rotated_text)?;
+            print_out(json, &r, konvert_gateway::rotation::rotated_text)?;
         }
         Command::Keys(KeysCommand::Retire {
             config,
@@ -1178,7 +1293,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => {
             let now = Timestamp::now();
             let r = konvert_gateway::rotation::retire(&config, keys_dir.as_deref(), now, force)?;
-            print_out(cli.online.json, &r, konvert_gateway::rotation::retired_text)?;
+            print_out(json, &r, konvert_gateway::rotation::retired_text)?;
         }
         Command::Generate(g) => {
             use clap::CommandFactory;
@@ -1193,12 +1308,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let files =
                 files.map_err(|e| Failure::Other(format!("cannot write into {}: {e}", dir.display())))?;
-            for f in files {
-                println!("{}", f.display());
-            }
+            print_out(json, &serde_json::json!({ "files": files }), |_| {
+                files.iter().map(|f| format!("{}\n", f.display())).collect()
+            })?;
         }
-        Command::Authority(AuthorityCommand::Rename(a)) => send_authority_change(cli.online.json, false, a)?,
-        Command::Authority(AuthorityCommand::Replace(a)) => send_authority_change(cli.online.json, true, a)?,
+        Command::Authority(AuthorityCommand::Rename(a)) => send_authority_change(json, false, a)?,
+        Command::Authority(AuthorityCommand::Replace(a)) => send_authority_change(json, true, a)?,
         command @ (Command::Send { .. }
         | Command::Authority(AuthorityCommand::List)
         | Command::Status { .. }
@@ -1226,7 +1341,8 @@ fn send_authority_change(json: bool, replaced: bool, a: AuthorityChangeArgs) -> 
         effective: a.effective,
         note: a.note,
     };
-    let (update, socket) = signatories::authority_change(&a.config, &args, Timestamp::now())?;
+    let (update, socket) =
+        signatories::authority_change(&a.config, a.keys_dir.as_deref(), &args, Timestamp::now())?;
     let request = konvert_gateway::api::directory::ChangeRequest {
         update,
         signatory: a.signatory,

@@ -20,7 +20,14 @@ use tokio::signal::unix::{signal, SignalKind};
         SIGHUP reloads peers and profiles. Make a configuration with `konvertctl init`.\n\n\
         Under systemd (Type=notify) it reports READY=1 once the QUIC endpoint and the API socket are up,\n\
         RELOADING=1 around a reload, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set. Key paths in the\n\
-        configuration may start with ${CREDENTIALS_DIRECTORY} (LoadCredential=); see docs/OPERATIONS.md."
+        configuration may start with ${CREDENTIALS_DIRECTORY} (LoadCredential=); see docs/OPERATIONS.md.\n\n\
+        Exit status:\n  \
+        0  stopped on SIGTERM or SIGINT after finishing its work (graceful stop)\n  \
+        1  could not start, or stopped on a fatal error: one line on stderr (konvertd: error: ...), also\n     \
+        logged, says what (configuration, keys, credentials, store locked or unreadable, address in\n     \
+        use); the packaged unit restarts it (Restart=on-failure)\n  \
+        2  the arguments are wrong (usage on stderr)\n\
+        Killed by systemd's watchdog (no WATCHDOG=1 in WatchdogSec=) it ends by SIGABRT, not a status."
 )]
 struct Args {
     /// The configuration file.

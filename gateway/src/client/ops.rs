@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use hyper::Method;
-use konvert_envelope::model::Id;
+use konvert_envelope::model::{Id, Timestamp};
 
 use super::{direction_text, fields, opt, Client, ClientError, Table};
 use crate::api::ops::{
@@ -45,11 +45,23 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/retention?by=&events=`.
-    pub async fn retention(&self, by_day: bool, events: Option<u32>) -> Result<RetentionReport, ClientError> {
+    /// `GET /v1/retention?by=&events=&ids=&bucket=`.
+    pub async fn retention(
+        &self,
+        by_day: bool,
+        events: Option<u32>,
+        ids: bool,
+        bucket: Option<Timestamp>,
+    ) -> Result<RetentionReport, ClientError> {
         let mut path = format!("/v1/retention?by={}", if by_day { "day" } else { "hour" });
         if let Some(n) = events {
             let _ = write!(path, "&events={n}");
+        }
+        if ids {
+            path.push_str("&ids=true");
+        }
+        if let Some(t) = bucket {
+            let _ = write!(path, "&bucket={t}");
         }
         self.json(Method::GET, &path, None).await
     }
@@ -185,6 +197,24 @@ pub fn retention_text(r: &RetentionReport) -> String {
         ]);
     }
     out.push_str(&t.render());
+    for b in &r.upcoming {
+        if let Some(ids) = &b.ids {
+            let _ = writeln!(
+                out,
+                "\nTo be destroyed in the period from {} ({} messages{}):",
+                b.from,
+                b.outbound + b.inbound,
+                if b.ids_complete == Some(false) {
+                    ", first ones listed"
+                } else {
+                    ""
+                }
+            );
+            for m in ids {
+                let _ = writeln!(out, "  {} {}", direction_text(m.direction), m.id);
+            }
+        }
+    }
     let _ = writeln!(
         out,
         "\nKeys held: {} expiry hours, {} cases",
@@ -221,6 +251,26 @@ pub fn retention_text(r: &RetentionReport) -> String {
         ]);
     }
     out.push_str(&t.render());
+    for d in &r.destroyed {
+        match &d.ids {
+            Some(ids) => {
+                let _ = writeln!(out, "\nDestroyed by event {} ({}):", d.seq, d.at);
+                for m in ids {
+                    let _ = writeln!(out, "  {} {}", direction_text(m.direction), m.id);
+                }
+            }
+            None if !d.ids_recorded && r.destroyed.iter().any(|e| e.ids.is_some()) => {
+                let _ = writeln!(
+                    out,
+                    "\nEvent {} records no ids (written before ids were recorded): {} messages, ids SHA-256 {}",
+                    d.seq,
+                    d.count,
+                    opt(d.ids_digest.as_deref())
+                );
+            }
+            None => {}
+        }
+    }
     out
 }
 
@@ -428,6 +478,8 @@ mod tests {
                 from: Timestamp::from_unix(86_400),
                 outbound: 3,
                 inbound: 4,
+                ids: None,
+                ids_complete: None,
             }],
             live: 7,
             live_complete: true,

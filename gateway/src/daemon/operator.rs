@@ -33,7 +33,8 @@ use konvert_store::{
 use super::Node;
 use crate::api::ops::{
     AuditBreakView, AuditEntryView, AuditVerification, CasePurged, DestroyedEvent, HeadLogCheck, KeyFileView,
-    NodeStatus, OverdueCase, RetentionBucket, RetentionReport, Story, StoryStep, SweeperTotals,
+    MessageRef, NodeStatus, OverdueCase, RetentionBucket, RetentionQuery, RetentionReport, Story, StoryStep,
+    SweeperTotals, RETENTION_BUCKET_IDS,
 };
 use crate::api::types::{Direction, HealthStatus, Page, PeerView};
 use crate::api::Problem;
@@ -538,25 +539,70 @@ pub(crate) fn story_facts(meta: &MessageMeta, now: i64, case_destroyed: Option<i
 
 /// Counts live messages by the start of their expiry period (`period_secs`
 /// 3600 or 86400), soonest first.
+#[cfg(test)]
 pub(crate) fn bucket_counts(
     expiries: impl IntoIterator<Item = (Direction, i64)>,
     period_secs: i64,
 ) -> Vec<RetentionBucket> {
-    let mut by: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    for (d, t) in expiries {
+    bucket_ids(
+        expiries.into_iter().map(|(d, t)| (d, t, None)),
+        period_secs,
+        false,
+    )
+}
+
+/// Buckets of `(direction, expiry, id)`; with `list`, each bucket's ids
+/// (soonest expiry first, then by id; at most [`RETENTION_BUCKET_IDS`]).
+pub(crate) fn bucket_ids(
+    expiries: impl IntoIterator<Item = (Direction, i64, Option<Id>)>,
+    period_secs: i64,
+    list: bool,
+) -> Vec<RetentionBucket> {
+    type Bucket = (u64, u64, Vec<(i64, Id, Direction)>);
+    let mut by: BTreeMap<i64, Bucket> = BTreeMap::new();
+    for (d, t, id) in expiries {
         let e = by.entry(t.div_euclid(period_secs) * period_secs).or_default();
         match d {
             Direction::Outbound => e.0 += 1,
             Direction::Inbound => e.1 += 1,
         }
+        if let (true, Some(id)) = (list, id) {
+            e.2.push((t, id, d));
+        }
     }
     by.into_iter()
-        .map(|(from, (outbound, inbound))| RetentionBucket {
-            from: ts(from),
-            outbound,
-            inbound,
+        .map(|(from, (outbound, inbound, mut ids))| {
+            let (ids, ids_complete) = if list {
+                ids.sort_by_key(|(t, id, _)| (*t, *id.as_bytes()));
+                let complete = ids.len() <= RETENTION_BUCKET_IDS;
+                ids.truncate(RETENTION_BUCKET_IDS);
+                let refs = ids
+                    .into_iter()
+                    .map(|(_, id, direction)| MessageRef { direction, id })
+                    .collect();
+                (Some(refs), Some(complete))
+            } else {
+                (None, None)
+            };
+            RetentionBucket {
+                from: ts(from),
+                outbound,
+                inbound,
+                ids,
+                ids_complete,
+            }
         })
         .collect()
+}
+
+fn message_ref(d: StoreDirection, m: &MessageId) -> MessageRef {
+    MessageRef {
+        direction: match d {
+            StoreDirection::Outbound => Direction::Outbound,
+            StoreDirection::Inbound => Direction::Inbound,
+        },
+        id: Id::from_bytes(m.0),
+    }
 }
 
 const LIVE_STATES: [(StoreDirection, StoreState); 6] = [
@@ -582,8 +628,13 @@ pub fn sweeper_totals(node: &Node) -> SweeperTotals {
     }
 }
 
-/// `GET /v1/retention`: `day` or `hour` periods; at most `events` destruction events.
-pub fn retention_report(node: &Node, by_day: bool, events: u32) -> Result<RetentionReport, Problem> {
+/// `GET /v1/retention`: `day` or `hour` periods; at most `q.events`
+/// destruction events; with `q.ids` the ids of each upcoming bucket and of
+/// each destruction event (where it records them); with `q.bucket` only
+/// the bucket holding that time.
+pub fn retention_report(node: &Node, q: &RetentionQuery) -> Result<RetentionReport, Problem> {
+    let by_day = q.by_day;
+    let list_ids = q.ids || q.bucket.is_some();
     let mut expiries = Vec::new();
     let mut scanned = 0u64;
     let mut complete = true;
@@ -601,7 +652,7 @@ pub fn retention_report(node: &Node, by_day: bool, events: u32) -> Result<Retent
                     StoreDirection::Outbound => Direction::Outbound,
                     StoreDirection::Inbound => Direction::Inbound,
                 };
-                expiries.push((d, m.expires_at));
+                expiries.push((d, m.expires_at, list_ids.then_some(Id::from_bytes(m.id.0))));
             }
             scanned += page.len() as u64;
             if scanned >= RETENTION_SCAN {
@@ -618,11 +669,19 @@ pub fn retention_report(node: &Node, by_day: bool, events: u32) -> Result<Retent
     let mut trail = Trail::new(&*node.store);
     let (first, end) = trail.bounds().map_err(store_problem)?;
     let from = end.saturating_sub(RETENTION_AUDIT_SCAN).max(first);
-    let mut destroyed = Vec::new();
+    // Oldest first; only the newest `q.events` are kept (with their ids).
+    let mut destroyed = std::collections::VecDeque::new();
     trail
         .scan(from, i64::MAX - STORY_SLACK, RETENTION_AUDIT_SCAN, |e| {
-            if e.event.kind == AuditKind::Destroyed {
-                destroyed.push(DestroyedEvent {
+            if e.event.kind == AuditKind::Destroyed && q.events > 0 {
+                if destroyed.len() >= q.events as usize {
+                    destroyed.pop_front();
+                }
+                let ids_recorded = !e.event.ids.is_empty();
+                destroyed.push_back(DestroyedEvent {
+                    ids_recorded,
+                    ids: (list_ids && ids_recorded)
+                        .then(|| e.event.ids.iter().map(|(d, m)| message_ref(*d, m)).collect()),
                     seq: e.seq,
                     at: ts(e.at),
                     reason: e.event.detail.clone().unwrap_or_default(),
@@ -635,12 +694,16 @@ pub fn retention_report(node: &Node, by_day: bool, events: u32) -> Result<Retent
             true
         })
         .map_err(store_problem)?;
-    destroyed.reverse();
-    destroyed.truncate(events as usize);
+    let destroyed: Vec<DestroyedEvent> = destroyed.into_iter().rev().collect();
+    let mut upcoming = bucket_ids(expiries, period, list_ids);
+    if let Some(t) = q.bucket {
+        let start = t.as_unix().div_euclid(period) * period;
+        upcoming.retain(|b| b.from.as_unix() == start);
+    }
     Ok(RetentionReport {
         now: node.now(),
         period: if by_day { "day" } else { "hour" }.into(),
-        upcoming: bucket_counts(expiries, period),
+        upcoming,
         live: scanned,
         live_complete: complete,
         key_hours: keyring.bucket_hours.len() as u64,

@@ -898,11 +898,10 @@ impl ApiService for Service {
     async fn retention(
         &self,
         _caller: Caller,
-        by_day: bool,
-        events: u32,
+        q: crate::api::ops::RetentionQuery,
     ) -> Result<crate::api::ops::RetentionReport, Problem> {
         let node = Arc::clone(&self.0);
-        blocking(move || super::operator::retention_report(&node, by_day, events)).await
+        blocking(move || super::operator::retention_report(&node, &q)).await
     }
 
     async fn purge_case(&self, caller: Caller, case: Id) -> Result<crate::api::ops::CasePurged, Problem> {
