@@ -364,7 +364,11 @@ async fn main() -> Result<(), Error> {
                 continue;
             }
             let count = count_override.unwrap_or(if quick { count.min(40) } else { count });
-            let bare_count = if size == 1024 { (count * 4).max(2000) } else { count.max(64) };
+            let bare_count = if size == 1024 {
+                (count * 4).max(2000)
+            } else {
+                count.max(64)
+            };
             let body: Arc<[u8]> = vec![0xa5; size].into();
             let conn = bare_conn.clone();
             let bare = bare_quic::run(bare_count as u64, in_flight, move || {

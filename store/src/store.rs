@@ -2036,13 +2036,13 @@ impl Store {
                     ),
                     purge_list(&ids),
                 );
-                events.push(
+                // Counts and ids (never content), in events of bounded size.
+                events.extend(
                     AuditEvent::new(AuditKind::Destroyed)
                         .case(*id)
                         .peer(&info.peer)
                         .detail(reason)
-                        .count(ids.len() as u64)
-                        .digest(ids_digest(&ids)),
+                        .destroyed_events(&ids),
                 );
             }
             destroyed += ids.len() as u64;
@@ -2281,11 +2281,10 @@ impl Store {
                     ),
                     purge_list(&destroyed_ids),
                 );
-                events.push(
+                events.extend(
                     AuditEvent::new(AuditKind::Destroyed)
                         .detail("expired")
-                        .count(destroyed_ids.len() as u64)
-                        .digest(ids_digest(&destroyed_ids)),
+                        .destroyed_events(&destroyed_ids),
                 );
             }
             if purged > 0 {
@@ -3087,10 +3086,6 @@ fn purge_list(ids: &[(Direction, MessageId)]) -> Vec<u8> {
         v.extend_from_slice(&m.0);
     }
     v
-}
-
-fn ids_digest(ids: &[(Direction, MessageId)]) -> [u8; 32] {
-    Sha256::digest(purge_list(ids)).into()
 }
 
 use std::os::unix::fs::DirBuilderExt;

@@ -640,11 +640,10 @@ fn retention_lists_the_ids_of_an_upcoming_bucket() {
     kz.stop();
 }
 
-/// The destruction events name the destroyed ids (at most 512 each).
-/// Needs the store to record them: `AuditEvent::destroyed_events` in
-/// `Store::destroy_case_at` and `Store::sweep` (store/src/store.rs).
+/// The destruction events name the destroyed ids (at most 512 each;
+/// `AuditEvent::destroyed_events` in `Store::destroy_case_at` and
+/// `Store::sweep`).
 #[test]
-#[ignore = "needs the store.rs hook that records destroyed ids in the audit event (AuditEvent::destroyed_events)"]
 fn retention_lists_the_ids_each_destruction_destroyed() {
     let tmp = tempfile::tempdir().unwrap();
     let mut kz = Gateway::init(tmp.path(), "kz.mvd");

@@ -108,4 +108,3 @@ where
     }
     start.elapsed()
 }
-
