@@ -37,8 +37,8 @@ pub struct InboxRecord {
     pub signed: SignedMessage,
     /// The signatory's id on the sender's card.
     pub signatory: String,
-    /// Attachment plaintexts, in message order (envelopes up to
-    /// [`STREAM_ABOVE`] bytes).
+    /// Attachment plaintexts, in message order (envelopes read whole: up to
+    /// [`STREAM_ABOVE`] bytes of attachments and the envelope's overhead).
     pub attachments: Vec<serde_bytes::ByteBuf>,
     /// The attachments of a larger envelope, in message order: store blobs
     /// (streamed in and out; their keys sealed in this record).
@@ -56,6 +56,13 @@ pub struct InboxRecord {
 /// ciphertext waits in an unlinked spool file while the node signature at
 /// its end is checked). Smaller ones are read whole.
 pub const STREAM_ABOVE: u64 = 1 << 20;
+
+/// What an envelope adds to the attachments it carries, at most, for the
+/// messages a sender seals in memory (attachments up to [`STREAM_ABOVE`]):
+/// the header, the signed message, the age header and 16 bytes per 64 KiB
+/// chunk, CBOR framing. Such an envelope is read whole here too, instead
+/// of going through a spool file and blobs.
+const ENVELOPE_OVERHEAD: u64 = 64 << 10;
 
 /// The part of an attachment's plaintext held in memory at a time when
 /// streamed (the decryption's and the blob's chunk).
@@ -141,7 +148,7 @@ async fn handle(node: Arc<Node>, mut stream: EnvelopeStream) {
     let size = stream.declared_len();
     let node2 = Arc::clone(&node);
     let peer2 = peer.clone();
-    let result = if size <= STREAM_ABOVE {
+    let result = if size <= STREAM_ABOVE + ENVELOPE_OVERHEAD {
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         if let Err(e) = stream.copy_to(&mut bytes).await {
             warn!(peer = %peer, error = %e, "envelope body not received");
