@@ -454,7 +454,8 @@ pub struct PeerView {
     pub authority: AuthorityId,
     /// Configured addresses (`host:port`).
     pub addresses: Vec<String>,
-    /// Whether a QUIC connection is open now.
+    /// Whether a QUIC connection with it is open now (dialled by this
+    /// gateway or by the peer).
     pub connected: bool,
     /// Last successful delivery to the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -859,7 +859,9 @@ impl ApiService for Service {
                 out.push(PeerView {
                     authority: a.clone(),
                     addresses: p.addresses.clone(),
-                    connected: link.as_ref().is_some_and(|l| l.connected()),
+                    // Either direction: the peer's own connection to us counts too.
+                    connected: link.as_ref().is_some_and(|l| l.connected())
+                        || node.endpoint.peer_connections(a) > 0,
                     last_delivery: link.and_then(|l| l.last_delivery.lock().ok().and_then(|t| *t)),
                     queue_depth: mine.len() as u64,
                     oldest_undelivered: mine.iter().min().copied().map(ts),
@@ -1120,7 +1122,7 @@ fn health(node: &Node) -> Result<Health, Problem> {
     for a in dir.peers.keys() {
         if let Some(link) = node.links.get(a) {
             facts.failing.insert(a.to_string(), link.failing());
-            if link.connected() {
+            if link.connected() || node.endpoint.peer_connections(a) > 0 {
                 connected += 1;
             }
         }
