@@ -437,9 +437,7 @@ impl<'a> RosterAnchor<'a> {
         let root = card.root_key.as_ref()?;
         Some(Self {
             root,
-            latest: history
-                .latest(&card.authority)
-                .map(|r| (r.version, r.issued)),
+            latest: history.latest(&card.authority).map(|r| (r.version, r.issued)),
         })
     }
 

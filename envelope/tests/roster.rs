@@ -757,13 +757,25 @@ fn a_new_roster_may_be_carried_by_a_signatory_on_it_and_nothing_else_is_trusted_
     open_at_by(&w, &seal(update.clone(), &w.signatory), &card, &signers, anchor).unwrap();
     // A signatory on it who is not valid yet at the signing time may not.
     assert_eq!(
-        refused(open_at_by(&w, &seal(update.clone(), &later), &card, &signers, anchor)),
+        refused(open_at_by(
+            &w,
+            &seal(update.clone(), &later),
+            &card,
+            &signers,
+            anchor
+        )),
         RejectCode::SignerNotAuthorised
     );
     // Nor anyone who is not on it.
     let stranger = SigningKey::generate();
     assert_eq!(
-        refused(open_at_by(&w, &seal(update.clone(), &stranger), &card, &signers, anchor)),
+        refused(open_at_by(
+            &w,
+            &seal(update.clone(), &stranger),
+            &card,
+            &signers,
+            anchor
+        )),
         RejectCode::SignerNotAuthorised
     );
     // Another root key on the card: the roster authorises nothing.
