@@ -42,6 +42,7 @@ use crate::cbor;
 use crate::keys::{AgeRecipient, AuthorityCard, NodeKeys, SigningKey, TrustedSigner};
 use crate::model::{AgreementId, AuthorityId, Digest, Id, Message, Timestamp};
 use crate::profile::{Profile, ValidationErrors};
+use crate::roster::RosterAnchor;
 use crate::signed::{SignatureError, SignedClaims, SignedMessage};
 
 /// The envelope format version this crate writes and reads.
@@ -910,6 +911,33 @@ impl Authenticated {
         parts: &mut P,
         version: impl FnOnce(&Message) -> Result<&'p Profile, OpenError>,
     ) -> Result<Opened, OpenError> {
+        self.open_with_roster(body, keys, signers, None, profile, now, limits, parts, version)
+    }
+
+    /// [`Authenticated::open_with`] that also lets a `directory_update`
+    /// carrying the sender's new signatory roster be signed by a signatory
+    /// on that roster (Art. 9.4; `docs/PROTOCOL.md` §7): when the message's
+    /// signatory is not among `signers` (or not valid there at the signing
+    /// time), and `anchor` (the root key on the sender's card and its latest
+    /// roster on record) finds a newer roster attested by that root key in
+    /// the message ([`RosterAnchor::carried_signers`]), the signature is
+    /// checked again against `signers` and that roster's signatories. The
+    /// COSE signature, the routing and everything else are checked as
+    /// always; the receiver still applies the roster with its own checks.
+    /// `anchor = None` is [`Authenticated::open_with`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_with_roster<'p, R: Read, P: PartSink>(
+        &self,
+        body: R,
+        keys: &NodeKeys,
+        signers: &[TrustedSigner],
+        anchor: Option<RosterAnchor<'_>>,
+        profile: &Profile,
+        now: Timestamp,
+        limits: &Limits,
+        parts: &mut P,
+        version: impl FnOnce(&Message) -> Result<&'p Profile, OpenError>,
+    ) -> Result<Opened, OpenError> {
         let header = &self.received.header;
         if header.to != keys.authority {
             return Err(OpenError::WrongRecipient {
@@ -962,7 +990,31 @@ impl Authenticated {
         let signed: SignedMessage = cbor::from_slice(&signed_bytes, limits.max_message).map_err(|e| {
             OpenError::Decrypt(format!("decrypted body does not end with a signed message: {e}"))
         })?;
-        let claims = signed.verify_arriving(signers, now, limits.ended_signer_grace_secs)?;
+        let grace = limits.ended_signer_grace_secs;
+        let claims = match (signed.verify_arriving(signers, now, grace), anchor) {
+            (
+                Err(
+                    e @ (SignatureError::UnknownSigner { .. }
+                    | SignatureError::SignerNotValid { .. }
+                    | SignatureError::SignerNoLongerValid { .. }),
+                ),
+                Some(anchor),
+            ) => {
+                // Decoded before the signature is checked only to find the
+                // root-signed roster; the envelope is the pinned peer's.
+                let carried = cbor::from_deterministic_slice::<Message>(&signed.message, limits.max_message)
+                    .ok()
+                    .and_then(|m| anchor.carried_signers(&m));
+                match carried {
+                    Some(extra) => {
+                        let all: Vec<TrustedSigner> = signers.iter().cloned().chain(extra).collect();
+                        signed.verify_arriving(&all, now, grace)?
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            (r, _) => r?,
+        };
         check_routing(&claims, header)?;
         let message: Message = cbor::from_deterministic_slice(&signed.message, limits.max_message)
             .map_err(|e| OpenError::MessageDecode(e.to_string()))?;

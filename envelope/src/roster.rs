@@ -407,6 +407,84 @@ pub fn verify_update(msg: &Message, root: Option<&VerifyingKey>) -> Result<Verif
     })
 }
 
+/// What lets a `directory_update` carrying a new signatory roster be
+/// signed by a signatory on that roster (Art. 9.4): the root key on the
+/// sender's card, and the sender's latest roster on record.
+///
+/// A new roster may not list any signatory the receiver already trusts
+/// (the first roster need not repeat the card's list), so the message that
+/// carries it could otherwise never be opened. The roster is authorised by
+/// the root key, not by the message's signatory; so when the message's
+/// signatory is not trusted yet, [`RosterAnchor::carried_signers`] adds the
+/// signatories of the roster it carries, if that roster verifies with the
+/// root key, names the sender, is the message's change, was issued no later
+/// than the message, and is newer than the latest on record (the same rule
+/// as [`RosterHistory::apply`]). Nothing else is trusted this way: other
+/// message kinds, other directory changes and stale or repeated rosters
+/// need a signatory trusted before the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RosterAnchor<'a> {
+    /// The root key on the sender's card.
+    pub root: &'a VerifyingKey,
+    /// Version and issue time of the sender's latest roster on record, if any.
+    pub latest: Option<(u64, Timestamp)>,
+}
+
+impl<'a> RosterAnchor<'a> {
+    /// The anchor of the peer with `card` given its roster history; `None`
+    /// when the card has no root key.
+    pub fn of(card: &'a AuthorityCard, history: &RosterHistory) -> Option<Self> {
+        let root = card.root_key.as_ref()?;
+        Some(Self {
+            root,
+            latest: history.latest(&card.authority).map(|r| (r.version, r.issued)),
+        })
+    }
+
+    /// The signers authorised by the new roster `msg` carries (see
+    /// [`RosterAnchor`]): each signatory on it, from the later of its
+    /// `valid_from` and the roster's `issued` to its `valid_until`. `None`
+    /// when `msg` is not a root-signed directory update carrying a newer
+    /// roster of its sender.
+    pub fn carried_signers(&self, msg: &Message) -> Option<Vec<TrustedSigner>> {
+        let MessageBody::DirectoryUpdate(DirectoryUpdate {
+            change: DirectoryChange::SignatoryRoster { .. },
+            ..
+        }) = &msg.body
+        else {
+            return None;
+        };
+        let v = verify_update(msg, Some(self.root)).ok()?;
+        let r = Roster::from_statement(&v.statement).ok()?;
+        if r.authority != msg.header.from {
+            return None;
+        }
+        if let Some((version, issued)) = self.latest {
+            if r.version <= version || r.issued < issued {
+                return None;
+            }
+        }
+        Some(
+            r.signatories
+                .iter()
+                .filter_map(|s| {
+                    let key = VerifyingKey::from_bytes(s.public_key.as_bytes()).ok()?;
+                    let from = s.valid_from.max(r.issued);
+                    if s.valid_until.is_some_and(|u| u < from) {
+                        return None;
+                    }
+                    Some(TrustedSigner {
+                        authority: r.authority.clone(),
+                        key,
+                        valid_from: Some(from),
+                        valid_until: s.valid_until,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What [`RosterHistory::apply`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RosterApplied {

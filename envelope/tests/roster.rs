@@ -668,3 +668,219 @@ fn a_version_before_the_agreement_is_refused() {
     let e = Profile::from_toml_str(&t, "p.toml").unwrap_err();
     assert!(e.to_string().contains("version_in_force_from"), "{e}");
 }
+
+/// Opens `env` at by.mvd as the gateway does: trusted signers from the
+/// card and the history, and optionally the anchor for a carried roster.
+fn open_at_by(
+    w: &common::World,
+    env: &[u8],
+    card: &AuthorityCard,
+    signers: &[konvert_envelope::keys::TrustedSigner],
+    anchor: Option<RosterAnchor<'_>>,
+) -> Result<konvert_envelope::envelope::Opened, konvert_envelope::envelope::OpenError> {
+    use konvert_envelope::envelope::{receive, Limits, MemoryParts};
+    let limits = Limits::default();
+    let p = profile("kz-by-2019");
+    let mut body = Vec::new();
+    let auth = receive(env, &limits, &mut body)?.authenticate(card)?;
+    let by = w.node(&authority("by.mvd"));
+    let mut parts = MemoryParts::default();
+    auth.open_with_roster(
+        body.as_slice(),
+        by,
+        signers,
+        anchor,
+        &p,
+        common::now(),
+        &limits,
+        &mut parts,
+        |_| Ok(&p),
+    )
+}
+
+#[test]
+fn a_new_roster_may_be_carried_by_a_signatory_on_it_and_nothing_else_is_trusted_that_way() {
+    use konvert_envelope::envelope::{seal_to_vec, OpenError};
+    let w = common::World::new();
+    let kz = authority("kz.mvd");
+    let root = SigningKey::generate();
+    // The card lists `head` (the world's signatory); the first roster lists
+    // only ivanov, and `later` from a time after the message.
+    let mut card = w.card(&kz);
+    card.root_key = Some(root.verifying_key());
+    card.signatories = vec![konvert_envelope::keys::CardSignatory {
+        id: "head".into(),
+        key: w.signatory.verifying_key(),
+        valid_from: None,
+        valid_until: None,
+    }];
+    let ivanov = SigningKey::generate();
+    let later = SigningKey::generate();
+    let v1 = roster(
+        1,
+        "2026-11-22T08:00:00Z",
+        vec![
+            signatory("ivanov", &ivanov, "2026-11-01T00:00:00Z", None),
+            signatory("later", &later, "2026-12-01T00:00:00Z", None),
+        ],
+    )
+    .sign(&root)
+    .unwrap();
+    let seal = |m: Message, by: &SigningKey| {
+        let p = profile("kz-by-2019");
+        let by_card = w.card(&authority("by.mvd"));
+        seal_to_vec(m, &[], by, w.node(&kz), &by_card, &p, fresh_id(), common::now())
+            .unwrap()
+            .0
+    };
+    let update = update_msg("2026-11-22T09:00:00Z", v1.to_directory_update(None));
+    let env = seal(update.clone(), &ivanov);
+    let history = RosterHistory::new();
+    let signers = history.trusted_signers_with_card(&card);
+    let anchor = RosterAnchor::of(&card, &history);
+    assert!(anchor.is_some());
+    let refused = |r: Result<_, OpenError>| match r {
+        Err(e) => RejectCode::from(&e),
+        Ok(_) => panic!("opened"),
+    };
+
+    // Judged by the signers known before it alone, it is refused (the bug).
+    assert_eq!(
+        refused(open_at_by(&w, &env, &card, &signers, None)),
+        RejectCode::SignerNotAuthorised
+    );
+    // The root key on the card authorises the roster, and so its signatory.
+    let opened = open_at_by(&w, &env, &card, &signers, anchor).unwrap();
+    assert_eq!(opened.claims.kid, ivanov.verifying_key().key_id());
+    assert_eq!(opened.message, update);
+    // The card's signatory may carry it too, as before.
+    open_at_by(&w, &seal(update.clone(), &w.signatory), &card, &signers, anchor).unwrap();
+    // A signatory on it who is not valid yet at the signing time may not.
+    assert_eq!(
+        refused(open_at_by(
+            &w,
+            &seal(update.clone(), &later),
+            &card,
+            &signers,
+            anchor
+        )),
+        RejectCode::SignerNotAuthorised
+    );
+    // Nor anyone who is not on it.
+    let stranger = SigningKey::generate();
+    assert_eq!(
+        refused(open_at_by(
+            &w,
+            &seal(update.clone(), &stranger),
+            &card,
+            &signers,
+            anchor
+        )),
+        RejectCode::SignerNotAuthorised
+    );
+    // Another root key on the card: the roster authorises nothing.
+    let mut other_card = card.clone();
+    other_card.root_key = Some(SigningKey::generate().verifying_key());
+    assert_eq!(
+        refused(open_at_by(
+            &w,
+            &env,
+            &card,
+            &signers,
+            RosterAnchor::of(&other_card, &history)
+        )),
+        RejectCode::SignerNotAuthorised
+    );
+    // A card without a root key: no anchor.
+    let mut bare_card = card.clone();
+    bare_card.root_key = None;
+    assert!(RosterAnchor::of(&bare_card, &history).is_none());
+    // A roster signed by another key than the card's root key.
+    let forged = roster(
+        1,
+        "2026-11-22T08:00:00Z",
+        vec![signatory("ivanov", &ivanov, "2026-11-01T00:00:00Z", None)],
+    )
+    .sign(&SigningKey::generate())
+    .unwrap();
+    let forged_env = seal(
+        update_msg("2026-11-22T09:00:00Z", forged.to_directory_update(None)),
+        &ivanov,
+    );
+    assert_eq!(
+        refused(open_at_by(&w, &forged_env, &card, &signers, anchor)),
+        RejectCode::SignerNotAuthorised
+    );
+    // A change in the message other than the signed one.
+    let mut changed = v1.to_directory_update(None);
+    if let DirectoryChange::SignatoryRoster { version, .. } = &mut changed.change {
+        *version = 2;
+    }
+    let changed_env = seal(update_msg("2026-11-22T09:00:00Z", changed), &ivanov);
+    assert_eq!(
+        refused(open_at_by(&w, &changed_env, &card, &signers, anchor)),
+        RejectCode::SignerNotAuthorised
+    );
+    // Any other kind of message by ivanov needs a signatory known before it.
+    let req = seal(request("2026-11-22T09:00:00Z"), &ivanov);
+    assert_eq!(
+        refused(open_at_by(&w, &req, &card, &signers, anchor)),
+        RejectCode::SignerNotAuthorised
+    );
+
+    // Once roster 1 is on record, head's requests are refused (the card's
+    // list ended with it) and ivanov's are accepted.
+    let mut history = RosterHistory::new();
+    history.apply(v1.clone()).unwrap();
+    let anchor = RosterAnchor::of(&card, &history);
+    assert_eq!(anchor.unwrap().latest, Some((1, ts("2026-11-22T08:00:00Z"))));
+    let signers = history.trusted_signers_with_card(&card);
+    assert_eq!(
+        refused(open_at_by(
+            &w,
+            &seal(request("2026-11-22T09:00:00Z"), &w.signatory),
+            &card,
+            &signers,
+            anchor
+        )),
+        RejectCode::SignerNotAuthorised
+    );
+    open_at_by(&w, &req, &card, &signers, anchor).unwrap();
+    // Roster 2 drops ivanov for petrov, carried by petrov.
+    let petrov = SigningKey::generate();
+    let v2 = roster(
+        2,
+        "2026-11-22T09:00:00Z",
+        vec![signatory("petrov", &petrov, "2026-11-22T09:00:00Z", None)],
+    )
+    .sign(&root)
+    .unwrap();
+    let env2 = seal(
+        update_msg("2026-11-22T09:30:00Z", v2.to_directory_update(None)),
+        &petrov,
+    );
+    open_at_by(&w, &env2, &card, &signers, anchor).unwrap();
+    history.apply(v2).unwrap();
+    let anchor = RosterAnchor::of(&card, &history);
+    let signers = history.trusted_signers_with_card(&card);
+    // A roster that is not newer than the latest on record authorises
+    // nobody: ivanov, dropped, cannot come back by replaying roster 1.
+    let replay = seal(
+        update_msg("2026-11-22T09:45:00Z", v1.to_directory_update(None)),
+        &ivanov,
+    );
+    assert_eq!(
+        refused(open_at_by(&w, &replay, &card, &signers, anchor)),
+        RejectCode::SignerNotAuthorised
+    );
+    assert_eq!(
+        refused(open_at_by(
+            &w,
+            &seal(request("2026-11-22T09:45:00Z"), &ivanov),
+            &card,
+            &signers,
+            anchor
+        )),
+        RejectCode::SignerNotAuthorised
+    );
+}

@@ -626,6 +626,51 @@ fn a_revoked_signatory_is_refused_before_sealing_and_by_the_peer_and_rosters_sta
 }
 
 #[test]
+fn a_first_roster_without_the_card_signatory_reaches_the_peer_signed_by_a_signatory_on_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    // KZ's card lists `head`; its first roster lists only ivanov, so
+    // konvertd can sign the announcement only with ivanov, whom BY does not
+    // know yet: BY accepts it because KZ's root key (on KZ's card) signed
+    // the roster it carries.
+    let cfg = kz.config();
+    let out = konvertctl([
+        "signatory",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--id",
+        "ivanov",
+        "--name",
+        "Иванов Иван Иванович",
+        "--position",
+        "Заместитель министра",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kz.start();
+    by.start();
+    let d = wait_roster(&by, "kz.mvd", 1);
+    assert!(!d.to_string().contains("Иванов"), "{d}");
+
+    // A request signed by ivanov: accepted.
+    let (ok, mut doc) = message(&kz, "request", "by.mvd", None);
+    doc["signatory"] = json!("ivanov");
+    send(&kz, &doc);
+    wait_case(&by, &ok, "received");
+
+    // One signed by head, off the roster (KZ would refuse it before
+    // sealing, so it is sealed offline): BY refuses it, and no case opens.
+    let m = offline_message("kz.mvd", "request", "by.mvd", None);
+    let head = m["header"]["id"].as_str().unwrap().to_owned();
+    let r = push_envelope(&kz, &by, &seal_offline(&kz, &by, "head", &m, None));
+    assert_eq!(reject_code(&r), Some("signer_not_authorised"), "{r}");
+    assert_eq!(by.request("GET", &format!("/v1/cases/{head}"), None).0, 404);
+
+    // The roster was stored and receipted at BY, not listed in its inbox.
+    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
+}
+
+#[test]
 fn an_authority_renaming_is_signed_by_the_root_key_sent_to_the_peer_and_applied_there() {
     let t = tempfile::tempdir().unwrap();
     let (mut kz, mut by) = pair(t.path());

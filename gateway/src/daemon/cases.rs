@@ -364,6 +364,16 @@ impl Cases {
         self.lock().directory.rosters().trusted_signers_with_card(card)
     }
 
+    /// The peer's root key and latest roster on record: with it, the
+    /// directory update carrying the peer's next roster may be signed by a
+    /// signatory on that roster (`RosterAnchor`, Art. 9.4).
+    pub fn roster_anchor<'a>(
+        &self,
+        card: &'a AuthorityCard,
+    ) -> Option<konvert_envelope::roster::RosterAnchor<'a>> {
+        konvert_envelope::roster::RosterAnchor::of(card, self.lock().directory.rosters())
+    }
+
     /// The id of the signatory with key id `kid`: on the peer's rosters, else on its card.
     pub fn signatory_id(&self, card: &AuthorityCard, kid: &KeyId) -> Option<String> {
         let p = self.lock();

@@ -477,6 +477,8 @@ fn check<'a, R: std::io::Read>(
     let now = node.now();
     // Signatories by the peer's roster in force at signing time (Art. 9.3).
     let signers = node.cases.trusted_signers(&entry.card);
+    // A new roster of the peer may be carried by one of its own signatories (Art. 9.4).
+    let anchor = node.cases.roster_anchor(&entry.card);
     let mut parts = if streamed {
         Parts::Blobs(BlobParts {
             store: &node.store,
@@ -508,8 +510,12 @@ fn check<'a, R: std::io::Read>(
     // Every age identity kept after a key rotation opens (crate::rotation).
     let own = node.own.current();
     let opened = match &mut parts {
-        Parts::Memory(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
-        Parts::Blobs(p) => auth.open_with(body, &own, &signers, profile, now, limits, p, version),
+        Parts::Memory(p) => {
+            auth.open_with_roster(body, &own, &signers, anchor, profile, now, limits, p, version)
+        }
+        Parts::Blobs(p) => {
+            auth.open_with_roster(body, &own, &signers, anchor, profile, now, limits, p, version)
+        }
     };
     let opened = match opened {
         Ok(o) => o,
