@@ -2939,6 +2939,11 @@ fn put_event(dir: Direction, id: &MessageId, rec: &MsgRec, digest: [u8; 32]) -> 
         .peer(&rec.peer)
         .count(rec.payload_len)
         .digest(digest);
+    if dir == Direction::Outbound {
+        // The outbox takes only envelopes already signed and sealed to the
+        // peer: accepting and sealing are one step, one event.
+        ev = ev.detail("sealed");
+    }
     ev.case = rec.case;
     ev
 }

@@ -162,6 +162,14 @@ fn audit_story_status_metrics_retention_and_rekey() {
     }
     assert_eq!(story["complete"], true, "{story}");
     assert_eq!(story["direction"], "outbound");
+    // Accepted into the outbox already signed and sealed: one event that says so.
+    let accepted = story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "accepted")
+        .unwrap();
+    assert_eq!(accepted["detail"], "sealed", "{story}");
     let text = ctl_text(&kz, &["story", &id]);
     assert!(
         text.contains("delivered") && text.contains("audit events read"),
