@@ -630,9 +630,6 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
             .clamp(1, envelope::CHUNK_SIZE);
         sources.push(std::io::BufReader::with_capacity(cap, f));
     }
-    // Large messages are sealed into a store blob and streamed out later,
-    // in bounded memory; small ones are sealed in memory.
-    let streamed = upload_bytes > super::inbound::STREAM_ABOVE;
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     // Art. 17 first, so that the refusal names the receipt code the peer
     // would give (agreement_not_in_force or agreement_terminated); then the
@@ -656,7 +653,17 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
         .map_err(|e| SubmitError::Seal(envelope::SealError::Invalid(e)))?;
     node.cases
         .check_outgoing(&msg, profile, &sub.sources, sub.purpose.as_deref(), now)?;
-    let sealed = seal_for_outbox(node, msg, &mut dyns, signer, peer, profile, now, print, streamed);
+    let sealed = seal_for_outbox(
+        node,
+        msg,
+        &mut dyns,
+        signer,
+        peer,
+        profile,
+        now,
+        print,
+        upload_bytes,
+    );
     if sealed.is_err() {
         node.cases.release(&h.id);
     }
@@ -725,8 +732,11 @@ fn seal_for_outbox(
     profile: &konvert_envelope::profile::Profile,
     now: Timestamp,
     print: konvert_envelope::model::Digest,
-    streamed: bool,
+    upload_bytes: u64,
 ) -> Result<Ready, SubmitError> {
+    // Large messages are sealed into a store blob and streamed out later,
+    // in bounded memory; small ones are sealed in memory.
+    let streamed = upload_bytes > super::inbound::STREAM_ABOVE;
     let h = msg.header.clone();
     let id = MessageId(*h.id.as_bytes());
     let kind = msg.kind().as_str();
@@ -745,7 +755,9 @@ fn seal_for_outbox(
             .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
         (sealed, Vec::new(), Some(w.finish()?))
     } else {
-        let mut bytes = Vec::new();
+        // Sized for the attachments and the message, so that a large one is
+        // not copied again and again as the buffer grows.
+        let mut bytes = Vec::with_capacity(usize::try_from(upload_bytes).unwrap_or(0) + (16 << 10));
         let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
         (sealed, bytes, None)
     };
