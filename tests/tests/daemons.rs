@@ -178,6 +178,38 @@ fn a_peer_restarted_mid_flight_gets_every_message_exactly_once() {
     by.stop();
 }
 
+/// More messages than a peer has delivery slots (64): those that find
+/// every slot taken wait in the peer's backlog and are started as slots
+/// free, while the peer is down and after it comes up; each reaches the
+/// application once.
+#[test]
+fn more_messages_than_delivery_slots_are_each_delivered_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    kz.start();
+    let mut ids = Vec::new();
+    for _ in 0..90 {
+        let (id, doc) = note(&kz, "by.mvd");
+        assert_eq!(submit(&kz, &doc), id);
+        ids.push(id);
+    }
+    by.start();
+    for _ in 0..40 {
+        let (id, doc) = note(&kz, "by.mvd");
+        assert_eq!(submit(&kz, &doc), id);
+        ids.push(id);
+    }
+    for id in &ids {
+        kz.wait_state(id, &["delivered"], WAIT);
+    }
+    let inbox = inbox_ids(&by);
+    let distinct: BTreeSet<_> = inbox.iter().collect();
+    assert_eq!(inbox.len(), ids.len(), "each message exactly once");
+    assert_eq!(distinct, ids.iter().collect());
+    kz.stop();
+    by.stop();
+}
+
 #[test]
 fn a_gateway_whose_key_is_not_pinned_is_refused() {
     let t = tempfile::tempdir().unwrap();
