@@ -1,8 +1,12 @@
 //! From an application's submission to a verified delivery receipt.
 //!
 //! [`submit`] validates, signs, seals and queues durably (the store's
-//! `put_outbox` returns after a real fdatasync). The [`dispatch`] task then
-//! delivers queued envelopes: for each peer one long-lived QUIC connection
+//! `put_outbox_async` answers after a real fdatasync; small messages are
+//! sealed on the submitting task, large ones on a blocking thread), then
+//! starts the first delivery attempt at once with the envelope still in
+//! memory. Messages that find all of a peer's slots taken wait in its
+//! backlog and start as slots free; the [`dispatch`] task starts what is
+//! due at start and when retries fall due. Delivery: for each peer one long-lived QUIC connection
 //! (re-established on failure, addresses tried in turn), one stream per
 //! envelope, at most [`IN_FLIGHT_PER_PEER`] envelopes in flight per peer so
 //! that a slow peer never blocks the others. A transport failure schedules
