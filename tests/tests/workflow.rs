@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use konvert_tests::{example, konvertctl, new_id, push_envelope, seal_offline, submit, Gateway};
@@ -670,6 +671,70 @@ fn a_first_roster_without_the_card_signatory_reaches_the_peer_signed_by_a_signat
     assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
 }
 
+/// `konvertctl --json authority rename|replace` of KZ's own authority,
+/// signed with its root key, effective at `effective`.
+fn authority_change(kz: &Gateway, verb: &str, old: &str, new: &str, name: &str, effective: &str) -> Output {
+    let cfg = kz.config();
+    konvertctl([
+        "--json",
+        "authority",
+        verb,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--old",
+        old,
+        "--new",
+        new,
+        "--name",
+        name,
+        "--name-en",
+        "Ministry of Internal Affairs",
+        "--effective",
+        effective,
+    ])
+}
+
+/// After konvertctl accepted KZ's renaming or replacement of kz.mvd by
+/// kz.mia (`change`: `renamed` or `replaced`, in `out`): konvertd sent one
+/// directory_update to BY, which verified it with KZ's root key and applied
+/// it — its directory has the change, the open case `req` now names the new
+/// id, its inbox stays clear — and the old id stays resolvable: BY answers
+/// the case addressed to kz.mvd and both sides apply the answer.
+fn assert_authority_change_applied(
+    kz: &Gateway,
+    by: &Gateway,
+    req: &str,
+    out: &Output,
+    change: &str,
+    effective: &str,
+) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["change"], json!(change), "{q}");
+    assert_eq!(q["peers"][0]["peer"], json!("by.mvd"), "{q}");
+    let id = q["peers"][0]["id"].as_str().unwrap().to_string();
+    kz.wait_state(&id, &["delivered"], WAIT);
+
+    let d = by.get_json("/v1/directory");
+    let c = &d["changes"][0];
+    assert_eq!(c["change"], json!(change), "{d}");
+    assert_eq!(c["old"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["new"], json!("kz.mia"), "{d}");
+    assert_eq!(c["notified_by"], json!("kz.mvd"), "{d}");
+    assert_eq!(c["effective"], json!(effective), "{d}");
+    assert_eq!(case(by, req)["requester"], json!("kz.mia"));
+    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(by), 1);
+    let sock = by.socket();
+    let out = konvertctl(["--socket", sock.to_str().unwrap(), "authority", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains(&format!("kz.mvd {change} to kz.mia")), "{text}");
+
+    let (_resp, doc) = message(by, "response", "kz.mvd", Some(req));
+    send(by, &doc);
+    wait_case(kz, req, "answered");
+    wait_case(by, req, "answered");
+}
+
 #[test]
 fn an_authority_renaming_is_signed_by_the_root_key_sent_to_the_peer_and_applied_there() {
     let t = tempfile::tempdir().unwrap();
@@ -683,70 +748,32 @@ fn an_authority_renaming_is_signed_by_the_root_key_sent_to_the_peer_and_applied_
     assert_eq!(case(&by, &req)["requester"], json!("kz.mvd"));
 
     // Refused before anything is signed or sent: the same id twice, an empty name.
-    let cfg = kz.config();
-    let cfg = cfg.to_str().unwrap();
     let effective = konvert_envelope::model::Timestamp::now().to_string();
-    let rename = |old: &str, new: &str, name: &str| {
-        konvertctl([
-            "--json",
-            "authority",
-            "rename",
-            "--config",
-            cfg,
-            "--old",
-            old,
-            "--new",
-            new,
-            "--name",
-            name,
-            "--name-en",
-            "Ministry of Internal Affairs",
-            "--effective",
-            &effective,
-        ])
-    };
-    let out = rename("kz.mvd", "kz.mvd", "Министерство внутренних дел");
+    let out = authority_change(
+        &kz,
+        "rename",
+        "kz.mvd",
+        "kz.mvd",
+        "Министерство внутренних дел",
+        &effective,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--new"));
-    let out = rename("kz.mvd", "kz.mia", " ");
+    let out = authority_change(&kz, "rename", "kz.mvd", "kz.mia", " ", &effective);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--name"));
 
     // KZ renames itself: konvertctl signs with the root key, konvertd
-    // queues one directory_update per peer.
-    let out = rename(
+    // queues one directory_update per peer; BY applies it.
+    let out = authority_change(
+        &kz,
+        "rename",
         "kz.mvd",
         "kz.mia",
         "Министерство внутренних дел Республики Казахстан",
+        &effective,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(q["change"], json!("renamed"), "{q}");
-    assert_eq!(q["peers"][0]["peer"], json!("by.mvd"), "{q}");
-    let id = q["peers"][0]["id"].as_str().unwrap().to_string();
-    kz.wait_state(&id, &["delivered"], WAIT);
-
-    // BY verified it with KZ's root key and applied it: its directory has
-    // the renaming, its case now names the new id, its inbox stays clear.
-    let d = by.get_json("/v1/directory");
-    let c = &d["changes"][0];
-    assert_eq!(c["change"], json!("renamed"), "{d}");
-    assert_eq!(c["old"], json!("kz.mvd"), "{d}");
-    assert_eq!(c["new"], json!("kz.mia"), "{d}");
-    assert_eq!(c["notified_by"], json!("kz.mvd"), "{d}");
-    assert_eq!(c["effective"], json!(effective), "{d}");
-    assert_eq!(case(&by, &req)["requester"], json!("kz.mia"));
-    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
-    let sock = by.socket();
-    let out = konvertctl(["--socket", sock.to_str().unwrap(), "authority", "list"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("kz.mvd renamed to kz.mia"), "{text}");
-
-    // The old id stays resolvable: BY answers the case, addressed to kz.mvd.
-    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
-    send(&by, &doc);
-    wait_case(&kz, &req, "answered");
-    wait_case(&by, &req, "answered");
+    assert_authority_change_applied(&kz, &by, &req, &out, "renamed", &effective);
 
     // The API refuses a change that does not match its signature, and a roster.
     let mut update = example("directory_update-authority_renamed")["body"]["content"].clone();
@@ -1130,73 +1157,15 @@ fn an_authority_replacement_is_sent_to_the_peer_and_its_cases_follow() {
     wait_case(&by, &req, "received");
 
     // Art. 2: another body takes over kz.mvd's tasks; KZ signs the
-    // replacement with its root key and konvertd sends it to BY.
-    let cfg = kz.config();
+    // replacement with its root key and konvertd sends it to BY, which
+    // records a replacement (not a renaming) and whose case follows.
     let effective = konvert_envelope::model::Timestamp::now().to_string();
-    let out = konvertctl([
-        "--json",
-        "authority",
-        "replace",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--old",
-        "kz.mvd",
-        "--new",
-        "kz.mia",
-        "--name",
-        "Министерство внутренних дел Республики Казахстан",
-        "--name-en",
-        "Ministry of Internal Affairs",
-        "--effective",
-        &effective,
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(q["change"], json!("replaced"), "{q}");
-    assert_eq!(q["peers"][0]["peer"], json!("by.mvd"), "{q}");
-    let id = q["peers"][0]["id"].as_str().unwrap().to_string();
-    kz.wait_state(&id, &["delivered"], WAIT);
+    let name = "Министерство внутренних дел Республики Казахстан";
+    let out = authority_change(&kz, "replace", "kz.mvd", "kz.mia", name, &effective);
+    assert_authority_change_applied(&kz, &by, &req, &out, "replaced", &effective);
 
-    // BY verified and applied it: a replacement (not a renaming) in its
-    // directory, its case now names the new authority, its inbox is clear.
-    let d = by.get_json("/v1/directory");
-    let c = &d["changes"][0];
-    assert_eq!(c["change"], json!("replaced"), "{d}");
-    assert_eq!(c["old"], json!("kz.mvd"), "{d}");
-    assert_eq!(c["new"], json!("kz.mia"), "{d}");
-    assert_eq!(c["notified_by"], json!("kz.mvd"), "{d}");
-    assert_eq!(c["effective"], json!(effective), "{d}");
-    assert_eq!(case(&by, &req)["requester"], json!("kz.mia"));
-    assert_eq!(assert_directory_updates_kept_out_of_the_inbox(&by), 1);
-    let sock = by.socket();
-    let out = konvertctl(["--socket", sock.to_str().unwrap(), "authority", "list"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("kz.mvd replaced to kz.mia"), "{text}");
-
-    // The old id stays resolvable: BY answers the open case to kz.mvd, and
-    // both sides apply it.
-    let (_resp, doc) = message(&by, "response", "kz.mvd", Some(&req));
-    send(&by, &doc);
-    wait_case(&kz, &req, "answered");
-    wait_case(&by, &req, "answered");
     // The same replacement again changes nothing at BY.
-    let out = konvertctl([
-        "--json",
-        "authority",
-        "replace",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--old",
-        "kz.mvd",
-        "--new",
-        "kz.mia",
-        "--name",
-        "Министерство внутренних дел Республики Казахстан",
-        "--name-en",
-        "Ministry of Internal Affairs",
-        "--effective",
-        &effective,
-    ]);
+    let out = authority_change(&kz, "replace", "kz.mvd", "kz.mia", name, &effective);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let q: Value = serde_json::from_slice(&out.stdout).unwrap();
     kz.wait_state(q["peers"][0]["id"].as_str().unwrap(), &["delivered"], WAIT);
