@@ -525,16 +525,16 @@ fn assert_directory_updates_kept_out_of_the_inbox(gw: &Gateway) -> usize {
     n
 }
 
-#[test]
-fn a_revoked_signatory_is_refused_before_sealing_and_by_the_peer_and_rosters_stay_out_of_the_inbox() {
-    let t = tempfile::tempdir().unwrap();
-    let (mut kz, mut by) = pair(t.path());
-    let cfg = kz.config();
-    let cfg = cfg.to_str().unwrap();
-    for (id, name, position) in [
-        ("head", "Иванов Иван Иванович", "Министр"),
-        ("petrov", "Петров Пётр Петрович", "Заместитель министра"),
-    ] {
+/// Two signatories for KZ's roster: its head and a deputy.
+const HEAD_AND_PETROV: &[(&str, &str, &str)] = &[
+    ("head", "Иванов Иван Иванович", "Министр"),
+    ("petrov", "Петров Пётр Петрович", "Заместитель министра"),
+];
+
+/// `konvertctl signatory add` for each (id, name, position): a new roster
+/// version each, signed with the authority's root key.
+fn add_signatories(cfg: &str, list: &[(&str, &str, &str)]) {
+    for (id, name, position) in list {
         let out = konvertctl([
             "signatory",
             "add",
@@ -549,6 +549,15 @@ fn a_revoked_signatory_is_refused_before_sealing_and_by_the_peer_and_rosters_sta
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+#[test]
+fn a_revoked_signatory_is_refused_before_sealing_and_by_the_peer_and_rosters_stay_out_of_the_inbox() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, mut by) = pair(t.path());
+    let cfg = kz.config();
+    let cfg = cfg.to_str().unwrap();
+    add_signatories(cfg, HEAD_AND_PETROV);
     let out = konvertctl(["--json", "signatory", "list", "--config", cfg]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["version"], json!(2), "{list}");
@@ -635,19 +644,10 @@ fn a_first_roster_without_the_card_signatory_reaches_the_peer_signed_by_a_signat
     // know yet: BY accepts it because KZ's root key (on KZ's card) signed
     // the roster it carries.
     let cfg = kz.config();
-    let out = konvertctl([
-        "signatory",
-        "add",
-        "--config",
+    add_signatories(
         cfg.to_str().unwrap(),
-        "--id",
-        "ivanov",
-        "--name",
-        "Иванов Иван Иванович",
-        "--position",
-        "Заместитель министра",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        &[("ivanov", "Иванов Иван Иванович", "Заместитель министра")],
+    );
     kz.start();
     by.start();
     let d = wait_roster(&by, "kz.mvd", 1);
@@ -1188,24 +1188,7 @@ fn a_revoked_signatorys_backdated_signature_is_refused_after_the_grace_period() 
     .unwrap();
     let cfg = kz.config();
     let cfg = cfg.to_str().unwrap();
-    for (id, name, position) in [
-        ("head", "Иванов Иван Иванович", "Министр"),
-        ("petrov", "Петров Пётр Петрович", "Заместитель министра"),
-    ] {
-        let out = konvertctl([
-            "signatory",
-            "add",
-            "--config",
-            cfg,
-            "--id",
-            id,
-            "--name",
-            name,
-            "--position",
-            position,
-        ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    add_signatories(cfg, HEAD_AND_PETROV);
     kz.start();
     by.start();
     wait_roster(&by, "kz.mvd", 2);
