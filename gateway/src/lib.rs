@@ -15,13 +15,10 @@
 //! - [`rekey`]: `konvertctl store rekey`, the offline re-key of the store's master key.
 //! - [`rotation`]: `konvertctl keys rotate|retire` and konvertd's side of a rotation of the
 //!   node's own keys (announced by a signed directory statement) and of its peers' rotations.
-#![forbid(unsafe_code)]
+//! - [`alloc`]: the allocator (mimalloc) and its tuning, the crate's one `unsafe` call.
+#![deny(unsafe_code)]
 
-/// The process's allocator (konvertd, konvertctl and everything linking
-/// this crate): see the workspace's Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+pub mod alloc;
 pub mod api;
 pub mod client;
 pub mod clock;

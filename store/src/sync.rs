@@ -17,8 +17,9 @@
 //!   tickets up to the noted one are durable and exactly those writers are
 //!   woken (plus up to three others, to take the roles).
 //!
-//! The three run at the same time on consecutive groups (payloads of group
-//! n+2, records of n+1, sled sync of n), and
+//! Taken by different threads, the three run at the same time on consecutive
+//! groups (payloads of group n+2, records of n+1, sled sync of n); the one
+//! service thread of async writers takes them in turn. Either way
 //! writers that arrive during a sync join the next group, so under load one
 //! sync serves a whole group. A failed write, flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].

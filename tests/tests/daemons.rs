@@ -736,9 +736,18 @@ fn unused_uploads_expire() {
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
     let up: Value = serde_json::from_slice(&body).unwrap();
     assert!(up["expires"].as_str().is_some(), "{up}");
-    let file = kz.dir.join("data/uploads").join(up["id"].as_str().unwrap());
+    // A small upload is held in memory: its bytes never reach the disk.
+    let uploads = kz.dir.join("data/uploads");
+    assert!(!uploads.join(up["id"].as_str().unwrap()).exists());
+    // One over 1 MiB is written to a file.
+    let big_body = vec![b'x'; (1 << 20) + 1];
+    let (code, body) = kz.request("POST", "/v1/uploads", Some(("application/pdf", &big_body)));
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let big: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(big["length"], json!(big_body.len()));
+    let file = uploads.join(big["id"].as_str().unwrap());
     assert!(file.exists());
-    eventually("the unused upload is swept", || (!file.exists()).then_some(()));
+    eventually("the unused uploads are swept", || (!file.exists()).then_some(()));
     // A message naming it is refused, naming the attachment.
     let mut m = example("unsolicited_information");
     m["header"]["id"] = json!(new_id());

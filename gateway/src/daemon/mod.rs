@@ -26,6 +26,7 @@ pub mod operator;
 pub mod outbound;
 pub mod retention;
 pub mod service;
+pub mod uploads;
 pub mod versions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -336,8 +337,8 @@ pub struct Node {
     pub delivered_wake: Notify,
     /// Per-peer connection and delivery state.
     pub links: outbound::Links,
-    /// Where uploads wait until a submission uses them.
-    pub uploads_dir: PathBuf,
+    /// The uploads waiting until a submission uses them.
+    pub uploads: uploads::Uploads,
     /// When the daemon started.
     pub started: Instant,
     /// Envelopes being received now (shutdown waits for them).
@@ -357,6 +358,7 @@ impl Node {
     /// Loads everything the configuration names, opens the store and binds
     /// the QUIC endpoint. Must run inside a tokio runtime.
     pub fn start(config_path: &Path) -> Result<Arc<Node>, StartError> {
+        crate::alloc::tune();
         let loaded = Loaded::load(config_path)?;
         let cfg = &loaded.config;
         let keys = offline::load_node_keys(&cfg.keys_dir)?;
@@ -453,7 +455,7 @@ impl Node {
             inbox_wake: Notify::new(),
             delivered_wake: Notify::new(),
             links,
-            uploads_dir,
+            uploads: uploads::Uploads::new(uploads_dir),
             started: Instant::now(),
             inbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
             clock,

@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -522,9 +521,7 @@ fn uploads_len(node: &Node, msg: &Message) -> u64 {
                 .as_deref()?
                 .strip_prefix(crate::api::types::UPLOAD_REF_PREFIX)?;
             let upload: Id = name.parse().ok()?;
-            std::fs::metadata(node.uploads_dir.join(upload.to_string()))
-                .ok()
-                .map(|m| m.len())
+            node.uploads.len(&upload)
         })
         .sum()
 }
@@ -546,7 +543,7 @@ struct Ready {
     /// The record being stored, also handed to the first delivery attempt.
     record: Arc<OutboxRecord>,
     /// The uploads it used, removed once it is queued.
-    used: Vec<std::path::PathBuf>,
+    used: Vec<Id>,
 }
 
 /// Everything before the durable write: checks, validation, signing and
@@ -619,20 +616,16 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
             index,
             reason: "the upload id is not a UUID".into(),
         })?;
-        let path = node.uploads_dir.join(upload.to_string());
-        let f = std::fs::File::open(&path).map_err(|_| SubmitError::Attachment {
-            index,
-            reason: format!("upload {upload} does not exist (or has expired)"),
-        })?;
-        used.push(path);
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let (source, len) = node
+            .uploads
+            .open(&upload)
+            .ok_or_else(|| SubmitError::Attachment {
+                index,
+                reason: format!("upload {upload} does not exist (or has expired)"),
+            })?;
+        used.push(upload);
         upload_bytes += len;
-        // Read in pieces of at most CHUNK_SIZE; a small upload needs no
-        // buffer larger than itself.
-        let cap = usize::try_from(len)
-            .unwrap_or(envelope::CHUNK_SIZE)
-            .clamp(1, envelope::CHUNK_SIZE);
-        sources.push(std::io::BufReader::with_capacity(cap, f));
+        sources.push(source);
     }
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     // Art. 17 first, so that the refusal names the receipt code the peer
@@ -696,8 +689,8 @@ fn queued(
         discard_blob(node, &q.record);
     }
     // The envelope now holds the attachments (sealed); the uploads are spent.
-    for p in &q.used {
-        let _ = std::fs::remove_file(p);
+    for u in &q.used {
+        node.uploads.remove(u);
     }
     info!(id = %q.id, peer = %q.peer, kind = q.kind, size = q.size, "queued");
     if put.created {
@@ -845,7 +838,7 @@ fn outbox_message(node: &Node, id: &MessageId) -> Option<Message> {
 }
 
 /// Delivers queued messages until `shutdown` resolves; also runs the
-/// sweep of unused uploads ([`sweep_uploads`]).
+/// sweep of unused uploads ([`super::uploads::Uploads::sweep`]).
 pub async fn dispatch(node: Arc<Node>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut shutdown = shutdown;
     let sweeper = tokio::spawn(upload_sweeper(Arc::clone(&node), shutdown.clone()));
@@ -869,38 +862,9 @@ pub async fn dispatch(node: Arc<Node>, shutdown: tokio::sync::watch::Receiver<bo
     let _ = sweeper.await;
 }
 
-/// Removes every upload in `dir` last written more than `max_age` before
-/// `now` (uploads a submission used are removed at once, so whatever is
-/// left is unused; interrupted uploads, `.ID.part`, too). Returns how many.
-pub fn sweep_uploads(dir: &Path, max_age: Duration, now: SystemTime) -> std::io::Result<usize> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let Ok(modified) = meta.modified() else { continue };
-        if now.duration_since(modified).is_ok_and(|age| age > max_age) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// How often the upload sweep runs for a maximum age: a quarter of it,
-/// between 1 s and 10 minutes.
-pub fn upload_sweep_interval(max_age: Duration) -> Duration {
-    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
-}
-
 async fn upload_sweeper(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let max_age = node.config.api.upload_max_age.0;
-    let every = upload_sweep_interval(max_age);
+    let every = super::uploads::sweep_interval(max_age);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -909,8 +873,8 @@ async fn upload_sweeper(node: Arc<Node>, mut shutdown: tokio::sync::watch::Recei
         if *shutdown.borrow() {
             break;
         }
-        let dir = node.uploads_dir.clone();
-        match tokio::task::spawn_blocking(move || sweep_uploads(&dir, max_age, SystemTime::now())).await {
+        let node2 = Arc::clone(&node);
+        match tokio::task::spawn_blocking(move || node2.uploads.sweep(max_age, SystemTime::now())).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => info!(removed = n, "expired uploads removed"),
             Ok(Err(e)) => warn!(error = %e, "upload sweep failed"),
@@ -1316,47 +1280,6 @@ async fn resolve(addr: &str) -> Option<std::net::SocketAddr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn sweep_removes_only_uploads_older_than_the_maximum_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("019ec9a6-9a00-7000-8000-0000000000b4");
-        let part = dir.path().join(".019ec9a6-9a00-7000-8000-0000000000b5.part");
-        std::fs::write(&old, b"pdf").unwrap();
-        std::fs::write(&part, b"half").unwrap();
-        std::fs::create_dir(dir.path().join("subdir")).unwrap();
-        let written = std::fs::metadata(&old).unwrap().modified().unwrap();
-        let hour = Duration::from_secs(3600);
-        // The clock is passed in: an hour after writing nothing is older than two hours.
-        assert_eq!(sweep_uploads(dir.path(), 2 * hour, written + hour).unwrap(), 0);
-        assert!(old.exists() && part.exists());
-        // Three hours after: both the upload and the interrupted one go.
-        assert_eq!(
-            sweep_uploads(dir.path(), 2 * hour, written + 3 * hour).unwrap(),
-            2
-        );
-        assert!(!old.exists() && !part.exists());
-        assert!(dir.path().join("subdir").is_dir());
-        // A clock before the files' time removes nothing.
-        std::fs::write(&old, b"again").unwrap();
-        assert_eq!(sweep_uploads(dir.path(), hour, written - hour).unwrap(), 0);
-    }
-
-    #[test]
-    fn sweep_interval_follows_the_maximum_age() {
-        assert_eq!(
-            upload_sweep_interval(Duration::from_secs(86_400)),
-            Duration::from_secs(600)
-        );
-        assert_eq!(
-            upload_sweep_interval(Duration::from_secs(8)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            upload_sweep_interval(Duration::from_secs(1)),
-            Duration::from_secs(1)
-        );
-    }
 
     #[test]
     fn live_attempts_are_counted_and_finished_ones_kept_bounded() {

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use konvert_envelope::model::{AgreementId, AuthorityId, Digest, Id, Message, SignatoryId, Timestamp};
 use konvert_envelope::receipt::Outcome;
 use konvert_store::{Direction as StoreDirection, MessageId, MessageMeta, MessageState as StoreState};
-use tokio::io::AsyncWriteExt;
 
 use super::inbound::InboxRecord;
 use super::outbound::{self, Submission, SubmitError};
@@ -581,59 +580,18 @@ impl ApiService for Service {
         }
     }
 
-    async fn upload(
-        &self,
-        caller: Caller,
-        media_type: String,
-        mut body: UploadBody,
-    ) -> Result<Upload, Problem> {
-        use sha2::Digest as _;
-        use tokio::io::AsyncReadExt;
+    async fn upload(&self, caller: Caller, media_type: String, body: UploadBody) -> Result<Upload, Problem> {
         tracing::info!(uid = caller.uid, "api: upload");
-        let id = Id::new(Timestamp::now());
-        let path = self.0.uploads_dir.join(id.to_string());
-        let tmp = self.0.uploads_dir.join(format!(".{id}.part"));
-        let mut f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .await
-            .map_err(|_| Problem::internal())?;
-        let mut hasher = sha2::Sha256::new();
-        let mut len = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match body.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(_) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(Problem::new(
-                        ProblemType::PayloadTooLarge,
-                        "the upload is larger than allowed or was cut off",
-                    ));
-                }
-            };
-            hasher.update(&buf[..n]);
-            len += n as u64;
-            if f.write_all(&buf[..n]).await.is_err() {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Problem::unavailable("cannot store the upload"));
-            }
-        }
-        f.sync_all()
-            .await
-            .map_err(|_| Problem::unavailable("cannot store the upload"))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|_| Problem::internal())?;
+        let stored = self.0.uploads.receive(body).await.map_err(|e| match e {
+            super::uploads::UploadError::Body => Problem::new(ProblemType::PayloadTooLarge, e.to_string()),
+            super::uploads::UploadError::Storage => Problem::unavailable(e.to_string()),
+        })?;
         let max_age = i64::try_from(self.0.config.api.upload_max_age.0.as_secs()).unwrap_or(i64::MAX);
         Ok(Upload {
-            id,
+            id: stored.id,
             media_type,
-            length: len,
-            sha256: Digest(hasher.finalize().into()),
+            length: stored.len,
+            sha256: Digest(stored.sha256),
             expires: Some(Timestamp::now().plus_secs(max_age)),
         })
     }
