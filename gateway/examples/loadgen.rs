@@ -360,6 +360,12 @@ async fn main() -> Result<(), Error> {
         if only.as_deref().is_some_and(|o| o != short) {
             continue;
         }
+        if size > 1024 && !quick {
+            // Warm up at this size: the allocator's heap grows to the size's
+            // working set once (first-touch page faults, each zeroing a huge
+            // page, are not what a running gateway pays per message).
+            round(&kz, size, 32, 16).await?;
+        }
         for (in_flight, count) in [1usize, 16, 256].into_iter().zip(counts) {
             if in_flight_only.is_some_and(|n| n != in_flight) {
                 continue;
