@@ -553,14 +553,16 @@ impl Cases {
             if let Err(e) = apply_consent(p, msg, profile) {
                 tracing::error!(id = %msg.header.id, error = %e, "an accepted consent message does not fit the ledger");
             }
+            let mut keys = touched_by(p, msg);
             if let MessageBody::DirectoryUpdate(u) = &msg.body {
                 if let DirectoryChange::SignatoryRoster { version, .. } = &u.change {
                     let v = p.rosters_sent.entry(msg.header.to.clone()).or_default();
                     *v = (*v).max(*version);
+                    // (Only a roster changes it: other deliveries do not
+                    // rewrite the peer's record.)
+                    keys.push(Key::RosterSent(msg.header.to.clone()));
                 }
             }
-            let mut keys = touched_by(p, msg);
-            keys.push(Key::RosterSent(msg.header.to.clone()));
             Ok(((), keys))
         });
         self.release(&msg.header.id);
