@@ -761,6 +761,38 @@ fn unused_uploads_expire() {
     kz.stop();
 }
 
+#[test]
+fn an_upload_held_in_memory_is_gone_after_a_restart_and_a_file_upload_is_not() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, _by) = pair(t.path());
+    kz.start();
+    let upload = |kz: &Gateway, bytes: &[u8]| -> String {
+        let (code, body) = kz.request("POST", "/v1/uploads", Some(("application/pdf", bytes)));
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+        let up: Value = serde_json::from_slice(&body).unwrap();
+        up["id"].as_str().unwrap().to_string()
+    };
+    let small = upload(&kz, b"%PDF-1.7 small");
+    let large = upload(&kz, &vec![b'y'; (1 << 20) + 1]);
+    // A crash before the submission: the upload is not a message yet.
+    kz.kill();
+    kz.start();
+    let submit_naming = |kz: &Gateway, up: &str| {
+        let mut m = example("unsolicited_information");
+        m["header"]["id"] = json!(new_id());
+        m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+        assert!(upload_ref_all(&mut m, &format!("upload:{up}")) > 0);
+        kz.post_json("/v1/messages", &json!({"message": m, "signatory": "head"}))
+    };
+    let (code, body) = submit_naming(&kz, &small);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.to_string().contains("does not exist"), "{body}");
+    // The one in a file (over 1 MiB) survived and is sealed as usual.
+    let (code, body) = submit_naming(&kz, &large);
+    assert_eq!(code, 202, "{body}");
+    kz.stop();
+}
+
 /// Points every attachment of `v` at `file`; returns how many.
 fn upload_ref_all(v: &mut Value, file: &str) -> usize {
     match v {
