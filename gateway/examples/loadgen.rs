@@ -349,9 +349,9 @@ async fn main() -> Result<(), Error> {
     // setup, measured just before each end-to-end round.
     let (_bare_client, bare_conn) = bare_quic::bare_pair().await;
     println!(
-        "| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling | CPU per message | of it public-key work | bare quinn msg/s | of bare quinn |"
+        "| size | in flight | messages | msg/s | MB/s | p50 | p99 | of ceiling | CPU per message | of it public-key work | durable writes per sync | bare quinn msg/s | of bare quinn |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, label, counts) in [
         (1024, "1 KiB", [200usize, 1000, 2000]),
         (1024 * 1024, "1 MiB", [20, 64, 256]),
@@ -384,11 +384,20 @@ async fn main() -> Result<(), Error> {
             })
             .await;
             let bare_rate = bare_count as f64 / bare.as_secs_f64();
+            // Group commit across both gateways: acknowledged durable
+            // writes (three per message) per flush + fdatasync.
+            let commits = || {
+                let (a, b) = (kz.store.stats(), by.store.stats());
+                (a.acked_writes + b.acked_writes, a.syncs + b.syncs)
+            };
+            let commits0 = commits();
             let start = Instant::now();
             let cpu0 = cpu_time();
             let lat = round(&kz, size, count, in_flight).await?;
             let secs = start.elapsed().as_secs_f64();
             let cpu = (cpu_time() - cpu0).as_secs_f64() / count as f64;
+            let commits1 = commits();
+            let per_sync = (commits1.0 - commits0.0) as f64 / (commits1.1 - commits0.1).max(1) as f64;
             let rate = count as f64 / secs;
             let (share, crypto_share) = if size == 1024 {
                 (
@@ -399,7 +408,7 @@ async fn main() -> Result<(), Error> {
                 ("-".into(), "-".into())
             };
             println!(
-                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} | {:.0} µs | {crypto_share} | {bare_rate:.0} ({:.0} MB/s) | {:.0} % |",
+                "| {label} | {in_flight} | {count} | {rate:.0} | {:.1} | {:.1} ms | {:.1} ms | {share} | {:.0} µs | {crypto_share} | {per_sync:.1} | {bare_rate:.0} ({:.0} MB/s) | {:.0} % |",
                 (count * size) as f64 / secs / 1e6,
                 pct(&lat, 0.5).as_secs_f64() * 1e3,
                 pct(&lat, 0.99).as_secs_f64() * 1e3,

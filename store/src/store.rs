@@ -3068,10 +3068,12 @@ fn serve(weak: std::sync::Weak<Store>) {
             });
         match served {
             Served::Worked => {}
-            Served::Idle => {
+            Served::Idle(due) => {
                 drop(store);
-                // Unparked when work arrives; the timeout notices a dropped store.
-                std::thread::park_timeout(std::time::Duration::from_millis(200));
+                // Unparked when work arrives, or when a deferred sync is
+                // due; the timeout notices a dropped store.
+                let idle = std::time::Duration::from_millis(200);
+                std::thread::park_timeout(due.map_or(idle, |d| d.min(idle)));
             }
             Served::Stop => {
                 store.gc.servers_gone();

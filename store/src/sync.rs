@@ -19,7 +19,11 @@
 //!
 //! Taken by different threads, the three run at the same time on consecutive
 //! groups (payloads of group n+2, records of n+1, sled sync of n); the one
-//! service thread of async writers takes them in turn. Either way
+//! service thread of async writers takes them in turn. That thread defers
+//! a sync of fewer than [`GATHER`] writes by up to [`GATHER_WAIT`] while
+//! the last sync covered more than one write (concurrent writers: more are
+//! on their way), taking the other roles meanwhile; a lone writer never
+//! waits. Either way
 //! writers that arrive during a sync join the next group, so under load one
 //! sync serves a whole group. A failed write, flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].
@@ -48,6 +52,14 @@ thread_local! {
 
 /// Most puts applied and synced as one group.
 const MAX_GROUP: usize = 512;
+
+/// A service thread defers a sync of fewer than this many writes ...
+const GATHER: u64 = 8;
+
+/// ... by at most this long, while the last sync covered more than one
+/// write (writers are concurrent, so more are on their way): one flush +
+/// fdatasync then serves more of them. A lone writer never waits.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,6 +101,10 @@ struct State {
     inflight: Option<u64>,
     /// A writer is syncing.
     syncing: bool,
+    /// Writes the last sync made durable.
+    last_group: u64,
+    /// A service thread deferred the due sync until then (see [`GATHER`]).
+    sync_defer_until: Option<std::time::Instant>,
     poisoned: bool,
     /// Prepared puts waiting for the next leader.
     queue: Vec<(u64, PreparedPut)>,
@@ -120,8 +136,9 @@ enum Waiter {
 pub(crate) enum Served {
     /// It took a role; there may be more work.
     Worked,
-    /// Nothing to do: it is registered as idle and should park.
-    Idle,
+    /// Nothing to do: it is registered as idle and should park (at most
+    /// this long when a deferred sync falls due then).
+    Idle(Option<std::time::Duration>),
     /// The store is poisoned: the thread should stop.
     Stop,
 }
@@ -191,6 +208,8 @@ impl GroupCommit {
                 applying: false,
                 inflight: None,
                 syncing: false,
+                last_group: 0,
+                sync_defer_until: None,
                 poisoned: false,
                 queue: Vec::new(),
                 results: HashMap::new(),
@@ -347,8 +366,15 @@ impl GroupCommit {
         if st.poisoned {
             return Served::Stop;
         }
-        st.idle_servers.push(std::thread::current());
-        Served::Idle
+        // (Once: a thread woken by its timeout is still on the list.)
+        let me = std::thread::current();
+        if !st.idle_servers.iter().any(|t| t.id() == me.id()) {
+            st.idle_servers.push(me);
+        }
+        let due = st
+            .sync_defer_until
+            .map(|u| u.saturating_duration_since(std::time::Instant::now()));
+        Served::Idle(due)
     }
 
     /// Stop counting on service threads (they are ending): waiting writers
@@ -420,6 +446,16 @@ impl GroupCommit {
         }
         let applied = st.applied();
         if !st.syncing && applied > st.durable {
+            if IS_SERVER.get() && st.last_group > 1 && applied - st.durable < GATHER {
+                // Concurrent writers and a small group: gather a little
+                // longer (taking the other roles meanwhile).
+                let now = std::time::Instant::now();
+                let until = *st.sync_defer_until.get_or_insert(now + GATHER_WAIT);
+                if now < until {
+                    return (st, false);
+                }
+            }
+            st.sync_defer_until = None;
             // Sync everything applied so far: one flush + fdatasync for
             // all of it.
             st.syncing = true;
@@ -428,7 +464,10 @@ impl GroupCommit {
             st = self.lock();
             st.syncing = false;
             match res {
-                Ok(()) => st.durable = st.durable.max(applied),
+                Ok(()) => {
+                    st.last_group = applied - st.durable.min(applied);
+                    st.durable = st.durable.max(applied);
+                }
                 Err(e) => {
                     self.fail(&mut st, e);
                     return (st, true);

@@ -200,3 +200,44 @@ fn service_threads_end_with_the_store() {
     assert_eq!(s.inbox_list(None, 10).unwrap().len(), 1);
     wait_for_commit_threads_to_end();
 }
+
+#[test]
+fn a_lone_writer_gets_a_sync_per_write_and_concurrent_ones_share_them() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let rt = runtime();
+    let s = Arc::new(open(tmp.path(), clock));
+    // One writer at a time: nothing to gather, each write is synced at once.
+    let before = s.stats();
+    for i in 0..20u64 {
+        rt.block_on(s.put_inbox_async(&msg(ms(T0) + i, "by.mvd", "request", b"alone")))
+            .unwrap();
+    }
+    let after = s.stats();
+    // (No write waited for company: a sync for each acknowledgment.)
+    let acked = after.acked_writes - before.acked_writes;
+    assert!(acked >= 20, "{before:?} -> {after:?}");
+    assert!(after.syncs - before.syncs >= acked, "{before:?} -> {after:?}");
+    // 64 at once: they share syncs (and every one is acknowledged).
+    let before = s.stats();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u64 {
+            let s = Arc::clone(&s);
+            tasks.spawn(async move {
+                s.put_inbox_async(&msg(ms(T0) + 1000 + i, "by.mvd", "request", b"together"))
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+    let after = s.stats();
+    let acked = after.acked_writes - before.acked_writes;
+    assert!(acked >= 64, "{before:?} -> {after:?}");
+    assert!(after.syncs - before.syncs < acked, "{before:?} -> {after:?}");
+    assert_eq!(s.inbox_list(None, 100).unwrap().len(), 84);
+}
