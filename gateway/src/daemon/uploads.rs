@@ -142,13 +142,7 @@ impl Uploads {
         let id = Id::new(Timestamp::now());
         let mut hasher = sha2::Sha256::new();
         // Read up to one byte more than fits in memory.
-        let mut head = Zeroizing::new(Vec::new());
-        let limit = (MEM_UPLOAD_MAX + 1) as u64;
-        (&mut body)
-            .take(limit)
-            .read_to_end(&mut head)
-            .await
-            .map_err(|_| UploadError::Body)?;
+        let head = read_head(&mut body, MEM_UPLOAD_MAX + 1).await?;
         hasher.update(&head[..]);
         if head.len() <= MEM_UPLOAD_MAX {
             let len = head.len();
@@ -305,6 +299,30 @@ impl Uploads {
         }
         Ok(removed)
     }
+}
+
+/// Up to `limit` bytes of `body`, in a buffer of exactly their length.
+/// Every buffer it grows through is zeroized when left behind (a
+/// `Vec`'s own growth would free copies of the bytes unwiped).
+async fn read_head<R: AsyncRead + Unpin>(
+    body: &mut R,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, UploadError> {
+    let mut buf = Zeroizing::new(vec![0u8; limit.min(64 * 1024)]);
+    let mut len = 0;
+    while len < limit {
+        if len == buf.len() {
+            let mut bigger = Zeroizing::new(vec![0u8; (buf.len() * 2).min(limit)]);
+            bigger[..len].copy_from_slice(&buf[..len]);
+            buf = bigger;
+        }
+        let n = body.read(&mut buf[len..]).await.map_err(|_| UploadError::Body)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(Zeroizing::new(buf[..len].to_vec()))
 }
 
 /// How often the upload sweep runs for a maximum age: a quarter of it,
