@@ -1192,6 +1192,12 @@ async fn attempt(
     // write, whose sync this task awaits without holding a thread.
     super::cases::delivered(node, record.message.as_ref().map(|b| b.as_slice()), &receipt)
         .map_err(|e| AttemptError::Send(e.to_string()))?;
+    // The peer has answered: its last delivery is now (set before the
+    // durable mark is awaited, which a reader sees applied at once while
+    // the group commit may still gather before its sync).
+    if let Ok(mut t) = link.last_delivery.lock() {
+        *t = Some(Timestamp::now());
+    }
     node.store
         .mark_delivered_async(
             id,
@@ -1201,9 +1207,6 @@ async fn attempt(
             },
         )
         .await?;
-    if let Ok(mut t) = link.last_delivery.lock() {
-        *t = Some(Timestamp::now());
-    }
     node.delivered_wake.notify_waiters();
     Ok(outcome)
 }
