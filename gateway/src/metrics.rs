@@ -196,6 +196,29 @@ pub fn render(s: &NodeStatus) -> String {
             free,
         );
     }
+    let u = &s.uploads;
+    e.family(
+        "konvert_uploads_waiting",
+        "gauge",
+        "Uploads no submission has used yet, held in memory or in files.",
+    );
+    e.sample("konvert_uploads_waiting", Some(("held", "memory")), u.in_memory);
+    e.sample("konvert_uploads_waiting", Some(("held", "file")), u.files);
+    e.family(
+        "konvert_uploads_waiting_bytes",
+        "gauge",
+        "Bytes of the uploads no submission has used yet.",
+    );
+    e.sample(
+        "konvert_uploads_waiting_bytes",
+        Some(("held", "memory")),
+        u.in_memory_bytes,
+    );
+    e.sample(
+        "konvert_uploads_waiting_bytes",
+        Some(("held", "file")),
+        u.file_bytes,
+    );
     e.family(
         "konvert_key_age_seconds",
         "gauge",
@@ -411,6 +434,12 @@ mod tests {
                 sweeps: 2,
                 ..SweeperTotals::default()
             },
+            uploads: crate::api::ops::UploadsView {
+                in_memory: 2,
+                in_memory_bytes: 2048,
+                files: 1,
+                file_bytes: 5 << 20,
+            },
             truncated: false,
         }
     }
@@ -439,6 +468,16 @@ mod tests {
         );
         assert!(
             t.contains("# TYPE konvert_sweeps_total counter\nkonvert_sweeps_total 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "konvert_uploads_waiting{held=\"memory\"} 2\nkonvert_uploads_waiting{held=\"file\"} 1\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("konvert_uploads_waiting_bytes{held=\"file\"} 5242880\n"),
             "{t}"
         );
         assert!(

@@ -793,6 +793,43 @@ fn an_upload_held_in_memory_is_gone_after_a_restart_and_a_file_upload_is_not() {
     kz.stop();
 }
 
+#[test]
+fn an_upload_two_submissions_name_at_once_goes_into_one_message() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut kz, _by) = pair(t.path());
+    kz.start();
+    // Large enough (a file, sealed in a stream) that the two overlap.
+    let bytes = vec![b'z'; 8 << 20];
+    let (code, body) = kz.request("POST", "/v1/uploads", Some(("application/pdf", &bytes)));
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let up: Value = serde_json::from_slice(&body).unwrap();
+    let file = format!("upload:{}", up["id"].as_str().unwrap());
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let mut m = example("unsolicited_information");
+                m["header"]["id"] = json!(new_id());
+                m["header"]["time"] = json!(konvert_envelope::model::Timestamp::now().to_string());
+                assert!(upload_ref_all(&mut m, &file) > 0);
+                let kz = &kz;
+                s.spawn(move || kz.post_json("/v1/messages", &json!({"message": m, "signatory": "head"})))
+            })
+            .collect();
+        tasks.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let accepted = answers.iter().filter(|(code, _)| *code == 202).count();
+    assert_eq!(accepted, 1, "{answers:?}");
+    // The other is refused: the upload is in use, or already spent.
+    let (code, refused) = answers.iter().find(|(code, _)| *code != 202).unwrap();
+    assert_eq!(*code, 422, "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("is being used by another submission") || text.contains("does not exist"),
+        "{refused}"
+    );
+    kz.stop();
+}
+
 /// Points every attachment of `v` at `file`; returns how many.
 fn upload_ref_all(v: &mut Value, file: &str) -> usize {
     match v {

@@ -187,8 +187,20 @@ fn audit_story_status_metrics_retention_and_rekey() {
     let out = ctl(&by, &["story", &new_id()]);
     assert!(!out.status.success());
 
-    // Status: peers, queues, keys, certificate; text and JSON.
+    // Two uploads no message uses yet: one held in memory, one in a file.
+    for len in [1000, (1 << 20) + 1] {
+        let (code, body) = kz.request("POST", "/v1/uploads", Some(("application/pdf", &vec![b'%'; len])));
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    }
+
+    // Status: peers, queues, keys, certificate, uploads; text and JSON.
     let st = ctl_json(&kz, &["status"]);
+    assert_eq!(
+        st["uploads"],
+        serde_json::json!({"in_memory": 1, "in_memory_bytes": 1000,
+            "files": 1, "file_bytes": (1 << 20) + 1}),
+        "{st}"
+    );
     assert_eq!(st["authority"], "kz.mvd");
     assert_eq!(st["peers"][0]["authority"], "by.mvd", "{st}");
     assert_eq!(st["peers"][0]["queue_depth"], 0, "{st}");
@@ -204,6 +216,10 @@ fn audit_story_status_metrics_retention_and_rekey() {
         text.contains("Peers:") && text.contains("by.mvd") && text.contains("tls_certificate"),
         "{text}"
     );
+    assert!(
+        text.contains("1 in memory (1000 B), 1 in files (1.0 MiB)"),
+        "{text}"
+    );
     // With an id, the message's status as before.
     let s = ctl_json(&kz, &["status", &id]);
     assert_eq!(s["state"], "delivered");
@@ -217,6 +233,11 @@ fn audit_story_status_metrics_retention_and_rekey() {
         "{body}"
     );
     assert!(body.contains("konvert_outbox_undelivered 0\n"), "{body}");
+    assert!(
+        body.contains("konvert_uploads_waiting{held=\"memory\"} 1\n")
+            && body.contains("konvert_uploads_waiting{held=\"file\"} 1\n"),
+        "{body}"
+    );
     assert!(
         body.contains("konvert_tls_certificate_expiry_timestamp_seconds "),
         "{body}"

@@ -353,6 +353,22 @@ pub struct NodeStatus {
     pub keys: Vec<KeyFileView>,
     /// The retention sweeper.
     pub sweeper: SweeperTotals,
+    /// Uploads waiting for a submission.
+    #[serde(default)]
+    pub uploads: UploadsView,
     /// Whether a count hit its scan bound (100,000) and is a lower bound.
     pub truncated: bool,
+}
+
+/// Uploads (`POST /v1/uploads`) no submission has used yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadsView {
+    /// Held in memory (at most 1 MiB each; gone after a restart).
+    pub in_memory: u64,
+    /// Bytes they hold.
+    pub in_memory_bytes: u64,
+    /// In files under `DATA_DIR/uploads` (at most 100,000 counted).
+    pub files: u64,
+    /// Bytes the files hold.
+    pub file_bytes: u64,
 }

@@ -309,6 +309,16 @@ pub fn node_status_text(s: &NodeStatus) -> String {
         ("outbox failed", s.outbox_failed.to_string()),
         ("inbox unacknowledged", s.inbox_unacknowledged.to_string()),
         ("cases overdue", s.cases_overdue.to_string()),
+        (
+            "uploads waiting",
+            format!(
+                "{} in memory ({}), {} in files ({})",
+                s.uploads.in_memory,
+                bytes_text(s.uploads.in_memory_bytes),
+                s.uploads.files,
+                bytes_text(s.uploads.file_bytes)
+            ),
+        ),
         ("store size", bytes_text(s.store_bytes)),
         (
             "free space",

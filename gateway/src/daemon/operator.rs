@@ -847,6 +847,15 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         free_bytes: super::service::free_bytes(&node.config.data_dir),
         keys: key_files(&node.config.keys_dir, now),
         sweeper: sweeper_totals(node),
+        uploads: {
+            let c = node.uploads.counts(scan);
+            crate::api::ops::UploadsView {
+                in_memory: c.in_memory,
+                in_memory_bytes: c.in_memory_bytes,
+                files: c.files,
+                file_bytes: c.file_bytes,
+            }
+        },
     })
 }
 

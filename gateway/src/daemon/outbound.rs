@@ -542,8 +542,8 @@ struct Ready {
     new: NewMessage,
     /// The record being stored, also handed to the first delivery attempt.
     record: Arc<OutboxRecord>,
-    /// The uploads it used, removed once it is queued.
-    used: Vec<Id>,
+    /// The uploads it used (claimed), spent once it is queued.
+    used: Vec<super::uploads::Claim>,
 }
 
 /// Everything before the durable write: checks, validation, signing and
@@ -616,14 +616,24 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
             index,
             reason: "the upload id is not a UUID".into(),
         })?;
-        let (source, len) = node
-            .uploads
-            .open(&upload)
-            .ok_or_else(|| SubmitError::Attachment {
+        let missing = || SubmitError::Attachment {
+            index,
+            reason: format!("upload {upload} {}", super::uploads::ClaimError::Missing),
+        };
+        // Claimed first: a concurrent submission naming it is refused
+        // until this one is queued (the upload is spent) or refused.
+        if !used.iter().any(|c: &super::uploads::Claim| c.id() == upload) {
+            let claim = node.uploads.claim(&upload).map_err(|e| SubmitError::Attachment {
                 index,
-                reason: format!("upload {upload} does not exist (or has expired)"),
+                reason: format!("upload {upload} {e}"),
             })?;
-        used.push(upload);
+            used.push(claim);
+        }
+        let (source, len) = used
+            .iter()
+            .find(|c| c.id() == upload)
+            .and_then(super::uploads::Claim::open)
+            .ok_or_else(missing)?;
         upload_bytes += len;
         sources.push(source);
     }
@@ -673,7 +683,7 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
 /// starts; a failed write frees the message's place in its case.
 fn queued(
     node: &Arc<Node>,
-    q: Box<Ready>,
+    mut q: Box<Ready>,
     put: konvert_store::Result<konvert_store::Put>,
 ) -> Result<(Id, bool), SubmitError> {
     let put = match put {
@@ -689,8 +699,8 @@ fn queued(
         discard_blob(node, &q.record);
     }
     // The envelope now holds the attachments (sealed); the uploads are spent.
-    for u in &q.used {
-        node.uploads.remove(u);
+    for claim in std::mem::take(&mut q.used) {
+        claim.spend();
     }
     info!(id = %q.id, peer = %q.peer, kind = q.kind, size = q.size, "queued");
     if put.created {

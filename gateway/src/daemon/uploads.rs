@@ -17,8 +17,14 @@
 //! naming it is refused (`upload … does not exist (or has expired)`) and
 //! the application uploads again. Unused uploads of either kind expire
 //! after `api.upload_max_age` ([`Uploads::sweep`]).
+//!
+//! A submission [claims](Uploads::claim) each upload it names before it
+//! reads it: while it seals, another submission naming the same upload is
+//! refused (the upload is in use), and the sweep leaves it alone. Queued,
+//! the submission [spends](Claim::spend) it (it is removed); refused, it
+//! lets the claim go and the upload waits for the next submission.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -68,18 +74,118 @@ struct MemUpload {
 struct Mem {
     items: HashMap<Id, MemUpload>,
     bytes: usize,
+    /// Uploads (of either kind) a submission is sealing now.
+    claimed: HashSet<Id>,
 }
 
-/// The uploads waiting for a submission.
-pub struct Uploads {
+struct Shared {
     dir: PathBuf,
     mem: Mutex<Mem>,
 }
 
+impl Shared {
+    fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, id: &Id) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+}
+
+/// The uploads waiting for a submission.
+pub struct Uploads {
+    shared: Arc<Shared>,
+}
+
 impl std::fmt::Debug for Uploads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uploads").field("dir", &self.dir).finish()
+        f.debug_struct("Uploads").field("dir", &self.shared.dir).finish()
     }
+}
+
+/// Why an upload could not be claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Never uploaded, spent, expired, or held in memory before a restart.
+    #[error("does not exist (or has expired)")]
+    Missing,
+    /// Another submission is sealing it now.
+    #[error("is being used by another submission")]
+    InUse,
+}
+
+/// A submission's hold on an upload: nobody else may use it, and the sweep
+/// leaves it alone, until it is [spent](Claim::spend) or dropped (released,
+/// the upload stays).
+pub struct Claim {
+    shared: Arc<Shared>,
+    id: Id,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("id", &self.id).finish()
+    }
+}
+
+impl Claim {
+    /// The upload's id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Open the upload for reading, with its length (`None` if its file
+    /// has gone meanwhile, removed by hand).
+    pub fn open(&self) -> Option<(Source, u64)> {
+        if let Some(m) = self.shared.mem().items.get(&self.id) {
+            let len = m.data.len() as u64;
+            return Some((Source::Mem(std::io::Cursor::new(Arc::clone(&m.data))), len));
+        }
+        let f = std::fs::File::open(self.shared.path(&self.id)).ok()?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // Read in pieces of at most CHUNK_SIZE; a small upload needs no
+        // buffer larger than itself.
+        let cap = usize::try_from(len)
+            .unwrap_or(konvert_envelope::envelope::CHUNK_SIZE)
+            .clamp(1, konvert_envelope::envelope::CHUNK_SIZE);
+        Some((Source::File(std::io::BufReader::with_capacity(cap, f)), len))
+    }
+
+    /// The upload is spent (its message is queued): remove it.
+    pub fn spend(self) {
+        let gone = {
+            let mut mem = self.shared.mem();
+            let gone = mem.items.remove(&self.id);
+            if let Some(g) = &gone {
+                mem.bytes -= g.data.len();
+            }
+            gone
+        };
+        if gone.is_none() {
+            let _ = std::fs::remove_file(self.shared.path(&self.id));
+        }
+        // Drop releases the claim.
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.shared.mem().claimed.remove(&self.id);
+    }
+}
+
+/// How many uploads wait for a submission, and what they hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadCounts {
+    /// Uploads held in memory.
+    pub in_memory: u64,
+    /// Bytes they hold.
+    pub in_memory_bytes: u64,
+    /// Uploads in files (`DATA_DIR/uploads`; interrupted ones not counted).
+    pub files: u64,
+    /// Bytes the files hold.
+    pub file_bytes: u64,
 }
 
 /// An upload opened for reading by a submission.
@@ -121,18 +227,20 @@ impl Uploads {
     /// Uploads whose files live in `dir` (which must exist, mode 0700).
     pub fn new(dir: PathBuf) -> Self {
         Uploads {
-            dir,
-            mem: Mutex::new(Mem::default()),
+            shared: Arc::new(Shared {
+                dir,
+                mem: Mutex::new(Mem::default()),
+            }),
         }
     }
 
     /// The directory of upload files.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
-        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.mem()
     }
 
     /// Store the upload read from `body` (which enforces the size limit by
@@ -173,8 +281,8 @@ impl Uploads {
         mut body: R,
         mut hasher: sha2::Sha256,
     ) -> Result<Stored, UploadError> {
-        let path = self.dir.join(id.to_string());
-        let tmp = self.dir.join(format!(".{id}.part"));
+        let path = self.shared.path(&id);
+        let tmp = self.shared.dir.join(format!(".{id}.part"));
         let mut f = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -221,41 +329,53 @@ impl Uploads {
         if let Some(m) = self.mem().items.get(id) {
             return Some(m.data.len() as u64);
         }
-        std::fs::metadata(self.dir.join(id.to_string()))
-            .ok()
-            .map(|m| m.len())
+        std::fs::metadata(self.shared.path(id)).ok().map(|m| m.len())
     }
 
-    /// Open upload `id` for reading, with its length; `None` if it does not
-    /// exist (never uploaded, spent, expired, or held in memory before a restart).
-    pub fn open(&self, id: &Id) -> Option<(Source, u64)> {
-        if let Some(m) = self.mem().items.get(id) {
-            let len = m.data.len() as u64;
-            return Some((Source::Mem(std::io::Cursor::new(Arc::clone(&m.data))), len));
+    /// Claim upload `id` for a submission (see [`Claim`]).
+    pub fn claim(&self, id: &Id) -> Result<Claim, ClaimError> {
+        let mut mem = self.mem();
+        if mem.claimed.contains(id) {
+            return Err(ClaimError::InUse);
         }
-        let f = std::fs::File::open(self.dir.join(id.to_string())).ok()?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        // Read in pieces of at most CHUNK_SIZE; a small upload needs no
-        // buffer larger than itself.
-        let cap = usize::try_from(len)
-            .unwrap_or(konvert_envelope::envelope::CHUNK_SIZE)
-            .clamp(1, konvert_envelope::envelope::CHUNK_SIZE);
-        Some((Source::File(std::io::BufReader::with_capacity(cap, f)), len))
+        // (A file upload is renamed into place only when complete, so a
+        // file that exists is whole; checked under the lock, so that the
+        // sweep cannot remove it between the check and the claim.)
+        if !mem.items.contains_key(id) && !self.shared.path(id).is_file() {
+            return Err(ClaimError::Missing);
+        }
+        mem.claimed.insert(*id);
+        Ok(Claim {
+            shared: Arc::clone(&self.shared),
+            id: *id,
+        })
     }
 
-    /// Remove upload `id` (spent by a queued message).
-    pub fn remove(&self, id: &Id) {
-        let gone = {
-            let mut mem = self.mem();
-            let gone = mem.items.remove(id);
-            if let Some(g) = &gone {
-                mem.bytes -= g.data.len();
+    /// What waits now: in memory, and in files (counted by reading the
+    /// directory, at most `max_files` entries).
+    pub fn counts(&self, max_files: usize) -> UploadCounts {
+        let mut c = {
+            let mem = self.mem();
+            UploadCounts {
+                in_memory: mem.items.len() as u64,
+                in_memory_bytes: mem.bytes as u64,
+                ..UploadCounts::default()
             }
-            gone
         };
-        if gone.is_none() {
-            let _ = std::fs::remove_file(self.dir.join(id.to_string()));
+        if let Ok(entries) = std::fs::read_dir(&self.shared.dir) {
+            for entry in entries.take(max_files).flatten() {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if let Ok(meta) = entry.metadata() {
+                    if meta.is_file() {
+                        c.files += 1;
+                        c.file_bytes += meta.len();
+                    }
+                }
+            }
         }
+        c
     }
 
     /// Bytes held by in-memory uploads now.
@@ -265,6 +385,7 @@ impl Uploads {
 
     /// Remove uploads (and interrupted upload files) older than `max_age`
     /// at `now`; returns how many.
+    /// Claimed uploads are left alone (their submission is sealing them).
     pub fn sweep(&self, max_age: Duration, now: SystemTime) -> std::io::Result<usize> {
         let expired = |at: SystemTime| now.duration_since(at).is_ok_and(|age| age > max_age);
         let mut removed = {
@@ -272,7 +393,7 @@ impl Uploads {
             let old: Vec<Id> = mem
                 .items
                 .iter()
-                .filter(|(_, m)| expired(m.at))
+                .filter(|(id, m)| expired(m.at) && !mem.claimed.contains(id))
                 .map(|(id, _)| *id)
                 .collect();
             for id in &old {
@@ -282,7 +403,7 @@ impl Uploads {
             }
             old.len()
         };
-        for entry in std::fs::read_dir(&self.dir)? {
+        for entry in std::fs::read_dir(&self.shared.dir)? {
             let entry = entry?;
             let Ok(meta) = entry.metadata() else { continue };
             if !meta.is_file() {
@@ -290,6 +411,17 @@ impl Uploads {
             }
             let Ok(modified) = meta.modified() else { continue };
             if expired(modified) {
+                // The lock is held from the check to the removal, so that
+                // a claim cannot be made on a file being removed.
+                let mem = self.mem();
+                let claimed = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<Id>().ok())
+                    .is_some_and(|id| mem.claimed.contains(&id));
+                if claimed {
+                    continue;
+                }
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -337,7 +469,8 @@ mod tests {
     use super::*;
 
     fn read_all(u: &Uploads, id: &Id) -> Vec<u8> {
-        let (mut src, len) = u.open(id).unwrap();
+        let claim = u.claim(id).unwrap();
+        let (mut src, len) = claim.open().unwrap();
         let mut out = Vec::new();
         src.read_to_end(&mut out).unwrap();
         assert_eq!(out.len() as u64, len);
@@ -371,11 +504,44 @@ mod tests {
         assert_eq!(read_all(&u, &big.id), big_bytes);
         assert_eq!(u.len(&big.id), Some(big_bytes.len() as u64));
 
-        u.remove(&small.id);
-        u.remove(&big.id);
-        assert!(u.open(&small.id).is_none() && u.open(&big.id).is_none());
+        assert_eq!(
+            u.counts(100),
+            UploadCounts {
+                in_memory: 1,
+                in_memory_bytes: 14,
+                files: 1,
+                file_bytes: big_bytes.len() as u64,
+            }
+        );
+
+        u.claim(&small.id).unwrap().spend();
+        u.claim(&big.id).unwrap().spend();
+        assert_eq!(u.claim(&small.id).unwrap_err(), ClaimError::Missing);
+        assert_eq!(u.claim(&big.id).unwrap_err(), ClaimError::Missing);
         assert!(!file.exists());
         assert_eq!(u.mem_bytes(), 0);
+        assert_eq!(u.counts(100), UploadCounts::default());
+    }
+
+    #[tokio::test]
+    async fn a_claimed_upload_is_refused_to_others_and_kept_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Uploads::new(dir.path().to_path_buf());
+        let small = u.receive(&b"small"[..]).await.unwrap();
+        let big_bytes = vec![3u8; MEM_UPLOAD_MAX + 1];
+        let big = u.receive(&big_bytes[..]).await.unwrap();
+        for id in [small.id, big.id] {
+            let first = u.claim(&id).unwrap();
+            assert_eq!(u.claim(&id).unwrap_err(), ClaimError::InUse);
+            // The holder may open it more than once (two attachments naming it).
+            assert!(first.open().is_some() && first.open().is_some());
+            // Released (the submission was refused): it waits for the next one.
+            drop(first);
+            let second = u.claim(&id).unwrap();
+            second.spend();
+            assert_eq!(u.claim(&id).unwrap_err(), ClaimError::Missing);
+        }
+        assert_eq!(u.counts(100), UploadCounts::default());
     }
 
     #[tokio::test]
@@ -431,15 +597,28 @@ mod tests {
         std::fs::write(&old, b"pdf").unwrap();
         std::fs::write(&part, b"half").unwrap();
         std::fs::create_dir(dir.path().join("subdir")).unwrap();
+        let claimed_file = dir.path().join("019ec9a6-9a00-7000-8000-0000000000b6");
+        std::fs::write(&claimed_file, b"being sealed").unwrap();
         let in_mem = u.receive(&b"small"[..]).await.unwrap();
+        let claimed_mem = u.receive(&b"being sealed"[..]).await.unwrap();
         let written = std::fs::metadata(&old).unwrap().modified().unwrap();
         let hour = Duration::from_secs(3600);
         // The clock is passed in: an hour after writing nothing is older than two hours.
         assert_eq!(u.sweep(2 * hour, written + hour).unwrap(), 0);
-        assert!(old.exists() && part.exists() && u.open(&in_mem.id).is_some());
-        // Three hours after: the file, the interrupted one and the in-memory one go.
+        assert!(old.exists() && part.exists() && u.len(&in_mem.id).is_some());
+        // Three hours after: the file, the interrupted one and the in-memory
+        // one go; the two a submission holds stay.
+        let holds = [
+            u.claim(&"019ec9a6-9a00-7000-8000-0000000000b6".parse().unwrap())
+                .unwrap(),
+            u.claim(&claimed_mem.id).unwrap(),
+        ];
         assert_eq!(u.sweep(2 * hour, written + 3 * hour).unwrap(), 3);
-        assert!(!old.exists() && !part.exists() && u.open(&in_mem.id).is_none());
+        assert!(!old.exists() && !part.exists() && u.len(&in_mem.id).is_none());
+        assert!(claimed_file.exists() && u.len(&claimed_mem.id).is_some());
+        // Released, they expire too.
+        drop(holds);
+        assert_eq!(u.sweep(2 * hour, written + 3 * hour).unwrap(), 2);
         assert!(dir.path().join("subdir").is_dir());
         assert_eq!(u.mem_bytes(), 0);
         // A clock before the files' time removes nothing.
