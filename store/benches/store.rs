@@ -44,6 +44,7 @@ fn message(i: u64, payload: &[u8]) -> NewMessage {
         kind: "request".into(),
         case: None,
         payload: payload.to_vec(),
+        digest: None,
     }
 }
 

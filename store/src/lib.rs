@@ -21,6 +21,7 @@
 //!     kind: "request".into(),
 //!     case: None,
 //!     payload: b"sealed envelope bytes".to_vec(),
+//!     digest: None, // SHA-256 of the payload
 //! })?;
 //! // put_inbox returned: the envelope is durable; a receipt may be sent.
 //! # Ok(()) }

@@ -98,6 +98,12 @@ pub struct NewMessage {
     pub case: Option<CaseId>,
     /// The payload: opaque bytes, sealed before they reach the disk.
     pub payload: Vec<u8>,
+    /// What the record and the audit trail name the payload by
+    /// ([`MessageMeta::digest`]): a digest the caller already has (the
+    /// gateway gives its envelope digest, which receipts name), or `None`
+    /// for SHA-256 of the payload. (The store does not need it for
+    /// integrity: the payload is sealed with an AEAD.)
+    pub digest: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for NewMessage {
@@ -150,8 +156,10 @@ pub struct MessageMeta {
     pub expires_at: i64,
     /// Payload length in bytes.
     pub payload_len: u64,
+    /// What the payload is named by: the digest given with it
+    /// ([`NewMessage::digest`]; the gateway's envelope digest), or
     /// SHA-256 of the payload.
-    pub payload_sha256: [u8; 32],
+    pub digest: [u8; 32],
     /// When the payload was destroyed, if it was.
     pub destroyed_at: Option<i64>,
     /// The last failure or outcome code (no personal data).
@@ -401,7 +409,7 @@ impl MsgRec {
             updated_at: self.updated_at,
             expires_at: self.expires_at,
             payload_len: self.payload_len,
-            payload_sha256: sha,
+            digest: sha,
             destroyed_at: self.destroyed_at,
             outcome: self.outcome.clone(),
             attempts: self.attempts,

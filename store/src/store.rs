@@ -751,7 +751,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let digest: [u8; 32] = Sha256::digest(&msg.payload).into();
+        let digest: [u8; 32] = msg.digest.unwrap_or_else(|| Sha256::digest(&msg.payload).into());
         let state = match dir {
             Direction::Outbound => MessageState::Queued,
             Direction::Inbound => MessageState::New,
@@ -3155,6 +3155,7 @@ mod tests {
             kind: "request".into(),
             case: None,
             payload: vec![7u8; 100],
+            digest: None,
         };
         let (a, b) = (msg(1_750_000_000_001), msg(1_750_000_000_002));
         let entries = {

@@ -139,6 +139,31 @@ fn inbox_is_idempotent_and_ack_removes_from_new() {
 }
 
 #[test]
+fn a_message_is_named_by_the_digest_given_with_it_or_its_sha256() {
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Arc::new(ManualClock::new(T0)));
+    let plain = msg(ms(T0), "by.mvd", "request", b"envelope one");
+    let mut given = msg(ms(T0) + 1, "by.mvd", "request", b"envelope two");
+    given.digest = Some([0xab; 32]);
+    s.put_inbox(&plain).unwrap();
+    s.put_outbox(&given).unwrap();
+    let sha: [u8; 32] = sha2::Sha256::digest(b"envelope one").into();
+    assert_eq!(s.meta(Direction::Inbound, &plain.id).unwrap().digest, sha);
+    assert_eq!(s.meta(Direction::Outbound, &given.id).unwrap().digest, [0xab; 32]);
+    // The audit trail names each by the same digest.
+    let named = |id: MessageId| {
+        s.audit_list(0, 100)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.event.message == Some(id))
+            .and_then(|e| e.event.digest)
+    };
+    assert_eq!(named(plain.id), Some(sha));
+    assert_eq!(named(given.id), Some([0xab; 32]));
+}
+
+#[test]
 fn expiry_destroys_payload_and_key_then_purges_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));

@@ -170,6 +170,13 @@ fn audit_story_status_metrics_retention_and_rekey() {
         .find(|s| s["step"] == "accepted")
         .unwrap();
     assert_eq!(accepted["detail"], "sealed", "{story}");
+    // It names the envelope by the digest its receipt commits to.
+    let receipt = &ctl_json(&kz, &["status", &id])["receipt"];
+    assert!(accepted["digest"].is_string(), "{story}");
+    assert_eq!(
+        accepted["digest"], receipt["envelope_digest"],
+        "{story} {receipt}"
+    );
     let text = ctl_text(&kz, &["story", &id]);
     assert!(
         text.contains("delivered") && text.contains("audit events read"),
@@ -184,6 +191,13 @@ fn audit_story_status_metrics_retention_and_rekey() {
         assert!(has_step(&story, step, "message"), "{step}: {story}");
     }
     assert_eq!(story["direction"], "inbound");
+    let received = story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "received")
+        .unwrap();
+    assert_eq!(received["digest"], receipt["envelope_digest"], "{story}");
     let out = ctl(&by, &["story", &new_id()]);
     assert!(!out.status.success());
 

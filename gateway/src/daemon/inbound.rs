@@ -599,6 +599,7 @@ fn check<'a, R: std::io::Read>(
             kind: opened.message.kind().as_str().to_string(),
             case,
             payload,
+            digest: Some(digest.0),
         },
         issued: NewReceipt {
             outcome: "accepted".into(),

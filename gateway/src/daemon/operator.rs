@@ -1145,6 +1145,7 @@ mod tests {
                 kind: "request".into(),
                 case: Some(case),
                 payload: vec![1; 64],
+                digest: None,
             })
             .unwrap();
         clock.advance(5);

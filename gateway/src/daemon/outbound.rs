@@ -808,6 +808,7 @@ fn seal_for_outbox(
             kind: kind.to_string(),
             case,
             payload,
+            digest: Some(record.digest.0),
         },
         record: Arc::new(record),
         used: Vec::new(),

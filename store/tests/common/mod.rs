@@ -44,6 +44,7 @@ pub fn msg(ms: u64, peer: &str, kind: &str, payload: &[u8]) -> NewMessage {
         kind: kind.into(),
         case: None,
         payload: payload.to_vec(),
+        digest: None,
     }
 }
 
