@@ -76,7 +76,10 @@ impl InboxRecord {
 
     /// Encodes as CBOR.
     pub fn to_vec(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
+        // Sized for the attachments, so that the buffer does not grow (and
+        // copy) through every power of two up to them.
+        let attachments: usize = self.attachments.iter().map(|a| a.len()).sum();
+        let mut out = Vec::with_capacity(attachments + self.receipt.len() + (16 << 10));
         ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
         Ok(out)
     }
@@ -228,9 +231,11 @@ enum BodySpool {
 }
 
 impl BodySpool {
-    fn new(node: &Node, streamed: bool) -> std::io::Result<BodySpool> {
+    /// `capacity`: what the body may take in memory (the envelope's size
+    /// when it is read whole, so that the buffer does not grow and copy).
+    fn new(node: &Node, streamed: bool, capacity: usize) -> std::io::Result<BodySpool> {
         if !streamed {
-            return Ok(BodySpool::Memory(Vec::new()));
+            return Ok(BodySpool::Memory(Vec::with_capacity(capacity)));
         }
         // Made (0700) at start.
         let f = tempfile::tempfile_in(node.config.data_dir.join("spool"))?;
@@ -330,7 +335,7 @@ struct Accepted<'a> {
 /// large; its body is spooled to a file and its attachments go to store
 /// blobs.
 fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, streamed: bool) -> Answer {
-    let a = match check(node, peer, input, streamed) {
+    let a = match check(node, peer, input, streamed, 0) {
         Ok(a) => a,
         Err(answer) => return answer,
     };
@@ -345,7 +350,7 @@ fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, str
 /// [`process`] of a small envelope in memory on an async task: the store's
 /// write is awaited without holding a thread.
 async fn process_async(node: &Arc<Node>, peer: &AuthorityId, input: &[u8]) -> Answer {
-    let a = match check(node, peer, input, false) {
+    let a = match check(node, peer, input, false, input.len()) {
         Ok(a) => a,
         Err(answer) => return answer,
     };
@@ -416,6 +421,7 @@ fn check<'a, R: std::io::Read>(
     peer: &AuthorityId,
     input: R,
     streamed: bool,
+    body_capacity: usize,
 ) -> Result<Accepted<'a>, Answer> {
     let temporary = |node: &Node| {
         (
@@ -423,7 +429,7 @@ fn check<'a, R: std::io::Read>(
             "rejected:temporary_failure".to_string(),
         )
     };
-    let mut body = match BodySpool::new(node, streamed) {
+    let mut body = match BodySpool::new(node, streamed, body_capacity) {
         Ok(b) => b,
         Err(e) => {
             warn!(error = %e, "no spool file for a large envelope");
