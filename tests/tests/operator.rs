@@ -96,6 +96,16 @@ fn has_step(story: &Value, step: &str, link: &str) -> bool {
     steps(story).iter().any(|(s, l)| s == step && l == link)
 }
 
+/// The first step of `story` named `step`.
+fn step<'a>(story: &'a Value, step: &str) -> &'a Value {
+    story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no {step} step: {story}"))
+}
+
 fn write_key(path: &Path, byte: u8) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -163,12 +173,7 @@ fn audit_story_status_metrics_retention_and_rekey() {
     assert_eq!(story["complete"], true, "{story}");
     assert_eq!(story["direction"], "outbound");
     // Accepted into the outbox already signed and sealed: one event that says so.
-    let accepted = story["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "accepted")
-        .unwrap();
+    let accepted = step(&story, "accepted");
     assert_eq!(accepted["detail"], "sealed", "{story}");
     // It names the envelope by the digest its receipt commits to.
     let receipt = &ctl_json(&kz, &["status", &id])["receipt"];
@@ -191,12 +196,7 @@ fn audit_story_status_metrics_retention_and_rekey() {
         assert!(has_step(&story, step, "message"), "{step}: {story}");
     }
     assert_eq!(story["direction"], "inbound");
-    let received = story["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "received")
-        .unwrap();
+    let received = step(&story, "received");
     assert_eq!(received["digest"], receipt["envelope_digest"], "{story}");
     let out = ctl(&by, &["story", &new_id()]);
     assert!(!out.status.success());
