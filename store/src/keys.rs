@@ -8,6 +8,17 @@
 //! Rotating the master key is rewriting it, the same way, sealed under the
 //! new key ([`rekey_keyring`] offline, `Store::rotate_master_key` online).
 //!
+//! Message payloads are sealed with AES-256-GCM ([`PayloadSeal`]) under a
+//! key derived from their data key (so that no key serves two
+//! algorithms), with a random 96-bit nonce: an hour's key seals at most
+//! that hour's messages, far below the 2^32 seals per key that random
+//! nonces allow. Payloads stored before it came in are XChaCha20-Poly1305
+//! under the data key itself, and still open: the record says which. (ring
+//! keeps the AES key schedule on the stack of the sealing call and does
+//! not wipe it; the derived key bytes are wiped, and the data key itself
+//! stays in the keyring, in memory, for its hour anyway.) Receipts, blobs
+//! and the keyring stay XChaCha20-Poly1305.
+//!
 //! Whoever has the keyring open holds an exclusive `flock` on `<keyring>.lock`,
 //! so an offline re-key cannot race a running store (whose next rewrite
 //! would otherwise undo it, or lose a key it just created). A `<keyring>.tmp`
@@ -35,6 +46,40 @@ const KEYRING_MAGIC: &[u8; 8] = b"KVKEYRG1";
 const NONCE_LEN: usize = 24;
 /// Poly1305 tag length.
 const TAG_LEN: usize = 16;
+/// AES-256-GCM nonce length.
+const GCM_NONCE_LEN: usize = 12;
+/// AES-256-GCM tag length.
+const GCM_TAG_LEN: usize = 16;
+
+/// How a message payload is sealed; recorded with it (its byte), so that
+/// payloads sealed before a change still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadSeal {
+    /// nonce (24) || ciphertext || tag (16), under the data key.
+    XChaCha20Poly1305,
+    /// nonce (12) || ciphertext || tag (16), under [`gcm_key`] of the data key.
+    Aes256Gcm,
+}
+
+impl PayloadSeal {
+    /// What new payloads are sealed with.
+    pub(crate) const CURRENT: PayloadSeal = PayloadSeal::Aes256Gcm;
+
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            PayloadSeal::XChaCha20Poly1305 => 0,
+            PayloadSeal::Aes256Gcm => 1,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(PayloadSeal::XChaCha20Poly1305),
+            1 => Some(PayloadSeal::Aes256Gcm),
+            _ => None,
+        }
+    }
+}
 /// Largest keyring file accepted (a bound before allocation).
 const KEYRING_MAX: u64 = 64 << 20;
 
@@ -181,6 +226,71 @@ impl DataKey {
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         open_with(&self.0, aad, sealed)
     }
+
+    /// Seal a message payload with [`PayloadSeal::CURRENT`].
+    pub(crate) fn seal_payload(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        seal_gcm(&self.0, aad, plain)
+    }
+
+    /// Open a payload sealed with `how`; `None` if it does not authenticate.
+    pub(crate) fn open_payload(&self, how: PayloadSeal, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        match how {
+            PayloadSeal::XChaCha20Poly1305 => open_with(&self.0, aad, sealed),
+            PayloadSeal::Aes256Gcm => open_gcm(&self.0, aad, sealed),
+        }
+    }
+}
+
+/// The AES-256-GCM key of a data key: SHA-256 of a label and the data key.
+fn gcm_key(key: &[u8; 32]) -> Option<ring::aead::LessSafeKey> {
+    let mut h = Sha256::new();
+    h.update(b"konvert-store v1 payload aes-256-gcm\0");
+    h.update(&key[..]);
+    let k = Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &k[..]).ok()?;
+    Some(ring::aead::LessSafeKey::new(unbound))
+}
+
+fn seal_gcm(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    // In place in the one output buffer, sized so that it never
+    // reallocates (which would leave a copy of the plaintext behind).
+    let mut out = Vec::with_capacity(GCM_NONCE_LEN + plain.len() + GCM_TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let sealed = gcm_key(key).and_then(|k| {
+        k.seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad),
+            &mut out[GCM_NONCE_LEN..],
+        )
+        .ok()
+    });
+    match sealed {
+        Some(tag) => out.extend_from_slice(tag.as_ref()),
+        // (Only a text beyond GCM's 64 GiB limit fails.)
+        None => {
+            out.zeroize();
+            out.clear();
+        }
+    }
+    out
+}
+
+fn open_gcm(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(GCM_NONCE_LEN);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = ct.to_vec();
+    let len = gcm_key(key)?
+        .open_in_place(nonce, ring::aead::Aad::from(aad), &mut buf)
+        .ok()?
+        .len();
+    buf.truncate(len);
+    Some(buf)
 }
 
 fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
@@ -568,5 +678,68 @@ mod tests {
         assert!(open_with(&key, b"aad", &sealed[..NONCE_LEN + TAG_LEN - 1]).is_none());
         // The empty text seals too.
         assert_eq!(open_with(&key, b"", &seal_with(&key, b"", b"")).unwrap(), b"");
+    }
+
+    #[test]
+    fn payloads_seal_with_aes_gcm_and_older_ones_still_open() {
+        let k = DataKey::generate();
+        let plain = vec![0xa5_u8; 300_000];
+        let sealed = k.seal_payload(b"aad", &plain);
+        assert_eq!(sealed.len(), GCM_NONCE_LEN + plain.len() + GCM_TAG_LEN);
+        assert_ne!(&sealed[GCM_NONCE_LEN..GCM_NONCE_LEN + 64], &plain[..64]);
+        assert_eq!(
+            k.open_payload(PayloadSeal::Aes256Gcm, b"aad", &sealed).unwrap(),
+            plain
+        );
+        // Fresh nonces: the same text seals differently each time.
+        assert_ne!(k.seal_payload(b"aad", &plain), sealed);
+        // Not under the data key itself: the GCM key is derived from it.
+        let raw = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &k.0[..]).unwrap(),
+        );
+        let mut ct = sealed[GCM_NONCE_LEN..].to_vec();
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(&sealed[..GCM_NONCE_LEN]).unwrap();
+        assert!(raw
+            .open_in_place(nonce, ring::aead::Aad::from(b"aad"), &mut ct)
+            .is_err());
+        // Another AAD, another key, the other algorithm, a flipped bit, a cut: nothing.
+        assert!(k
+            .open_payload(PayloadSeal::Aes256Gcm, b"other", &sealed)
+            .is_none());
+        assert!(DataKey::generate()
+            .open_payload(PayloadSeal::Aes256Gcm, b"aad", &sealed)
+            .is_none());
+        assert!(k
+            .open_payload(PayloadSeal::XChaCha20Poly1305, b"aad", &sealed)
+            .is_none());
+        for at in [0, GCM_NONCE_LEN, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 1;
+            assert!(
+                k.open_payload(PayloadSeal::Aes256Gcm, b"aad", &bad).is_none(),
+                "{at}"
+            );
+        }
+        assert!(k
+            .open_payload(
+                PayloadSeal::Aes256Gcm,
+                b"aad",
+                &sealed[..GCM_NONCE_LEN + GCM_TAG_LEN - 1]
+            )
+            .is_none());
+        // A payload sealed the earlier way opens as such.
+        let older = k.seal(b"aad", b"stored last year");
+        assert_eq!(
+            k.open_payload(PayloadSeal::XChaCha20Poly1305, b"aad", &older)
+                .unwrap(),
+            b"stored last year"
+        );
+        assert!(k.open_payload(PayloadSeal::Aes256Gcm, b"aad", &older).is_none());
+        // Bytes: 0 for what records without one mean, 1 for AES-GCM, nothing else.
+        for how in [PayloadSeal::XChaCha20Poly1305, PayloadSeal::Aes256Gcm] {
+            assert_eq!(PayloadSeal::from_byte(how.byte()), Some(how));
+        }
+        assert_eq!(PayloadSeal::XChaCha20Poly1305.byte(), 0);
+        assert_eq!(PayloadSeal::from_byte(2), None);
     }
 }

@@ -385,6 +385,10 @@ pub(crate) struct SegRef {
     pub off: u64,
     #[serde(rename = "l")]
     pub len: u32,
+    /// How it is sealed ([`crate::keys::PayloadSeal::byte`]); records
+    /// written before it was recorded have none: 0, XChaCha20-Poly1305.
+    #[serde(rename = "a", default)]
+    pub seal: u8,
 }
 
 impl MsgRec {
@@ -443,4 +447,30 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: impl FnOnce() -> String,
 ) -> Result<T> {
     ciborium::from_reader(bytes).map_err(|_| Error::corrupt(what()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_payload_place_written_before_the_seal_was_recorded_reads_as_xchacha() {
+        #[derive(Serialize)]
+        struct Earlier {
+            #[serde(rename = "o")]
+            off: u64,
+            #[serde(rename = "l")]
+            len: u32,
+        }
+        let s: SegRef = decode(&encode(&Earlier { off: 5, len: 7 }), String::new).unwrap();
+        assert_eq!((s.off, s.len, s.seal), (5, 7, 0));
+        assert_eq!(
+            crate::keys::PayloadSeal::from_byte(s.seal),
+            Some(crate::keys::PayloadSeal::XChaCha20Poly1305)
+        );
+        let now = SegRef { seal: 1, ..s };
+        let back: SegRef = decode(&encode(&now), String::new).unwrap();
+        assert_eq!(back.seal, 1);
+    }
 }

@@ -38,7 +38,7 @@ use crate::audit::{
 use crate::blobs::{BlobReader, BlobRef, BlobWriter};
 use crate::error::{Error, Result};
 use crate::ids::{CaseId, Clock, MessageId};
-use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey};
+use crate::keys::{DataKey, Keyring, KeyringSummary, MasterKey, PayloadSeal};
 use crate::model::*;
 use crate::retention::{hour_of, RetentionPolicy};
 use crate::segments::Segments;
@@ -742,7 +742,7 @@ impl Store {
         // The sealed payload goes into its hour's file by this writer, in
         // parallel with others; the group commit fdatasyncs it before
         // the record goes to sled.
-        let sealed = key.seal(&aad, &msg.payload);
+        let sealed = key.seal_payload(&aad, &msg.payload);
         let len = u32::try_from(sealed.len()).map_err(|_| Error::Invalid("payload too large".into()))?;
         let off = match self.segs.append(key_hour, &sealed) {
             Ok(o) => o,
@@ -776,7 +776,11 @@ impl Store {
             delivered_at: None,
             acknowledged_at: None,
             last_attempt_at: None,
-            seg: Some(SegRef { off, len }),
+            seg: Some(SegRef {
+                off,
+                len,
+                seal: PayloadSeal::CURRENT.byte(),
+            }),
         };
         Ok(PreparedPut {
             dir,
@@ -1134,9 +1138,12 @@ impl Store {
             .read(rec.key_hour, seg.off, seg.len)?
             .ok_or_else(destroyed)?;
         let aad = payload_aad(dir, id, rec.key_hour, rec.case.as_ref());
-        let payload = key.open(&aad, &sealed).ok_or_else(|| Error::Unseal {
-            what: what_msg(dir, id),
-        })?;
+        let how = PayloadSeal::from_byte(seg.seal).ok_or_else(|| Error::corrupt(what_msg(dir, id)))?;
+        let payload = key
+            .open_payload(how, &aad, &sealed)
+            .ok_or_else(|| Error::Unseal {
+                what: what_msg(dir, id),
+            })?;
         Ok(Message {
             meta: rec.meta(dir, *id)?,
             payload,
