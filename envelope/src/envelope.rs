@@ -270,14 +270,35 @@ pub trait PartSink {
 pub struct MemoryParts {
     /// Plaintext of each attachment, by index.
     pub parts: Vec<Vec<u8>>,
+    /// Bytes the attachments may take in all (an upper bound, such as the
+    /// envelope's size), of which the next part reserves what is left.
+    room: usize,
+}
+
+impl MemoryParts {
+    /// Parts that take at most `bytes` in all: each is written into a
+    /// buffer reserved for what is left of them, so that a large one does
+    /// not grow (and copy) through every power of two up to its size.
+    pub fn with_room(bytes: usize) -> Self {
+        MemoryParts {
+            parts: Vec::new(),
+            room: bytes,
+        }
+    }
 }
 
 impl PartSink for MemoryParts {
     type Writer = Vec<u8>;
     fn create(&mut self, _index: u32) -> io::Result<Vec<u8>> {
-        Ok(Vec::new())
+        Ok(Vec::with_capacity(self.room))
     }
-    fn finish(&mut self, _index: u32, writer: Vec<u8>) -> io::Result<()> {
+    fn finish(&mut self, _index: u32, mut writer: Vec<u8>) -> io::Result<()> {
+        self.room = self.room.saturating_sub(writer.len());
+        // A small part that reserved the room of all gives it back, so
+        // that no more than one such reservation is held at a time.
+        if writer.capacity() > 2 * writer.len() + 4096 {
+            writer.shrink_to_fit();
+        }
         self.parts.push(writer);
         Ok(())
     }

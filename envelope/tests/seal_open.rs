@@ -692,3 +692,33 @@ fn agreement_not_in_force_or_other_profile_is_refused_before_decryption() {
     let err = open_at(&profile("kz-am-2024"), now()).unwrap_err();
     assert!(matches!(err, OpenError::AgreementNotInForce { .. }), "{err}");
 }
+
+#[test]
+fn memory_parts_reserve_their_room_and_a_small_part_gives_it_back() {
+    use konvert_envelope::envelope::{MemoryParts, PartSink};
+    use std::io::Write;
+    let mut parts = MemoryParts::with_room(1 << 20);
+    let mut w = parts.create(0).unwrap();
+    assert!(w.capacity() >= 1 << 20);
+    w.write_all(b"small").unwrap();
+    parts.finish(0, w).unwrap();
+    // The next one reserves what is left.
+    let mut w = parts.create(1).unwrap();
+    assert!(w.capacity() >= (1 << 20) - 5);
+    let ptr = w.as_ptr();
+    w.write_all(&pattern(700_000, 3)).unwrap();
+    assert_eq!(w.as_ptr(), ptr, "written without growing");
+    parts.finish(1, w).unwrap();
+    assert_eq!(parts.parts[0], b"small");
+    assert!(
+        parts.parts[0].capacity() < 8192,
+        "the small one gave its room back"
+    );
+    assert_eq!(parts.parts[1], pattern(700_000, 3));
+    // Beyond the room a part still grows as it needs.
+    let mut w = parts.create(2).unwrap();
+    w.write_all(&pattern(400_000, 4)).unwrap();
+    parts.finish(2, w).unwrap();
+    assert_eq!(parts.parts[2], pattern(400_000, 4));
+    assert_eq!(MemoryParts::default().create(0).unwrap().capacity(), 0);
+}

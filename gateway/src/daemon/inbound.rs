@@ -492,7 +492,8 @@ fn check<'a, R: std::io::Read>(
             blobs: Vec::new(),
         })
     } else {
-        Parts::Memory(MemoryParts::default())
+        // (The attachments are smaller than the envelope read whole.)
+        Parts::Memory(MemoryParts::with_room(body_capacity))
     };
     let body = match body.into_reader() {
         Ok(b) => b,
