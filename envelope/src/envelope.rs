@@ -325,8 +325,42 @@ pub struct Sealed {
 /// validated against `profile` at `now` before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn seal<W: Write>(
+    message: Message,
+    attachments: &mut [&mut dyn Read],
+    signatory: &SigningKey,
+    node: &NodeKeys,
+    recipient: &AuthorityCard,
+    profile: &Profile,
+    envelope_id: Id,
+    now: Timestamp,
+    out: W,
+) -> Result<Sealed, SealError> {
+    seal_known(
+        message,
+        attachments,
+        &[],
+        signatory,
+        node,
+        recipient,
+        profile,
+        envelope_id,
+        now,
+        out,
+    )
+}
+
+/// [`seal`], with the SHA-256 of some attachments already known to the
+/// caller: `known[i]`, when given, is taken as attachment `i`'s digest
+/// instead of hashing its bytes again as they are sealed. Only for a
+/// digest computed over exactly the bytes `attachments[i]` reads (an
+/// upload held unchanged in memory since it was hashed): the digest goes
+/// into the signed message, and a wrong one makes the receiver refuse the
+/// envelope. (The length is counted as always.)
+#[allow(clippy::too_many_arguments)]
+pub fn seal_known<W: Write>(
     mut message: Message,
     attachments: &mut [&mut dyn Read],
+    known: &[Option<Digest>],
     signatory: &SigningKey,
     node: &NodeKeys,
     recipient: &AuthorityCard,
@@ -391,7 +425,7 @@ pub fn seal<W: Write>(
         .zip(attachments.iter_mut())
         .enumerate()
     {
-        let (len, digest) = sealer.attachment(src)?;
+        let (len, digest) = sealer.attachment(src, known.get(index).copied().flatten())?;
         if (att.length != 0 && att.length != len) || (!att.sha256.is_zero() && att.sha256 != digest) {
             return Err(SealError::AttachmentMismatch { index });
         }
@@ -455,7 +489,7 @@ pub fn seal_signed(
     let mut sealer = BodySealer::start(header, recipients, &mut out)?;
     for a in attachments {
         let mut r: &[u8] = a;
-        sealer.attachment(&mut r)?;
+        sealer.attachment(&mut r, None)?;
     }
     sealer.finish(signed, node_key)?;
     Ok(out)
@@ -509,9 +543,10 @@ impl<W: Write> BodySealer<W> {
     }
 
     /// Streams one attachment into the body as an indefinite-length byte
-    /// string; returns its plaintext length and SHA-256.
-    fn attachment(&mut self, src: &mut dyn Read) -> Result<(u64, Digest), SealError> {
-        let mut hasher = Sha256::new();
+    /// string; returns its plaintext length and SHA-256 (`known`, if given,
+    /// instead of hashing it).
+    fn attachment(&mut self, src: &mut dyn Read, known: Option<Digest>) -> Result<(u64, Digest), SealError> {
+        let mut hasher = known.is_none().then(Sha256::new);
         let mut len = 0u64;
         Encoder::from(&mut self.age).push(Header::Bytes(None))?;
         loop {
@@ -521,13 +556,20 @@ impl<W: Write> BodySealer<W> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
-            hasher.update(&self.buf[..n]);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&self.buf[..n]);
+            }
             len += n as u64;
             Encoder::from(&mut self.age).push(Header::Bytes(Some(n)))?;
             self.age.write_all(&self.buf[..n])?;
         }
         Encoder::from(&mut self.age).push(Header::Break)?;
-        Ok((len, Digest(hasher.finalize().into())))
+        // (No hasher exactly when a digest is known.)
+        let digest = match hasher {
+            Some(h) => Digest(h.finalize().into()),
+            None => known.unwrap_or_default(),
+        };
+        Ok((len, digest))
     }
 
     /// Appends the signed message, closes the body and writes the node

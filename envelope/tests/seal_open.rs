@@ -722,3 +722,49 @@ fn memory_parts_reserve_their_room_and_a_small_part_gives_it_back() {
     assert_eq!(parts.parts[2], pattern(400_000, 4));
     assert_eq!(MemoryParts::default().create(0).unwrap().capacity(), 0);
 }
+
+#[test]
+fn a_known_digest_is_used_unhashed_and_a_wrong_one_is_refused_at_the_receiver() {
+    let w = World::new();
+    let mut msg = example("request");
+    let n = unseal_attachments(&mut msg);
+    assert!(n >= 1);
+    let bodies: Vec<Vec<u8>> = (0..n).map(|i| pattern(70_000 + i, i as u8)).collect();
+    let h = msg.header.clone();
+    let p = profile(h.agreement.as_str());
+    let seal_with = |known: &[Option<Digest>]| {
+        let mut readers: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let mut dyns: Vec<&mut dyn std::io::Read> =
+            readers.iter_mut().map(|r| r as &mut dyn std::io::Read).collect();
+        let mut out = Vec::new();
+        let sealed = envelope::seal_known(
+            msg.clone(),
+            &mut dyns,
+            known,
+            &w.signatory,
+            w.node(&h.from),
+            &w.card(&h.to),
+            &p,
+            Id::new(now()),
+            now(),
+            &mut out,
+        )
+        .unwrap();
+        (out, sealed)
+    };
+    // The right digest, given: the same message as hashing it would sign.
+    let (env, sealed) = seal_with(&[Some(Digest::of(&bodies[0]))]);
+    assert_eq!(sealed.message.attachments()[0].sha256, Digest::of(&bodies[0]));
+    let (opened, plains) = w.open(&env, h.from.as_str(), h.to.as_str()).unwrap();
+    assert_eq!(plains, bodies);
+    assert_eq!(opened.message, sealed.message);
+    // A wrong one is signed as given (it is not checked here), and the
+    // receiver refuses the attachment that does not match it.
+    let (env, sealed) = seal_with(&[Some(Digest([7; 32]))]);
+    assert_eq!(sealed.message.attachments()[0].sha256, Digest([7; 32]));
+    let err = w.open(&env, h.from.as_str(), h.to.as_str()).unwrap_err();
+    assert!(
+        matches!(err, OpenError::AttachmentMismatch { index: 0, .. }),
+        "{err:?}"
+    );
+}

@@ -601,6 +601,9 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
         )?;
     }
     let mut sources = Vec::new();
+    // The digests of uploads held in memory, hashed when they arrived:
+    // sealing does not hash them again.
+    let mut known = Vec::new();
     let mut used = Vec::new();
     let mut upload_bytes = 0u64;
     for (index, a) in msg.attachments().into_iter().enumerate() {
@@ -629,13 +632,14 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
             })?;
             used.push(claim);
         }
-        let (source, len) = used
+        let (source, len, digest) = used
             .iter()
             .find(|c| c.id() == upload)
-            .and_then(super::uploads::Claim::open)
+            .and_then(super::uploads::Claim::open_with_digest)
             .ok_or_else(missing)?;
         upload_bytes += len;
         sources.push(source);
+        known.push(digest.map(konvert_envelope::model::Digest));
     }
     let mut dyns: Vec<&mut dyn Read> = sources.iter_mut().map(|s| s as &mut dyn Read).collect();
     // Art. 17 first, so that the refusal names the receipt code the peer
@@ -664,6 +668,7 @@ fn prepare(node: &Arc<Node>, sub: Submission) -> Result<Prepared, SubmitError> {
         node,
         msg,
         &mut dyns,
+        &known,
         signer,
         peer,
         profile,
@@ -734,6 +739,7 @@ fn seal_for_outbox(
     node: &Node,
     msg: Message,
     dyns: &mut [&mut dyn Read],
+    known: &[Option<konvert_envelope::model::Digest>],
     signer: &konvert_envelope::keys::SigningKey,
     peer: &super::PeerEntry,
     profile: &konvert_envelope::profile::Profile,
@@ -756,7 +762,7 @@ fn seal_for_outbox(
             envelope::CHUNK_SIZE,
             node.store.blob_writer(h.agreement.as_str(), Some(kind))?,
         );
-        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut w)?;
+        let sealed = envelope::seal_known(msg, dyns, known, signer, &own, &card, profile, h.id, now, &mut w)?;
         let w = w
             .into_inner()
             .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
@@ -765,7 +771,9 @@ fn seal_for_outbox(
         // Sized for the attachments and the message, so that a large one is
         // not copied again and again as the buffer grows.
         let mut bytes = Vec::with_capacity(usize::try_from(upload_bytes).unwrap_or(0) + (16 << 10));
-        let sealed = envelope::seal(msg, dyns, signer, &own, &card, profile, h.id, now, &mut bytes)?;
+        let sealed = envelope::seal_known(
+            msg, dyns, known, signer, &own, &card, profile, h.id, now, &mut bytes,
+        )?;
         (sealed, bytes, None)
     };
     let blob = envelope_blob.clone();

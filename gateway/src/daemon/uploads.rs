@@ -67,6 +67,8 @@ pub struct Stored {
 
 struct MemUpload {
     data: Arc<Zeroizing<Vec<u8>>>,
+    /// SHA-256 of `data`, which never changes.
+    sha256: [u8; 32],
     at: SystemTime,
 }
 
@@ -138,9 +140,21 @@ impl Claim {
     /// Open the upload for reading, with its length (`None` if its file
     /// has gone meanwhile, removed by hand).
     pub fn open(&self) -> Option<(Source, u64)> {
+        self.open_with_digest().map(|(s, len, _)| (s, len))
+    }
+
+    /// [`Claim::open`], and for an upload held in memory the SHA-256 of
+    /// exactly the bytes the source reads (computed when it arrived; the
+    /// bytes cannot change). A file's digest is not kept: it could be
+    /// changed on disk.
+    pub fn open_with_digest(&self) -> Option<(Source, u64, Option<[u8; 32]>)> {
         if let Some(m) = self.shared.mem().items.get(&self.id) {
             let len = m.data.len() as u64;
-            return Some((Source::Mem(std::io::Cursor::new(Arc::clone(&m.data))), len));
+            return Some((
+                Source::Mem(std::io::Cursor::new(Arc::clone(&m.data))),
+                len,
+                Some(m.sha256),
+            ));
         }
         let f = std::fs::File::open(self.shared.path(&self.id)).ok()?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -149,7 +163,7 @@ impl Claim {
         let cap = usize::try_from(len)
             .unwrap_or(konvert_envelope::envelope::CHUNK_SIZE)
             .clamp(1, konvert_envelope::envelope::CHUNK_SIZE);
-        Some((Source::File(std::io::BufReader::with_capacity(cap, f)), len))
+        Some((Source::File(std::io::BufReader::with_capacity(cap, f)), len, None))
     }
 
     /// The upload is spent (its message is queued): remove it.
@@ -257,17 +271,19 @@ impl Uploads {
             let mut mem = self.mem();
             if mem.bytes + len <= MEM_UPLOADS_BUDGET {
                 mem.bytes += len;
+                let sha256: [u8; 32] = hasher.finalize().into();
                 mem.items.insert(
                     id,
                     MemUpload {
                         data: Arc::new(head),
+                        sha256,
                         at: SystemTime::now(),
                     },
                 );
                 return Ok(Stored {
                     id,
                     len: len as u64,
-                    sha256: hasher.finalize().into(),
+                    sha256,
                 });
             }
         }
@@ -535,6 +551,12 @@ mod tests {
             assert_eq!(u.claim(&id).unwrap_err(), ClaimError::InUse);
             // The holder may open it more than once (two attachments naming it).
             assert!(first.open().is_some() && first.open().is_some());
+            // The digest comes with an upload held in memory only.
+            let (_, _, digest) = first.open_with_digest().unwrap();
+            assert_eq!(digest.is_some(), id == small.id);
+            if let Some(d) = digest {
+                assert_eq!(d, small.sha256);
+            }
             // Released (the submission was refused): it waits for the next one.
             drop(first);
             let second = u.claim(&id).unwrap();
