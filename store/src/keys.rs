@@ -284,13 +284,16 @@ fn open_gcm(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     }
     let (nonce, ct) = sealed.split_at(GCM_NONCE_LEN);
     let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut buf = ct.to_vec();
+    // Wiped if it does not authenticate (ring leaves what it decrypted
+    // in the buffer then).
+    let mut buf = Zeroizing::new(ct.to_vec());
     let len = gcm_key(key)?
         .open_in_place(nonce, ring::aead::Aad::from(aad), &mut buf)
         .ok()?
         .len();
-    buf.truncate(len);
-    Some(buf)
+    let mut out = std::mem::take(&mut *buf);
+    out.truncate(len);
+    Some(out)
 }
 
 fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {

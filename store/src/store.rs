@@ -89,7 +89,13 @@ const X_HOUR_MSGS: u8 = 7;
 /// An issued receipt whose audit retention ends in that hour.
 const X_PURGE_ISSUED: u8 = 8;
 
-const FORMAT_VERSION: &[u8] = b"konvert-store/2";
+const FORMAT_VERSION: &[u8] = b"konvert-store/3";
+/// The format before payloads were sealed with AES-256-GCM: everything in
+/// it reads the same in `/3` (records without a seal byte are
+/// XChaCha20-Poly1305), so it is taken and marked `/3` at open. A release
+/// that knows only `/2` then refuses the store at start, instead of
+/// failing to open each payload written since.
+const FORMAT_VERSION_2: &[u8] = b"konvert-store/2";
 const MAX_NAME: usize = 128;
 /// Most events per audit block. sled 0.34 keeps 16 entries per leaf and
 /// writes a leaf larger than 128 KiB as a blob file (created, and fsynced by
@@ -445,10 +451,14 @@ impl Store {
         crate::keys::sync_dir(&dir)?;
 
         match db.get([P_META])? {
-            Some(v) if v.as_ref() != FORMAT_VERSION => {
+            Some(v) if v.as_ref() == FORMAT_VERSION => {}
+            Some(v) if v.as_ref() == FORMAT_VERSION_2 => {
+                db.insert([P_META], FORMAT_VERSION)?;
+                db.flush()?;
+            }
+            Some(_) => {
                 return Err(Error::corrupt("unknown store format version"));
             }
-            Some(_) => {}
             None => {
                 db.insert([P_META], FORMAT_VERSION)?;
             }

@@ -597,3 +597,33 @@ fn the_state_index_alone_gives_peers_and_creation_times() {
         vec![(a.id, "by.mvd".to_string())]
     );
 }
+
+#[test]
+fn a_format_2_store_opens_and_is_marked_3_and_an_unknown_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = msg(ms(T0), "by.mvd", "request", b"before the upgrade");
+    {
+        let s = open(tmp.path(), Arc::new(ManualClock::new(T0)));
+        s.put_inbox(&m).unwrap();
+    }
+    let marker = |set: Option<&[u8]>| {
+        let db = sled::open(tmp.path().join("sled")).unwrap();
+        if let Some(v) = set {
+            db.insert([b'M'], v).unwrap();
+        }
+        let v = db.get([b'M']).unwrap().unwrap().to_vec();
+        db.flush().unwrap();
+        v
+    };
+    assert_eq!(marker(None), b"konvert-store/3");
+    // As a release before AES-256-GCM payloads left it.
+    marker(Some(b"konvert-store/2"));
+    {
+        let s = open(tmp.path(), Arc::new(ManualClock::new(T0)));
+        assert_eq!(s.inbox_get(&m.id).unwrap().payload, b"before the upgrade");
+    }
+    assert_eq!(marker(None), b"konvert-store/3");
+    marker(Some(b"konvert-store/9"));
+    let err = Store::open(config(tmp.path(), Arc::new(ManualClock::new(T0)))).unwrap_err();
+    assert!(err.to_string().contains("unknown store format version"), "{err}");
+}
