@@ -1066,9 +1066,21 @@ impl DirectoryHistory {
             .rotations(&card.authority)
             .filter_map(|r| r.node_key.as_ref().map(|k| (k.old, k.new, r.old_until)))
             .collect();
-        accepted_at([PublicKeyBytes(card.node_key.to_bytes())], &rot, t)
+        let own = PublicKeyBytes(card.node_key.to_bytes());
+        if rot.is_empty() {
+            return vec![card.node_key];
+        }
+        // The card's key is already a point; only rotated-in keys are
+        // decompressed (some tens of µs each, on every envelope otherwise).
+        accepted_at([own], &rot, t)
             .iter()
-            .filter_map(|k| VerifyingKey::from_bytes(k.as_bytes()).ok())
+            .filter_map(|k| {
+                if *k == own {
+                    Some(card.node_key)
+                } else {
+                    VerifyingKey::from_bytes(k.as_bytes()).ok()
+                }
+            })
             .collect()
     }
 

@@ -367,7 +367,8 @@ pub struct UploadsView {
     pub in_memory: u64,
     /// Bytes they hold.
     pub in_memory_bytes: u64,
-    /// In files under `DATA_DIR/uploads` (at most 100,000 counted).
+    /// In files under `DATA_DIR/uploads` (at most 100,000 directory entries
+    /// read; beyond that the status is `truncated`).
     pub files: u64,
     /// Bytes the files hold.
     pub file_bytes: u64,

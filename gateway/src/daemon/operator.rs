@@ -816,6 +816,7 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         .len();
     let inbox = super::service::inbox_depth(node).map_err(store_problem)?;
     let overdue_cases = node.store.cases_overdue(OVERDUE_COUNTED).map_err(store_problem)?;
+    let uploads = node.uploads.counts(scan);
     let now = node.now().as_unix();
     Ok(NodeStatus {
         authority: node.keys.authority.clone(),
@@ -825,7 +826,8 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         health,
         truncated: failed >= scan
             || inbox >= scan as u64
-            || peers.iter().any(|p| p.queue_depth as usize >= scan),
+            || peers.iter().any(|p| p.queue_depth as usize >= scan)
+            || uploads.truncated,
         peers,
         outbox_undelivered: undelivered,
         outbox_failed: failed as u64,
@@ -847,14 +849,11 @@ pub fn node_status(node: &Node, peers: Vec<PeerView>, health: HealthStatus) -> R
         free_bytes: super::service::free_bytes(&node.config.data_dir),
         keys: key_files(&node.config.keys_dir, now),
         sweeper: sweeper_totals(node),
-        uploads: {
-            let c = node.uploads.counts(scan);
-            crate::api::ops::UploadsView {
-                in_memory: c.in_memory,
-                in_memory_bytes: c.in_memory_bytes,
-                files: c.files,
-                file_bytes: c.file_bytes,
-            }
+        uploads: crate::api::ops::UploadsView {
+            in_memory: uploads.in_memory,
+            in_memory_bytes: uploads.in_memory_bytes,
+            files: uploads.files,
+            file_bytes: uploads.file_bytes,
         },
     })
 }

@@ -200,6 +200,9 @@ pub struct UploadCounts {
     pub files: u64,
     /// Bytes the files hold.
     pub file_bytes: u64,
+    /// The directory had more entries than were read: `files` and
+    /// `file_bytes` are lower bounds.
+    pub truncated: bool,
 }
 
 /// An upload opened for reading by a submission.
@@ -368,7 +371,7 @@ impl Uploads {
     }
 
     /// What waits now: in memory, and in files (counted by reading the
-    /// directory, at most `max_files` entries).
+    /// directory, at most `max_files` entries; `truncated` if there are more).
     pub fn counts(&self, max_files: usize) -> UploadCounts {
         let mut c = {
             let mem = self.mem();
@@ -379,7 +382,8 @@ impl Uploads {
             }
         };
         if let Ok(entries) = std::fs::read_dir(&self.shared.dir) {
-            for entry in entries.take(max_files).flatten() {
+            let mut entries = entries.flatten();
+            for entry in entries.by_ref().take(max_files) {
                 if entry.file_name().to_string_lossy().starts_with('.') {
                     continue;
                 }
@@ -390,6 +394,7 @@ impl Uploads {
                     }
                 }
             }
+            c.truncated = entries.next().is_some();
         }
         c
     }
@@ -426,23 +431,28 @@ impl Uploads {
                 continue;
             }
             let Ok(modified) = meta.modified() else { continue };
-            if expired(modified) {
-                // The lock is held from the check to the removal, so that
-                // a claim cannot be made on a file being removed.
-                let mem = self.mem();
-                let claimed = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<Id>().ok())
-                    .is_some_and(|id| mem.claimed.contains(&id));
-                if claimed {
+            if !expired(modified) {
+                continue;
+            }
+            // The sweep claims the file while it removes it (without
+            // holding the lock across the removal): a submission naming it
+            // meanwhile is told it is in use, then that it is gone. Files
+            // not named by an upload id (interrupted uploads) cannot be claimed.
+            let id = entry.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
+            if let Some(id) = id {
+                let mut mem = self.mem();
+                if !mem.claimed.insert(id) {
                     continue;
                 }
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+            }
+            let r = std::fs::remove_file(entry.path());
+            if let Some(id) = id {
+                self.mem().claimed.remove(&id);
+            }
+            match r {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(removed)
@@ -527,8 +537,12 @@ mod tests {
                 in_memory_bytes: 14,
                 files: 1,
                 file_bytes: big_bytes.len() as u64,
+                truncated: false,
             }
         );
+        // One file, none read: a lower bound, and said so.
+        let none = u.counts(0);
+        assert!(none.truncated && none.files == 0 && none.in_memory == 1);
 
         u.claim(&small.id).unwrap().spend();
         u.claim(&big.id).unwrap().spend();
