@@ -54,12 +54,12 @@ thread_local! {
 const MAX_GROUP: usize = 512;
 
 /// A service thread defers a sync of fewer than this many writes ...
-const GATHER: u64 = 8;
+const GATHER: u64 = 16;
 
 /// ... by at most this long, while the last sync covered more than one
 /// write (writers are concurrent, so more are on their way): one flush +
 /// fdatasync then serves more of them. A lone writer never waits.
-const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(1500);
 
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
