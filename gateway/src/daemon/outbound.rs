@@ -438,7 +438,11 @@ pub struct OutboxRecord {
 
 impl OutboxRecord {
     fn to_vec(&self) -> Result<Vec<u8>, SubmitError> {
-        let mut out = Vec::with_capacity(self.envelope.len() + 128);
+        // The envelope, the message and a few hundred bytes of CBOR framing
+        // and fields: one allocation (a 1 MiB record that outgrew its
+        // buffer was copied into a fresh 2 MiB one).
+        let message = self.message.as_ref().map_or(0, |m| m.len());
+        let mut out = Vec::with_capacity(self.envelope.len() + message + 512);
         ciborium::into_writer(self, &mut out).map_err(|e| SubmitError::Internal(e.to_string()))?;
         Ok(out)
     }

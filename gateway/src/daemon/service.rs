@@ -582,10 +582,18 @@ impl ApiService for Service {
 
     async fn upload(&self, caller: Caller, media_type: String, body: UploadBody) -> Result<Upload, Problem> {
         tracing::info!(uid = caller.uid, "api: upload");
-        let stored = self.0.uploads.receive(body).await.map_err(|e| match e {
-            super::uploads::UploadError::Body => Problem::new(ProblemType::PayloadTooLarge, e.to_string()),
-            super::uploads::UploadError::Storage => Problem::unavailable(e.to_string()),
-        })?;
+        let expected = body.content_length();
+        let stored = self
+            .0
+            .uploads
+            .receive(body, expected)
+            .await
+            .map_err(|e| match e {
+                super::uploads::UploadError::Body => {
+                    Problem::new(ProblemType::PayloadTooLarge, e.to_string())
+                }
+                super::uploads::UploadError::Storage => Problem::unavailable(e.to_string()),
+            })?;
         let max_age = i64::try_from(self.0.config.api.upload_max_age.0.as_secs()).unwrap_or(i64::MAX);
         Ok(Upload {
             id: stored.id,

@@ -262,12 +262,18 @@ impl Uploads {
 
     /// Store the upload read from `body` (which enforces the size limit by
     /// failing): in memory if it is small and the budget allows, else in a
-    /// file made durable before this returns.
-    pub async fn receive<R: AsyncRead + Unpin>(&self, mut body: R) -> Result<Stored, UploadError> {
+    /// file made durable before this returns. `expected_len` is the length
+    /// the client announced (`Content-Length`), if any: a small upload of
+    /// that length is read into one buffer of its size.
+    pub async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        mut body: R,
+        expected_len: Option<u64>,
+    ) -> Result<Stored, UploadError> {
         let id = Id::new(Timestamp::now());
         let mut hasher = sha2::Sha256::new();
         // Read up to one byte more than fits in memory.
-        let head = read_head(&mut body, MEM_UPLOAD_MAX + 1).await?;
+        let head = read_head(&mut body, MEM_UPLOAD_MAX + 1, expected_len).await?;
         hasher.update(&head[..]);
         if head.len() <= MEM_UPLOAD_MAX {
             let len = head.len();
@@ -461,24 +467,41 @@ impl Uploads {
 
 /// Up to `limit` bytes of `body`, in a buffer of exactly their length.
 /// Every buffer it grows through is zeroized when left behind (a
-/// `Vec`'s own growth would free copies of the bytes unwiped).
+/// `Vec`'s own growth would free copies of the bytes unwiped). With the
+/// body's length announced (`hint`), the first buffer has that size: a
+/// body of that length is then neither copied nor grown (it took five
+/// buffers, from 64 KiB, and a final copy for 1 MiB: a few per cent of the
+/// CPU of a 1 MiB message end to end).
 async fn read_head<R: AsyncRead + Unpin>(
     body: &mut R,
     limit: usize,
+    hint: Option<u64>,
 ) -> Result<Zeroizing<Vec<u8>>, UploadError> {
-    let mut buf = Zeroizing::new(vec![0u8; limit.min(64 * 1024)]);
+    let first = hint.map_or(64 * 1024, |h| usize::try_from(h).unwrap_or(usize::MAX));
+    let mut buf = Zeroizing::new(vec![0u8; first.min(limit)]);
     let mut len = 0;
     while len < limit {
         if len == buf.len() {
-            let mut bigger = Zeroizing::new(vec![0u8; (buf.len() * 2).min(limit)]);
+            // Full: does the body go on?
+            let mut probe = Zeroizing::new([0u8; 1]);
+            if body.read(&mut probe[..]).await.map_err(|_| UploadError::Body)? == 0 {
+                break;
+            }
+            let mut bigger = Zeroizing::new(vec![0u8; (buf.len() * 2).max(64 * 1024).min(limit)]);
             bigger[..len].copy_from_slice(&buf[..len]);
+            bigger[len] = probe[0];
+            len += 1;
             buf = bigger;
+            continue;
         }
         let n = body.read(&mut buf[len..]).await.map_err(|_| UploadError::Body)?;
         if n == 0 {
             break;
         }
         len += n;
+    }
+    if len == buf.len() {
+        return Ok(buf);
     }
     Ok(Zeroizing::new(buf[..len].to_vec()))
 }
@@ -507,7 +530,7 @@ mod tests {
     async fn small_uploads_stay_in_memory_large_ones_go_to_files() {
         let dir = tempfile::tempdir().unwrap();
         let u = Uploads::new(dir.path().to_path_buf());
-        let small = u.receive(&b"%PDF-1.7 small"[..]).await.unwrap();
+        let small = u.receive(&b"%PDF-1.7 small"[..], None).await.unwrap();
         assert_eq!(small.len, 14);
         assert_eq!(
             small.sha256,
@@ -522,7 +545,7 @@ mod tests {
         assert_eq!(read_all(&u, &small.id), b"%PDF-1.7 small");
 
         let big_bytes: Vec<u8> = (0..MEM_UPLOAD_MAX + 10).map(|i| (i % 251) as u8).collect();
-        let big = u.receive(&big_bytes[..]).await.unwrap();
+        let big = u.receive(&big_bytes[..], None).await.unwrap();
         assert_eq!(big.len, big_bytes.len() as u64);
         assert_eq!(big.sha256, <[u8; 32]>::from(sha2::Sha256::digest(&big_bytes)));
         let file = dir.path().join(big.id.to_string());
@@ -557,9 +580,9 @@ mod tests {
     async fn a_claimed_upload_is_refused_to_others_and_kept_when_released() {
         let dir = tempfile::tempdir().unwrap();
         let u = Uploads::new(dir.path().to_path_buf());
-        let small = u.receive(&b"small"[..]).await.unwrap();
+        let small = u.receive(&b"small"[..], None).await.unwrap();
         let big_bytes = vec![3u8; MEM_UPLOAD_MAX + 1];
-        let big = u.receive(&big_bytes[..]).await.unwrap();
+        let big = u.receive(&big_bytes[..], None).await.unwrap();
         for id in [small.id, big.id] {
             let first = u.claim(&id).unwrap();
             assert_eq!(u.claim(&id).unwrap_err(), ClaimError::InUse);
@@ -587,12 +610,47 @@ mod tests {
         let chunk = vec![7u8; MEM_UPLOAD_MAX];
         let fit = MEM_UPLOADS_BUDGET / MEM_UPLOAD_MAX;
         for _ in 0..fit {
-            u.receive(&chunk[..]).await.unwrap();
+            u.receive(&chunk[..], None).await.unwrap();
         }
         assert_eq!(u.mem_bytes(), MEM_UPLOADS_BUDGET);
-        let over = u.receive(&b"one more"[..]).await.unwrap();
+        let over = u.receive(&b"one more"[..], None).await.unwrap();
         assert!(dir.path().join(over.id.to_string()).exists());
         assert_eq!(read_all(&u, &over.id), b"one more");
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_that_is_right_wrong_or_absent_reads_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Uploads::new(dir.path().to_path_buf());
+        for len in [
+            0usize,
+            1,
+            1000,
+            64 * 1024,
+            64 * 1024 + 1,
+            MEM_UPLOAD_MAX,
+            MEM_UPLOAD_MAX + 1,
+            3 << 20,
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            for hint in [
+                None,
+                Some(len as u64),
+                Some(0),
+                Some(len as u64 / 2),
+                Some(len as u64 * 2 + 7),
+            ] {
+                let stored = u.receive(&body[..], hint).await.unwrap();
+                assert_eq!(stored.len, len as u64, "len {len} hint {hint:?}");
+                assert_eq!(stored.sha256, <[u8; 32]>::from(sha2::Sha256::digest(&body)));
+                // In memory up to the limit, in a file beyond it, whatever was announced.
+                let in_file = dir.path().join(stored.id.to_string()).exists();
+                assert_eq!(in_file, len > MEM_UPLOAD_MAX, "len {len} hint {hint:?}");
+                assert_eq!(read_all(&u, &stored.id), body, "len {len} hint {hint:?}");
+                u.claim(&stored.id).unwrap().spend();
+            }
+        }
+        assert_eq!(u.mem_bytes(), 0);
     }
 
     #[tokio::test]
@@ -615,9 +673,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let u = Uploads::new(dir.path().to_path_buf());
-        assert!(matches!(u.receive(Failing(10)).await, Err(UploadError::Body)));
         assert!(matches!(
-            u.receive(Failing(MEM_UPLOAD_MAX + 100)).await,
+            u.receive(Failing(10), None).await,
+            Err(UploadError::Body)
+        ));
+        assert!(matches!(
+            u.receive(Failing(MEM_UPLOAD_MAX + 100), None).await,
             Err(UploadError::Body)
         ));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -635,8 +696,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("subdir")).unwrap();
         let claimed_file = dir.path().join("019ec9a6-9a00-7000-8000-0000000000b6");
         std::fs::write(&claimed_file, b"being sealed").unwrap();
-        let in_mem = u.receive(&b"small"[..]).await.unwrap();
-        let claimed_mem = u.receive(&b"being sealed"[..]).await.unwrap();
+        let in_mem = u.receive(&b"small"[..], None).await.unwrap();
+        let claimed_mem = u.receive(&b"being sealed"[..], None).await.unwrap();
         let written = std::fs::metadata(&old).unwrap().modified().unwrap();
         let hour = Duration::from_secs(3600);
         // The clock is passed in: an hour after writing nothing is older than two hours.
