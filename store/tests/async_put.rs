@@ -34,12 +34,55 @@ fn ms(t: i64) -> u64 {
     (t as u64) * 1000
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// A request from by.mvd, `n` ms after T0.
+fn from_by(n: u64, payload: &[u8]) -> NewMessage {
+    msg(ms(T0) + n, "by.mvd", "request", payload)
+}
+
+/// One test's store in a fresh directory, with the runtime its async
+/// writers run on; tests take one at a time (they count commit threads).
+struct Fixture {
+    // (Dropped in this order: the runtime and the store before the directory.)
+    rt: tokio::runtime::Runtime,
+    store: Arc<Store>,
+    clock: Arc<ManualClock>,
+    tmp: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let serial = serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(open(tmp.path(), clock.clone()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Fixture {
+            rt,
+            store,
+            clock,
+            tmp,
+            _serial: serial,
+        }
+    }
+
+    /// Drops the runtime and the store, and opens the store again.
+    fn reopen(self) -> (Store, tempfile::TempDir) {
+        let Fixture {
+            rt,
+            store,
+            clock,
+            tmp,
+            _serial,
+        } = self;
+        drop(rt);
+        drop(store);
+        (open(tmp.path(), clock), tmp)
+    }
 }
 
 /// The names of this process's threads that serve the group commit.
@@ -53,12 +96,9 @@ fn commit_threads() -> usize {
 
 #[test]
 fn async_and_blocking_writers_share_groups_and_every_write_lands() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let s = Arc::new(open(tmp.path(), clock.clone()));
+    let f = Fixture::new();
+    let s = f.store.clone();
     let before = s.stats();
-    let rt = runtime();
     // 64 tasks x 20 async puts, while 4 threads put and mark messages sent.
     let blocking: Vec<_> = (0..4u64)
         .map(|t| {
@@ -80,19 +120,14 @@ fn async_and_blocking_writers_share_groups_and_every_write_lands() {
             })
         })
         .collect();
-    let async_ids: Vec<MessageId> = rt.block_on(async {
+    let async_ids: Vec<MessageId> = f.rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..64u64 {
             let s = s.clone();
             tasks.spawn(async move {
                 let mut ids = Vec::new();
                 for i in 0..20u64 {
-                    let m = msg(
-                        ms(T0) + t * 100 + i,
-                        "by.mvd",
-                        "request",
-                        format!("async {t}/{i}").as_bytes(),
-                    );
+                    let m = from_by(t * 100 + i, format!("async {t}/{i}").as_bytes());
                     let put = s.put_inbox_async(&m).await.unwrap();
                     assert!(put.created);
                     assert_eq!(put.meta.state, MessageState::New);
@@ -123,9 +158,8 @@ fn async_and_blocking_writers_share_groups_and_every_write_lands() {
 
     // Every acknowledged write is there after a reopen, and the audit chain
     // (which the service threads extended) verifies.
-    drop(rt);
     drop(s);
-    let s = open(tmp.path(), clock);
+    let (s, _tmp) = f.reopen();
     for id in &async_ids {
         assert_eq!(s.meta(Direction::Inbound, id).unwrap().state, MessageState::New);
     }
@@ -138,11 +172,10 @@ fn async_and_blocking_writers_share_groups_and_every_write_lands() {
 
 #[test]
 fn async_duplicates_are_stored_once() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Arc::new(open(tmp.path(), Arc::new(ManualClock::new(T0))));
-    let m = msg(ms(T0), "by.mvd", "request", b"same envelope");
-    let created = runtime().block_on(async {
+    let f = Fixture::new();
+    let s = &f.store;
+    let m = from_by(0, b"same envelope");
+    let created = f.rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let (s, m) = (s.clone(), m.clone());
@@ -162,57 +195,41 @@ fn async_duplicates_are_stored_once() {
 
 #[test]
 fn a_failed_sync_fails_async_writers_and_poisons_the_store() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Arc::new(open(tmp.path(), Arc::new(ManualClock::new(T0))));
-    let rt = runtime();
-    rt.block_on(s.put_outbox_async(&msg(ms(T0), "by.mvd", "request", b"ok")))
-        .unwrap();
+    let f = Fixture::new();
+    let (s, rt) = (&f.store, &f.rt);
+    rt.block_on(s.put_outbox_async(&from_by(0, b"ok"))).unwrap();
     s.fail_next_sync_for_tests();
-    let lost = rt.block_on(s.put_outbox_async(&msg(ms(T0) + 1, "by.mvd", "request", b"lost")));
+    let lost = rt.block_on(s.put_outbox_async(&from_by(1, b"lost")));
     assert!(lost.is_err(), "{lost:?}");
     assert!(matches!(
-        rt.block_on(s.put_outbox_async(&msg(ms(T0) + 2, "by.mvd", "request", b"x"))),
+        rt.block_on(s.put_outbox_async(&from_by(2, b"x"))),
         Err(Error::Poisoned)
     ));
-    assert!(matches!(
-        s.put_outbox(&msg(ms(T0) + 3, "by.mvd", "request", b"y")),
-        Err(Error::Poisoned)
-    ));
+    assert!(matches!(s.put_outbox(&from_by(3, b"y")), Err(Error::Poisoned)));
     assert!(s.stats().poisoned);
 }
 
 #[test]
 fn service_threads_end_with_the_store() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let rt = runtime();
-    {
-        let s = Arc::new(open(tmp.path(), clock.clone()));
-        rt.block_on(s.put_inbox_async(&msg(ms(T0), "by.mvd", "request", b"one")))
-            .unwrap();
-        assert_eq!(commit_threads(), 1);
-    }
+    let f = Fixture::new();
+    f.rt.block_on(f.store.put_inbox_async(&from_by(0, b"one")))
+        .unwrap();
+    assert_eq!(commit_threads(), 1);
     // They notice the dropped store and end; the data directory can be
     // opened again (its lock released) meanwhile or after.
-    let s = open(tmp.path(), clock);
+    let (s, _tmp) = f.reopen();
     assert_eq!(s.inbox_list(None, 10).unwrap().len(), 1);
     wait_for_commit_threads_to_end();
 }
 
 #[test]
 fn a_lone_writer_gets_a_sync_per_write_and_concurrent_ones_share_them() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let rt = runtime();
-    let s = Arc::new(open(tmp.path(), clock));
+    let f = Fixture::new();
+    let (s, rt) = (&f.store, &f.rt);
     // One writer at a time: nothing to gather, each write is synced at once.
     let before = s.stats();
     for i in 0..20u64 {
-        rt.block_on(s.put_inbox_async(&msg(ms(T0) + i, "by.mvd", "request", b"alone")))
-            .unwrap();
+        rt.block_on(s.put_inbox_async(&from_by(i, b"alone"))).unwrap();
     }
     let after = s.stats();
     // (No write waited for company: a sync for each acknowledgment.)
@@ -224,11 +241,9 @@ fn a_lone_writer_gets_a_sync_per_write_and_concurrent_ones_share_them() {
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..64u64 {
-            let s = Arc::clone(&s);
+            let s = Arc::clone(s);
             tasks.spawn(async move {
-                s.put_inbox_async(&msg(ms(T0) + 1000 + i, "by.mvd", "request", b"together"))
-                    .await
-                    .unwrap();
+                s.put_inbox_async(&from_by(1000 + i, b"together")).await.unwrap();
             });
         }
         while let Some(r) = tasks.join_next().await {
