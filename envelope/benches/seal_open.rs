@@ -76,12 +76,14 @@ impl Fixture {
         envelope::seal_to_vec(
             self.message.clone(),
             &[data],
-            &self.signatory,
-            &self.kz,
-            &self.by.card(None),
-            &self.profile,
-            Id::new(self.now),
-            self.now,
+            &envelope::SealParams {
+                signatory: &self.signatory,
+                node: &self.kz,
+                recipient: &self.by.card(None),
+                profile: &self.profile,
+                envelope_id: Id::new(self.now),
+                now: self.now,
+            },
         )
         .expect("seal")
         .0

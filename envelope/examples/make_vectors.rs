@@ -75,7 +75,19 @@ fn main() -> Result<()> {
         m
     };
     let seal = |m: Message, atts: &[&[u8]], signer: &SigningKey, to: &NodeKeys| -> Result<Vec<u8>> {
-        Ok(envelope::seal_to_vec(m, atts, signer, kz, &to.card(None), &profile, Id::new(now), now)?.0)
+        Ok(envelope::seal_to_vec(
+            m,
+            atts,
+            &envelope::SealParams {
+                signatory: signer,
+                node: kz,
+                recipient: &to.card(None),
+                profile: &profile,
+                envelope_id: Id::new(now),
+                now,
+            },
+        )?
+        .0)
     };
 
     // Valid vectors.

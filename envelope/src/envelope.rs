@@ -317,58 +317,66 @@ pub struct Sealed {
     pub message: Message,
 }
 
+/// Who seals a message, for whom, under which profile and when:
+/// everything [`seal`] needs besides the message, its attachments and
+/// where the envelope goes.
+#[derive(Clone, Copy)]
+pub struct SealParams<'a> {
+    /// The signatory whose signature the message carries.
+    pub signatory: &'a SigningKey,
+    /// The sending node's keys (its authority and node signing key).
+    pub node: &'a NodeKeys,
+    /// The receiving authority's card (its age recipients).
+    pub recipient: &'a AuthorityCard,
+    /// The agreement's profile the message is validated against.
+    pub profile: &'a Profile,
+    /// The envelope's id.
+    pub envelope_id: Id,
+    /// The time of sealing.
+    pub now: Timestamp,
+}
+
+impl std::fmt::Debug for SealParams<'_> {
+    // (No keys: the signatory and the node are named by their public parts.)
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealParams")
+            .field("node", &self.node.authority)
+            .field("recipient", &self.recipient.authority)
+            .field("profile", &self.profile.id)
+            .field("envelope_id", &self.envelope_id)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Seals `message` into an envelope written to `out`.
 ///
 /// `attachments` are the attachment bytes in [`Message::attachments`] order;
 /// each is read once, in chunks. Lengths and digests in the message are
 /// filled in (a stated digest or length must match). The message is
-/// validated against `profile` at `now` before anything is written.
-#[allow(clippy::too_many_arguments)]
+/// validated against the profile at `now` before anything is written.
+///
+/// `known[i]`, when given, is taken as the SHA-256 of attachment `i`
+/// instead of hashing its bytes again as they are sealed (pass `&[]` to
+/// hash them all). Only for a digest computed over exactly the bytes
+/// `attachments[i]` reads (an upload held unchanged in memory since it was
+/// hashed): the digest goes into the signed message, and a wrong one makes
+/// the receiver refuse the envelope. (The length is counted as always.)
 pub fn seal<W: Write>(
-    message: Message,
+    mut message: Message,
     attachments: &mut [&mut dyn Read],
-    signatory: &SigningKey,
-    node: &NodeKeys,
-    recipient: &AuthorityCard,
-    profile: &Profile,
-    envelope_id: Id,
-    now: Timestamp,
+    known: &[Option<Digest>],
+    params: &SealParams<'_>,
     out: W,
 ) -> Result<Sealed, SealError> {
-    seal_known(
-        message,
-        attachments,
-        &[],
+    let SealParams {
         signatory,
         node,
         recipient,
         profile,
         envelope_id,
         now,
-        out,
-    )
-}
-
-/// [`seal`], with the SHA-256 of some attachments already known to the
-/// caller: `known[i]`, when given, is taken as attachment `i`'s digest
-/// instead of hashing its bytes again as they are sealed. Only for a
-/// digest computed over exactly the bytes `attachments[i]` reads (an
-/// upload held unchanged in memory since it was hashed): the digest goes
-/// into the signed message, and a wrong one makes the receiver refuse the
-/// envelope. (The length is counted as always.)
-#[allow(clippy::too_many_arguments)]
-pub fn seal_known<W: Write>(
-    mut message: Message,
-    attachments: &mut [&mut dyn Read],
-    known: &[Option<Digest>],
-    signatory: &SigningKey,
-    node: &NodeKeys,
-    recipient: &AuthorityCard,
-    profile: &Profile,
-    envelope_id: Id,
-    now: Timestamp,
-    out: W,
-) -> Result<Sealed, SealError> {
+    } = *params;
     let h = &message.header;
     if h.from != node.authority {
         return Err(SealError::WrongSender {
@@ -445,31 +453,15 @@ pub fn seal_known<W: Write>(
 }
 
 /// Seals into a byte vector (convenience for small messages and tests).
-#[allow(clippy::too_many_arguments)]
 pub fn seal_to_vec(
     message: Message,
     attachments: &[&[u8]],
-    signatory: &SigningKey,
-    node: &NodeKeys,
-    recipient: &AuthorityCard,
-    profile: &Profile,
-    envelope_id: Id,
-    now: Timestamp,
+    params: &SealParams<'_>,
 ) -> Result<(Vec<u8>, Sealed), SealError> {
     let mut readers: Vec<&[u8]> = attachments.to_vec();
     let mut dyns: Vec<&mut dyn Read> = readers.iter_mut().map(|r| r as &mut dyn Read).collect();
     let mut out = Vec::new();
-    let sealed = seal(
-        message,
-        &mut dyns,
-        signatory,
-        node,
-        recipient,
-        profile,
-        envelope_id,
-        now,
-        &mut out,
-    )?;
+    let sealed = seal(message, &mut dyns, &[], params, &mut out)?;
     Ok((out, sealed))
 }
 

@@ -114,12 +114,15 @@ fn a_128_mib_attachment_passes_through_seal_and_open_in_bounded_memory() {
     let sealed = envelope::seal(
         msg,
         &mut [&mut src as &mut dyn Read],
-        &w.signatory,
-        w.node(&h.from),
-        &w.card(&h.to),
-        &p,
-        Id::new(now()),
-        now(),
+        &[],
+        &envelope::SealParams {
+            signatory: &w.signatory,
+            node: w.node(&h.from),
+            recipient: &w.card(&h.to),
+            profile: &p,
+            envelope_id: Id::new(now()),
+            now: now(),
+        },
         BufWriter::new(&mut env),
     )
     .unwrap();

@@ -700,7 +700,7 @@ fn open_at_by(
 
 #[test]
 fn a_new_roster_may_be_carried_by_a_signatory_on_it_and_nothing_else_is_trusted_that_way() {
-    use konvert_envelope::envelope::{seal_to_vec, OpenError};
+    use konvert_envelope::envelope::{seal_to_vec, OpenError, SealParams};
     let w = common::World::new();
     let kz = authority("kz.mvd");
     let root = SigningKey::generate();
@@ -729,9 +729,20 @@ fn a_new_roster_may_be_carried_by_a_signatory_on_it_and_nothing_else_is_trusted_
     let seal = |m: Message, by: &SigningKey| {
         let p = profile("kz-by-2019");
         let by_card = w.card(&authority("by.mvd"));
-        seal_to_vec(m, &[], by, w.node(&kz), &by_card, &p, fresh_id(), common::now())
-            .unwrap()
-            .0
+        seal_to_vec(
+            m,
+            &[],
+            &SealParams {
+                signatory: by,
+                node: w.node(&kz),
+                recipient: &by_card,
+                profile: &p,
+                envelope_id: fresh_id(),
+                now: common::now(),
+            },
+        )
+        .unwrap()
+        .0
     };
     let update = update_msg("2026-11-22T09:00:00Z", v1.to_directory_update(None));
     let env = seal(update.clone(), &ivanov);

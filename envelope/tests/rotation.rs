@@ -313,12 +313,15 @@ fn an_envelope_signed_with_either_key_authenticates_inside_the_window() {
     envelope::seal(
         m.clone(),
         &mut [],
-        &signer,
-        &r.old,
-        &by_card,
-        &p,
-        m.header.id,
-        now,
+        &[],
+        &envelope::SealParams {
+            signatory: &signer,
+            node: &r.old,
+            recipient: &by_card,
+            profile: &p,
+            envelope_id: m.header.id,
+            now,
+        },
         &mut old_env,
     )
     .unwrap();
@@ -326,12 +329,15 @@ fn an_envelope_signed_with_either_key_authenticates_inside_the_window() {
     envelope::seal(
         m.clone(),
         &mut [],
-        &signer,
-        &r.new,
-        &by_card,
-        &p,
-        m.header.id,
-        now,
+        &[],
+        &envelope::SealParams {
+            signatory: &signer,
+            node: &r.new,
+            recipient: &by_card,
+            profile: &p,
+            envelope_id: m.header.id,
+            now,
+        },
         &mut new_env,
     )
     .unwrap();
@@ -369,12 +375,15 @@ fn an_envelope_sealed_to_the_old_recipient_opens_with_the_kept_identity() {
     envelope::seal(
         m.clone(),
         &mut [],
-        &signer,
-        &kz,
-        &by_card_old,
-        &p,
-        m.header.id,
-        now,
+        &[],
+        &envelope::SealParams {
+            signatory: &signer,
+            node: &kz,
+            recipient: &by_card_old,
+            profile: &p,
+            envelope_id: m.header.id,
+            now,
+        },
         &mut env,
     )
     .unwrap();

@@ -41,12 +41,14 @@ fn every_example_kind_round_trips() {
         let (env, sealed) = envelope::seal_to_vec(
             msg,
             &refs,
-            &w.signatory,
-            w.node(&h.from),
-            &w.card(&h.to),
-            &p,
-            Id::new(now()),
-            now(),
+            &envelope::SealParams {
+                signatory: &w.signatory,
+                node: w.node(&h.from),
+                recipient: &w.card(&h.to),
+                profile: &p,
+                envelope_id: Id::new(now()),
+                now: now(),
+            },
         )
         .unwrap_or_else(|e| panic!("{name}: seal: {e}"));
         let (opened, plains) = w
@@ -85,12 +87,14 @@ fn sealed_attachments_with_matching_digests_are_accepted_and_mismatches_refused(
     let ok = envelope::seal_to_vec(
         msg.clone(),
         &refs,
-        &w.signatory,
-        w.node(&h.from),
-        &w.card(&h.to),
-        &p,
-        Id::new(now()),
-        now(),
+        &envelope::SealParams {
+            signatory: &w.signatory,
+            node: w.node(&h.from),
+            recipient: &w.card(&h.to),
+            profile: &p,
+            envelope_id: Id::new(now()),
+            now: now(),
+        },
     );
     assert!(ok.is_ok());
     let other = pattern(5000, 8);
@@ -99,12 +103,14 @@ fn sealed_attachments_with_matching_digests_are_accepted_and_mismatches_refused(
     let err = envelope::seal_to_vec(
         msg,
         &bad_refs,
-        &w.signatory,
-        w.node(&h.from),
-        &w.card(&h.to),
-        &p,
-        Id::new(now()),
-        now(),
+        &envelope::SealParams {
+            signatory: &w.signatory,
+            node: w.node(&h.from),
+            recipient: &w.card(&h.to),
+            profile: &p,
+            envelope_id: Id::new(now()),
+            now: now(),
+        },
     )
     .unwrap_err();
     assert!(
@@ -211,12 +217,14 @@ fn body_encrypted_to_another_key_fails_decryption() {
     let (env, _) = envelope::seal_to_vec(
         msg,
         &[],
-        &w.signatory,
-        w.node(&h.from),
-        &card,
-        &p,
-        Id::new(now()),
-        now(),
+        &envelope::SealParams {
+            signatory: &w.signatory,
+            node: w.node(&h.from),
+            recipient: &card,
+            profile: &p,
+            envelope_id: Id::new(now()),
+            now: now(),
+        },
     )
     .unwrap();
     let err = w.open(&env, h.from.as_str(), h.to.as_str()).unwrap_err();
@@ -737,16 +745,18 @@ fn a_known_digest_is_used_unhashed_and_a_wrong_one_is_refused_at_the_receiver() 
         let mut dyns: Vec<&mut dyn std::io::Read> =
             readers.iter_mut().map(|r| r as &mut dyn std::io::Read).collect();
         let mut out = Vec::new();
-        let sealed = envelope::seal_known(
+        let sealed = envelope::seal(
             msg.clone(),
             &mut dyns,
             known,
-            &w.signatory,
-            w.node(&h.from),
-            &w.card(&h.to),
-            &p,
-            Id::new(now()),
-            now(),
+            &envelope::SealParams {
+                signatory: &w.signatory,
+                node: w.node(&h.from),
+                recipient: &w.card(&h.to),
+                profile: &p,
+                envelope_id: Id::new(now()),
+                now: now(),
+            },
             &mut out,
         )
         .unwrap();

@@ -275,12 +275,15 @@ pub fn seal_file(
         envelope::seal(
             message,
             &mut dyns,
-            &signer,
-            &keys,
-            &card,
-            &profile,
-            Id::new(now),
-            now,
+            &[],
+            &envelope::SealParams {
+                signatory: &signer,
+                node: &keys,
+                recipient: &card,
+                profile: &profile,
+                envelope_id: Id::new(now),
+                now,
+            },
             w,
         )?
     };

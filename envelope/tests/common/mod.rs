@@ -82,12 +82,14 @@ impl World {
         envelope::seal_to_vec(
             msg,
             atts,
-            &self.signatory,
-            self.node(&h.from),
-            &self.card(&h.to),
-            &p,
-            Id::new(now()),
-            now(),
+            &envelope::SealParams {
+                signatory: &self.signatory,
+                node: self.node(&h.from),
+                recipient: &self.card(&h.to),
+                profile: &p,
+                envelope_id: Id::new(now()),
+                now: now(),
+            },
         )
         .unwrap()
         .0

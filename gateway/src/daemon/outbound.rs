@@ -761,12 +761,20 @@ fn seal_for_outbox(
     // (both follow key rotations: crate::rotation).
     let own = node.own.for_peer(&h.to, now);
     let card = crate::rotation::sealing_card(node, &peer.card);
+    let params = envelope::SealParams {
+        signatory: signer,
+        node: &own,
+        recipient: &card,
+        profile,
+        envelope_id: h.id,
+        now,
+    };
     let (sealed, envelope, envelope_blob) = if streamed {
         let mut w = std::io::BufWriter::with_capacity(
             envelope::CHUNK_SIZE,
             node.store.blob_writer(h.agreement.as_str(), Some(kind))?,
         );
-        let sealed = envelope::seal_known(msg, dyns, known, signer, &own, &card, profile, h.id, now, &mut w)?;
+        let sealed = envelope::seal(msg, dyns, known, &params, &mut w)?;
         let w = w
             .into_inner()
             .map_err(|e| SubmitError::Internal(format!("sealed envelope not written: {}", e.error())))?;
@@ -775,9 +783,7 @@ fn seal_for_outbox(
         // Sized for the attachments and the message, so that a large one is
         // not copied again and again as the buffer grows.
         let mut bytes = Vec::with_capacity(usize::try_from(upload_bytes).unwrap_or(0) + (16 << 10));
-        let sealed = envelope::seal_known(
-            msg, dyns, known, signer, &own, &card, profile, h.id, now, &mut bytes,
-        )?;
+        let sealed = envelope::seal(msg, dyns, known, &params, &mut bytes)?;
         (sealed, bytes, None)
     };
     let blob = envelope_blob.clone();
