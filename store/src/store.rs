@@ -63,6 +63,8 @@ const P_META: u8 = b'M';
 const P_GROUP: u8 = b'G';
 /// The application's own records ([`Store::records_apply`]).
 const P_RECORD: u8 = b'P';
+/// The intent record of a group of application record changes (`V seq`).
+const P_RECORD_INTENT: u8 = b'V';
 
 /// Longest key of an application record.
 pub const MAX_RECORD_KEY: usize = 255;
@@ -201,6 +203,9 @@ pub struct Store {
     segs: Arc<Segments>,
     keyring: RwLock<Keyring>,
     head: Mutex<Head>,
+    /// Serializes application record groups (`records_apply`); holds the
+    /// sequence number of their next intent record (`V` seq).
+    records: Mutex<u64>,
     gc: GroupCommit,
     retention: RetentionPolicy,
     clock: Arc<dyn Clock>,
@@ -465,6 +470,7 @@ impl Store {
         }
 
         let next_intent = replay_intents(&db, &sled_dir)?;
+        replay_record_intents(&db, &sled_dir)?;
         let mut head = match db.scan_prefix([P_AUDIT]).next_back() {
             None => Head {
                 next_seq: 0,
@@ -491,6 +497,7 @@ impl Store {
             segs,
             keyring: RwLock::new(keyring),
             head: Mutex::new(head),
+            records: Mutex::new(0),
             gc,
             retention: config.retention,
             clock: config.clock,
@@ -2830,9 +2837,35 @@ impl Store {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let now = self.clock.now();
-        let mut head = self.head();
-        self.apply(&mut head, batch, &[], now)?;
+        // Records are written by this function only, one group at a time
+        // under their own lock (not the head's, which the group commit
+        // holds while it applies a group of puts): a group of more than one
+        // change goes through its own intent record, `V seq`, written
+        // before the changes and removed after them. sled recovers a
+        // prefix, so after a crash at most the last group's intent is left,
+        // and no later record change exists: replaying it at open is safe.
+        let mut seq = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let res = if let [(k, v)] = &batch.ops[..] {
+            // One change is atomic by itself.
+            match v {
+                Some(v) => self.db.insert(k, v.as_slice()).map(|_| ()),
+                None => self.db.remove(k).map(|_| ()),
+            }
+            .map_err(Error::from)
+        } else {
+            let key = record_intent_key(*seq);
+            self.db
+                .insert(key, wal::encode(&batch.ops))
+                .map_err(Error::from)
+                .and_then(|_| wal::apply_ops(&self.db, batch.ops))
+                .and_then(|_| self.db.remove(key).map(|_| ()).map_err(Error::from))
+        };
+        if let Err(e) = res {
+            // We can no longer tell what reached the disk.
+            self.gc.poison();
+            return Err(e);
+        }
+        *seq += 1;
         Ok(())
     }
 
@@ -2901,6 +2934,39 @@ fn replay_intents(db: &sled::Db, sled_dir: &Path) -> Result<u64> {
     }
     sync_log(db, sled_dir)?;
     Ok(next)
+}
+
+/// `V seq`: the intent record of a group of application record changes.
+fn record_intent_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = P_RECORD_INTENT;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// At open: the intent record of a group of application record changes
+/// left by a crash (at most one: groups are written one at a time) is
+/// applied again and removed. Its changes are puts and deletes of fixed
+/// values, and no record change came after it.
+fn replay_record_intents(db: &sled::Db, sled_dir: &Path) -> Result<()> {
+    let mut keys = Vec::new();
+    for r in db.scan_prefix([P_RECORD_INTENT]) {
+        let (k, v) = r?;
+        wal::apply_ops(db, wal::decode(&v)?)?;
+        keys.push(k);
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        intents = keys.len(),
+        "replayed application record changes after a crash"
+    );
+    sync_log(db, sled_dir)?;
+    for k in keys {
+        db.remove(k)?;
+    }
+    sync_log(db, sled_dir)
 }
 
 /// `gseq u64 | audit seq u64 | (dir u8, id 16, tag u32)*`
@@ -3134,6 +3200,54 @@ mod tests {
         c.clock = Arc::new(ManualClock::new(1_750_000_000));
         c.cache_bytes = 8 << 20;
         Store::open(c).unwrap()
+    }
+
+    #[test]
+    fn a_record_group_cut_short_by_a_crash_is_completed_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let s = open(tmp.path());
+            s.records_apply(vec![(b"case/1".to_vec(), Some(b"opened".to_vec()))])
+                .unwrap();
+            s.records_apply(vec![
+                (b"case/2".to_vec(), Some(b"opened".to_vec())),
+                (b"ledger".to_vec(), Some(b"v1".to_vec())),
+            ])
+            .unwrap();
+            // Groups leave no intent behind.
+            assert!(s.db.scan_prefix([P_RECORD_INTENT]).next().is_none());
+            // As if the process died after the intent of the next group
+            // and its first change.
+            let mut b = Batch::default();
+            b.insert([&[P_RECORD][..], b"case/1"].concat(), b"answered");
+            b.remove([&[P_RECORD][..], b"case/2"].concat());
+            b.insert([&[P_RECORD][..], b"ledger"].concat(), b"v2");
+            s.db.insert(record_intent_key(7), wal::encode(&b.ops)).unwrap();
+            s.db.insert([&[P_RECORD][..], b"case/1"].concat(), &b"answered"[..])
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = open(tmp.path());
+        let all: Vec<(Vec<u8>, Vec<u8>)> = s.records(b"").map(|r| r.unwrap()).collect();
+        assert_eq!(
+            all,
+            vec![
+                (b"case/1".to_vec(), b"answered".to_vec()),
+                (b"ledger".to_vec(), b"v2".to_vec()),
+            ]
+        );
+        assert!(s.db.scan_prefix([P_RECORD_INTENT]).next().is_none());
+        // Later groups go on as before.
+        s.records_apply(vec![
+            (b"case/1".to_vec(), None),
+            (b"ledger".to_vec(), Some(b"v3".to_vec())),
+        ])
+        .unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = open(tmp.path());
+        let all: Vec<(Vec<u8>, Vec<u8>)> = s.records(b"").map(|r| r.unwrap()).collect();
+        assert_eq!(all, vec![(b"ledger".to_vec(), b"v3".to_vec())]);
     }
 
     #[test]
