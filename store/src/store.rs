@@ -1014,6 +1014,9 @@ impl Store {
         // case -> (retain_until before this batch, record as updated)
         let mut cases: HashMap<CaseId, (i64, CaseInfo)> = HashMap::new();
         let mut results = Vec::with_capacity(jobs.len());
+        // The group's new messages by key hour: one expiry list per hour
+        // (as the fast path writes them), not one per message.
+        let mut by_hour: std::collections::BTreeMap<i64, Vec<(Direction, MessageId)>> = Default::default();
         for (ticket, job) in jobs {
             let PreparedPut {
                 dir,
@@ -1075,10 +1078,7 @@ impl Store {
                 }
                 batch.insert(case_msg_key(case, dir, &id), EMPTY);
             }
-            batch.insert(
-                exp_key(rec.key_hour, X_HOUR_MSGS, &list_id(&id, rand::random())),
-                purge_list(&[(dir, id)]),
-            );
+            by_hour.entry(rec.key_hour).or_default().push((dir, id));
             batch.insert(mkey, value);
             batch.insert(
                 state_key(dir, rec.state(&id)?, &rec.peer, &id),
@@ -1091,6 +1091,13 @@ impl Store {
             }
             in_batch.insert((dir, id), meta.clone());
             results.push((ticket, Ok(Put { meta, created: true })));
+        }
+        for (hour, ids) in &mut by_hour {
+            ids.sort_by_key(|(d, id)| (*id, d.byte()));
+            batch.insert(
+                exp_key(*hour, X_HOUR_MSGS, &list_id(&ids[0].1, rand::random())),
+                purge_list(ids),
+            );
         }
         for (case, (before, ci)) in &cases {
             if ci.retain_until != *before {
