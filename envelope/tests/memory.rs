@@ -13,7 +13,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 use common::*;
 use konvert_envelope::envelope::{self, Limits, PartSink};
-use konvert_envelope::model::{Attachment, Digest, Id, MessageBody};
+use konvert_envelope::model::{Attachment, Digest, MessageBody};
 use sha2::{Digest as _, Sha256};
 
 const SIZE: u64 = 128 * 1024 * 1024;
@@ -111,21 +111,14 @@ fn a_128_mib_attachment_passes_through_seal_and_open_in_bounded_memory() {
         .open(dir.path().join("big.env"))
         .unwrap();
     let mut src = Generator { left: SIZE, state: 7 };
-    let sealed = envelope::seal(
-        msg,
-        &mut [&mut src as &mut dyn Read],
-        &[],
-        &envelope::SealParams {
-            signatory: &w.signatory,
-            node: w.node(&h.from),
-            recipient: &w.card(&h.to),
-            profile: &p,
-            envelope_id: Id::new(now()),
-            now: now(),
-        },
-        BufWriter::new(&mut env),
-    )
-    .unwrap();
+    let sealed = w
+        .seal_to(
+            msg,
+            &mut [&mut src as &mut dyn Read],
+            &[],
+            BufWriter::new(&mut env),
+        )
+        .unwrap();
     assert_eq!(sealed.message.attachments()[0].length, SIZE);
     assert!(sealed.size > SIZE);
 

@@ -37,20 +37,9 @@ fn every_example_kind_round_trips() {
             .collect();
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
         let h = msg.header.clone();
-        let p = profile(h.agreement.as_str());
-        let (env, sealed) = envelope::seal_to_vec(
-            msg,
-            &refs,
-            &envelope::SealParams {
-                signatory: &w.signatory,
-                node: w.node(&h.from),
-                recipient: &w.card(&h.to),
-                profile: &p,
-                envelope_id: Id::new(now()),
-                now: now(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: seal: {e}"));
+        let (env, sealed) = w
+            .seal_full(msg, &refs)
+            .unwrap_or_else(|e| panic!("{name}: seal: {e}"));
         let (opened, plains) = w
             .open(&env, h.from.as_str(), h.to.as_str())
             .unwrap_or_else(|e| panic!("{name}: open: {e}"));
@@ -82,37 +71,12 @@ fn sealed_attachments_with_matching_digests_are_accepted_and_mismatches_refused(
         a.sha256 = Digest::of(&bytes);
     }
     let refs = vec![bytes.as_slice(); n];
-    let h = msg.header.clone();
-    let p = profile("kz-by-2019");
-    let ok = envelope::seal_to_vec(
-        msg.clone(),
-        &refs,
-        &envelope::SealParams {
-            signatory: &w.signatory,
-            node: w.node(&h.from),
-            recipient: &w.card(&h.to),
-            profile: &p,
-            envelope_id: Id::new(now()),
-            now: now(),
-        },
-    );
+    let ok = w.seal_full(msg.clone(), &refs);
     assert!(ok.is_ok());
     let other = pattern(5000, 8);
     let mut bad_refs = refs.clone();
     bad_refs[0] = &other;
-    let err = envelope::seal_to_vec(
-        msg,
-        &bad_refs,
-        &envelope::SealParams {
-            signatory: &w.signatory,
-            node: w.node(&h.from),
-            recipient: &w.card(&h.to),
-            profile: &p,
-            envelope_id: Id::new(now()),
-            now: now(),
-        },
-    )
-    .unwrap_err();
+    let err = w.seal_full(msg, &bad_refs).unwrap_err();
     assert!(
         matches!(err, envelope::SealError::AttachmentMismatch { index: 0 }),
         "{err}"
@@ -739,27 +703,12 @@ fn a_known_digest_is_used_unhashed_and_a_wrong_one_is_refused_at_the_receiver() 
     assert!(n >= 1);
     let bodies: Vec<Vec<u8>> = (0..n).map(|i| pattern(70_000 + i, i as u8)).collect();
     let h = msg.header.clone();
-    let p = profile(h.agreement.as_str());
     let seal_with = |known: &[Option<Digest>]| {
         let mut readers: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
         let mut dyns: Vec<&mut dyn std::io::Read> =
             readers.iter_mut().map(|r| r as &mut dyn std::io::Read).collect();
         let mut out = Vec::new();
-        let sealed = envelope::seal(
-            msg.clone(),
-            &mut dyns,
-            known,
-            &envelope::SealParams {
-                signatory: &w.signatory,
-                node: w.node(&h.from),
-                recipient: &w.card(&h.to),
-                profile: &p,
-                envelope_id: Id::new(now()),
-                now: now(),
-            },
-            &mut out,
-        )
-        .unwrap();
+        let sealed = w.seal_to(msg.clone(), &mut dyns, known, &mut out).unwrap();
         (out, sealed)
     };
     // The right digest, given: the same message as hashing it would sign.

@@ -253,19 +253,15 @@ fn median(n: usize, mut f: impl FnMut()) -> Duration {
     t[n / 2]
 }
 
-/// The bare cost of the public-key work one 1 KiB message needs across both
-/// gateways, measured now: one age encryption and one decryption (X25519),
-/// three Ed25519 signatures (signatory, sender node, receipt) and three
-/// verifications. Divided into the machine's cores, it is the most messages
-/// per second any design with these operations could reach.
-fn crypto_ceiling() -> Result<(Duration, f64), Error> {
-    use ed25519_dalek::{Signer, Verifier};
+/// The median bare cost of one age encryption and one decryption of
+/// `size` bytes to one X25519 recipient, over `runs` runs each.
+fn bare_age(size: usize, runs: usize) -> (Duration, Duration) {
     use std::io::{Read, Write};
     let id = age::x25519::Identity::generate();
     let rcpt = id.to_public();
-    let data = vec![7u8; 1024];
+    let data = vec![7u8; size];
     let encrypt = || -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(size + 4096);
         if let Ok(e) = age::Encryptor::with_recipients(std::iter::once(&rcpt as &dyn age::Recipient)) {
             if let Ok(mut w) = e.wrap_output(&mut out) {
                 let _ = w.write_all(&data);
@@ -275,17 +271,29 @@ fn crypto_ceiling() -> Result<(Duration, f64), Error> {
         out
     };
     let ct = encrypt();
-    let enc = median(200, || {
+    let enc = median(runs, || {
         std::hint::black_box(encrypt());
     });
-    let dec = median(200, || {
+    let dec = median(runs, || {
         if let Ok(d) = age::Decryptor::new_buffered(ct.as_slice()) {
             if let Ok(mut r) = d.decrypt(std::iter::once(&id as &dyn age::Identity)) {
-                let mut v = Vec::new();
+                let mut v = Vec::with_capacity(size);
                 let _ = r.read_to_end(&mut v);
+                std::hint::black_box(v);
             }
         }
     });
+    (enc, dec)
+}
+
+/// The bare cost of the public-key work one 1 KiB message needs across both
+/// gateways, measured now: one age encryption and one decryption (X25519),
+/// three Ed25519 signatures (signatory, sender node, receipt) and three
+/// verifications. Divided into the machine's cores, it is the most messages
+/// per second any design with these operations could reach.
+fn crypto_ceiling() -> Result<(Duration, f64), Error> {
+    use ed25519_dalek::{Signer, Verifier};
+    let (enc, dec) = bare_age(1024, 200);
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let digest = [9u8; 64];
     let sig = key.sign(&digest);
@@ -310,34 +318,9 @@ fn crypto_ceiling() -> Result<(Duration, f64), Error> {
 /// optimistic.
 fn data_passes(size: usize) -> Result<Passes, Error> {
     use sha2::Digest as _;
-    use std::io::{Read, Write};
-    let id = age::x25519::Identity::generate();
-    let rcpt = id.to_public();
     let data = vec![7u8; size];
-    let encrypt = || -> Vec<u8> {
-        let mut out = Vec::with_capacity(size + 4096);
-        if let Ok(e) = age::Encryptor::with_recipients(std::iter::once(&rcpt as &dyn age::Recipient)) {
-            if let Ok(mut w) = e.wrap_output(&mut out) {
-                let _ = w.write_all(&data);
-                let _ = w.finish();
-            }
-        }
-        out
-    };
-    let ct = encrypt();
     let runs = 15;
-    let enc = median(runs, || {
-        std::hint::black_box(encrypt());
-    });
-    let dec = median(runs, || {
-        if let Ok(d) = age::Decryptor::new_buffered(ct.as_slice()) {
-            if let Ok(mut r) = d.decrypt(std::iter::once(&id as &dyn age::Identity)) {
-                let mut v = Vec::with_capacity(size);
-                let _ = r.read_to_end(&mut v);
-                std::hint::black_box(v);
-            }
-        }
-    });
+    let (enc, dec) = bare_age(size, runs);
     let sha = median(runs, || {
         std::hint::black_box(sha2::Sha256::digest(&data));
     });

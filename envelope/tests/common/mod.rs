@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use konvert_envelope::envelope::{self, Limits, OpenError, Opened};
+use konvert_envelope::envelope::{self, Limits, OpenError, Opened, SealError, Sealed};
 use konvert_envelope::keys::{AuthorityCard, NodeKeys, SigningKey, TrustedSigner};
 use konvert_envelope::model::{AuthorityId, Id, Message, Timestamp};
 use konvert_envelope::profile::Profile;
@@ -77,11 +77,35 @@ impl World {
 
     /// Seals `msg` from its sender to its recipient; attachments get `att` bytes each.
     pub fn seal(&self, msg: Message, atts: &[&[u8]]) -> Vec<u8> {
+        self.seal_full(msg, atts).unwrap().0
+    }
+
+    /// [`World::seal`] with what sealing said.
+    pub fn seal_full(&self, msg: Message, atts: &[&[u8]]) -> Result<(Vec<u8>, Sealed), SealError> {
+        let mut readers: Vec<&[u8]> = atts.to_vec();
+        let mut dyns: Vec<&mut dyn std::io::Read> =
+            readers.iter_mut().map(|r| r as &mut dyn std::io::Read).collect();
+        let mut out = Vec::new();
+        let sealed = self.seal_to(msg, &mut dyns, &[], &mut out)?;
+        Ok((out, sealed))
+    }
+
+    /// Seals `msg` into `out` by the world's signatory, from the header's
+    /// sender to its recipient, under its agreement's profile, now, as a
+    /// new envelope (`known`: attachment digests given, see `envelope::seal`).
+    pub fn seal_to<W: std::io::Write>(
+        &self,
+        msg: Message,
+        atts: &mut [&mut dyn std::io::Read],
+        known: &[Option<konvert_envelope::model::Digest>],
+        out: W,
+    ) -> Result<Sealed, SealError> {
         let h = msg.header.clone();
         let p = profile(h.agreement.as_str());
-        envelope::seal_to_vec(
+        envelope::seal(
             msg,
             atts,
+            known,
             &envelope::SealParams {
                 signatory: &self.signatory,
                 node: self.node(&h.from),
@@ -90,9 +114,8 @@ impl World {
                 envelope_id: Id::new(now()),
                 now: now(),
             },
+            out,
         )
-        .unwrap()
-        .0
     }
 
     /// Opens `env` as its header's recipient would, with the sender's card and signers.
