@@ -189,6 +189,34 @@ pub(crate) struct PreparedPut {
     issued: Option<PreparedReceipt>,
 }
 
+/// A change queued to the group commit, applied by its applier with the
+/// others of its group under one lock and made durable by one sync.
+pub(crate) enum Job {
+    /// A new message (its payload already in its hour's file).
+    Put(Box<PreparedPut>),
+    /// An outgoing message's delivery receipt: `queued`/`sent`/`failed` →
+    /// `delivered`, with the receipt.
+    Delivered(PreparedDelivered),
+}
+
+/// A delivered transition prepared by its writer: the receipt sealed
+/// outside the store's locks.
+pub(crate) struct PreparedDelivered {
+    id: MessageId,
+    receipt: SealedReceipt,
+    now: i64,
+}
+
+/// A delivery receipt sealed for the store (kept for the audit retention).
+struct SealedReceipt {
+    outcome: String,
+    /// SHA-256 of the receipt as received (audited).
+    digest: [u8; 32],
+    expires_at: i64,
+    key_hour: i64,
+    sealed: Vec<u8>,
+}
+
 /// An issued receipt sealed by its writer, written in the same group as its message.
 struct PreparedReceipt {
     rec: ReceiptRec,
@@ -665,7 +693,7 @@ impl Store {
     pub fn put_inbox_with_receipt(&self, msg: &NewMessage, receipt: &NewReceipt) -> Result<Put> {
         let mut job = self.prepare_put(Direction::Inbound, msg)?;
         job.issued = Some(self.prepare_issued(&msg.id, &msg.peer, receipt)?);
-        self.commit_put(job)
+        self.commit_put(Job::Put(Box::new(job)))
     }
 
     /// [`Store::put_outbox`] for async callers: the same durability, but
@@ -690,15 +718,15 @@ impl Store {
     ) -> Result<Put> {
         let mut job = self.prepare_put(Direction::Inbound, msg)?;
         job.issued = Some(self.prepare_issued(&msg.id, &msg.peer, receipt)?);
-        self.commit_job_async(job).await
+        self.commit_job_async(Job::Put(Box::new(job))).await
     }
 
     async fn put_message_async(self: &Arc<Self>, dir: Direction, msg: &NewMessage) -> Result<Put> {
         let job = self.prepare_put(dir, msg)?;
-        self.commit_job_async(job).await
+        self.commit_job_async(Job::Put(Box::new(job))).await
     }
 
-    async fn commit_job_async(self: &Arc<Self>, job: PreparedPut) -> Result<Put> {
+    async fn commit_job_async(self: &Arc<Self>, job: Job) -> Result<Put> {
         self.ensure_servers();
         match self.gc.commit_async(job).await {
             Ok(Ok(Some(p))) => Ok(p),
@@ -726,10 +754,10 @@ impl Store {
 
     fn put_message(&self, dir: Direction, msg: &NewMessage) -> Result<Put> {
         let job = self.prepare_put(dir, msg)?;
-        self.commit_put(job)
+        self.commit_put(Job::Put(Box::new(job)))
     }
 
-    fn commit_put(&self, job: PreparedPut) -> Result<Put> {
+    fn commit_put(&self, job: Job) -> Result<Put> {
         match self
             .gc
             .commit_with(&self.db, Some(job), &|| self.segs.sync_dirty(), &|jobs| {
@@ -841,28 +869,90 @@ impl Store {
     /// this, and `repair_group` at open completes the index entries and the
     /// audit block of a group cut short (docs/STORE.md). An error here is a
     /// sled failure and poisons the store; per-put refusals are in the results.
-    fn apply_puts(&self, jobs: Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> {
+    fn apply_puts(&self, jobs: Vec<(u64, Job)>) -> Result<Vec<(u64, Result<Put>)>> {
         // (In `Fdatasync` mode the group commit has made the group's payloads
         // durable before handing it over: no record reaches sled before its
         // payload is on disk.)
         let mut head = self.head();
-        let (case_jobs, jobs): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .partition(|(_, j)| j.rec.case.is_some() || j.issued.is_some());
+        let mut delivered = Vec::new();
+        let mut case_jobs = Vec::new();
+        let mut plain = Vec::with_capacity(jobs.len());
+        for (ticket, job) in jobs {
+            match job {
+                Job::Delivered(d) => delivered.push((ticket, d)),
+                Job::Put(p) if p.rec.case.is_some() || p.issued.is_some() => case_jobs.push((ticket, *p)),
+                Job::Put(p) => plain.push((ticket, *p)),
+            }
+        }
         let mut results = if case_jobs.is_empty() {
-            Vec::with_capacity(jobs.len())
+            Vec::with_capacity(plain.len() + delivered.len())
         } else {
             self.apply_case_puts(&mut head, case_jobs)?
         };
-        if jobs.is_empty() {
-            return Ok(results);
+        if !plain.is_empty() {
+            if let Err(e) = self.apply_plain_puts(&mut head, plain, &mut results) {
+                // We can no longer tell what reached the disk.
+                self.gc.poison();
+                return Err(e);
+            }
         }
-        let res = self.apply_plain_puts(&mut head, jobs, &mut results);
-        if res.is_err() {
-            // We can no longer tell what reached the disk.
-            self.gc.poison();
+        // Deliveries last: the messages they move were stored long before
+        // (their intent, numbered after this group's marker, is replayed at
+        // open if a crash cuts it short).
+        if !delivered.is_empty() {
+            results.extend(self.apply_delivered_group(&mut head, delivered)?);
         }
-        res.map(|_| results)
+        Ok(results)
+    }
+
+    /// The delivered transitions of a group, as one atomic write: one
+    /// intent record and one audit block for all of them (instead of one
+    /// each, on the writer's thread under the head lock, as
+    /// [`Store::transition`] does). A transition that is refused (unknown,
+    /// destroyed or in another state) gets its error and changes nothing.
+    fn apply_delivered_group(
+        &self,
+        head: &mut Head,
+        jobs: Vec<(u64, PreparedDelivered)>,
+    ) -> Result<Vec<(u64, Result<Put>)>> {
+        let dir = Direction::Outbound;
+        let mut batch = Batch::default();
+        let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(jobs.len() * 2);
+        // Records as this group leaves them (a receipt may come twice).
+        let mut recs: HashMap<MessageId, MsgRec> = HashMap::new();
+        let mut results = Vec::with_capacity(jobs.len());
+        for (ticket, job) in jobs {
+            let id = job.id;
+            let mut rec = match recs.get(&id) {
+                Some(r) => r.clone(),
+                None => match self.load(dir, &id) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        results.push((ticket, Err(e)));
+                        continue;
+                    }
+                },
+            };
+            let change = Change {
+                from: DELIVERED_FROM,
+                to: MessageState::Delivered,
+                kind: AuditKind::Delivered,
+                outcome: None,
+                receipt: Some(&job.receipt),
+                now: job.now,
+            };
+            let r = transition_changes(dir, &id, &mut rec, &change, &mut batch, &mut events)
+                .and_then(|_| rec.meta(dir, id));
+            if r.is_ok() {
+                recs.insert(id, rec);
+            }
+            results.push((ticket, r.map(|meta| Put { meta, created: true })));
+        }
+        if !batch.ops.is_empty() {
+            let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
+            self.apply_timed(head, batch, &timed)?;
+        }
+        Ok(results)
     }
 
     fn apply_plain_puts(
@@ -1489,96 +1579,43 @@ impl Store {
         }
         let now = self.clock.now();
         // Seal the receipt (kept for the audit retention) outside the lock.
-        let sealed_receipt = match receipt {
-            Some(r) => {
-                check_name("outcome", &r.outcome)?;
-                let expires_at = self.retention.audit_expiry(now);
-                let key_hour = hour_of(expires_at);
-                let key = self.bucket_key(key_hour)?;
-                let sealed = key.seal(&receipt_aad_dir(Direction::Outbound, id, key_hour), &r.bytes);
-                Some((expires_at, key_hour, sealed))
-            }
+        let sealed = match receipt {
+            Some(r) => Some(self.seal_receipt(id, r, now)?),
             None => None,
         };
-        let meta = {
-            let mut head = self.head();
-            let mut rec = self.load(dir, id)?;
-            if rec.destroyed_at.is_some() {
-                return Err(Error::Destroyed {
-                    what: what_msg(dir, id),
-                });
-            }
-            let cur = rec.state(id)?;
-            if cur == to {
-                rec.meta(dir, *id)?
-            } else {
-                if !from.contains(&cur) {
-                    return Err(Error::BadTransition {
-                        what: what_msg(dir, id),
-                        from: cur.as_str(),
-                        to: to.as_str(),
-                    });
-                }
-                rec.state = to.byte();
-                rec.updated_at = now;
-                if let Some(o) = outcome {
-                    rec.outcome = Some(o.to_owned());
-                }
-                // Delivered straight from queued: it was sent too (one
-                // atomic write for both, each audited).
-                let sent_too = to == MessageState::Delivered && cur == MessageState::Queued;
-                if sent_too {
-                    rec.attempts = rec.attempts.saturating_add(1);
-                    rec.sent_at = Some(now);
-                    rec.last_attempt_at = Some(now);
-                }
-                match to {
-                    MessageState::Sent => {
-                        rec.attempts = rec.attempts.saturating_add(1);
-                        rec.sent_at = Some(now);
-                        rec.last_attempt_at = Some(now);
-                    }
-                    MessageState::Delivered => rec.delivered_at = Some(now),
-                    MessageState::Acknowledged => rec.acknowledged_at = Some(now),
-                    _ => {}
-                }
-                let mut batch = Batch::default();
-                batch.remove(state_key(dir, cur, &rec.peer, id));
-                batch.insert(
-                    state_key(dir, to, &rec.peer, id),
-                    hour_value(rec.key_hour, rec.created_at),
-                );
-                batch.insert(msg_key(dir, id), encode(&rec));
-                let mut ev = AuditEvent::new(kind).message(*id).peer(&rec.peer);
-                if let Some(o) = outcome {
-                    ev = ev.detail(o);
-                }
-                if let (Some(r), Some((expires_at, key_hour, sealed))) = (receipt, sealed_receipt) {
-                    let rr = ReceiptRec {
-                        peer: rec.peer.clone(),
-                        outcome: r.outcome.clone(),
-                        at: now,
-                        expires_at,
-                        key_hour,
-                        sealed: ByteBuf::from(sealed),
-                    };
-                    batch.insert(receipt_key(id), encode(&rr));
-                    let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rec.peer);
-                    pk.extend_from_slice(&id.0);
-                    batch.insert(pk, EMPTY);
-                    batch.insert(exp_key(key_hour, X_PURGE_RECEIPT, &id.0), EMPTY);
-                    ev = ev.detail(&r.outcome).digest(Sha256::digest(&r.bytes).into());
-                }
-                let mut events = Vec::with_capacity(2);
-                if sent_too {
-                    events.push(AuditEvent::new(AuditKind::Sent).message(*id).peer(&rec.peer));
-                }
-                events.push(ev);
-                self.apply(&mut head, batch, &events, now)?;
-                rec.meta(dir, *id)?
-            }
+        let mut head = self.head();
+        let mut rec = self.load(dir, id)?;
+        let change = Change {
+            from,
+            to,
+            kind,
+            outcome,
+            receipt: sealed.as_ref(),
+            now,
         };
-        Ok(meta)
+        let mut batch = Batch::default();
+        let mut events = Vec::with_capacity(2);
+        if transition_changes(dir, id, &mut rec, &change, &mut batch, &mut events)? {
+            let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
+            self.apply_timed(&mut head, batch, &timed)?;
+        }
+        rec.meta(dir, *id)
+    }
+
+    /// Seal a delivery receipt of outgoing message `id` for the store (under
+    /// the key of the hour its audit retention ends in).
+    fn seal_receipt(&self, id: &MessageId, r: &NewReceipt, now: i64) -> Result<SealedReceipt> {
+        check_name("outcome", &r.outcome)?;
+        let expires_at = self.retention.audit_expiry(now);
+        let key_hour = hour_of(expires_at);
+        let key = self.bucket_key(key_hour)?;
+        Ok(SealedReceipt {
+            outcome: r.outcome.clone(),
+            digest: Sha256::digest(&r.bytes).into(),
+            expires_at,
+            key_hour,
+            sealed: key.seal(&receipt_aad_dir(Direction::Outbound, id, key_hour), &r.bytes),
+        })
     }
 
     /// Outbound: the message was sealed for its peer (audit only; the state
@@ -1603,36 +1640,37 @@ impl Store {
     }
 
     /// Outbound: the peer's signed delivery receipt arrived (`queued`/`sent`
-    /// → `delivered`); the receipt is stored in the same atomic write.
+    /// /`failed` → `delivered`); the receipt is stored in the same atomic
+    /// write. Queued to the group commit and applied with the other
+    /// deliveries of its group (one intent record, one audit block).
     pub fn mark_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<MessageMeta> {
-        let meta = self.apply_delivered(id, receipt)?;
-        self.commit()?;
-        Ok(meta)
+        let job = self.prepare_delivered(id, receipt)?;
+        self.commit_put(job).map(|p| p.meta)
     }
 
-    /// [`Store::mark_delivered`] for async callers: the change is applied
-    /// on the caller's thread and its durability awaited without blocking
-    /// it (the group commit's service threads sync).
+    /// [`Store::mark_delivered`] for async callers: the receipt is sealed on
+    /// the caller's task, the change queued to the group commit's service
+    /// threads, and its durability awaited without blocking the thread.
     pub async fn mark_delivered_async(
         self: &Arc<Self>,
         id: &MessageId,
         receipt: &NewReceipt,
     ) -> Result<MessageMeta> {
-        let meta = self.apply_delivered(id, receipt)?;
-        self.sync_async().await?;
-        Ok(meta)
+        let job = self.prepare_delivered(id, receipt)?;
+        self.commit_job_async(job).await.map(|p| p.meta)
     }
 
-    fn apply_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<MessageMeta> {
-        self.transition_apply(
-            Direction::Outbound,
-            id,
-            &[MessageState::Queued, MessageState::Sent, MessageState::Failed],
-            MessageState::Delivered,
-            AuditKind::Delivered,
-            None,
-            Some(receipt),
-        )
+    /// The writer's share of a delivered transition: the receipt checked and
+    /// sealed. The transition itself is applied by the group commit's
+    /// applier, with the others of its group.
+    fn prepare_delivered(&self, id: &MessageId, receipt: &NewReceipt) -> Result<Job> {
+        self.gc.check()?;
+        let now = self.clock.now();
+        Ok(Job::Delivered(PreparedDelivered {
+            id: *id,
+            receipt: self.seal_receipt(id, receipt, now)?,
+            now,
+        }))
     }
 
     /// Outbound: an attempt to send was made and did not get the message to
@@ -2974,6 +3012,108 @@ fn replay_record_intents(db: &sled::Db, sled_dir: &Path) -> Result<()> {
         db.remove(k)?;
     }
     sync_log(db, sled_dir)
+}
+
+/// Where a delivery receipt may take an outgoing message from.
+const DELIVERED_FROM: &[MessageState] = &[MessageState::Queued, MessageState::Sent, MessageState::Failed];
+
+/// A state change of one message record, as [`transition_changes`] applies it.
+struct Change<'a> {
+    from: &'a [MessageState],
+    to: MessageState,
+    kind: AuditKind,
+    /// Outcome code recorded with it (no personal data).
+    outcome: Option<&'a str>,
+    /// The delivery receipt stored with it (outbound `delivered`).
+    receipt: Option<&'a SealedReceipt>,
+    now: i64,
+}
+
+/// Moves `rec` (message `id`, as on record) to `change.to`: updates it and
+/// adds the writes (index entry moved, record, receipt and its index and
+/// purge entries) to `batch` and the audit events to `events`. Returns
+/// `false`, changing nothing, when the record is in that state already; a
+/// destroyed record or a state outside `change.from` is an error, and
+/// nothing is changed or added either.
+fn transition_changes(
+    dir: Direction,
+    id: &MessageId,
+    rec: &mut MsgRec,
+    change: &Change<'_>,
+    batch: &mut Batch,
+    events: &mut Vec<(i64, AuditEvent)>,
+) -> Result<bool> {
+    let (to, now) = (change.to, change.now);
+    if rec.destroyed_at.is_some() {
+        return Err(Error::Destroyed {
+            what: what_msg(dir, id),
+        });
+    }
+    let cur = rec.state(id)?;
+    if cur == to {
+        return Ok(false);
+    }
+    if !change.from.contains(&cur) {
+        return Err(Error::BadTransition {
+            what: what_msg(dir, id),
+            from: cur.as_str(),
+            to: to.as_str(),
+        });
+    }
+    rec.state = to.byte();
+    rec.updated_at = now;
+    if let Some(o) = change.outcome {
+        rec.outcome = Some(o.to_owned());
+    }
+    // Delivered straight from queued: it was sent too (one atomic write
+    // for both, each audited).
+    let sent_too = to == MessageState::Delivered && cur == MessageState::Queued;
+    if sent_too {
+        rec.attempts = rec.attempts.saturating_add(1);
+        rec.sent_at = Some(now);
+        rec.last_attempt_at = Some(now);
+    }
+    match to {
+        MessageState::Sent => {
+            rec.attempts = rec.attempts.saturating_add(1);
+            rec.sent_at = Some(now);
+            rec.last_attempt_at = Some(now);
+        }
+        MessageState::Delivered => rec.delivered_at = Some(now),
+        MessageState::Acknowledged => rec.acknowledged_at = Some(now),
+        _ => {}
+    }
+    batch.remove(state_key(dir, cur, &rec.peer, id));
+    batch.insert(
+        state_key(dir, to, &rec.peer, id),
+        hour_value(rec.key_hour, rec.created_at),
+    );
+    batch.insert(msg_key(dir, id), encode(&*rec));
+    let mut ev = AuditEvent::new(change.kind).message(*id).peer(&rec.peer);
+    if let Some(o) = change.outcome {
+        ev = ev.detail(o);
+    }
+    if let Some(r) = change.receipt {
+        let rr = ReceiptRec {
+            peer: rec.peer.clone(),
+            outcome: r.outcome.clone(),
+            at: now,
+            expires_at: r.expires_at,
+            key_hour: r.key_hour,
+            sealed: ByteBuf::from(r.sealed.clone()),
+        };
+        batch.insert(receipt_key(id), encode(&rr));
+        let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rec.peer);
+        pk.extend_from_slice(&id.0);
+        batch.insert(pk, EMPTY);
+        batch.insert(exp_key(r.key_hour, X_PURGE_RECEIPT, &id.0), EMPTY);
+        ev = ev.detail(&r.outcome).digest(r.digest);
+    }
+    if sent_too {
+        events.push((now, AuditEvent::new(AuditKind::Sent).message(*id).peer(&rec.peer)));
+    }
+    events.push((now, ev));
+    Ok(true)
 }
 
 /// `gseq u64 | audit seq u64 | (dir u8, id 16, tag u32)*`

@@ -1,14 +1,15 @@
 //! Group commit: many writers, one flush and one fdatasync.
 //!
 //! A put is prepared (sealed, its payload appended to its hour's file,
-//! record encoded) by its writer and queued; other changes are applied to
-//! sled by their writer. Either way the writer then takes a ticket and waits.
+//! record encoded) by its writer and queued, and so is a delivered
+//! transition (its receipt sealed); other changes are applied to sled by
+//! their writer. Either way the writer then takes a ticket and waits.
 //! Three roles are taken by waiting writers, one writer each at a time:
 //! - the *preparer* (in `Fdatasync` mode) takes all queued puts and
 //!   `fdatasync`s the payload files written since the last time, so that no
 //!   record reaches sled before its payload is on disk;
-//! - the *applier* takes prepared puts (at most `MAX_GROUP`) and applies
-//!   them as one group (`Store::apply_puts`);
+//! - the *applier* takes prepared jobs (at most `MAX_GROUP`) and applies
+//!   them as one group (`Store::apply_puts`: puts, then deliveries);
 //! - the *syncer* notes the highest ticket whose changes are all in sled
 //!   (plain commits are issued after their writes; queued puts once their
 //!   group is applied), calls `sled::Db::flush()` (which writes sled's
@@ -39,10 +40,10 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::model::Put;
-use crate::store::PreparedPut;
+use crate::store::Job;
 
 /// How the leader applies queued puts: results by ticket.
-pub(crate) type ApplyFn<'a> = dyn Fn(Vec<(u64, PreparedPut)>) -> Result<Vec<(u64, Result<Put>)>> + 'a;
+pub(crate) type ApplyFn<'a> = dyn Fn(Vec<(u64, Job)>) -> Result<Vec<(u64, Result<Put>)>> + 'a;
 
 thread_local! {
     /// This thread is one of the group commit's service threads (it looks
@@ -94,7 +95,7 @@ struct State {
     /// First ticket of the puts whose payloads are being synced.
     prep_inflight: Option<u64>,
     /// Puts whose payloads are durable, waiting to be applied.
-    ready: Vec<(u64, PreparedPut)>,
+    ready: Vec<(u64, Job)>,
     /// A writer is applying a group of queued puts.
     applying: bool,
     /// First ticket of the group being applied.
@@ -107,7 +108,7 @@ struct State {
     sync_defer_until: Option<std::time::Instant>,
     poisoned: bool,
     /// Prepared puts waiting for the next leader.
-    queue: Vec<(u64, PreparedPut)>,
+    queue: Vec<(u64, Job)>,
     /// Results of applied puts, by ticket, until their writer picks them up.
     results: HashMap<u64, Result<Put>>,
     /// Writers waiting, by ticket. A finished sync wakes exactly the writers
@@ -264,7 +265,7 @@ impl GroupCommit {
     pub(crate) fn commit_with(
         &self,
         db: &sled::Db,
-        job: Option<PreparedPut>,
+        job: Option<Job>,
         prepare: &dyn Fn() -> Result<()>,
         apply: &ApplyFn<'_>,
     ) -> Result<Option<Put>> {
@@ -308,7 +309,7 @@ impl GroupCommit {
     /// writers, which must not block their executor's thread on a sync: the
     /// roles are taken by service threads ([`GroupCommit::serve_once`]),
     /// which the caller must have started.
-    pub(crate) fn commit_async(&self, job: PreparedPut) -> oneshot::Receiver<Result<Option<Put>>> {
+    pub(crate) fn commit_async(&self, job: Job) -> oneshot::Receiver<Result<Option<Put>>> {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
         if st.poisoned {

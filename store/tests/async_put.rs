@@ -256,3 +256,109 @@ fn a_lone_writer_gets_a_sync_per_write_and_concurrent_ones_share_them() {
     assert!(after.syncs - before.syncs < acked, "{before:?} -> {after:?}");
     assert_eq!(s.inbox_list(None, 100).unwrap().len(), 84);
 }
+
+#[test]
+fn async_deliveries_are_applied_in_groups_each_once_and_survive_a_reopen() {
+    let f = Fixture::new();
+    let s = f.store.clone();
+    // 48 queued and 16 sent messages to by.mvd; one of them, in a case,
+    // is destroyed with it.
+    let case = CaseId::new_v7(ms(T0));
+    s.case_open(&NewCase {
+        id: case,
+        peer: "by.mvd".into(),
+        agreement: "kz-by-2019".into(),
+        state: "requested".into(),
+        deadline: None,
+    })
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..64u64 {
+        let mut m = msg(
+            ms(T0) + 10 + i,
+            "by.mvd",
+            "request",
+            format!("out {i}").as_bytes(),
+        );
+        if i == 5 {
+            m.case = Some(case);
+        }
+        s.put_outbox(&m).unwrap();
+        if i >= 48 {
+            s.mark_sent(&m.id).unwrap();
+        }
+        ids.push(m.id);
+    }
+    let gone = ids[5];
+    assert_eq!(s.destroy_case(&case).unwrap(), 1);
+    let unknown = msg(ms(T0) + 999, "by.mvd", "request", b"never stored").id;
+    let receipt = |id: &MessageId| NewReceipt {
+        outcome: "accepted".into(),
+        bytes: format!("signed receipt of {id}").into_bytes(),
+    };
+    // Every receipt twice, concurrently (a peer answering a resend), plus
+    // one for a message that does not exist.
+    let results = f.rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids.iter().chain(ids.iter()).chain([&unknown]) {
+            let (s, id, r) = (s.clone(), *id, receipt(id));
+            tasks.spawn(async move { (id, s.mark_delivered_async(&id, &r).await) });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    });
+    for (id, r) in &results {
+        match r {
+            Ok(meta) => {
+                assert!(id != &gone && id != &unknown);
+                assert_eq!(meta.state, MessageState::Delivered);
+                assert!(meta.delivered_at.is_some());
+            }
+            Err(Error::Destroyed { .. }) => assert_eq!(id, &gone),
+            Err(Error::NotFound { .. }) => assert_eq!(id, &unknown),
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    // Each delivery audited once (with a sent event for the queued ones),
+    // however many receipts came and however the groups fell.
+    let audit = s.audit_list(0, 10_000).unwrap();
+    let count = |kind: AuditKind, id: &MessageId| {
+        audit
+            .iter()
+            .filter(|e| e.event.kind == kind && e.event.message.as_ref() == Some(id))
+            .count()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let delivered = usize::from(id != &gone);
+        assert_eq!(count(AuditKind::Delivered, id), delivered, "{i}");
+        assert_eq!(
+            count(AuditKind::Sent, id),
+            if i < 48 { delivered } else { 1 },
+            "{i}"
+        );
+    }
+    // Deliveries share audit blocks (one per group, not one per message).
+    let delivery_blocks: HashSet<[u8; 32]> = audit
+        .iter()
+        .filter(|e| e.event.kind == AuditKind::Delivered)
+        .map(|e| e.hash)
+        .collect();
+    assert!(delivery_blocks.len() < 63, "{}", delivery_blocks.len());
+
+    drop(s);
+    let (s, _tmp) = f.reopen();
+    for id in ids.iter().filter(|id| **id != gone) {
+        let meta = s.meta(Direction::Outbound, id).unwrap();
+        assert_eq!(meta.state, MessageState::Delivered);
+        assert_eq!(s.receipt(id).unwrap().bytes, receipt(id).bytes);
+    }
+    assert_eq!(s.receipts_by_peer("by.mvd", None, 1000).unwrap().len(), 63);
+    assert!(s
+        .list_ids_by_state(Direction::Outbound, MessageState::Queued, None, 100)
+        .unwrap()
+        .is_empty());
+    s.audit_verify().unwrap();
+}

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Crash test: a child process (this test binary, re-invoked) writes as fast
-//! as it can from several threads and async tasks and prints every id the store acknowledged;
+//! as it can from several threads and async tasks (puts, sent and delivered
+//! transitions) and prints every id the store acknowledged;
 //! it is SIGKILLed at a random moment, 20 times over the same data directory.
 //! After each kill the parent reopens the store: every acknowledged write must
 //! be there and intact, every record present must be whole, and the audit
@@ -88,6 +89,21 @@ fn crash_child() {
                             return;
                         }
                     }
+                    // Every third outgoing one gets its delivery receipt
+                    // (applied in groups by the service thread).
+                    if t % 2 == 0 && n % 3 == 0 {
+                        let receipt = NewReceipt {
+                            outcome: "accepted".into(),
+                            bytes: m.id.0.to_vec(),
+                        };
+                        match s.mark_delivered_async(&m.id, &receipt).await {
+                            Ok(_) => writeln!(out.lock().unwrap(), "DELIVERED {}", m.id).unwrap(),
+                            Err(e) => {
+                                writeln!(out.lock().unwrap(), "FAIL {e}").unwrap();
+                                return;
+                            }
+                        }
+                    }
                 }
             });
         }
@@ -118,6 +134,7 @@ fn crash_many_times() {
     let mut rng = rand::thread_rng();
     let mut acked: Vec<(Direction, MessageId)> = Vec::new();
     let mut sent: Vec<MessageId> = Vec::new();
+    let mut delivered: Vec<MessageId> = Vec::new();
     for round in 0..20 {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -144,6 +161,7 @@ fn crash_many_times() {
                 ["ACK", "O", id] => acked.push((Direction::Outbound, parse_id(id))),
                 ["ACK", "I", id] => acked.push((Direction::Inbound, parse_id(id))),
                 ["SENT", id] => sent.push(parse_id(id)),
+                ["DELIVERED", id] => delivered.push(parse_id(id)),
                 ["FAIL", ..] => panic!("round {round}: the child's write failed: {l}"),
                 _ => {}
             }
@@ -159,6 +177,18 @@ fn crash_many_times() {
         }
         for id in &sent {
             assert_eq!(s.meta(Direction::Outbound, id).unwrap().state, MessageState::Sent);
+        }
+        for id in &delivered {
+            assert_eq!(
+                s.meta(Direction::Outbound, id).unwrap().state,
+                MessageState::Delivered,
+                "round {round}: delivery of {id} lost"
+            );
+            assert_eq!(
+                s.receipt(id).unwrap().bytes,
+                id.0.to_vec(),
+                "round {round}: receipt of {id}"
+            );
         }
         // Nothing half-written: every record present opens and matches its
         // digest (SHA-256 of the payload: the test gives none).
@@ -177,8 +207,9 @@ fn crash_many_times() {
         );
     }
     assert!(
-        acked.len() > 100,
-        "the child acknowledged too few writes ({}) to mean anything",
-        acked.len()
+        acked.len() > 100 && delivered.len() > 10,
+        "the child acknowledged too few writes ({}) or deliveries ({}) to mean anything",
+        acked.len(),
+        delivered.len()
     );
 }

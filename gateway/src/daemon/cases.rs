@@ -633,12 +633,15 @@ impl Cases {
     }
 }
 
+/// The largest sealed message an outbox record may carry for its case (as
+/// decoded when its receipt arrives).
+pub const MESSAGE_RECORD_MAX: usize = 64 << 20;
+
 /// The peer's receipt for an outgoing message arrived (hook of the
 /// dispatcher, before the store marks the message delivered): an accepted
 /// message is applied to its case; a rejected one frees its case's slot.
-pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Result<(), CasesError> {
-    let Some(msg) = message.and_then(|b| konvert_envelope::cbor::from_slice::<Message>(b, 64 << 20).ok())
-    else {
+pub fn delivered(node: &Node, message: Option<&Message>, receipt: &Receipt) -> Result<(), CasesError> {
+    let Some(msg) = message else {
         return Ok(());
     };
     match receipt.outcome {
@@ -647,14 +650,14 @@ pub fn delivered(node: &Node, message: Option<&[u8]>, receipt: &Receipt) -> Resu
             // Art. 16: the version the receiver applied it under (its case's, or the one at its time).
             let governing = node
                 .cases
-                .with(|p| super::versions::governing(&dir.versions, &p.book, &msg).ok());
+                .with(|p| super::versions::governing(&dir.versions, &p.book, msg).ok());
             let Some(profile) = governing.or_else(|| dir.profiles.get(&msg.header.agreement)) else {
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };
             node.cases
-                .sent_accepted(&msg, profile, receipt.time, node.now())?;
-            let case = node.cases.with(|p| case_of_outgoing(&p.book, &msg));
+                .sent_accepted(msg, profile, receipt.time, node.now())?;
+            let case = node.cases.with(|p| case_of_outgoing(&p.book, msg));
             if let Some(case) = case {
                 mirror_deferred(node, &case).map_err(|e| CasesError::Store(e.to_string()))?;
             }

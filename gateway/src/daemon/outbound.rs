@@ -434,6 +434,11 @@ pub struct OutboxRecord {
     /// (sealed into it and streamed out of it in bounded memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envelope_blob: Option<konvert_store::BlobRef>,
+    /// `message` as sealed, while the record is held in memory between its
+    /// submission and its first attempt (not stored: a record read back is
+    /// decoded again when its receipt arrives).
+    #[serde(skip)]
+    pub decoded: Option<Arc<Message>>,
 }
 
 impl OutboxRecord {
@@ -793,6 +798,7 @@ fn seal_for_outbox(
         fingerprint: print,
         message: None,
         envelope_blob,
+        decoded: None,
     };
     let built = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
         .map_err(|e| SubmitError::Internal(e.to_string()))
@@ -805,7 +811,7 @@ fn seal_for_outbox(
             let payload = record.to_vec()?;
             Ok((record, case, payload))
         });
-    let (record, case, payload) = match built {
+    let (mut record, case, payload) = match built {
         Ok(b) => b,
         Err(e) => {
             if let Some(b) = &blob {
@@ -814,11 +820,14 @@ fn seal_for_outbox(
             return Err(e);
         }
     };
+    let size = sealed.size;
+    // Applied to its case when the peer accepts it: kept decoded.
+    record.decoded = Some(Arc::new(sealed.message));
     Ok(Ready {
         id: h.id,
         peer: h.to.clone(),
         kind,
-        size: sealed.size,
+        size,
         new: NewMessage {
             id,
             peer: h.to.to_string(),
@@ -1219,8 +1228,17 @@ async fn attempt(
     // follows), then (queued →) sent → delivered, each audited: the store
     // records a delivery straight from queued as sent too, in the same
     // write, whose sync this task awaits without holding a thread.
-    super::cases::delivered(node, record.message.as_ref().map(|b| b.as_slice()), &receipt)
-        .map_err(|e| AttemptError::Send(e.to_string()))?;
+    let read_back;
+    let message = match &record.decoded {
+        Some(m) => Some(&**m),
+        None => {
+            read_back = record.message.as_ref().and_then(|b| {
+                konvert_envelope::cbor::from_slice::<Message>(b, super::cases::MESSAGE_RECORD_MAX).ok()
+            });
+            read_back.as_ref()
+        }
+    };
+    super::cases::delivered(node, message, &receipt).map_err(|e| AttemptError::Send(e.to_string()))?;
     // The peer has answered: its last delivery is now (set before the
     // durable mark is awaited, which a reader sees applied at once while
     // the group commit may still gather before its sync).
