@@ -98,16 +98,16 @@ fn template() -> Result<Message, Error> {
 async fn delivered(node: &Node, id: Id) -> Result<(), Error> {
     let key = MessageId(*id.as_bytes());
     loop {
-        let notified = node.delivered_wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // (As `GET /v1/messages/{id}?wait=N` waits: told when this message
+        // settles, not woken by every other delivery.)
+        let settled = node.outcomes.watch(&key);
         let meta = node.store.meta(Direction::Outbound, &key)?;
         match meta.state {
             MessageState::Delivered => return Ok(()),
             MessageState::Failed => return Err(format!("message {id} failed").into()),
             _ => {}
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
     }
 }
 

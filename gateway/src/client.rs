@@ -541,6 +541,19 @@ impl Client {
         self.json(Method::GET, &format!("/v1/messages/{id}"), None).await
     }
 
+    /// `GET /v1/messages/{id}?wait=N`: with `wait`, an outgoing message
+    /// without an outcome yet is answered when its receipt arrives (or after
+    /// N seconds, as it is then).
+    pub async fn status_wait(&self, id: Id, wait: Option<u32>) -> Result<MessageStatus, ClientError> {
+        match wait {
+            Some(n) if n > 0 => {
+                self.json(Method::GET, &format!("/v1/messages/{id}?wait={n}"), None)
+                    .await
+            }
+            _ => self.status(id).await,
+        }
+    }
+
     /// `GET /v1/cases`: `overdue=true`, or `due_within` (a duration such as `7d`), or every case.
     pub async fn cases(
         &self,

@@ -68,6 +68,8 @@ struct State {
     receipts: Vec<(ReceiptView, Vec<u8>)>,
     next_seq: u64,
     acks: u32,
+    /// The timeouts `status_wait` was called with.
+    status_waits: Vec<Duration>,
 }
 
 /// The daemon, in memory.
@@ -275,6 +277,16 @@ impl ApiService for Double {
             paused: None,
             receipt: s.receipts.first().map(|r| r.0.clone()),
         })
+    }
+
+    async fn status_wait(
+        &self,
+        caller: Caller,
+        mid: Id,
+        timeout: Duration,
+    ) -> Result<MessageStatus, Problem> {
+        self.state.lock().unwrap().status_waits.push(timeout);
+        self.status(caller, mid).await
     }
 
     async fn receipts(&self, _caller: Caller, f: ReceiptFilter) -> Result<Page<ReceiptView>, Problem> {
@@ -908,6 +920,22 @@ async fn submit_upload_and_status() {
     let r = h.get("/v1/messages/not-an-id").await;
     r.problem("bad-request", 400);
     assert_eq!(r.field(), "id");
+
+    // `wait=N` asks the service to wait for an outcome up to N seconds;
+    // without it (or with 0) nothing waits. Anything else is refused.
+    let v = h.get(&format!("/v1/messages/{mid}?wait=20")).await.json();
+    assert_eq!(v["id"], mid);
+    let v = h.get(&format!("/v1/messages/{mid}?wait=0")).await.json();
+    assert_eq!(v["id"], mid);
+    assert_eq!(
+        h.double.state.lock().unwrap().status_waits,
+        [Duration::from_secs(20)]
+    );
+    for (q, field) in [("wait=61", "wait"), ("wait=soon", "wait"), ("limit=1", "limit")] {
+        let r = h.get(&format!("/v1/messages/{mid}?{q}")).await;
+        r.problem("bad-request", 400);
+        assert_eq!(r.field(), field, "{q}");
+    }
     h.stop().await;
 }
 

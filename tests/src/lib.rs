@@ -282,11 +282,17 @@ impl Gateway {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
-    /// Polls `GET /v1/messages/{id}` until its state is one of `states`; returns the status document.
+    /// Polls `GET /v1/messages/{id}?wait=N` (the gateway holds the request
+    /// until an outgoing message's receipt arrives, or N seconds pass)
+    /// until its state is one of `states`; returns the status document.
     pub fn wait_state(&self, id: &str, states: &[&str], within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let (code, body) = self.request("GET", &format!("/v1/messages/{id}"), None);
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .clamp(1, 30);
+            let (code, body) = self.request("GET", &format!("/v1/messages/{id}?wait={left}"), None);
             if code == 200 {
                 let v: Value = serde_json::from_slice(&body).unwrap();
                 if states.contains(&v["state"].as_str().unwrap_or("")) {

@@ -82,7 +82,9 @@ fn three_gateways_request_answer_receipts_and_acknowledgement() {
     let photo: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
     let (req_id, doc) = message(&kz, "request", "by.mvd", None, &photo);
     assert_eq!(submit(&kz, &doc), req_id);
-    let status = kz.wait_state(&req_id, &["delivered"], WAIT);
+    // One long poll: the gateway answers when the receipt is in, not before.
+    let status = kz.get_json(&format!("/v1/messages/{req_id}?wait=30"));
+    assert_eq!(status["state"], json!("delivered"), "{status}");
     assert_eq!(status["receipt"]["verified"], json!(true), "{status}");
     assert_eq!(status["receipt"]["outcome"]["status"], json!("accepted"));
     let raw = kz.request("GET", &format!("/v1/receipts/{req_id}/raw"), None);

@@ -270,10 +270,11 @@ fn send(gw: &Gateway, file: &Path) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
-/// Polls `status ID` on `gw` until the message is delivered.
+/// Asks `status --wait 20 ID` on `gw` (the daemon answers when the receipt
+/// is in) until the message is delivered.
 fn wait_delivered(gw: &Gateway, id: &str) -> Value {
     poll("the message to be delivered", || {
-        let v = ok_json(&ctl!(gw, "--json", "status", id));
+        let v = ok_json(&ctl!(gw, "--json", "status", "--wait", "20", id));
         match v["state"].as_str().unwrap() {
             "delivered" => Some(v),
             "rejected" | "failed" => panic!("message not delivered: {v}"),

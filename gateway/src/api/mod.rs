@@ -68,6 +68,18 @@ pub trait ApiService: Send + Sync + 'static {
     /// The state of a message (either direction) and its receipt.
     fn status(&self, caller: Caller, id: Id) -> impl Future<Output = Result<MessageStatus, Problem>> + Send;
 
+    /// Like [`ApiService::status`], but while an outgoing message has no
+    /// outcome yet (`queued` or `sent`), waits up to `timeout` (at most 60
+    /// s) for its receipt or for its delivery to be given up, and returns
+    /// the status then (or at the timeout, as it is). The HTTP layer also
+    /// stops waiting at shutdown and a little after `timeout`.
+    fn status_wait(
+        &self,
+        caller: Caller,
+        id: Id,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<MessageStatus, Problem>> + Send;
+
     /// Receipts matching the filter, in a stable order, at most
     /// `filter.limit`, and the position to continue from (`next`, absent
     /// when nothing more follows). A page may hold fewer items than the

@@ -214,7 +214,7 @@ pub(crate) async fn handle<S: ApiService>(
 async fn route<S: ApiService>(
     ctx: &Ctx<S>,
     caller: Caller,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     req: Request<Incoming>,
 ) -> Result<Response<ApiBody>, Problem> {
     let Some((index, params)) = match_route(req.uri().path()) else {
@@ -251,9 +251,24 @@ async fn route<S: ApiService>(
             Ok(r)
         }
         ("/v1/messages/{id}", _) => {
-            no_query(q)?;
             let id = parse_id("id", &params[0])?;
-            Ok(json_response(StatusCode::OK, &svc.status(caller, id).await?))
+            let wait = wait_param(&ctx.limits, q)?;
+            let status = if wait == 0 {
+                svc.status(caller, id).await?
+            } else {
+                let timeout = Duration::from_secs(u64::from(wait));
+                let waiting = svc.status_wait(caller, id, timeout);
+                // As for the inbox: bounded here too, and shutdown ends the
+                // wait at once with the status as it is.
+                tokio::select! {
+                    r = tokio::time::timeout(timeout + Duration::from_secs(2), waiting) => match r {
+                        Ok(r) => r?,
+                        Err(_) => svc.status(caller, id).await?,
+                    },
+                    () = super::server::stopped(&mut stop) => svc.status(caller, id).await?,
+                }
+            };
+            Ok(json_response(StatusCode::OK, &status))
         }
         ("/v1/uploads", _) => {
             no_query(q)?;
@@ -447,11 +462,7 @@ async fn inbox<S: ApiService>(
         })
         .transpose()?;
     let limit = list_limit(&params, &ctx.limits)?;
-    let max_wait = ctx.limits.max_wait.as_secs().min(u64::from(u32::MAX)) as u32;
-    let wait = match params.get("wait") {
-        Some(s) => parse_u32("wait", s, 0, max_wait)?,
-        None => 0,
-    };
+    let wait = wait_value(&params, &ctx.limits)?;
     let svc = &ctx.service;
     let items = if wait == 0 {
         svc.inbox(caller, after, limit).await?
@@ -467,6 +478,21 @@ async fn inbox<S: ApiService>(
     };
     let next = page_next(&items, limit, |i| i.cursor.to_string());
     Ok(json_response(StatusCode::OK, &Page { items, next }))
+}
+
+/// The `wait` parameter in seconds (0 when absent; at most the configured
+/// longest wait).
+fn wait_value(params: &Query, limits: &ApiLimits) -> Result<u32, Problem> {
+    let max_wait = limits.max_wait.as_secs().min(u64::from(u32::MAX)) as u32;
+    match params.get("wait") {
+        Some(s) => parse_u32("wait", s, 0, max_wait),
+        None => Ok(0),
+    }
+}
+
+/// A query of `wait` alone (anything else is refused).
+fn wait_param(limits: &ApiLimits, q: Option<&str>) -> Result<u32, Problem> {
+    wait_value(&Query::parse(q, &["wait"])?, limits)
 }
 
 fn receipt_filter(q: Option<&str>, limits: &ApiLimits) -> Result<ReceiptFilter, Problem> {

@@ -179,11 +179,16 @@ enum Command {
         after_help = "Example:\n  konvertctl --config /etc/konvert/konvert.toml status      # the node\n  \
         konvertctl --json status | jq '.peers[] | {authority, queue_depth}'\n  \
         konvertctl status 019ec9a6-9c80-7137-be01-be76fa861153   # one message\n  \
+        konvertctl status --wait 30 019ec9a6-9c80-7137-be01-be76fa861153   # until its receipt is in (or 30 s)\n  \
         konvertctl --json status 019ec9a6-9c80-7137-be01-be76fa861153 | jq -r .state"
     )]
     Status {
         /// A message id (sent or received); without it, the node's status.
         id: Option<Id>,
+        /// With an ID: while the outgoing message has no outcome yet, wait up
+        /// to this many seconds (1-60) for its receipt.
+        #[arg(long, value_name = "SECONDS", requires = "id")]
+        wait: Option<u32>,
     },
     /// List delivery receipts, or show, export or verify one.
     Receipts(ReceiptsArgs),
@@ -865,8 +870,12 @@ async fn online(o: &OnlineArgs, command: Command) -> Result<(), Failure> {
             let s = c.send_file(&file, signatory.as_deref()).await?;
             print_out(json, &s, |s| format!("{} {}\n", s.id, s.state.as_str()))
         }
-        Command::Status { id: Some(id) } => print_out(json, &c.status(id).await?, client::status_text),
-        Command::Status { id: None } => print_out(json, &c.node_status().await?, client::node_status_text),
+        Command::Status { id: Some(id), wait } => {
+            print_out(json, &c.status_wait(id, wait).await?, client::status_text)
+        }
+        Command::Status { id: None, .. } => {
+            print_out(json, &c.node_status().await?, client::node_status_text)
+        }
         Command::Audit(AuditCommand::List { from, limit }) => {
             print_out(json, &c.audit(from, limit).await?, |p| {
                 let mut t = client::audit_table(&p.items);

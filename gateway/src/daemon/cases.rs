@@ -655,8 +655,7 @@ pub fn delivered(node: &Node, message: Option<&Message>, receipt: &Receipt) -> R
                 node.cases.release(&msg.header.id);
                 return Ok(());
             };
-            node.cases
-                .sent_accepted(msg, profile, receipt.time, node.now())?;
+            node.cases.sent_accepted(msg, profile, receipt.time, node.now())?;
             let case = node.cases.with(|p| case_of_outgoing(&p.book, msg));
             if let Some(case) = case {
                 mirror_deferred(node, &case).map_err(|e| CasesError::Store(e.to_string()))?;

@@ -333,8 +333,8 @@ pub struct Node {
     pub outbox_wake: Notify,
     /// Signals new inbox items.
     pub inbox_wake: Notify,
-    /// Signals that outbound messages got their receipts.
-    pub delivered_wake: Notify,
+    /// Tasks waiting for outbound messages to settle (receipt, or failed).
+    pub outcomes: outbound::Outcomes,
     /// Per-peer connection and delivery state.
     pub links: outbound::Links,
     /// The uploads waiting until a submission uses them.
@@ -453,7 +453,7 @@ impl Node {
             backoff,
             outbox_wake: Notify::new(),
             inbox_wake: Notify::new(),
-            delivered_wake: Notify::new(),
+            outcomes: outbound::Outcomes::default(),
             links,
             uploads: uploads::Uploads::new(uploads_dir),
             started: Instant::now(),

@@ -231,6 +231,57 @@ pub struct Links {
     fresh: Mutex<Fresh>,
 }
 
+/// Tasks waiting for outgoing messages to settle: a receipt arrived
+/// (accepted or rejected) or delivery was given up (`failed`). A waiter
+/// registers with [`Outcomes::watch`] *before* it reads the state, so that
+/// an outcome in between is not missed; it is told once, with no store read
+/// per message on behalf of anyone else.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    waiting: Mutex<HashMap<[u8; 16], Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Outcomes {
+    /// The receiver is told (or dropped) when message `id` settles next.
+    pub fn watch(&self, id: &MessageId) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            let list = w.entry(id.0).or_default();
+            // Waiters that gave up (timed out, disconnected) go now: a
+            // message that never settles keeps only its live waiters.
+            list.retain(|t| !t.is_closed());
+            list.push(tx);
+        }
+        rx
+    }
+
+    /// Forgets the waiters of `id` that gave up (called by one that timed
+    /// out, its receiver dropped).
+    pub fn unwatch(&self, id: &MessageId) {
+        if let Ok(mut w) = self.waiting.lock() {
+            if let Some(list) = w.get_mut(&id.0) {
+                list.retain(|t| !t.is_closed());
+                if list.is_empty() {
+                    w.remove(&id.0);
+                }
+            }
+        }
+    }
+
+    /// Message `id` settled: tells its waiters.
+    fn settled(&self, id: &MessageId) {
+        let waiters = self.waiting.lock().ok().and_then(|mut w| w.remove(&id.0));
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Messages with a waiter (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.waiting.lock().map_or(0, |w| w.len())
+    }
+}
+
 /// Outbox records of messages just queued, by id, until their first
 /// attempt takes them. At most [`FRESH_MAX_BYTES`] of envelopes are kept;
 /// a message that does not fit is read back from the store, as after a
@@ -1112,6 +1163,7 @@ async fn deliver(
                         Ok(Err(e)) => warn!(error = %e, "cannot mark a message failed"),
                         Err(e) => warn!(error = %e, "cannot mark a message failed"),
                     }
+                    node.outcomes.settled(&id);
                     false
                 }
             }
@@ -1254,7 +1306,7 @@ async fn attempt(
             },
         )
         .await?;
-    node.delivered_wake.notify_waiters();
+    node.outcomes.settled(id);
     Ok(outcome)
 }
 
@@ -1330,6 +1382,35 @@ async fn resolve(addr: &str) -> Option<std::net::SocketAddr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn outcome_waiters_are_told_once_and_those_that_gave_up_are_forgotten() {
+        let outcomes = Outcomes::default();
+        let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
+        let mut first = outcomes.watch(&a);
+        let mut second = outcomes.watch(&a);
+        let mut other = outcomes.watch(&b);
+        assert_eq!(outcomes.watched(), 2);
+        outcomes.settled(&a);
+        assert_eq!(first.try_recv(), Ok(()));
+        assert_eq!(second.try_recv(), Ok(()));
+        // Another message's waiter is not woken, and settling again tells no one.
+        assert!(other.try_recv().is_err());
+        outcomes.settled(&a);
+        assert_eq!(outcomes.watched(), 1);
+        // A waiter that timed out (receiver dropped) is pruned, and with it the entry.
+        drop(other);
+        outcomes.unwatch(&b);
+        assert_eq!(outcomes.watched(), 0);
+        // Dropped waiters also go when another one registers.
+        for _ in 0..100 {
+            drop(outcomes.watch(&b));
+        }
+        let mut live = outcomes.watch(&b);
+        assert_eq!(outcomes.waiting.lock().unwrap()[&b.0].len(), 1);
+        outcomes.settled(&b);
+        assert_eq!(live.try_recv(), Ok(()));
+    }
 
     #[test]
     fn live_attempts_are_counted_and_finished_ones_kept_bounded() {

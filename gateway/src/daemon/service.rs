@@ -609,6 +609,31 @@ impl ApiService for Service {
         blocking(move || message_status(&node, id)).await
     }
 
+    async fn status_wait(&self, caller: Caller, id: Id, timeout: Duration) -> Result<MessageStatus, Problem> {
+        let pending = |s: &MessageStatus| {
+            s.direction == Direction::Outbound && matches!(s.state, MessageState::Queued | MessageState::Sent)
+        };
+        let status = self.status(caller, id).await?;
+        if !pending(&status) {
+            return Ok(status);
+        }
+        // Registered before looking again, so that an outcome in between
+        // is not missed.
+        let key = MessageId(*id.as_bytes());
+        let settled = self.0.outcomes.watch(&key);
+        let status = self.status(caller, id).await?;
+        if !pending(&status) {
+            return Ok(status);
+        }
+        match tokio::time::timeout(timeout, settled).await {
+            Ok(_) => self.status(caller, id).await,
+            Err(_) => {
+                self.0.outcomes.unwatch(&key);
+                Ok(status)
+            }
+        }
+    }
+
     async fn receipts(&self, _caller: Caller, filter: ReceiptFilter) -> Result<Page<ReceiptView>, Problem> {
         let node = Arc::clone(&self.0);
         blocking(move || receipts_page(&node, &filter)).await
