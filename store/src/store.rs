@@ -90,6 +90,11 @@ const S_DESTROYED: u8 = 0xfe;
 const X_HOUR_MSGS: u8 = 7;
 /// An issued receipt whose audit retention ends in that hour.
 const X_PURGE_ISSUED: u8 = 8;
+/// The delivery receipts stored by one group whose audit retention ends in
+/// that hour (16-byte message ids): one entry per group, not one per receipt.
+const X_PURGE_RECEIPTS: u8 = 9;
+/// The same for the receipts a group issued.
+const X_PURGE_ISSUED_MANY: u8 = 10;
 
 const FORMAT_VERSION: &[u8] = b"konvert-store/3";
 /// The format before payloads were sealed with AES-256-GCM: everything in
@@ -920,6 +925,7 @@ impl Store {
         let mut events: Vec<(i64, AuditEvent)> = Vec::with_capacity(jobs.len() * 2);
         // Records as this group leaves them (a receipt may come twice).
         let mut recs: HashMap<MessageId, MsgRec> = HashMap::new();
+        let mut purge = PurgeLists::default();
         let mut results = Vec::with_capacity(jobs.len());
         for (ticket, job) in jobs {
             let id = job.id;
@@ -941,7 +947,7 @@ impl Store {
                 receipt: Some(&job.receipt),
                 now: job.now,
             };
-            let r = transition_changes(dir, &id, &mut rec, &change, &mut batch, &mut events)
+            let r = transition_changes(dir, &id, &mut rec, &change, &mut batch, &mut events, &mut purge)
                 .and_then(|_| rec.meta(dir, id));
             if r.is_ok() {
                 recs.insert(id, rec);
@@ -949,6 +955,7 @@ impl Store {
             results.push((ticket, r.map(|meta| Put { meta, created: true })));
         }
         if !batch.ops.is_empty() {
+            purge.write(&mut batch, X_PURGE_RECEIPTS);
             let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
             self.apply_timed(head, batch, &timed)?;
         }
@@ -1107,6 +1114,7 @@ impl Store {
         // The group's new messages by key hour: one expiry list per hour
         // (as the fast path writes them), not one per message.
         let mut by_hour: std::collections::BTreeMap<i64, Vec<(Direction, MessageId)>> = Default::default();
+        let mut issued_purge = PurgeLists::default();
         for (ticket, job) in jobs {
             let PreparedPut {
                 dir,
@@ -1176,7 +1184,7 @@ impl Store {
             );
             events.push((now, put_event(dir, &id, &rec, digest)));
             if let Some(r) = issued {
-                let ev = issued_ops(&mut batch, &id, &r.rec, r.digest);
+                let ev = issued_ops(&mut batch, &id, &r.rec, r.digest, Some(&mut issued_purge));
                 events.push((now, ev));
             }
             in_batch.insert((dir, id), meta.clone());
@@ -1189,6 +1197,7 @@ impl Store {
                 purge_list(ids),
             );
         }
+        issued_purge.write(&mut batch, X_PURGE_ISSUED_MANY);
         for (case, (before, ci)) in &cases {
             if ci.retain_until != *before {
                 batch.remove(exp_key(hour_of(*before), X_CASE_EXPIRE, &case.0));
@@ -1595,7 +1604,9 @@ impl Store {
         };
         let mut batch = Batch::default();
         let mut events = Vec::with_capacity(2);
-        if transition_changes(dir, id, &mut rec, &change, &mut batch, &mut events)? {
+        let mut purge = PurgeLists::default();
+        if transition_changes(dir, id, &mut rec, &change, &mut batch, &mut events, &mut purge)? {
+            purge.write(&mut batch, X_PURGE_RECEIPTS);
             let timed: Vec<(i64, &AuditEvent)> = events.iter().map(|(t, e)| (*t, e)).collect();
             self.apply_timed(&mut head, batch, &timed)?;
         }
@@ -1792,7 +1803,7 @@ impl Store {
                 return self.decode_receipt_dir(Direction::Inbound, id, &raw);
             }
             let mut batch = Batch::default();
-            let ev = issued_ops(&mut batch, id, &prepared.rec, prepared.digest);
+            let ev = issued_ops(&mut batch, id, &prepared.rec, prepared.digest, None);
             self.apply(&mut head, batch, &[ev], prepared.rec.at)?;
         }
         self.commit()?;
@@ -2242,10 +2253,10 @@ impl Store {
                     break;
                 }
                 let (k, v) = r?;
-                work += if k.get(9) == Some(&X_HOUR_MSGS) {
-                    (v.len() / 17).max(1)
-                } else {
-                    1
+                work += match k.get(9) {
+                    Some(&X_HOUR_MSGS) => (v.len() / 17).max(1),
+                    Some(&X_PURGE_RECEIPTS | &X_PURGE_ISSUED_MANY) => (v.len() / 16).max(1),
+                    _ => 1,
                 };
                 items.push((k.to_vec(), v));
             }
@@ -2319,27 +2330,21 @@ impl Store {
                         }
                     }
                     X_PURGE_RECEIPT => {
-                        let mid = MessageId(id);
-                        if let Some(raw) = self.db.get(receipt_key(&mid))? {
-                            if let Ok(rr) = decode::<ReceiptRec>(&raw, String::new) {
-                                let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rr.peer);
-                                pk.extend_from_slice(&mid.0);
-                                batch.remove(pk);
-                            }
-                            batch.remove(receipt_key(&mid));
-                            purged += 1;
-                        }
+                        purged += self.purge_receipt(&mut batch, Direction::Outbound, &MessageId(id))?;
                     }
                     X_PURGE_ISSUED => {
-                        let mid = MessageId(id);
-                        if let Some(raw) = self.db.get(issued_key(&mid))? {
-                            if let Ok(rr) = decode::<ReceiptRec>(&raw, String::new) {
-                                let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
-                                pk.extend_from_slice(&mid.0);
-                                batch.remove(pk);
+                        purged += self.purge_receipt(&mut batch, Direction::Inbound, &MessageId(id))?;
+                    }
+                    X_PURGE_RECEIPTS | X_PURGE_ISSUED_MANY => {
+                        let dir = if class == X_PURGE_RECEIPTS {
+                            Direction::Outbound
+                        } else {
+                            Direction::Inbound
+                        };
+                        for chunk in v.chunks(16) {
+                            if let Some(m) = id16(chunk) {
+                                purged += self.purge_receipt(&mut batch, dir, &MessageId(m))?;
                             }
-                            batch.remove(issued_key(&mid));
-                            purged += 1;
                         }
                     }
                     X_CASE_PURGE => {
@@ -2393,6 +2398,26 @@ impl Store {
             );
         }
         Ok(report)
+    }
+
+    /// Adds the removal of the receipt of message `id` (`Outbound`: the
+    /// peer's delivery receipt; `Inbound`: the one this gateway issued) and
+    /// of its peer index entry to `batch`; 1 if there was one.
+    fn purge_receipt(&self, batch: &mut Batch, dir: Direction, id: &MessageId) -> Result<u64> {
+        let (key, index) = match dir {
+            Direction::Outbound => (receipt_key(id), P_RECEIPT_PEER),
+            Direction::Inbound => (issued_key(id), P_ISSUED_PEER),
+        };
+        let Some(raw) = self.db.get(&key)? else {
+            return Ok(0);
+        };
+        if let Ok(rr) = decode::<ReceiptRec>(&raw, String::new) {
+            let mut pk = peer_prefix(index, None, &rr.peer);
+            pk.extend_from_slice(&id.0);
+            batch.remove(pk);
+        }
+        batch.remove(key);
+        Ok(1)
     }
 
     fn purge_message(&self, batch: &mut Batch, dir: Direction, id: &MessageId) -> Result<bool> {
@@ -3030,8 +3055,9 @@ struct Change<'a> {
 }
 
 /// Moves `rec` (message `id`, as on record) to `change.to`: updates it and
-/// adds the writes (index entry moved, record, receipt and its index and
-/// purge entries) to `batch` and the audit events to `events`. Returns
+/// adds the writes (index entry moved, record, receipt and its index entry)
+/// to `batch`, the audit events to `events` and the receipt to `purge` (the
+/// caller writes its purge list). Returns
 /// `false`, changing nothing, when the record is in that state already; a
 /// destroyed record or a state outside `change.from` is an error, and
 /// nothing is changed or added either.
@@ -3042,6 +3068,7 @@ fn transition_changes(
     change: &Change<'_>,
     batch: &mut Batch,
     events: &mut Vec<(i64, AuditEvent)>,
+    purge: &mut PurgeLists,
 ) -> Result<bool> {
     let (to, now) = (change.to, change.now);
     if rec.destroyed_at.is_some() {
@@ -3106,7 +3133,7 @@ fn transition_changes(
         let mut pk = peer_prefix(P_RECEIPT_PEER, None, &rec.peer);
         pk.extend_from_slice(&id.0);
         batch.insert(pk, EMPTY);
-        batch.insert(exp_key(r.key_hour, X_PURGE_RECEIPT, &id.0), EMPTY);
+        purge.add(r.key_hour, *id);
         ev = ev.detail(&r.outcome).digest(r.digest);
     }
     if sent_too {
@@ -3154,14 +3181,48 @@ fn decode_group(v: &[u8]) -> Result<GroupMarker> {
     Ok((gseq, aseq, puts))
 }
 
+/// The receipts a group stores, by the hour their audit retention ends:
+/// written as one purge list per hour ([`X_PURGE_RECEIPTS`],
+/// [`X_PURGE_ISSUED_MANY`]) instead of one purge entry per receipt.
+#[derive(Default)]
+struct PurgeLists(std::collections::BTreeMap<i64, Vec<MessageId>>);
+
+impl PurgeLists {
+    fn add(&mut self, hour: i64, id: MessageId) {
+        self.0.entry(hour).or_default().push(id);
+    }
+
+    /// Adds the lists to `batch` under `class`.
+    fn write(self, batch: &mut Batch, class: u8) {
+        for (hour, mut ids) in self.0 {
+            ids.sort();
+            ids.dedup();
+            let mut v = Vec::with_capacity(ids.len() * 16);
+            for id in &ids {
+                v.extend_from_slice(&id.0);
+            }
+            batch.insert(exp_key(hour, class, &list_id(&ids[0], rand::random())), v);
+        }
+    }
+}
+
 /// The writes and the audit event of an issued receipt: its record, its
 /// peer index entry and its purge entry at the end of its audit retention.
-fn issued_ops(batch: &mut Batch, id: &MessageId, rr: &ReceiptRec, digest: [u8; 32]) -> AuditEvent {
+fn issued_ops(
+    batch: &mut Batch,
+    id: &MessageId,
+    rr: &ReceiptRec,
+    digest: [u8; 32],
+    purge: Option<&mut PurgeLists>,
+) -> AuditEvent {
     let mut pk = peer_prefix(P_ISSUED_PEER, None, &rr.peer);
     pk.extend_from_slice(&id.0);
     batch.insert(issued_key(id), encode(rr));
     batch.insert(pk, EMPTY);
-    batch.insert(exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY);
+    match purge {
+        Some(lists) => lists.add(rr.key_hour, *id),
+        None => batch.insert(exp_key(rr.key_hour, X_PURGE_ISSUED, &id.0), EMPTY),
+    }
     AuditEvent::new(AuditKind::ReceiptIssued)
         .message(*id)
         .peer(&rr.peer)

@@ -349,6 +349,7 @@ fn async_deliveries_are_applied_in_groups_each_once_and_survive_a_reopen() {
     assert!(delivery_blocks.len() < 63, "{}", delivery_blocks.len());
 
     drop(s);
+    let clock = f.clock.clone();
     let (s, _tmp) = f.reopen();
     for id in ids.iter().filter(|id| **id != gone) {
         let meta = s.meta(Direction::Outbound, id).unwrap();
@@ -360,5 +361,23 @@ fn async_deliveries_are_applied_in_groups_each_once_and_survive_a_reopen() {
         .list_ids_by_state(Direction::Outbound, MessageState::Queued, None, 100)
         .unwrap()
         .is_empty());
+    s.audit_verify().unwrap();
+
+    // At the end of their audit retention the receipts go, each group's
+    // purge list with them, in sweep steps smaller than a list.
+    clock.set(T0 + 366 * 86_400);
+    let mut purged = 0;
+    loop {
+        let r = s.sweep(10).unwrap();
+        purged += r.purged;
+        if !r.remaining {
+            break;
+        }
+    }
+    assert!(purged >= 63, "{purged}");
+    assert!(s.receipts_by_peer("by.mvd", None, 1000).unwrap().is_empty());
+    for id in &ids {
+        assert!(matches!(s.receipt(id), Err(Error::NotFound { .. })), "{id}");
+    }
     s.audit_verify().unwrap();
 }

@@ -31,6 +31,11 @@ fn issued_receipts_are_kept_listed_and_outlive_the_message() {
     s.put_outbox(&out).unwrap();
     s.mark_delivered(&out.id, &receipt("accepted", b"their receipt"))
         .unwrap();
+    // A message stored with the receipt issued for it (one write, as the
+    // gateway does it).
+    let with = msg(ms(T0) + 2, "by.mvd", "request", b"received with its receipt");
+    s.put_inbox_with_receipt(&with, &receipt("accepted", b"issued with it"))
+        .unwrap();
 
     // No receipt issued yet.
     assert!(matches!(s.issued_receipt(&inb.id), Err(Error::NotFound { .. })));
@@ -55,8 +60,9 @@ fn issued_receipts_are_kept_listed_and_outlive_the_message() {
     let ours = s
         .receipts_by_peer_dir(Direction::Inbound, "by.mvd", None, 10)
         .unwrap();
-    assert_eq!(ours.len(), 1);
+    assert_eq!(ours.len(), 2);
     assert_eq!(ours[0].message, inb.id);
+    assert_eq!(ours[1].message, with.id);
     let theirs = s
         .receipts_by_peer_dir(Direction::Outbound, "by.mvd", None, 10)
         .unwrap();
@@ -67,12 +73,14 @@ fn issued_receipts_are_kept_listed_and_outlive_the_message() {
         s.receipts_between_dir(Direction::Inbound, ms(T0), ms(T0) + 10, None, 10)
             .unwrap()
             .len(),
+        2
+    );
+    assert_eq!(
+        s.receipts_between_dir(Direction::Inbound, ms(T0), ms(T0) + 10, Some(&inb.id), 10)
+            .unwrap()
+            .len(),
         1
     );
-    assert!(s
-        .receipts_between_dir(Direction::Inbound, ms(T0), ms(T0) + 10, Some(&inb.id), 10)
-        .unwrap()
-        .is_empty());
     assert_eq!(
         s.receipt_dir(Direction::Outbound, &out.id).unwrap().bytes,
         b"their receipt"
@@ -92,14 +100,28 @@ fn issued_receipts_are_kept_listed_and_outlive_the_message() {
     let s = open(tmp.path(), clock.clone());
     assert_eq!(s.issued_receipt(&inb.id).unwrap().outcome, "accepted");
 
-    // The audit retention ends: receipts of both directions are purged.
+    // The audit retention ends: receipts of both directions are purged,
+    // and with them their peer index entries.
     clock.set(T0 + 366 * DAY);
-    while s.sweep(1000).unwrap().remaining {}
-    assert!(matches!(s.issued_receipt(&inb.id), Err(Error::NotFound { .. })));
-    assert!(s
-        .receipts_by_peer_dir(Direction::Inbound, "by.mvd", None, 10)
-        .unwrap()
-        .is_empty());
+    let mut purged = 0;
+    loop {
+        let r = s.sweep(1000).unwrap();
+        purged += r.purged;
+        if !r.remaining {
+            break;
+        }
+    }
+    assert!(purged >= 3, "{purged}");
+    for id in [&inb.id, &with.id] {
+        assert!(matches!(s.issued_receipt(id), Err(Error::NotFound { .. })));
+    }
+    assert!(matches!(s.receipt(&out.id), Err(Error::NotFound { .. })));
+    for dir in [Direction::Inbound, Direction::Outbound] {
+        assert!(s
+            .receipts_by_peer_dir(dir, "by.mvd", None, 10)
+            .unwrap()
+            .is_empty());
+    }
     s.audit_verify().unwrap();
 }
 
