@@ -2784,6 +2784,16 @@ impl Store {
 
     // ---- misc ----
 
+    /// Tells the group commit how many writers the caller has at once (a
+    /// gateway: the messages it has in flight). With 64 or more, a sync
+    /// waits for up to 64 writes or 4 ms instead of 16 or 1.5 ms: their
+    /// latency is queueing for the CPU then, and fewer syncs leave more of
+    /// it to them. A hint only: what is durable, and when a write returns
+    /// (after its sync), does not change.
+    pub fn set_concurrent_writers(&self, n: usize) {
+        self.gc.set_writers(n as u64);
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> StoreStats {
         StoreStats {

@@ -62,6 +62,30 @@ const GATHER: u64 = 16;
 /// fdatasync then serves more of them. A lone writer never waits.
 const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(1500);
 
+/// With at least this many concurrent writers announced
+/// ([`GroupCommit::set_writers`]) ...
+const BUSY_WRITERS: u64 = 64;
+
+/// ... a sync waits for this many writes ...
+const BUSY_GATHER: u64 = 64;
+
+/// ... or this long: with that many messages in flight their latency is
+/// queueing for the CPU, and fewer syncs leave more of it to them (the
+/// idea of PostgreSQL's `commit_delay` / `commit_siblings`). End to end at
+/// 256 in flight, 2x the writes per sync and 6-9 % less CPU per message;
+/// applied at 16 in flight, the same wait cost a quarter of the rate.
+const BUSY_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// How many writes a service thread gathers before a sync, and for how
+/// long at most, with `writers` concurrent writers announced.
+fn gathering(writers: u64) -> (u64, std::time::Duration) {
+    if writers >= BUSY_WRITERS {
+        (BUSY_GATHER, BUSY_GATHER_WAIT)
+    } else {
+        (GATHER, GATHER_WAIT)
+    }
+}
+
 /// How hard the store works to make an acknowledged write survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -185,6 +209,8 @@ pub(crate) struct GroupCommit {
     files: Mutex<SyncFiles>,
     pub(crate) counters: Counters,
     fail_next: AtomicBool,
+    /// How many writers the caller expects at once (a hint; see [`BUSY_WRITERS`]).
+    writers: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -226,6 +252,7 @@ impl GroupCommit {
             }),
             counters: Counters::default(),
             fail_next: AtomicBool::new(false),
+            writers: AtomicU64::new(0),
         })
     }
 
@@ -344,6 +371,13 @@ impl GroupCommit {
         rx
     }
 
+    /// How many writers the caller has at once (messages in flight, say):
+    /// with many, a sync gathers longer (see [`BUSY_WRITERS`]). A hint: it
+    /// changes how long a sync may wait, never what is durable.
+    pub(crate) fn set_writers(&self, n: u64) {
+        self.writers.store(n, Ordering::Relaxed);
+    }
+
     /// Called in a loop by a service thread: take a free role if there is
     /// work for it. The thread parks after `Idle` (it is unparked when work
     /// arrives) and ends after `Stop`.
@@ -447,11 +481,12 @@ impl GroupCommit {
         }
         let applied = st.applied();
         if !st.syncing && applied > st.durable {
-            if IS_SERVER.get() && st.last_group > 1 && applied - st.durable < GATHER {
+            let (gather, wait) = gathering(self.writers.load(Ordering::Relaxed));
+            if IS_SERVER.get() && st.last_group > 1 && applied - st.durable < gather {
                 // Concurrent writers and a small group: gather a little
                 // longer (taking the other roles meanwhile).
                 let now = std::time::Instant::now();
-                let until = *st.sync_defer_until.get_or_insert(now + GATHER_WAIT);
+                let until = *st.sync_defer_until.get_or_insert(now + wait);
                 if now < until {
                     return (st, false);
                 }
@@ -633,5 +668,22 @@ impl SyncFiles {
             crate::keys::sync_dir(&self.blobs_dir)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_announced_writers_gather_longer_few_do_not() {
+        for n in [0, 1, 16, BUSY_WRITERS - 1] {
+            assert_eq!(gathering(n), (GATHER, GATHER_WAIT), "{n}");
+        }
+        for n in [BUSY_WRITERS, 256, u64::MAX] {
+            assert_eq!(gathering(n), (BUSY_GATHER, BUSY_GATHER_WAIT), "{n}");
+        }
+        // Longer and larger, never shorter.
+        assert!(BUSY_GATHER >= GATHER && BUSY_GATHER_WAIT >= GATHER_WAIT);
     }
 }

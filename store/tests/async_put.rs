@@ -171,6 +171,47 @@ fn async_and_blocking_writers_share_groups_and_every_write_lands() {
 }
 
 #[test]
+fn with_many_writers_announced_every_write_still_lands_and_shares_syncs() {
+    let f = Fixture::new();
+    let s = f.store.clone();
+    s.set_concurrent_writers(256);
+    let before = s.stats();
+    let ids: Vec<MessageId> = f.rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..64u64 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..10u64 {
+                    let m = from_by(t * 100 + i, format!("busy {t}/{i}").as_bytes());
+                    assert!(s.put_inbox_async(&m).await.unwrap().created);
+                    ids.push(m.id);
+                }
+                ids
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r.unwrap());
+        }
+        all
+    });
+    let after = s.stats();
+    assert!(after.syncs - before.syncs < after.acked_writes - before.acked_writes);
+    // A writer after the crowd has gone still gets its sync (the gather
+    // wait bounds how long a sync is deferred).
+    s.set_concurrent_writers(1000);
+    f.rt.block_on(s.put_inbox_async(&from_by(99_999, b"alone")))
+        .unwrap();
+    drop(s);
+    let (s, _tmp) = f.reopen();
+    for id in &ids {
+        assert_eq!(s.meta(Direction::Inbound, id).unwrap().state, MessageState::New);
+    }
+    s.audit_verify().unwrap();
+}
+
+#[test]
 fn async_duplicates_are_stored_once() {
     let f = Fixture::new();
     let s = &f.store;

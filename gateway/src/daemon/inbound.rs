@@ -126,6 +126,7 @@ impl InFlight {
     fn new(node: &Arc<Node>) -> Self {
         node.inbound_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        node.note_in_flight();
         Self(Arc::clone(node))
     }
 }
@@ -135,6 +136,7 @@ impl Drop for InFlight {
         self.0
             .inbound_in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.note_in_flight();
     }
 }
 

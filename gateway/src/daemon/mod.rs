@@ -343,6 +343,8 @@ pub struct Node {
     pub started: Instant,
     /// Envelopes being received now (shutdown waits for them).
     pub inbound_in_flight: std::sync::atomic::AtomicUsize,
+    /// Outbound envelopes being delivered now (attempts in progress).
+    pub outbound_in_flight: std::sync::atomic::AtomicUsize,
     /// The clock of deadlines, retention and receipts.
     pub clock: Arc<crate::clock::NodeClock>,
     /// What the retention sweeper has done.
@@ -355,6 +357,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Tells the store how many envelopes are in flight through this
+    /// gateway (being delivered, and being received): with many, its group
+    /// commit gathers longer before a sync (`Store::set_concurrent_writers`).
+    pub(crate) fn note_in_flight(&self) {
+        use std::sync::atomic::Ordering;
+        let n =
+            self.outbound_in_flight.load(Ordering::Relaxed) + self.inbound_in_flight.load(Ordering::Relaxed);
+        self.store.set_concurrent_writers(n);
+    }
+
     /// Loads everything the configuration names, opens the store and binds
     /// the QUIC endpoint. Must run inside a tokio runtime.
     pub fn start(config_path: &Path) -> Result<Arc<Node>, StartError> {
@@ -458,6 +470,7 @@ impl Node {
             uploads: uploads::Uploads::new(uploads_dir),
             started: Instant::now(),
             inbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            outbound_in_flight: std::sync::atomic::AtomicUsize::new(0),
             clock,
             sweeps: retention::SweepTotals::default(),
             cases,

@@ -1047,12 +1047,18 @@ fn pump(node: &Arc<Node>, peer: &AuthorityId, link: &Arc<Link>) {
             return;
         };
         let fresh = match node.links.in_flight.lock() {
-            Ok(mut s) => s.insert(key),
+            Ok(mut s) => {
+                let fresh = s.insert(key);
+                node.outbound_in_flight
+                    .store(s.len(), std::sync::atomic::Ordering::Relaxed);
+                fresh
+            }
             Err(_) => false,
         };
         if !fresh {
             continue;
         }
+        node.note_in_flight();
         link.started(&key);
         let node = Arc::clone(node);
         let (peer, link) = (peer.clone(), Arc::clone(link));
@@ -1061,7 +1067,10 @@ fn pump(node: &Arc<Node>, peer: &AuthorityId, link: &Arc<Link>) {
             drop(permit);
             if let Ok(mut s) = node.links.in_flight.lock() {
                 s.remove(&key);
+                node.outbound_in_flight
+                    .store(s.len(), std::sync::atomic::Ordering::Relaxed);
             }
+            node.note_in_flight();
             pump(&node, &peer, &link);
             if retry {
                 // The dispatcher's next look must come in time for it.
