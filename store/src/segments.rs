@@ -9,9 +9,9 @@
 //! `unlink` (after its key is gone).
 //!
 //! Writers reserve a range with an atomic add and `pwrite` into it in
-//! parallel. A file grows by zero-filled steps of [`GROW`] written and
-//! `fdatasync`ed ahead of the appends (by the writer that first needs the
-//! room): a payload then lands in blocks that already exist inside the
+//! parallel. A file grows by zero-filled steps of [`GROW`] written (in
+//! [`ZERO_CHUNK`] writes) and `fdatasync`ed ahead of the appends (by the
+//! writer that first needs the room): a payload then lands in blocks that already exist inside the
 //! file's size, so its own `fdatasync` flushes data only, with no journal
 //! commit for a new size or new extents (measured on this disk: about 40 %
 //! less CPU and wall time per 1 KiB append + fdatasync than growing the
@@ -39,6 +39,14 @@ pub(crate) const GROW: u64 = 4 << 20;
 
 /// Appends of at least this many bytes extend the file themselves.
 pub(crate) const DIRECT: u64 = 64 << 10;
+
+/// The zero-fill is written in writes of this size. One write of the whole
+/// [`GROW`] step made the kernel (Linux 6.18, ext4) cache it in large folios
+/// of up to 2 MiB, and every later small append into such a folio walks
+/// all its block buffers, in the write and again in the writeback: a 1 KiB
+/// append (with a sixth of an `fdatasync`) took 12.6–14.0 µs of CPU against
+/// 7.2–9.2 µs after a zero-fill in 4–256 KiB writes, on this machine.
+const ZERO_CHUNK: usize = 64 << 10;
 
 struct Seg {
     file: File,
@@ -81,10 +89,15 @@ impl Seg {
             return Ok(());
         }
         let to = end.div_ceil(GROW) * GROW;
-        let zeros = vec![0u8; (to - from) as usize];
-        self.file
-            .write_all_at(&zeros, from)
-            .map_err(|e| Error::io(path, e))?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZERO_CHUNK as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], at)
+                .map_err(|e| Error::io(path, e))?;
+            at += n as u64;
+        }
         self.file.sync_data().map_err(|e| Error::io(path, e))?;
         self.allocated.store(to, Ordering::Release);
         Ok(())
