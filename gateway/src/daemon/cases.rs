@@ -213,8 +213,9 @@ impl Key {
 
     /// The record's current value in `p` (`None`: not there).
     fn value(&self, p: &Procedure) -> Result<Option<Vec<u8>>, CasesError> {
+        // (Local records: plain CBOR, read back with `cbor::from_slice`.)
         fn enc<T: Serialize>(key: &Key, v: Option<&T>) -> Result<Option<Vec<u8>>, CasesError> {
-            v.map(|v| konvert_envelope::cbor::to_deterministic_vec(v).map_err(|e| key.bad(e)))
+            v.map(|v| konvert_envelope::cbor::to_vec(v).map_err(|e| key.bad(e)))
                 .transpose()
         }
         match self {
