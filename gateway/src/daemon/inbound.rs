@@ -653,10 +653,13 @@ fn version_refusal(e: super::versions::VersionError) -> OpenError {
 }
 
 fn stored_receipt(node: &Node, key: &MessageId) -> Option<Vec<u8>> {
+    // The message's record first: a receipt is never on record without it
+    // (stored in the same write, or after it; and its metadata outlives the
+    // receipt), so a new envelope costs one lookup, not two.
+    node.store.meta(Direction::Inbound, key).ok()?;
     if let Ok(r) = node.store.issued_receipt(key) {
         return Some(r.bytes);
     }
-    node.store.meta(Direction::Inbound, key).ok()?;
     let msg = node.store.get(Direction::Inbound, key).ok()?;
     InboxRecord::from_slice(&msg.payload).ok().map(|r| r.receipt)
 }
