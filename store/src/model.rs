@@ -298,6 +298,11 @@ pub struct SweepReport {
     pub destroyed: u64,
     /// Metadata records purged after the audit retention.
     pub purged: u64,
+    /// The messages whose metadata was purged (nothing of them is left in
+    /// the store but audit entries): what the caller may now forget too.
+    pub purged_messages: Vec<(Direction, MessageId)>,
+    /// The same for cases.
+    pub purged_cases: Vec<CaseId>,
     /// Data keys destroyed (expiry buckets and cases).
     pub keys_destroyed: u64,
     /// Audit entries pruned after the audit retention (see

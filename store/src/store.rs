@@ -2325,7 +2325,10 @@ impl Store {
                             let dir = chunk.first().copied().and_then(Direction::from_byte);
                             let mid = chunk.get(1..).and_then(id16);
                             if let (Some(d), Some(m)) = (dir, mid) {
-                                purged += self.purge_message(&mut batch, d, &MessageId(m))? as u64;
+                                if self.purge_message(&mut batch, d, &MessageId(m))? {
+                                    purged += 1;
+                                    report.purged_messages.push((d, MessageId(m)));
+                                }
                             }
                         }
                     }
@@ -2350,6 +2353,7 @@ impl Store {
                     X_CASE_PURGE => {
                         batch.remove(case_key(&CaseId(id)));
                         purged += 1;
+                        report.purged_cases.push(CaseId(id));
                     }
                     _ => {}
                 }

@@ -208,6 +208,9 @@ fn expiry_destroys_payload_and_key_then_purges_metadata() {
     // metadata is past its audit retention.
     assert_eq!(r.destroyed, 1, "{r:?}");
     assert_eq!(r.purged, 1, "{r:?}");
+    // The report names it, for the caller's own records of it.
+    assert_eq!(r.purged_messages, [(Direction::Inbound, short.id)]);
+    assert!(r.purged_cases.is_empty());
     assert!(matches!(
         s.meta(Direction::Inbound, &short.id),
         Err(Error::NotFound { .. })
@@ -326,6 +329,25 @@ fn cases_deadlines_and_early_destruction() {
     m3.case = Some(case);
     assert!(matches!(s.put_inbox(&m3), Err(Error::Destroyed { .. })));
     s.audit_verify().unwrap();
+
+    // At the end of the audit retention the case's record and its messages'
+    // metadata are purged, and the sweep names them.
+    clock.set(T0 + 20 * DAY + 366 * DAY);
+    let (mut cases, mut messages) = (Vec::new(), Vec::new());
+    loop {
+        let r = s.sweep(1000).unwrap();
+        cases.extend(r.purged_cases);
+        messages.extend(r.purged_messages);
+        if !r.remaining {
+            break;
+        }
+    }
+    assert!(cases.contains(&case), "{cases:?}");
+    for (dir, id) in [(Direction::Outbound, m1.id), (Direction::Inbound, m2.id)] {
+        assert!(messages.contains(&(dir, id)), "{messages:?}");
+        assert!(matches!(s.meta(dir, &id), Err(Error::NotFound { .. })));
+    }
+    assert!(matches!(s.case_get(&case), Err(Error::NotFound { .. })));
 }
 
 #[test]
