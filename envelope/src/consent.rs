@@ -547,6 +547,24 @@ impl ConsentLedger {
             requests: requests.into_iter().map(|r| (r.request, r)).collect(),
         }
     }
+    /// Forgets message `id` altogether (its metadata has gone): its
+    /// provision, a consent request with that id, and the consent requests
+    /// about its data. Returns the ids whose records changed (`id` and those
+    /// requests').
+    pub fn forget_message(&mut self, id: &Id) -> Vec<Id> {
+        let mut touched = vec![*id];
+        self.provisions.remove(id);
+        self.requests.remove(id);
+        self.requests.retain(|r, rec| {
+            let about = &rec.data == id;
+            if about {
+                touched.push(*r);
+            }
+            !about
+        });
+        touched
+    }
+
     /// Removes the provision of a destroyed message and the consents about it (Art. 11.5).
     pub fn forget(&mut self, message: &Id) {
         self.provisions.remove(message);

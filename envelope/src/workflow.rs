@@ -1326,6 +1326,25 @@ impl CaseBook {
             .close(at)
     }
 
+    /// Forgets message `id` outside a case (its metadata has gone: nothing
+    /// can refer to it any more): the message itself, whether it was
+    /// answered, an authenticity query with that id, and the queries about
+    /// it. Returns the ids whose records changed (`id` and those queries').
+    pub fn forget_message(&mut self, id: &Id) -> Vec<Id> {
+        let mut touched = vec![*id];
+        self.loose.remove(id);
+        self.decided.remove(id);
+        self.queries.remove(id);
+        self.queries.retain(|q, r| {
+            let about = &r.about == id;
+            if about {
+                touched.push(*q);
+            }
+            !about
+        });
+        touched
+    }
+
     /// Removes a case and its index entries (after the store destroyed it, Art. 11.5).
     pub fn forget_case(&mut self, case: &Id) -> Option<Case> {
         let c = self.cases.remove(case)?;

@@ -98,6 +98,25 @@ fn the_sweeper_destroys_a_received_message_when_its_retention_ends() {
         log.contains("test clock"),
         "the shifted clock is announced:\n{log}"
     );
+
+    // Past the audit retention (5 years by default) its metadata and its
+    // case's go too, and with them the agreement procedure's records of
+    // them: the state does not keep every message ever exchanged.
+    std::fs::write(&clock, "1900d").unwrap();
+    by.reload();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _) = by.request("GET", &format!("/v1/messages/{id}"), None);
+        let log = by.log();
+        if code == 404 && log.contains("procedure records of purged messages and cases removed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata or procedure records not purged (HTTP {code}):\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     by.stop();
     kz.stop();
 }

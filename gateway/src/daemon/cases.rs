@@ -617,6 +617,41 @@ impl Cases {
             .collect()
     }
 
+    /// Forgets messages and cases whose metadata the store has purged (the
+    /// retention sweeper's report, at the end of the audit retention):
+    /// their procedure records leave the state and the store, so that the
+    /// state does not grow with every message ever exchanged. Returns how
+    /// many records were removed or rewritten; durable with the next sync.
+    pub fn forget(&self, messages: &[Id], cases: &[Id]) -> Result<usize, CasesError> {
+        if messages.is_empty() && cases.is_empty() {
+            return Ok(0);
+        }
+        let mut p = self.lock();
+        let mut keys = Vec::new();
+        for id in messages {
+            keys.extend(p.book.forget_message(id).into_iter().map(Key::Message));
+            keys.extend(p.consents.forget_message(id).into_iter().map(Key::Message));
+        }
+        for case in cases {
+            p.book.forget_case(case);
+            keys.push(Key::Case(*case));
+        }
+        keys.sort();
+        keys.dedup();
+        let mut ops = Vec::with_capacity(keys.len());
+        for k in &keys {
+            // What is left of a record (another part of it), or its removal.
+            ops.push((k.bytes(), k.value(&p)?));
+        }
+        let n = ops.len();
+        for chunk in ops.chunks(konvert_store::MAX_RECORD_OPS) {
+            self.store
+                .records_apply(chunk.to_vec())
+                .map_err(CasesError::from)?;
+        }
+        Ok(n)
+    }
+
     /// Closes an ended case (local; Art. 11.5).
     pub fn close(&self, case: &Id, at: Timestamp) -> Result<Case, CloseError> {
         self.update(|p| -> Result<(Case, Vec<Key>), CloseError> {
@@ -1185,6 +1220,49 @@ mod tests {
     fn card(authority: &str) -> AuthorityCard {
         let t = tempfile::tempdir().unwrap();
         crate::offline::keygen(&AuthorityId::new(authority).unwrap(), t.path(), None, false).unwrap()
+    }
+
+    #[test]
+    fn what_the_store_purged_is_forgotten_in_the_state_and_its_records() {
+        let t = tempfile::tempdir().unwrap();
+        let p = profile();
+        let kz = card("kz.mvd");
+        let req = example("request");
+        let mut info = example("unsolicited_information");
+        info.header.from = AuthorityId::new("kz.mvd").unwrap();
+        info.header.to = AuthorityId::new("by.mvd").unwrap();
+        let now = req.header.time.max(info.header.time).plus_secs(60);
+        let (case, loose) = (req.header.id, info.header.id);
+        {
+            let (st, cases) = open(t.path());
+            assert!(matches!(
+                cases.receive(&req, &kz, &p, now, now),
+                Ok(Applied::Opened { .. })
+            ));
+            cases.receive(&info, &kz, &p, now, now).unwrap();
+            assert!(cases.with(|p| p.book.loose(&loose).is_some() && p.consents.provision(&loose).is_some()));
+            let before = records(&st).len();
+            assert_eq!(cases.forget(&[], &[]).unwrap(), 0);
+            // The sweep purged the loose message and the case.
+            assert!(cases.forget(&[loose], &[case]).unwrap() >= 2);
+            assert!(cases.with(|p| p.book.loose(&loose).is_none()
+                && p.consents.provision(&loose).is_none()
+                && p.book.case(&case).is_none()
+                && p.book.case_of(&case).is_none()));
+            let left = records(&st);
+            assert!(left.len() < before, "{left:?}");
+            for k in [Key::Message(loose).bytes(), Key::Case(case).bytes()] {
+                assert!(left.iter().all(|(key, _)| *key != k), "{k:?} left");
+            }
+            // Forgetting again changes nothing.
+            let again = cases.forget(&[loose], &[case]).unwrap();
+            assert!(again >= 2);
+            assert_eq!(records(&st), left);
+            st.sync().unwrap();
+        }
+        // And a reload does not bring them back.
+        let (_st, cases) = open(t.path());
+        assert!(cases.with(|p| p.book.loose(&loose).is_none() && p.book.case(&case).is_none()));
     }
 
     #[test]

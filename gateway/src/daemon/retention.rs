@@ -4,7 +4,8 @@
 //! [`konvert_store::Store::sweep`] on a blocking thread: the keys and payload
 //! files of every expired hour go first (from then on the data is
 //! unreadable), then the index bookkeeping, purges past the audit retention
-//! and audit pruning, in steps of [`SWEEP_BUDGET`] records; while the store
+//! and audit pruning, in steps of [`SWEEP_BUDGET`] records (the procedure
+//! records of purged messages and cases go with them); while the store
 //! reports more to do, steps follow each other without waiting for the next
 //! tick (each is short, so writers are never held up for long). Totals are
 //! logged (counts only) and kept for the API's retention report.
@@ -62,8 +63,13 @@ pub async fn sweep_once(node: &Arc<Node>, stop: &tokio::sync::watch::Receiver<bo
     totals.sweeps.fetch_add(1, Ordering::Relaxed);
     let (mut destroyed, mut purged, mut keys, mut pruned) = (0u64, 0u64, 0u64, 0u64);
     loop {
-        let store = Arc::clone(&node.store);
-        let step = tokio::task::spawn_blocking(move || store.sweep(SWEEP_BUDGET)).await;
+        let n = Arc::clone(node);
+        let step = tokio::task::spawn_blocking(move || {
+            let report = n.store.sweep(SWEEP_BUDGET)?;
+            forget_purged(&n, &report);
+            Ok::<_, konvert_store::Error>(report)
+        })
+        .await;
         let report = match step {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -102,6 +108,31 @@ pub async fn sweep_once(node: &Arc<Node>, stop: &tokio::sync::watch::Receiver<bo
             audit_blocks_pruned = pruned,
             "retention sweep"
         );
+    }
+}
+
+/// The procedure records of what the sweep purged go too (the case book
+/// and the consent ledger would otherwise keep every message ever
+/// exchanged). A failure is logged: the records stay, nothing else is lost.
+fn forget_purged(node: &Node, report: &konvert_store::SweepReport) {
+    use konvert_envelope::model::Id;
+    let messages: Vec<Id> = report
+        .purged_messages
+        .iter()
+        .map(|(_, m)| Id::from_bytes(m.0))
+        .collect();
+    let cases: Vec<Id> = report.purged_cases.iter().map(|c| Id::from_bytes(c.0)).collect();
+    match node
+        .cases
+        .forget(&messages, &cases)
+        .and_then(|n| node.store.sync().map(|()| n).map_err(Into::into))
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            records = n,
+            "procedure records of purged messages and cases removed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "procedure records of purged messages not removed"),
     }
 }
 
