@@ -429,6 +429,41 @@ async fn length_above_limit_is_seen_before_the_body_and_answered() {
 }
 
 #[tokio::test]
+async fn envelopes_held_in_memory_are_sent_as_they_are_and_refused_above_the_limit() {
+    let cfg = TransportConfig {
+        max_envelope_bytes: 512 * 1024,
+        ..TransportConfig::default()
+    };
+    let mut p = pair(cfg);
+    let conn = p.connect().await.unwrap();
+    // Empty, under one piece, several pieces with a short last one.
+    for (len, seed) in [(0usize, 3u8), (1000, 4), (300 * 1024 + 7, 5)] {
+        let data = pattern(len, seed);
+        let receipt = within(conn.send_envelope_bytes(bytes::Bytes::from(data.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt,
+            accepted_receipt(len as u64, &Sha256::digest(&data)),
+            "{len} bytes"
+        );
+    }
+    // Above the limit the receiver answers on the length alone and stops
+    // the stream; the sender stops writing and returns that receipt.
+    let receipt = within(conn.send_envelope_bytes(bytes::Bytes::from(pattern(2 << 20, 6))))
+        .await
+        .unwrap();
+    assert_eq!(receipt, b"too_large");
+    let mut refused = false;
+    while !refused {
+        if let Event::Envelope { within_limit, .. } = next_event(&mut p.events).await {
+            refused = !within_limit;
+        }
+    }
+    send_ok(&conn, b"after").await;
+}
+
+#[tokio::test]
 async fn connections_per_peer_are_capped() {
     let cfg = TransportConfig {
         max_connections_per_peer: 2,

@@ -1180,6 +1180,16 @@ async fn deliver(
     }
 }
 
+/// The envelope of a record held in memory, for quinn to send from as it
+/// is (see [`crate::transport::Connection::send_envelope_bytes`]).
+struct EnvelopeOf(Arc<OutboxRecord>);
+
+impl AsRef<[u8]> for EnvelopeOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.envelope
+    }
+}
+
 async fn attempt(
     node: &Arc<Node>,
     peer: &AuthorityId,
@@ -1205,8 +1215,8 @@ async fn attempt(
             conn.send_envelope(len, stream).await
         }
         None => {
-            let len = record.envelope.len() as u64;
-            conn.send_envelope(len, record.envelope.as_slice()).await
+            conn.send_envelope_bytes(bytes::Bytes::from_owner(EnvelopeOf(Arc::clone(&record))))
+                .await
         }
     };
     // `sent`: the envelope went out on a connection the peer accepted (a

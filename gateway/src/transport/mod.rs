@@ -938,11 +938,19 @@ impl Connection {
     /// without reading the body (STOP_SENDING [`StreamCode::BodyNotRead`],
     /// for example for a too-large envelope), sending stops and its receipt
     /// is returned.
-    pub async fn send_envelope<R: AsyncRead + Unpin>(
-        &self,
-        len: u64,
-        mut body: R,
-    ) -> Result<Vec<u8>, SendError> {
+    pub async fn send_envelope<R: AsyncRead + Unpin>(&self, len: u64, body: R) -> Result<Vec<u8>, SendError> {
+        self.send(len, Body::Reader(body)).await
+    }
+
+    /// [`Connection::send_envelope`] of an envelope held in memory: its
+    /// pieces are handed to quinn as they are (reference-counted), not
+    /// copied through a buffer into quinn's own (two copies of every byte,
+    /// and a fresh allocation per piece).
+    pub async fn send_envelope_bytes(&self, body: bytes::Bytes) -> Result<Vec<u8>, SendError> {
+        self.send(body.len() as u64, Body::<&[u8]>::Memory(body)).await
+    }
+
+    async fn send<R: AsyncRead + Unpin>(&self, len: u64, mut body: Body<R>) -> Result<Vec<u8>, SendError> {
         let started = Instant::now();
         let idle = self.inner.stream_timeout;
         let (mut send, mut recv) = self.inner.quinn.open_bi().await.map_err(SendError::Open)?;
@@ -951,14 +959,29 @@ impl Connection {
         tokio::pin!(stopped);
 
         let mut peer_stopped = write_or_stopped(&mut send, &len.to_be_bytes(), idle).await?;
-        let mut buf = vec![0u8; COPY_CHUNK.min(usize::try_from(len).unwrap_or(COPY_CHUNK)).max(1)];
+        let mut buf = match body {
+            Body::Reader(_) => vec![0u8; COPY_CHUNK.min(usize::try_from(len).unwrap_or(COPY_CHUNK)).max(1)],
+            Body::Memory(_) => Vec::new(),
+        };
         let mut sent = 0u64;
         while sent < len && !peer_stopped {
-            let want = usize::try_from(len - sent).unwrap_or(usize::MAX).min(buf.len());
+            let want = usize::try_from(len - sent).unwrap_or(usize::MAX).min(COPY_CHUNK);
+            let reader = match &mut body {
+                Body::Memory(bytes) => {
+                    // Pieces of COPY_CHUNK, each within the idle timeout
+                    // (a slow peer that keeps reading is not cut off).
+                    let from = usize::try_from(sent).unwrap_or(usize::MAX);
+                    let piece = bytes.slice(from..from + want);
+                    peer_stopped = chunk_or_stopped(&mut send, piece, idle).await?;
+                    sent += want as u64;
+                    continue;
+                }
+                Body::Reader(r) => r,
+            };
             let n = tokio::select! {
                 biased;
                 _ = &mut stopped => { peer_stopped = true; break; }
-                r = body.read(&mut buf[..want]) => r,
+                r = reader.read(&mut buf[..want]) => r,
             };
             let n = match n {
                 Ok(0) => {
@@ -977,9 +1000,9 @@ impl Connection {
             peer_stopped = write_or_stopped(&mut send, &buf[..n], idle).await?;
             sent += n as u64;
         }
-        if !peer_stopped {
+        if let (false, Body::Reader(reader)) = (peer_stopped, &mut body) {
             let mut probe = [0u8; 1];
-            match body.read(&mut probe).await {
+            match reader.read(&mut probe).await {
                 Ok(0) => {}
                 Ok(_) => {
                     let _ = send.reset(StreamCode::Cancelled.code());
@@ -990,6 +1013,8 @@ impl Connection {
                     return Err(SendError::Source(e));
                 }
             }
+        }
+        if !peer_stopped {
             // Fails only if the peer stopped the stream meanwhile; its
             // receipt is read below either way.
             let _ = send.finish();
@@ -1044,6 +1069,29 @@ async fn write_or_stopped(
         Ok(Err(quinn::WriteError::Stopped(_))) => Ok(true),
         Ok(Err(e)) => Err(SendError::Write(e)),
     }
+}
+
+/// Hands `piece` to quinn; `Ok(true)` if the peer stopped the stream instead.
+async fn chunk_or_stopped(
+    send: &mut quinn::SendStream,
+    piece: bytes::Bytes,
+    idle: Duration,
+) -> Result<bool, SendError> {
+    match tokio::time::timeout(idle, send.write_chunk(piece)).await {
+        Err(_) => {
+            let _ = send.reset(StreamCode::Cancelled.code());
+            Err(SendError::Timeout(idle))
+        }
+        Ok(Ok(())) => Ok(false),
+        Ok(Err(quinn::WriteError::Stopped(_))) => Ok(true),
+        Ok(Err(e)) => Err(SendError::Write(e)),
+    }
+}
+
+/// What [`Connection::send`] sends: read from a source, or held in memory.
+enum Body<R> {
+    Reader(R),
+    Memory(bytes::Bytes),
 }
 
 /// A stream a peer opened for an envelope, before its length is known.
