@@ -3,8 +3,9 @@
 //! Everything Konvert signs is encoded with [`to_deterministic_vec`]:
 //! preferred (shortest) argument encoding, definite lengths only, and map
 //! keys sorted by the bytewise lexicographic order of their own encodings.
-//! ciborium already writes shortest arguments and definite lengths for serde
-//! types; this module sorts the maps.
+//! It is written straight from serde, each map's entries sorted by their
+//! encoded keys as the map ends (`cbor_det`), with a sorted `Value` tree
+//! for what that encoder leaves alone.
 //!
 //! Decoding ([`from_slice`]) is strict: one item, no trailing bytes, and a
 //! size limit checked before any allocation.
@@ -52,7 +53,26 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
 }
 
 /// Encodes `value` as deterministic CBOR.
+///
+/// Written straight from serde (`cbor_det`: each map's entries sorted by
+/// their encoded keys as the map ends); the few shapes that encoder leaves
+/// alone (ciborium's tag wrapper, integers beyond 64 bits, sequences of
+/// unknown length) go through a `Value` tree that is sorted and encoded
+/// ([`value_to_deterministic_vec`]). Both give the same bytes for the same
+/// value.
 pub fn to_deterministic_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
+    let mut out = Vec::with_capacity(256);
+    match crate::cbor_det::write(value, &mut out) {
+        Ok(()) => Ok(out),
+        Err(crate::cbor_det::Failed::Refused(why)) => Err(CborError::Encode(why)),
+        Err(crate::cbor_det::Failed::Unsupported) => to_deterministic_vec_by_value_tree(value),
+    }
+}
+
+/// [`to_deterministic_vec`] through a `Value` tree, always: the reference
+/// the direct encoder is tested against.
+#[doc(hidden)]
+pub fn to_deterministic_vec_by_value_tree<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
     let v = Value::serialized(value).map_err(|e| CborError::Encode(e.to_string()))?;
     value_to_deterministic_vec(v)
 }
@@ -379,6 +399,45 @@ mod tests {
         }
     }
 
+    fn has_tag(v: &Value) -> bool {
+        match v {
+            Value::Tag(..) => true,
+            Value::Array(items) => items.iter().any(has_tag),
+            Value::Map(entries) => entries.iter().any(|(k, v)| has_tag(k) || has_tag(v)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_direct_encoder_refuses_what_the_value_tree_refuses() {
+        // Floats: left to the value tree, which refuses them.
+        let float = Value::Array(vec![Value::Float(1.5)]);
+        assert!(matches!(to_deterministic_vec(&float), Err(CborError::Encode(_))));
+        // A key twice.
+        let twice = Value::Map(vec![
+            (Value::Text("a".into()), Value::Null),
+            (Value::Text("a".into()), Value::Bool(true)),
+        ]);
+        let err = to_deterministic_vec(&twice).unwrap_err().to_string();
+        assert!(err.contains("duplicate map key"), "{err}");
+        assert!(value_to_deterministic_vec(twice).is_err());
+        // Integers beyond 64 bits go through the value tree (as bignums,
+        // which nothing in Konvert uses); within them, as integers.
+        #[derive(serde::Serialize)]
+        struct Wide {
+            small: i128,
+            large: u128,
+        }
+        let w = Wide {
+            small: -5,
+            large: u128::from(u64::MAX) + 1,
+        };
+        assert_eq!(
+            to_deterministic_vec(&w).unwrap(),
+            to_deterministic_vec_by_value_tree(&w).unwrap()
+        );
+    }
+
     fn has_bignum_tag(v: &Value) -> bool {
         match v {
             Value::Tag(2 | 3, _) => true,
@@ -421,6 +480,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn the_direct_encoder_writes_what_the_value_tree_writes(v in value()) {
+            // Generated maps hold text or integer keys (and duplicates of
+            // neither), tags other than bignums: every shape but floats.
+            let tree = value_to_deterministic_vec(v.clone());
+            let mut direct = Vec::new();
+            match crate::cbor_det::write(&v, &mut direct) {
+                Ok(()) => proptest::prop_assert_eq!(direct, tree.unwrap()),
+                // Tags are left to the value tree.
+                Err(crate::cbor_det::Failed::Unsupported) => {
+                    proptest::prop_assert!(has_tag(&v));
+                    proptest::prop_assert_eq!(to_deterministic_vec(&v).unwrap(), tree.unwrap());
+                }
+                Err(e) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
+
         #[test]
         fn every_deterministic_encoding_passes_the_check(v in value()) {
             let bytes = value_to_deterministic_vec(v).unwrap();

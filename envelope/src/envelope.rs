@@ -315,6 +315,8 @@ pub struct Sealed {
     pub size: u64,
     /// The message as signed (attachment lengths and digests filled in).
     pub message: Message,
+    /// `message` in deterministic CBOR: the bytes the signatory signed.
+    pub message_cbor: Vec<u8>,
 }
 
 /// Who seals a message, for whom, under which profile and when:
@@ -449,6 +451,7 @@ pub fn seal<W: Write>(
         envelope_digest,
         size,
         message,
+        message_cbor: signed.message,
     })
 }
 

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cbor;
+mod cbor_det;
 pub mod consent;
 pub mod envelope;
 pub mod keys;

@@ -145,6 +145,11 @@ fn every_example_message_matches() {
     let mut kinds = std::collections::BTreeSet::new();
     for name in names {
         let msg = example(&name);
+        assert_eq!(
+            cbor::to_deterministic_vec(&msg).unwrap(),
+            cbor::to_deterministic_vec_by_value_tree(&msg).unwrap(),
+            "{name}: the direct encoder and the value tree agree"
+        );
         kinds.insert(msg.kind());
         assert_valid("message", &cbor::to_deterministic_vec(&msg).unwrap(), &name);
     }

@@ -825,7 +825,7 @@ fn seal_for_outbox(
         envelope_id: h.id,
         now,
     };
-    let (sealed, envelope, envelope_blob) = if streamed {
+    let (mut sealed, envelope, envelope_blob) = if streamed {
         let mut w = std::io::BufWriter::with_capacity(
             envelope::CHUNK_SIZE,
             node.store.blob_writer(h.agreement.as_str(), Some(kind))?,
@@ -851,10 +851,10 @@ fn seal_for_outbox(
         envelope_blob,
         decoded: None,
     };
-    let built = konvert_envelope::cbor::to_deterministic_vec(&sealed.message)
-        .map_err(|e| SubmitError::Internal(e.to_string()))
-        .and_then(|message| {
-            let case = super::cases::store_case_of_outgoing(node, &sealed.message)?;
+    let message = std::mem::take(&mut sealed.message_cbor);
+    let built = super::cases::store_case_of_outgoing(node, &sealed.message)
+        .map_err(SubmitError::from)
+        .and_then(|case| {
             let record = OutboxRecord {
                 message: Some(serde_bytes::ByteBuf::from(message)),
                 ..record
