@@ -4,7 +4,7 @@
 //!
 //! - `bare`: quinn streams directly (request, FIN; 64-byte response, FIN):
 //!   the floor any delivery path is compared with.
-//! - `konvert`: the same through `transport::Connection::send_envelope` and
+//! - `konvert`: the same through `transport::Connection::send_envelope_bytes` and
 //!   `EnvelopeStream::copy_to`/`respond` (framing, limits, timeouts).
 //!
 //! 1 KiB groups report messages/s, 1 MiB groups bytes/s.
@@ -14,7 +14,6 @@
 mod bare_quic;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bare_quic::{bare_pair, bare_request, identities, run, RESPONSE};
@@ -76,7 +75,7 @@ fn bench(c: &mut Criterion) {
     let (_server, _client, konvert_conn) = rt.block_on(konvert_pair());
 
     for (size, name) in SIZES {
-        let body: Arc<[u8]> = vec![0xa5; size].into();
+        let body = bytes::Bytes::from(vec![0xa5; size]);
         let mut group = c.benchmark_group(format!("quic_{name}"));
         group.throughput(if size <= 1024 {
             Throughput::Elements(1)
@@ -109,10 +108,7 @@ fn bench(c: &mut Criterion) {
                         rt.block_on(run(iters, in_flight, move || {
                             let (conn, body) = (conn.clone(), body.clone());
                             async move {
-                                let receipt = conn
-                                    .send_envelope(body.len() as u64, &body[..])
-                                    .await
-                                    .expect("send");
+                                let receipt = conn.send_envelope_bytes(body).await.expect("send");
                                 assert_eq!(receipt.len(), RESPONSE.len());
                             }
                         }))

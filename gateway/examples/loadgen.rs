@@ -443,11 +443,11 @@ async fn main() -> Result<(), Error> {
             } else {
                 count.max(64)
             };
-            let body: Arc<[u8]> = vec![0xa5; size].into();
+            let body = bytes::Bytes::from(vec![0xa5; size]);
             let conn = bare_conn.clone();
             let bare_cpu0 = cpu_time();
             let bare = bare_quic::run(bare_count as u64, in_flight, move || {
-                let (conn, body) = (conn.clone(), Arc::clone(&body));
+                let (conn, body) = (conn.clone(), body.clone());
                 async move { bare_quic::bare_request(&conn, &body).await }
             })
             .await;

@@ -78,9 +78,11 @@ pub async fn bare_pair() -> (quinn::Endpoint, quinn::Connection) {
     (client, conn)
 }
 
-pub async fn bare_request(conn: &quinn::Connection, body: &[u8]) {
+/// One request: `body` handed to quinn as it is (reference-counted, as
+/// konvertd sends the envelopes it holds in memory), a 64-byte answer.
+pub async fn bare_request(conn: &quinn::Connection, body: &bytes::Bytes) {
     let (mut send, mut recv) = conn.open_bi().await.expect("open");
-    send.write_all(body).await.expect("write");
+    send.write_chunk(body.clone()).await.expect("write");
     send.finish().expect("finish");
     let resp = recv.read_to_end(4096).await.expect("response");
     assert_eq!(resp.len(), RESPONSE.len());
