@@ -318,6 +318,9 @@ pub struct StoreStats {
     /// Group-commit syncs done (each one `flush` + `fdatasync` under
     /// [`crate::SyncMode::Fdatasync`]; rounds without a sync in the dangerous modes).
     pub syncs: u64,
+    /// Syncs of the payload files of queued puts, before their group is
+    /// applied (one `fdatasync` per payload file written since the last).
+    pub payload_syncs: u64,
     /// Writes acknowledged as durable.
     pub acked_writes: u64,
     /// Total time spent in syncs, microseconds.

@@ -2802,6 +2802,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             syncs: self.gc.counters.syncs.load(Ordering::Relaxed),
+            payload_syncs: self.gc.counters.payload_syncs.load(Ordering::Relaxed),
             acked_writes: self.gc.counters.acked.load(Ordering::Relaxed),
             sync_micros: self.gc.counters.sync_nanos.load(Ordering::Relaxed) / 1000,
             destroyed: self.destroyed.load(Ordering::Relaxed),

@@ -105,6 +105,8 @@ pub enum SyncMode {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub syncs: AtomicU64,
+    /// Payload-file syncs of queued puts (the preparer's).
+    pub payload_syncs: AtomicU64,
     pub acked: AtomicU64,
     pub sync_nanos: AtomicU64,
 }
@@ -177,6 +179,58 @@ impl State {
             + usize::from(!self.syncing && self.applied() > self.durable)
     }
 
+    fn new() -> Self {
+        State {
+            issued: 0,
+            durable: 0,
+            preparing: false,
+            prep_inflight: None,
+            ready: Vec::new(),
+            applying: false,
+            inflight: None,
+            syncing: false,
+            last_group: 0,
+            sync_defer_until: None,
+            poisoned: false,
+            queue: Vec::new(),
+            results: HashMap::new(),
+            waiters: BTreeMap::new(),
+            idle_servers: Vec::new(),
+            servers: false,
+        }
+    }
+
+    /// Whether the service threads hold back new puts, gathering writes for
+    /// the next sync (see [`GATHER`]): with concurrent writers (the last
+    /// sync covered more than one write) and fewer writes waiting than
+    /// `gather`, until the deadline (set at the first check). Preparing
+    /// each put as it came made one payload `fdatasync` per one or two
+    /// puts while the sync waited for the group: five times as many as
+    /// syncs, and a wake-up of the service thread per put.
+    fn holding(&mut self, writers: u64, now: std::time::Instant) -> Hold {
+        if !self.servers || self.poisoned || self.last_group <= 1 || writers < BUSY_WRITERS {
+            return Hold::Off;
+        }
+        let (gather, wait) = gathering(writers);
+        if self.issued - self.durable >= gather {
+            return Hold::Off;
+        }
+        if self.preparing || self.applying || self.syncing {
+            // A service thread is busy and looks again when it is done:
+            // the wait for more writes starts then, not now (a group
+            // gathered during the previous sync would be cut short).
+            return Hold::On;
+        }
+        match self.sync_defer_until {
+            Some(until) if now < until => Hold::On,
+            Some(_) => Hold::Off,
+            None => {
+                self.sync_defer_until = Some(now + wait);
+                Hold::Started
+            }
+        }
+    }
+
     /// Every ticket up to this one has its changes in sled: tickets of plain
     /// commits are issued after their writes; queued puts are in sled once
     /// their group has been applied.
@@ -192,6 +246,18 @@ impl State {
         .min()
         .map_or(self.issued, |t| t - 1)
     }
+}
+
+/// [`State::holding`]: whether new puts wait for more to join them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hold {
+    /// No: take the roles now.
+    Off,
+    /// Yes, from now on: an idle service thread is woken once to wait for
+    /// the deadline.
+    Started,
+    /// Yes, and a service thread is already waiting for the deadline.
+    On,
 }
 
 /// The files sled writes to, opened once so that the leader can fsync them.
@@ -226,24 +292,7 @@ impl GroupCommit {
         let log = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
         Ok(GroupCommit {
             mode,
-            state: Mutex::new(State {
-                issued: 0,
-                durable: 0,
-                preparing: false,
-                prep_inflight: None,
-                ready: Vec::new(),
-                applying: false,
-                inflight: None,
-                syncing: false,
-                last_group: 0,
-                sync_defer_until: None,
-                poisoned: false,
-                queue: Vec::new(),
-                results: HashMap::new(),
-                waiters: BTreeMap::new(),
-                idle_servers: Vec::new(),
-                servers: false,
-            }),
+            state: Mutex::new(State::new()),
             files: Mutex::new(SyncFiles {
                 dir: sled_dir.to_path_buf(),
                 log,
@@ -347,8 +396,7 @@ impl GroupCommit {
         let ticket = st.issued;
         st.queue.push((ticket, job));
         st.waiters.insert(ticket, Waiter::Task(tx));
-        let n = st.free_roles_with_work().min(1);
-        Self::wake_servers(&mut st, n);
+        self.wake_for_new(&mut st);
         rx
     }
 
@@ -366,9 +414,19 @@ impl GroupCommit {
         st.issued += 1;
         let ticket = st.issued;
         st.waiters.insert(ticket, Waiter::Synced(tx));
-        let n = st.free_roles_with_work().min(1);
-        Self::wake_servers(&mut st, n);
+        self.wake_for_new(&mut st);
         rx
+    }
+
+    /// After an async writer's ticket: wake a service thread if it has
+    /// something to do now (not while it gathers a group and is already
+    /// waiting for its deadline).
+    fn wake_for_new(&self, st: &mut State) {
+        let n = match st.holding(self.writers.load(Ordering::Relaxed), std::time::Instant::now()) {
+            Hold::On => 0,
+            Hold::Started | Hold::Off => st.free_roles_with_work().min(1),
+        };
+        Self::wake_servers(st, n);
     }
 
     /// How many writers the caller has at once (messages in flight, say):
@@ -430,7 +488,9 @@ impl GroupCommit {
         prepare: &dyn Fn() -> Result<()>,
         apply: &ApplyFn<'_>,
     ) -> (MutexGuard<'a, State>, bool) {
-        if !st.preparing && !st.queue.is_empty() {
+        let hold = IS_SERVER.get()
+            && st.holding(self.writers.load(Ordering::Relaxed), std::time::Instant::now()) != Hold::Off;
+        if !st.preparing && !st.queue.is_empty() && !hold {
             let jobs = std::mem::take(&mut st.queue);
             if self.mode == SyncMode::Fdatasync {
                 // Make the payloads of all queued puts durable (one
@@ -439,6 +499,7 @@ impl GroupCommit {
                 st.preparing = true;
                 st.prep_inflight = jobs.first().map(|j| j.0);
                 drop(st);
+                self.counters.payload_syncs.fetch_add(1, Ordering::Relaxed);
                 let res = prepare();
                 st = self.lock();
                 st.preparing = false;
@@ -685,5 +746,80 @@ mod tests {
         }
         // Longer and larger, never shorter.
         assert!(BUSY_GATHER >= GATHER && BUSY_GATHER_WAIT >= GATHER_WAIT);
+    }
+
+    #[test]
+    fn new_puts_are_held_for_a_group_only_with_many_writers_and_until_the_deadline() {
+        let t0 = std::time::Instant::now();
+        let busy = State {
+            servers: true,
+            last_group: 20,
+            issued: 110,
+            durable: 100,
+            ..State::new()
+        };
+        // Few writers, a lone writer, no service thread: never held.
+        assert_eq!(busy_copy(&busy).holding(BUSY_WRITERS - 1, t0), Hold::Off);
+        assert_eq!(
+            State {
+                last_group: 1,
+                ..busy_copy(&busy)
+            }
+            .holding(256, t0),
+            Hold::Off
+        );
+        assert_eq!(
+            State {
+                servers: false,
+                ..busy_copy(&busy)
+            }
+            .holding(256, t0),
+            Hold::Off
+        );
+        assert_eq!(
+            State {
+                poisoned: true,
+                ..busy_copy(&busy)
+            }
+            .holding(256, t0),
+            Hold::Off
+        );
+        // Enough writes waiting for a group: not held.
+        let mut full = State {
+            issued: 100 + BUSY_GATHER,
+            ..busy_copy(&busy)
+        };
+        assert_eq!(full.holding(256, t0), Hold::Off);
+        // Many writers, a small group: held from the first look (which sets
+        // the deadline) until the deadline.
+        let mut st = busy;
+        assert_eq!(st.holding(256, t0), Hold::Started);
+        assert_eq!(st.sync_defer_until, Some(t0 + BUSY_GATHER_WAIT));
+        assert_eq!(st.holding(256, t0 + BUSY_GATHER_WAIT / 2), Hold::On);
+        assert_eq!(st.holding(256, t0 + BUSY_GATHER_WAIT), Hold::Off);
+        // While a service thread is busy, the wait has not started yet.
+        let mut syncing = State {
+            syncing: true,
+            ..busy_copy(&st)
+        };
+        syncing.sync_defer_until = None;
+        assert_eq!(syncing.holding(256, t0), Hold::On);
+        assert_eq!(syncing.sync_defer_until, None);
+    }
+
+    /// The counters and flags of `st` (not its queues or waiters).
+    fn busy_copy(st: &State) -> State {
+        State {
+            issued: st.issued,
+            durable: st.durable,
+            preparing: st.preparing,
+            applying: st.applying,
+            syncing: st.syncing,
+            last_group: st.last_group,
+            sync_defer_until: st.sync_defer_until,
+            poisoned: st.poisoned,
+            servers: st.servers,
+            ..State::new()
+        }
     }
 }
