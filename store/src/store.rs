@@ -204,6 +204,25 @@ pub(crate) enum Job {
     Delivered(PreparedDelivered),
 }
 
+#[cfg(test)]
+impl Job {
+    /// A queued job that is never applied (for tests of the group commit's
+    /// bookkeeping).
+    pub(crate) fn for_tests() -> Job {
+        Job::Delivered(PreparedDelivered {
+            id: MessageId([0; 16]),
+            receipt: SealedReceipt {
+                outcome: String::new(),
+                digest: [0; 32],
+                expires_at: 0,
+                key_hour: 0,
+                sealed: Vec::new(),
+            },
+            now: 0,
+        })
+    }
+}
+
 /// A delivered transition prepared by its writer: the receipt sealed
 /// outside the store's locks.
 pub(crate) struct PreparedDelivered {

@@ -24,7 +24,9 @@
 //! a sync of fewer than [`GATHER`] writes by up to [`GATHER_WAIT`] while
 //! the last sync covered more than one write (concurrent writers: more are
 //! on their way), taking the other roles meanwhile; a lone writer never
-//! waits. Either way
+//! waits. With many writers announced it also holds new puts back while
+//! it gathers (it prepares, applies and syncs the group together; see
+//! `State::holding`). Either way
 //! writers that arrive during a sync join the next group, so under load one
 //! sync serves a whole group. A failed write, flush or sync poisons the
 //! store: every later write returns [`Error::Poisoned`].
@@ -208,7 +210,12 @@ impl State {
     /// puts while the sync waited for the group: five times as many as
     /// syncs, and a wake-up of the service thread per put.
     fn holding(&mut self, writers: u64, now: std::time::Instant) -> Hold {
-        if !self.servers || self.poisoned || self.last_group <= 1 || writers < BUSY_WRITERS {
+        if self.queue.is_empty()
+            || !self.servers
+            || self.poisoned
+            || self.last_group <= 1
+            || writers < BUSY_WRITERS
+        {
             return Hold::Off;
         }
         let (gather, wait) = gathering(writers);
@@ -756,8 +763,16 @@ mod tests {
             last_group: 20,
             issued: 110,
             durable: 100,
+            queue: vec![(110, Job::for_tests())],
             ..State::new()
         };
+        // Nothing queued: nothing to hold (and no deadline set).
+        let mut empty = State {
+            queue: Vec::new(),
+            ..busy_copy(&busy)
+        };
+        assert_eq!(empty.holding(256, t0), Hold::Off);
+        assert_eq!(empty.sync_defer_until, None);
         // Few writers, a lone writer, no service thread: never held.
         assert_eq!(busy_copy(&busy).holding(BUSY_WRITERS - 1, t0), Hold::Off);
         assert_eq!(
@@ -807,9 +822,10 @@ mod tests {
         assert_eq!(syncing.sync_defer_until, None);
     }
 
-    /// The counters and flags of `st` (not its queues or waiters).
+    /// The counters and flags of `st` and one queued put (not its waiters).
     fn busy_copy(st: &State) -> State {
         State {
+            queue: vec![(st.issued, Job::for_tests())],
             issued: st.issued,
             durable: st.durable,
             preparing: st.preparing,
