@@ -20,6 +20,11 @@ use rand::Rng;
 
 const CHILD_ENV: &str = "KONVERT_STORE_CRASH_CHILD";
 
+/// How many concurrent writers the child announces (every other round
+/// many, so that the busy group commit, which holds new puts while it
+/// gathers, is killed mid-way too).
+const WRITERS_ENV: &str = "KONVERT_STORE_CRASH_WRITERS";
+
 fn payload_for(id: &MessageId) -> Vec<u8> {
     id.0.iter().cycle().take(1024).copied().collect()
 }
@@ -29,6 +34,9 @@ fn payload_for(id: &MessageId) -> Vec<u8> {
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let s = Arc::new(open(dir.as_ref(), Arc::new(ManualClock::new(T0))));
+    if let Some(n) = std::env::var(WRITERS_ENV).ok().and_then(|v| v.parse().ok()) {
+        s.set_concurrent_writers(n);
+    }
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -139,6 +147,7 @@ fn crash_many_times() {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, tmp.path())
+            .env(WRITERS_ENV, if round % 2 == 0 { "40" } else { "256" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
