@@ -436,6 +436,25 @@ mod tests {
             to_deterministic_vec(&w).unwrap(),
             to_deterministic_vec_by_value_tree(&w).unwrap()
         );
+        // A sequence that announces another length than it has, or none:
+        // the value tree counts what it gets.
+        struct Seq(Option<usize>);
+        impl serde::Serialize for Seq {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(self.0)?;
+                seq.serialize_element(&1u8)?;
+                seq.serialize_element(&2u8)?;
+                seq.end()
+            }
+        }
+        for announced in [None, Some(1), Some(3)] {
+            assert_eq!(
+                to_deterministic_vec(&Seq(announced)).unwrap(),
+                [0x82, 0x01, 0x02],
+                "{announced:?}"
+            );
+        }
     }
 
     fn has_bignum_tag(v: &Value) -> bool {

@@ -11,8 +11,8 @@
 //! serde data model (tests compare both on generated values and on every
 //! message kind); for the few things it does not handle the same way
 //! (ciborium's tag wrapper, integers beyond 64 bits, sequences of unknown
-//! length) it gives up with [`Unsupported`] and the caller falls back to
-//! the value-tree path.
+//! length or of another length than announced) it gives up with
+//! [`Failed::Unsupported`] and the caller falls back to the value-tree path.
 
 use serde::ser::{self, Serialize};
 
@@ -165,10 +165,9 @@ struct Elements<'a> {
 
 impl Elements<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Failed> {
-        self.left = self
-            .left
-            .checked_sub(1)
-            .ok_or_else(|| Failed::Refused("more array elements than announced".into()))?;
+        // (A length that does not hold is left to the value tree, which
+        // counts what it gets.)
+        self.left = self.left.checked_sub(1).ok_or(Failed::Unsupported)?;
         value.serialize(Det { out: self.out })
     }
 
@@ -176,7 +175,7 @@ impl Elements<'_> {
         if self.left == 0 {
             Ok(())
         } else {
-            Err(Failed::Refused("fewer array elements than announced".into()))
+            Err(Failed::Unsupported)
         }
     }
 }

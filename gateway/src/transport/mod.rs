@@ -1060,15 +1060,8 @@ async fn write_or_stopped(
     data: &[u8],
     idle: Duration,
 ) -> Result<bool, SendError> {
-    match tokio::time::timeout(idle, send.write_all(data)).await {
-        Err(_) => {
-            let _ = send.reset(StreamCode::Cancelled.code());
-            Err(SendError::Timeout(idle))
-        }
-        Ok(Ok(())) => Ok(false),
-        Ok(Err(quinn::WriteError::Stopped(_))) => Ok(true),
-        Ok(Err(e)) => Err(SendError::Write(e)),
-    }
+    let written = tokio::time::timeout(idle, send.write_all(data)).await;
+    stopped_or(send, written, idle)
 }
 
 /// Hands `piece` to quinn; `Ok(true)` if the peer stopped the stream instead.
@@ -1077,7 +1070,18 @@ async fn chunk_or_stopped(
     piece: bytes::Bytes,
     idle: Duration,
 ) -> Result<bool, SendError> {
-    match tokio::time::timeout(idle, send.write_chunk(piece)).await {
+    let written = tokio::time::timeout(idle, send.write_chunk(piece)).await;
+    stopped_or(send, written, idle)
+}
+
+/// What a write within the idle timeout came to: `Ok(true)` if the peer
+/// stopped the stream; a timeout resets it.
+fn stopped_or(
+    send: &mut quinn::SendStream,
+    written: Result<Result<(), quinn::WriteError>, tokio::time::error::Elapsed>,
+    idle: Duration,
+) -> Result<bool, SendError> {
+    match written {
         Err(_) => {
             let _ = send.reset(StreamCode::Cancelled.code());
             Err(SendError::Timeout(idle))
