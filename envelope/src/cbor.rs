@@ -57,7 +57,8 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {
 /// Written straight from serde (`cbor_det`: each map's entries sorted by
 /// their encoded keys as the map ends); the few shapes that encoder leaves
 /// alone (ciborium's tag wrapper, integers beyond 64 bits, sequences of
-/// unknown length) go through a `Value` tree that is sorted and encoded
+/// unknown length or of another length than announced) go through a
+/// `Value` tree that is sorted and encoded
 /// ([`value_to_deterministic_vec`]). Both give the same bytes for the same
 /// value.
 pub fn to_deterministic_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CborError> {

@@ -442,7 +442,7 @@ mod tests {
             let direct = signed.to_vec().unwrap();
             assert_eq!(
                 direct,
-                cbor::to_deterministic_vec(&signed).unwrap(),
+                cbor::to_deterministic_vec_by_value_tree(&signed).unwrap(),
                 "{cose}/{msg}"
             );
             cbor::check_deterministic(&direct).unwrap();
