@@ -189,6 +189,49 @@ fn benches(c: &mut Criterion) {
     }
 }
 
+/// Ed25519 verification as the gateways do it — alone, and in the batches
+/// they form under load (`konvert_envelope::batch`; signatures from two
+/// keys, as a receiver's are) — beside bare ed25519-dalek verifying alone.
+/// Throughput is signatures.
+fn signature_benches(c: &mut Criterion) {
+    use konvert_envelope::batch::{verify_each, SignatureCheck};
+    let keys = [SigningKey::generate(), SigningKey::generate()];
+    let signed: Vec<_> = (0..64usize)
+        .map(|i| {
+            let k = &keys[i % 2];
+            let msg = [i as u8; 64];
+            (k.verifying_key(), msg, k.sign(&msg))
+        })
+        .collect();
+    let bare = ed25519_dalek::VerifyingKey::from_bytes(&signed[0].0.to_bytes()).expect("key");
+    let bare_sig = ed25519_dalek::Signature::from_bytes(&signed[0].2);
+    let mut g = c.benchmark_group("signatures");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bare_ed25519_verify_strict", |b| {
+        b.iter(|| {
+            bare.verify_strict(black_box(&signed[0].1), &bare_sig)
+                .expect("verify")
+        })
+    });
+    g.bench_function("verify_alone", |b| {
+        b.iter(|| assert!(signed[0].0.verify(black_box(&signed[0].1), &signed[0].2)))
+    });
+    for n in [4usize, 16, 64] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("verify_batch", n), |b| {
+            b.iter(|| {
+                let checks: Vec<SignatureCheck> = signed[..n]
+                    .iter()
+                    .map(|(k, m, sig)| SignatureCheck::new(std::slice::from_ref(k), m, sig))
+                    .collect();
+                black_box(verify_each(&checks))
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Median time of `f` over enough runs to fill about `budget`.
 fn median(budget: Duration, mut f: impl FnMut()) -> Duration {
     f();
@@ -256,6 +299,7 @@ fn main() {
             .warm_up_time(Duration::from_millis(10));
     }
     benches(&mut c);
+    signature_benches(&mut c);
     c.final_summary();
     if !quick {
         ratio_table();

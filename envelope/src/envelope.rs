@@ -887,6 +887,18 @@ impl Received {
         sender: &AuthorityId,
         keys: &[crate::keys::VerifyingKey],
     ) -> Result<Authenticated, OpenError> {
+        self.authenticate_any_by(sender, keys, &mut crate::batch::Now)
+    }
+
+    /// [`Received::authenticate_any`] with the node signature checked by
+    /// `verifier` (which may defer it: [`crate::batch::Deferred`]; the
+    /// envelope is then authenticated only once that check verifies).
+    pub fn authenticate_any_by(
+        self,
+        sender: &AuthorityId,
+        keys: &[crate::keys::VerifyingKey],
+        verifier: &mut dyn crate::batch::SignatureVerifier,
+    ) -> Result<Authenticated, OpenError> {
         if &self.header.from != sender {
             return Err(OpenError::UnknownSender {
                 claimed: self.header.from.clone(),
@@ -895,7 +907,7 @@ impl Received {
         }
         let tbs =
             node_sig_input(&self.header_bytes, &self.body_digest).map_err(|e| structure(e.to_string()))?;
-        if !keys.iter().any(|k| k.verify(&tbs, &self.node_sig)) {
+        if !verifier.check_any(keys, &tbs, &self.node_sig) {
             return Err(OpenError::NodeSignature {
                 from: self.header.from.clone(),
             });
@@ -969,7 +981,18 @@ impl Authenticated {
         parts: &mut P,
         version: impl FnOnce(&Message) -> Result<&'p Profile, OpenError>,
     ) -> Result<Opened, OpenError> {
-        self.open_with_roster(body, keys, signers, None, profile, now, limits, parts, version)
+        self.open_with_roster(
+            body,
+            keys,
+            signers,
+            None,
+            profile,
+            now,
+            limits,
+            parts,
+            version,
+            &mut crate::batch::Now,
+        )
     }
 
     /// [`Authenticated::open_with`] that also lets a `directory_update`
@@ -983,6 +1006,10 @@ impl Authenticated {
     /// COSE signature, the routing and everything else are checked as
     /// always; the receiver still applies the roster with its own checks.
     /// `anchor = None` is [`Authenticated::open_with`].
+    ///
+    /// The signatory signature is checked by `verifier`
+    /// ([`crate::batch::Now`]: at once; [`crate::batch::Deferred`]: the
+    /// result holds only once that check verified).
     #[allow(clippy::too_many_arguments)]
     pub fn open_with_roster<'p, R: Read, P: PartSink>(
         &self,
@@ -995,6 +1022,7 @@ impl Authenticated {
         limits: &Limits,
         parts: &mut P,
         version: impl FnOnce(&Message) -> Result<&'p Profile, OpenError>,
+        verifier: &mut dyn crate::batch::SignatureVerifier,
     ) -> Result<Opened, OpenError> {
         let header = &self.received.header;
         if header.to != keys.authority {
@@ -1049,7 +1077,7 @@ impl Authenticated {
             OpenError::Decrypt(format!("decrypted body does not end with a signed message: {e}"))
         })?;
         let grace = limits.ended_signer_grace_secs;
-        let claims = match (signed.verify_arriving(signers, now, grace), anchor) {
+        let claims = match (signed.verify_arriving_by(signers, now, grace, verifier), anchor) {
             (
                 Err(
                     e @ (SignatureError::UnknownSigner { .. }
@@ -1066,7 +1094,7 @@ impl Authenticated {
                 match carried {
                     Some(extra) => {
                         let all: Vec<TrustedSigner> = signers.iter().cloned().chain(extra).collect();
-                        signed.verify_arriving(&all, now, grace)?
+                        signed.verify_arriving_by(&all, now, grace, verifier)?
                     }
                     None => return Err(e.into()),
                 }

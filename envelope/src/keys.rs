@@ -36,6 +36,9 @@ pub enum KeyError {
     /// Not a PEM-encoded Ed25519 public key (SPKI).
     #[error("not an Ed25519 public key in SPKI PEM form (-----BEGIN PUBLIC KEY-----)")]
     PublicKeyPem,
+    /// An Ed25519 public key of small order (anyone could sign for it).
+    #[error("the Ed25519 public key is of small order (a weak key anyone could sign for)")]
+    WeakKey,
     /// Not an age X25519 identity.
     #[error("not an age X25519 identity (AGE-SECRET-KEY-1…): {0}")]
     AgeIdentity(&'static str),
@@ -103,7 +106,10 @@ impl SigningKey {
     }
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {
-        VerifyingKey(self.0.verifying_key())
+        let dalek = self.0.verifying_key();
+        let zebra = ed25519_zebra::VerificationKey::try_from(dalek.to_bytes())
+            .expect("the public half of a signing key is a curve point");
+        VerifyingKey { dalek, zebra }
     }
     /// Signs `msg` (callers sign short structures holding digests, never bulk data).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
@@ -116,49 +122,79 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// An Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct VerifyingKey(ed25519_dalek::VerifyingKey);
+/// An Ed25519 public key (never one of small order: those are refused
+/// where a key is read, see [`VerifyingKey::from_bytes`]).
+#[derive(Clone, Copy)]
+pub struct VerifyingKey {
+    /// For the encodings (SPKI PEM) and the key id.
+    dalek: ed25519_dalek::VerifyingKey,
+    /// For verifying: decompressed once (crate::batch).
+    zebra: ed25519_zebra::VerificationKey,
+}
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.dalek == other.dalek
+    }
+}
+impl Eq for VerifyingKey {}
 
 impl VerifyingKey {
+    fn new(dalek: ed25519_dalek::VerifyingKey) -> Result<Self, KeyError> {
+        // Anyone can make signatures that verify under a key of small order.
+        if dalek.is_weak() {
+            return Err(KeyError::WeakKey);
+        }
+        let zebra =
+            ed25519_zebra::VerificationKey::try_from(dalek.to_bytes()).map_err(|_| KeyError::PublicKeyPem)?;
+        Ok(Self { dalek, zebra })
+    }
     /// Reads an SPKI PEM public key.
     pub fn from_public_key_pem(text: &str) -> Result<Self, KeyError> {
         if text.len() > MAX_KEY_TEXT {
             return Err(KeyError::TooLarge(text.len()));
         }
-        ed25519_dalek::VerifyingKey::from_public_key_pem(text.trim())
-            .map(Self)
-            .map_err(|_| KeyError::PublicKeyPem)
+        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(text.trim())
+            .map_err(|_| KeyError::PublicKeyPem)?;
+        Self::new(key)
     }
     /// The key as SPKI PEM.
     pub fn to_public_key_pem(&self) -> Result<String, KeyError> {
-        self.0
+        self.dalek
             .to_public_key_pem(Default::default())
             .map_err(|e| KeyError::Encode(e.to_string()))
     }
-    /// From the 32 raw bytes.
+    /// From the 32 raw bytes; a point of small order is
+    /// [`KeyError::WeakKey`].
     pub fn from_bytes(b: &[u8; 32]) -> Result<Self, KeyError> {
-        ed25519_dalek::VerifyingKey::from_bytes(b)
-            .map(Self)
-            .map_err(|_| KeyError::PublicKeyPem)
+        let key = ed25519_dalek::VerifyingKey::from_bytes(b).map_err(|_| KeyError::PublicKeyPem)?;
+        Self::new(key)
     }
     /// The 32 raw bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.dalek.to_bytes()
     }
     /// The key id (first 16 bytes of SHA-256 of the raw key).
     pub fn key_id(&self) -> KeyId {
-        let d = Digest::of(self.0.as_bytes());
+        let d = Digest::of(self.dalek.as_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&d.0[..16]);
         KeyId(id)
     }
-    /// Verifies a signature over `msg` (strict verification: no malleable signatures).
+    /// Verifies a signature over `msg` by the protocol's rule (ZIP-215,
+    /// `docs/PROTOCOL.md` §1: canonical `S`, cofactored equation), the
+    /// same rule as [`crate::batch`] checks many signatures by.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+        let Ok(sig) = <[u8; 64]>::try_from(sig) else {
             return false;
         };
-        self.0.verify_strict(msg, &sig).is_ok()
+        self.zebra
+            .verify(&ed25519_zebra::Signature::from_bytes(&sig), msg)
+            .is_ok()
+    }
+    /// For crate::batch.
+    pub(crate) fn zebra_bytes(&self) -> ed25519_zebra::VerificationKeyBytes {
+        ed25519_zebra::VerificationKeyBytes::from(self.dalek.to_bytes())
     }
 }
 impl fmt::Debug for VerifyingKey {

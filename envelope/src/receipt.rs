@@ -282,6 +282,16 @@ impl Receipt {
 
     /// Verifies a signed receipt with the receiver's node key and returns it.
     pub fn verify(bytes: &[u8], key: &VerifyingKey) -> Result<Receipt, ReceiptError> {
+        Self::verify_by(bytes, key, &mut crate::batch::Now)
+    }
+
+    /// [`Receipt::verify`] with the signature checked by `verifier` (which
+    /// may defer it: [`crate::batch::Deferred`]).
+    pub fn verify_by(
+        bytes: &[u8],
+        key: &VerifyingKey,
+        verifier: &mut dyn crate::batch::SignatureVerifier,
+    ) -> Result<Receipt, ReceiptError> {
         if bytes.len() > MAX_RECEIPT_LEN {
             return Err(ReceiptError::TooLarge(bytes.len()));
         }
@@ -303,7 +313,7 @@ impl Receipt {
             });
         }
         sign1.verify_signature(RECEIPT_AAD, |sig, tbs| {
-            if key.verify(tbs, sig) {
+            if verifier.check(key, tbs, sig) {
                 Ok(())
             } else {
                 Err(ReceiptError::BadSignature)

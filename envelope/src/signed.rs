@@ -214,6 +214,16 @@ impl SignedMessage {
     /// this key id for the claimed sender, valid at the claimed time, the
     /// signature, and that the message bytes hash to the signed digest.
     pub fn verify(&self, signers: &[TrustedSigner]) -> Result<SignedClaims, SignatureError> {
+        self.verify_by(signers, &mut crate::batch::Now)
+    }
+
+    /// [`SignedMessage::verify`] with the signature itself checked by
+    /// `verifier` (which may defer it: [`crate::batch::Deferred`]).
+    pub fn verify_by(
+        &self,
+        signers: &[TrustedSigner],
+        verifier: &mut dyn crate::batch::SignatureVerifier,
+    ) -> Result<SignedClaims, SignatureError> {
         if self.cose.len() > MAX_COSE_LEN {
             return Err(SignatureError::Malformed("longer than 4 KiB".into()));
         }
@@ -237,7 +247,7 @@ impl SignedMessage {
             })?;
         let signer = candidates.find(|s| s.valid_at(claims.time)).unwrap_or(first);
         sign1.verify_signature(MESSAGE_AAD, |sig, tbs| {
-            if signer.key.verify(tbs, sig) {
+            if verifier.check(&signer.key, tbs, sig) {
                 Ok(())
             } else {
                 Err(SignatureError::BadSignature)
@@ -275,7 +285,19 @@ impl SignedMessage {
         now: Timestamp,
         grace_secs: Option<u64>,
     ) -> Result<SignedClaims, SignatureError> {
-        let claims = self.verify(signers)?;
+        self.verify_arriving_by(signers, now, grace_secs, &mut crate::batch::Now)
+    }
+
+    /// [`SignedMessage::verify_arriving`] with the signature checked by
+    /// `verifier`.
+    pub fn verify_arriving_by(
+        &self,
+        signers: &[TrustedSigner],
+        now: Timestamp,
+        grace_secs: Option<u64>,
+        verifier: &mut dyn crate::batch::SignatureVerifier,
+    ) -> Result<SignedClaims, SignatureError> {
+        let claims = self.verify_by(signers, verifier)?;
         let Some(grace) = grace_secs else {
             return Ok(claims);
         };

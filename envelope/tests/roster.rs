@@ -695,6 +695,7 @@ fn open_at_by(
         &limits,
         &mut parts,
         |_| Ok(&p),
+        &mut konvert_envelope::batch::Now,
     )
 }
 

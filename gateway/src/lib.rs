@@ -37,3 +37,4 @@ pub mod rotation;
 pub mod signatories;
 pub mod systemd;
 pub mod transport;
+pub mod verifier;

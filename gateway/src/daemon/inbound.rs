@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use konvert_envelope::batch::{Deferred, Now, SignatureVerifier};
 use konvert_envelope::envelope::{self, EnvelopeHeader, MemoryParts, OpenError, PartSink};
 use konvert_envelope::model::{AuthorityId, Digest, Id, Timestamp};
 use konvert_envelope::receipt::{Outcome, Receipt, RejectCode};
@@ -337,7 +338,11 @@ struct Accepted<'a> {
 /// large; its body is spooled to a file and its attachments go to store
 /// blobs.
 fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, streamed: bool) -> Answer {
-    let a = match check(node, peer, input, streamed, 0) {
+    let dir = node.directory();
+    // (A large envelope's signatures are checked at once: it is read once,
+    // and its public-key work is small beside its size.)
+    let a = match examine(node, &dir, peer, input, streamed, 0, &mut Now).and_then(|e| finish(node, peer, e))
+    {
         Ok(a) => a,
         Err(answer) => return answer,
     };
@@ -351,8 +356,39 @@ fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, str
 
 /// [`process`] of a small envelope in memory on an async task: the store's
 /// write is awaited without holding a thread.
+///
+/// Its two signatures are checked in batches with those of other envelopes
+/// and receipts (crate::verifier): the node signature before anything is
+/// decrypted, the signatory signature with the other checks of the signed
+/// message deferred until it verified; nothing is acted on (procedure,
+/// receipt, store) before both did. If one does not, or a check failed
+/// while the signature was deferred, the checks are made again with the
+/// signatures checked at once, so that the answer is exactly the one they
+/// give (which signature, or which other fault comes first).
 async fn process_async(node: &Arc<Node>, peer: &AuthorityId, input: &[u8]) -> Answer {
-    let a = match check(node, peer, input, false, input.len()) {
+    let dir = node.directory();
+    let at_once = || examine(node, &dir, peer, input, false, input.len(), &mut Now);
+    let all_valid = |verdicts: Vec<bool>| verdicts.iter().all(|ok| *ok);
+    let examined = 'checked: {
+        // The node signature verifies before anything is decrypted.
+        let mut deferred = Deferred::new();
+        let a = match authenticate(node, &dir, peer, input, false, input.len(), &mut deferred) {
+            // (Its last step is the deferred check: an error is from before it.)
+            Err(answer) => return answer,
+            Ok(a) => a,
+        };
+        if !all_valid(node.verifier.verify(deferred.into_checks()).await) {
+            break 'checked at_once();
+        }
+        let mut deferred = Deferred::new();
+        match open(node, &dir, peer, a, false, input.len(), &mut deferred) {
+            Err(answer) if deferred.is_empty() || all_valid(deferred.verify_now()) => return answer,
+            Err(_) => at_once(),
+            Ok(e) if all_valid(node.verifier.verify(deferred.into_checks()).await) => Ok(e),
+            Ok(_) => at_once(),
+        }
+    };
+    let a = match examined.and_then(|e| finish(node, peer, e)) {
         Ok(a) => a,
         Err(answer) => return answer,
     };
@@ -416,15 +452,59 @@ fn stored(
     }
 }
 
-/// Every check of a received envelope, up to the record to store; `Err`
-/// is the answer to send at once (a refusal, or a duplicate's receipt).
-fn check<'a, R: std::io::Read>(
+/// A received envelope whose checks passed, its signatures as far as
+/// `verifier` said (see [`examine`]); nothing acted on yet.
+struct Examined<'a, 'd> {
+    id: Id,
+    key: MessageId,
+    digest: Digest,
+    now: Timestamp,
+    entry: &'d super::PeerEntry,
+    profile: &'d konvert_envelope::profile::Profile,
+    auth: envelope::Authenticated,
+    opened: envelope::Opened,
+    parts: Parts<'a>,
+}
+
+/// An envelope read and authenticated (as far as the verifier said), its
+/// body not opened yet.
+struct Authenticated<'d> {
+    auth: envelope::Authenticated,
+    body: BodySpool,
+    entry: &'d super::PeerEntry,
+}
+
+/// Every check of a received envelope that acts on nothing: reading,
+/// sender, node signature ([`authenticate`]); agreement, duplicate,
+/// decryption, signatory signature, routing, attachments, profile
+/// ([`open`]). Signatures are checked by `verifier`: with a deferring one,
+/// the result holds only once its checks verified. `Err` is the answer to
+/// send at once (a refusal, or a duplicate's receipt).
+#[allow(clippy::too_many_arguments)]
+fn examine<'a, 'd, R: std::io::Read>(
     node: &'a Arc<Node>,
+    dir: &'d super::Directory,
     peer: &AuthorityId,
     input: R,
     streamed: bool,
     body_capacity: usize,
-) -> Result<Accepted<'a>, Answer> {
+    verifier: &mut dyn SignatureVerifier,
+) -> Result<Examined<'a, 'd>, Answer> {
+    let a = authenticate(node, dir, peer, input, streamed, body_capacity, verifier)?;
+    open(node, dir, peer, a, streamed, body_capacity, verifier)
+}
+
+/// Reads the envelope and checks its sender and node signature (by
+/// `verifier`); nothing is decrypted.
+fn authenticate<'d, R: std::io::Read>(
+    node: &Arc<Node>,
+    dir: &'d super::Directory,
+    peer: &AuthorityId,
+    input: R,
+    streamed: bool,
+    body_capacity: usize,
+    verifier: &mut dyn SignatureVerifier,
+) -> Result<Authenticated<'d>, Answer> {
     let temporary = |node: &Node| {
         (
             reject(node, peer, None, Digest::default(), RejectCode::TemporaryFailure),
@@ -459,15 +539,37 @@ fn check<'a, R: std::io::Read>(
     if &received.header.from != peer {
         return Err(refuse(RejectCode::UnknownSender));
     }
-    let dir = node.directory();
     let Some(entry) = dir.peers.get(peer) else {
         return Err(refuse(RejectCode::UnknownSender));
     };
     // The card's node key, and during the peer's key rotation its old and new ones.
     let node_keys = crate::rotation::accepted_node_keys(node, &entry.card);
-    let auth = match received.authenticate_any(peer, &node_keys) {
-        Ok(a) => a,
-        Err(e) => return Err(refuse(RejectCode::from(&e))),
+    match received.authenticate_any_by(peer, &node_keys, verifier) {
+        Ok(auth) => Ok(Authenticated { auth, body, entry }),
+        Err(e) => Err(refuse(RejectCode::from(&e))),
+    }
+}
+
+/// The checks after [`authenticate`]'s (which must have verified): the
+/// agreement, a duplicate, then the body decrypted and the signed message
+/// checked (its signature by `verifier`).
+fn open<'a, 'd>(
+    node: &'a Arc<Node>,
+    dir: &'d super::Directory,
+    peer: &AuthorityId,
+    a: Authenticated<'d>,
+    streamed: bool,
+    body_capacity: usize,
+    verifier: &mut dyn SignatureVerifier,
+) -> Result<Examined<'a, 'd>, Answer> {
+    let Authenticated { auth, body, entry } = a;
+    let id = auth.header().id;
+    let digest = auth.envelope_digest();
+    let refuse = |code: RejectCode| {
+        (
+            reject(node, peer, Some(id), digest, code),
+            format!("rejected:{code}"),
+        )
     };
     let agreement = auth.header().agreement.clone();
     let Some(profile) = dir
@@ -519,12 +621,12 @@ fn check<'a, R: std::io::Read>(
     // Every age identity kept after a key rotation opens (crate::rotation).
     let own = node.own.current();
     let opened = match &mut parts {
-        Parts::Memory(p) => {
-            auth.open_with_roster(body, &own, &signers, anchor, profile, now, limits, p, version)
-        }
-        Parts::Blobs(p) => {
-            auth.open_with_roster(body, &own, &signers, anchor, profile, now, limits, p, version)
-        }
+        Parts::Memory(p) => auth.open_with_roster(
+            body, &own, &signers, anchor, profile, now, limits, p, version, verifier,
+        ),
+        Parts::Blobs(p) => auth.open_with_roster(
+            body, &own, &signers, anchor, profile, now, limits, p, version, verifier,
+        ),
     };
     let opened = match opened {
         Ok(o) => o,
@@ -536,6 +638,30 @@ fn check<'a, R: std::io::Read>(
         }
     };
     let profile = governing.unwrap_or(profile);
+    Ok(Examined {
+        id,
+        key,
+        digest,
+        now,
+        entry,
+        profile,
+        auth,
+        opened,
+        parts,
+    })
+}
+
+/// The rest, once [`examine`]'s signatures verified: the agreement's
+/// procedure, the signed receipt and the record to store.
+fn finish<'a>(node: &'a Arc<Node>, peer: &AuthorityId, e: Examined<'a, '_>) -> Result<Accepted<'a>, Answer> {
+    let (id, key, digest, now) = (e.id, e.key, e.digest, e.now);
+    let (entry, profile, auth, opened, parts) = (e.entry, e.profile, e.auth, e.opened, e.parts);
+    let refuse = |code: RejectCode| {
+        (
+            reject(node, peer, Some(id), digest, code),
+            format!("rejected:{code}"),
+        )
+    };
     // The agreement's procedure (case, directory, consents), durable before the receipt.
     if let Err(code) = node
         .cases
@@ -604,7 +730,7 @@ fn check<'a, R: std::io::Read>(
         new: NewMessage {
             id: key,
             peer: peer.to_string(),
-            agreement: agreement.to_string(),
+            agreement: auth.header().agreement.to_string(),
             kind: opened.message.kind().as_str().to_string(),
             case,
             payload,

@@ -354,6 +354,9 @@ pub struct Node {
     /// This authority's own signatory roster (`keys/roster.cose`), re-read
     /// when the file changes: who may sign submissions.
     pub own_roster: crate::signatories::RosterCache,
+    /// Checks the signatures of received envelopes and of receipts in
+    /// batches ([`crate::verifier`]).
+    pub verifier: crate::verifier::Verifier,
 }
 
 impl Node {
@@ -475,6 +478,7 @@ impl Node {
             sweeps: retention::SweepTotals::default(),
             cases,
             own_roster: crate::signatories::RosterCache::default(),
+            verifier: crate::verifier::Verifier::new(),
         });
         outbound::restore_in_flight(&node);
         // The peers' recorded key rotations and the own one, if any.

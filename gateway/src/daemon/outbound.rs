@@ -1265,9 +1265,10 @@ async fn attempt(
         .get(peer)
         .ok_or_else(|| AttemptError::BadReceipt("peer no longer configured".into()))?
         .card;
-    let receipt =
-        crate::rotation::verify_receipt(&receipt_bytes, &crate::rotation::accepted_node_keys(node, card))
-            .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
+    let keys = crate::rotation::accepted_node_keys(node, card);
+    let receipt = crate::rotation::verify_receipt_batched(node, &receipt_bytes, &keys)
+        .await
+        .map_err(|e| AttemptError::BadReceipt(e.to_string()))?;
     let digest = record.digest;
     // A receiver that refuses an envelope unread (too large) cannot name it:
     // it answers on the envelope's own stream with the nil id and digest.
