@@ -13,9 +13,14 @@
 //! runtime once, so that the other tasks ready to run get to queue theirs;
 //! then one caller (whichever comes first; the others wait for their
 //! verdicts) takes everything queued and verifies it as one batch on its
-//! own thread. So batches grow with the number of tasks running at once —
-//! under load, dozens; with one envelope in flight, its own checks — and
-//! nothing waits on a timer for a batch to fill, nor hops to another thread.
+//! own thread. So batches grow with the number of tasks that reach a
+//! check at once — in the load generator 3–7 signatures on average at 16
+//! and 256 envelopes in flight (about 16–24 µs each instead of 30 alone);
+//! with one envelope in flight, its own — and nothing waits on a timer for
+//! a batch to fill, nor hops to another thread. The caller that verifies
+//! goes on until the queue is empty (a check queued meanwhile would
+//! otherwise wait for nobody), so under a steady stream it may verify
+//! several batches before it returns with its own verdict.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -341,8 +341,7 @@ fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, str
     let dir = node.directory();
     // (A large envelope's signatures are checked at once: it is read once,
     // and its public-key work is small beside its size.)
-    let a = match examine(node, &dir, peer, input, streamed, 0, &mut Now).and_then(|e| finish(node, peer, e))
-    {
+    let a = match examine(node, &dir, peer, input, streamed, 0).and_then(|e| finish(node, peer, e)) {
         Ok(a) => a,
         Err(answer) => return answer,
     };
@@ -367,7 +366,7 @@ fn process<R: std::io::Read>(node: &Arc<Node>, peer: &AuthorityId, input: R, str
 /// give (which signature, or which other fault comes first).
 async fn process_async(node: &Arc<Node>, peer: &AuthorityId, input: &[u8]) -> Answer {
     let dir = node.directory();
-    let at_once = || examine(node, &dir, peer, input, false, input.len(), &mut Now);
+    let at_once = || examine(node, &dir, peer, input, false, input.len());
     let all_valid = |verdicts: Vec<bool>| verdicts.iter().all(|ok| *ok);
     let examined = 'checked: {
         // The node signature verifies before anything is decrypted.
@@ -477,10 +476,8 @@ struct Authenticated<'d> {
 /// Every check of a received envelope that acts on nothing: reading,
 /// sender, node signature ([`authenticate`]); agreement, duplicate,
 /// decryption, signatory signature, routing, attachments, profile
-/// ([`open`]). Signatures are checked by `verifier`: with a deferring one,
-/// the result holds only once its checks verified. `Err` is the answer to
-/// send at once (a refusal, or a duplicate's receipt).
-#[allow(clippy::too_many_arguments)]
+/// ([`open`]), each signature checked at once. `Err` is the answer to send
+/// at once (a refusal, or a duplicate's receipt).
 fn examine<'a, 'd, R: std::io::Read>(
     node: &'a Arc<Node>,
     dir: &'d super::Directory,
@@ -488,10 +485,9 @@ fn examine<'a, 'd, R: std::io::Read>(
     input: R,
     streamed: bool,
     body_capacity: usize,
-    verifier: &mut dyn SignatureVerifier,
 ) -> Result<Examined<'a, 'd>, Answer> {
-    let a = authenticate(node, dir, peer, input, streamed, body_capacity, verifier)?;
-    open(node, dir, peer, a, streamed, body_capacity, verifier)
+    let a = authenticate(node, dir, peer, input, streamed, body_capacity, &mut Now)?;
+    open(node, dir, peer, a, streamed, body_capacity, &mut Now)
 }
 
 /// Reads the envelope and checks its sender and node signature (by
