@@ -7,10 +7,10 @@
 //! information with one attachment of 1 KiB or 1 MiB, 1 / 16 / 256 in flight.
 //!
 //! ```text
-//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m|256m] [--count N] [--in-flight 1|16|256]
+//! cargo run --release -p konvert-gateway --example loadgen [-- --quick] [--only 1k|1m|256m] [--count N] [--in-flight 1|16|256|N]
 //! ```
 //!
-//! `--only` runs one size, `--in-flight` one concurrency, and `--count` sets the messages of every round
+//! `--only` runs one size, `--in-flight` one concurrency (any number), and `--count` sets the messages of every round
 //! (for profiling one case, e.g. `--only 1k --count 5000` under `perf`).
 //!
 //! Every round is printed beside the same work done bare in the same run:
@@ -461,7 +461,14 @@ async fn main() -> Result<(), Error> {
             // page, are not what a running gateway pays per message).
             round(&kz, size, 32, 16).await?;
         }
-        for (in_flight, count) in [1usize, 16, 256].into_iter().zip(counts) {
+        // The three standard levels, or the one `--in-flight` names (any
+        // number: e.g. 1024, to see whether more concurrency still raises
+        // the rate), with as many messages as the 256 round.
+        let mut levels: Vec<(usize, usize)> = [1usize, 16, 256].into_iter().zip(counts).collect();
+        if let Some(n) = in_flight_only.filter(|n| ![1, 16, 256].contains(n)) {
+            levels = vec![(n, counts[2])];
+        }
+        for (in_flight, count) in levels {
             if in_flight_only.is_some_and(|n| n != in_flight) {
                 continue;
             }

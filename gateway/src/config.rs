@@ -302,7 +302,9 @@ pub struct QuicConfig {
     /// Send keep-alives this often.
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Span,
-    /// Concurrent envelope streams per connection.
+    /// Concurrent envelope streams per connection: what a peer may open to
+    /// this gateway at once, and the envelopes this gateway keeps in flight
+    /// to each peer.
     #[serde(default = "default_streams")]
     pub max_streams_per_connection: u32,
     /// Connections accepted per peer.

@@ -452,7 +452,10 @@ impl Node {
             max: cfg.outbox.max_backoff.0,
             max_attempts: cfg.outbox.max_attempts,
         };
-        let links = outbound::Links::new(&directory);
+        let links = outbound::Links::new(
+            &directory,
+            usize::try_from(cfg.quic.max_streams_per_connection).unwrap_or(usize::MAX),
+        );
         let store = Arc::new(store);
         let cases = cases::Cases::load(Arc::clone(&store), &cfg.data_dir)?;
         let node = Arc::new(Node {

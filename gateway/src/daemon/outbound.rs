@@ -8,8 +8,9 @@
 //! backlog and start as slots free; the [`dispatch`] task starts what is
 //! due at start and when retries fall due. Delivery: for each peer one long-lived QUIC connection
 //! (re-established on failure, addresses tried in turn), one stream per
-//! envelope, at most [`IN_FLIGHT_PER_PEER`] envelopes in flight per peer so
-//! that a slow peer never blocks the others. A transport failure schedules
+//! envelope, at most `quic.max_streams_per_connection` envelopes (default
+//! [`IN_FLIGHT_PER_PEER`]) in flight per peer, each peer with slots of its
+//! own so that a slow peer never blocks the others. A transport failure schedules
 //! a retry (exponential backoff with jitter, [`crate::retry`]); after the
 //! configured number of attempts the message is marked failed for operators.
 //! A receipt is verified with the peer's card before it is stored.
@@ -32,8 +33,14 @@ use super::{Directory, Node};
 use crate::retry::{AddressRotation, Next};
 use crate::transport::{CloseCode, Connection, Endpoint};
 
-/// Envelopes in flight to one peer at a time.
-pub const IN_FLIGHT_PER_PEER: usize = 64;
+/// Envelopes in flight to one peer at a time unless the configuration says
+/// otherwise: konvertd takes `quic.max_streams_per_connection`, the number of
+/// streams a peer with the same setting lets it open at once, so that the
+/// slots are not a second, narrower limit. (At 64, below that, a 1 KiB
+/// message at 256 in flight spent about a fifth of the time the two
+/// gateways' cores were idle: the slots, not the CPU, set the rate —
+/// docs/BENCHMARKS.md, stop 17.)
+pub const IN_FLIGHT_PER_PEER: usize = 256;
 
 /// Why a submission was refused (mapped to API problems by the service).
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +120,11 @@ struct Backlog {
 }
 
 impl Link {
-    fn new(addresses: Vec<String>) -> Self {
+    fn new(addresses: Vec<String>, slots: usize) -> Self {
         Self {
             connection: tokio::sync::Mutex::new(None),
             addresses: Mutex::new(AddressRotation::new(addresses)),
-            slots: Arc::new(Semaphore::new(IN_FLIGHT_PER_PEER)),
+            slots: Arc::new(Semaphore::new(slots)),
             last_delivery: Mutex::new(None),
             failures: AtomicU32::new(0),
             failing_since: Mutex::new(None),
@@ -219,7 +226,7 @@ struct LiveLog {
 }
 
 /// Links of all peers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Links {
     inner: Mutex<HashMap<AuthorityId, Arc<Link>>>,
     /// Messages being delivered now (not to be picked up twice).
@@ -229,6 +236,20 @@ pub struct Links {
     /// Envelopes just queued, handed to their first delivery attempt
     /// without reading them back from the store (bounded; see [`Fresh`]).
     fresh: Mutex<Fresh>,
+    /// Envelopes in flight per peer ([`IN_FLIGHT_PER_PEER`] unless set).
+    per_peer: usize,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            in_flight: Mutex::default(),
+            live: Mutex::default(),
+            fresh: Mutex::default(),
+            per_peer: IN_FLIGHT_PER_PEER,
+        }
+    }
 }
 
 /// Tasks waiting for outgoing messages to settle: a receipt arrived
@@ -296,9 +317,13 @@ struct Fresh {
 const FRESH_MAX_BYTES: usize = 32 << 20;
 
 impl Links {
-    /// Links for the peers of `dir`.
-    pub fn new(dir: &Directory) -> Self {
-        let l = Self::default();
+    /// Links for the peers of `dir`, each with `per_peer` envelopes in
+    /// flight at most (at least 1).
+    pub fn new(dir: &Directory, per_peer: usize) -> Self {
+        let l = Self {
+            per_peer: per_peer.max(1),
+            ..Self::default()
+        };
         l.add_and_refresh(dir);
         l
     }
@@ -342,7 +367,7 @@ impl Links {
                         }
                     }
                     None => {
-                        m.insert(a.clone(), Arc::new(Link::new(p.addresses.clone())));
+                        m.insert(a.clone(), Arc::new(Link::new(p.addresses.clone(), self.per_peer)));
                         added.push(a.clone());
                     }
                 }
@@ -1402,6 +1427,43 @@ async fn resolve(addr: &str) -> Option<std::net::SocketAddr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn each_peer_gets_the_configured_number_of_delivery_slots() {
+        let t = tempfile::tempdir().unwrap();
+        let mut dir = Directory {
+            profiles: Default::default(),
+            versions: Default::default(),
+            peers: Default::default(),
+        };
+        for a in ["by.mvd", "am.police"] {
+            let id = AuthorityId::new(a).unwrap();
+            let card = crate::offline::keygen(&id, &t.path().join(a), None, false).unwrap();
+            let entry = super::super::PeerEntry {
+                card,
+                addresses: vec!["127.0.0.1:1".into()],
+                agreements: Vec::new(),
+                pin: crate::transport::Pin::of_spki(a.as_bytes()),
+            };
+            dir.peers.insert(id, entry);
+        }
+        let links = Links::new(&dir, 3);
+        for a in ["by.mvd", "am.police"] {
+            let link = links.get(&AuthorityId::new(a).unwrap()).unwrap();
+            assert_eq!(link.slots.available_permits(), 3, "{a}");
+        }
+        // Peers added on reload (SIGHUP) get the same; 0 is taken as 1.
+        let empty = Directory {
+            profiles: Default::default(),
+            versions: Default::default(),
+            peers: Default::default(),
+        };
+        let links = Links::new(&empty, 0);
+        links.add_and_refresh(&dir);
+        let link = links.get(&AuthorityId::new("am.police").unwrap()).unwrap();
+        assert_eq!(link.slots.available_permits(), 1);
+        assert_eq!(Links::default().per_peer, IN_FLIGHT_PER_PEER);
+    }
 
     #[test]
     fn outcome_waiters_are_told_once_and_those_that_gave_up_are_forgotten() {
