@@ -70,12 +70,27 @@ impl fmt::Debug for KeyId {
 }
 
 /// An Ed25519 private key. Zeroized on drop; never printed.
-pub struct SigningKey(ed25519_dalek::SigningKey);
+pub struct SigningKey {
+    secret: ed25519_dalek::SigningKey,
+    /// Its public half, decompressed once: every signature names its key
+    /// id, and decompressing the point for it each time (a square root in
+    /// the field) cost about a tenth of a signature.
+    public: VerifyingKey,
+}
 
 impl SigningKey {
+    fn new(secret: ed25519_dalek::SigningKey) -> Self {
+        let dalek = secret.verifying_key();
+        let zebra = ed25519_zebra::VerificationKey::try_from(dalek.to_bytes())
+            .expect("the public half of a signing key is a curve point");
+        Self {
+            secret,
+            public: VerifyingKey { dalek, zebra },
+        }
+    }
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Self {
-        Self(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
+        Self::new(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
     }
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pkcs8_pem(text: &str) -> Result<Self, KeyError> {
@@ -83,7 +98,7 @@ impl SigningKey {
             return Err(KeyError::TooLarge(text.len()));
         }
         ed25519_dalek::SigningKey::from_pkcs8_pem(text.trim())
-            .map(Self)
+            .map(Self::new)
             .map_err(|_| KeyError::PrivateKeyPem)
     }
     /// The key as PKCS#8 PEM (zeroized when dropped).
@@ -94,7 +109,7 @@ impl SigningKey {
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
         use zeroize::Zeroize as _;
         let mut kp = ed25519_dalek::pkcs8::KeypairBytes {
-            secret_key: self.0.to_bytes(),
+            secret_key: self.secret.to_bytes(),
             public_key: None,
         };
         let pem = kp
@@ -106,14 +121,11 @@ impl SigningKey {
     }
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {
-        let dalek = self.0.verifying_key();
-        let zebra = ed25519_zebra::VerificationKey::try_from(dalek.to_bytes())
-            .expect("the public half of a signing key is a curve point");
-        VerifyingKey { dalek, zebra }
+        self.public
     }
     /// Signs `msg` (callers sign short structures holding digests, never bulk data).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.0.sign(msg).to_bytes()
+        self.secret.sign(msg).to_bytes()
     }
 }
 impl fmt::Debug for SigningKey {
