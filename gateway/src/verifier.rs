@@ -14,15 +14,32 @@
 //! then one caller (whichever comes first; the others wait for their
 //! verdicts) takes everything queued and verifies it as one batch on its
 //! own thread. So batches grow with the number of tasks that reach a
-//! check at once — in the load generator 3–7 signatures on average at 16
-//! and 256 envelopes in flight (about 16–24 µs each instead of 30 alone);
-//! with one envelope in flight, its own — and nothing waits on a timer for
-//! a batch to fill, nor hops to another thread. The caller that verifies
-//! goes on until the queue is empty (a check queued meanwhile would
-//! otherwise wait for nobody), so under a steady stream it may verify
-//! several batches before it returns with its own verdict.
+//! check at once — in the load generator about 3 signatures at 256
+//! envelopes in flight and 5 at 16 (about 16–22 µs each instead of 30
+//! alone); with one envelope in flight, its own. No thread hop, and no
+//! timer while the node is not busy: at 16 in flight, waiting 1 ms for a
+//! batch to fill cut the rate by 40 % (each wait is on the message's path,
+//! and 16 messages cannot fill a batch).
+//!
+//! **Busy** (the node has [`BUSY_LOAD`] or more envelopes in flight,
+//! [`Verifier::set_load`]; its rate is then set by the CPU, not by the
+//! latency of each message), the first caller that finds nobody gathering
+//! waits up to [`GATHER_WAIT`] for others to queue theirs, and verifies
+//! the batch when the wait is over or as soon as the queue holds
+//! [`GATHER`] signatures (the caller that fills it verifies it at once);
+//! the callers that arrive meanwhile just wait for their verdicts. At 256
+//! in flight this doubled the batches (about 6 signatures) and took 5 %
+//! off the CPU per 1 KiB message (docs/BENCHMARKS.md, stop 17). A
+//! gatherer whose task is cancelled verifies what it gathered as it goes.
+//!
+//! The caller that verifies goes on until the queue is empty (a check
+//! queued meanwhile would otherwise wait for nobody), so under a steady
+//! stream it may verify several batches before it returns with its own
+//! verdict; it clears its flag under the same lock as its last look at the
+//! queue, so that every check queued while it was seen verifying is its to
+//! take.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use konvert_envelope::batch::{verify_each, SignatureCheck};
@@ -45,6 +62,8 @@ struct Queue {
     signatures: usize,
     /// A caller is verifying a batch now.
     verifying: bool,
+    /// A caller is waiting for the queue to fill ([`GATHER`], [`GATHER_WAIT`]).
+    gathering: bool,
 }
 
 /// How much the verifier did (for metrics and the load generator).
@@ -65,11 +84,26 @@ impl VerifierStats {
     }
 }
 
+/// With at least this many envelopes in flight through the node
+/// ([`Verifier::set_load`]), a check waits a little for others to join its
+/// batch (see [`Verifier::verify`]).
+pub const BUSY_LOAD: usize = 64;
+
+/// A waiting batch is verified once it holds this many signatures…
+pub const GATHER: usize = 32;
+
+/// …or once its first check has waited this long.
+pub const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Checks signatures in batches formed by its callers.
 #[derive(Default)]
 pub struct Verifier {
     queue: Mutex<Queue>,
     stats: VerifierStats,
+    /// Envelopes in flight through the node (its hint of load).
+    load: AtomicUsize,
+    /// Wakes the caller gathering a batch when the batch is full.
+    full: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -78,16 +112,42 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Clears `verifying` when the verifying caller is done, also if a batch
-/// panicked (its jobs are then dropped: their callers see no verdict and
-/// take none as valid).
-struct Verifying<'a>(&'a Mutex<Queue>);
+/// Ends a caller's gathering, also if its task is cancelled while it waits:
+/// clears `gathering` and verifies what is queued.
+struct Gathering<'a>(&'a Verifier);
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.0.lock().gathering = false;
+        self.0.verify_queued();
+    }
+}
+
+/// Clears `verifying` if a batch panicked (its jobs are then dropped: their
+/// callers see no verdict and take none as valid); disarmed (`.1 = false`)
+/// when the verifying caller clears it itself.
+struct Verifying<'a>(&'a Mutex<Queue>, bool);
 
 impl Drop for Verifying<'_> {
     fn drop(&mut self) {
-        let mut q = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        q.verifying = false;
+        if self.1 {
+            let mut q = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.verifying = false;
+        }
     }
+}
+
+/// How a caller of [`Verifier::verify`] gets its batch verified.
+enum Mode {
+    /// Not busy: yield once (the tasks ready to run queue theirs), verify.
+    Yield,
+    /// The queue holds a full batch: verify it now.
+    Now,
+    /// Another caller gathers or verifies: wait for the verdict.
+    Wait,
+    /// Busy and nobody gathers: wait for a full batch or [`GATHER_WAIT`],
+    /// then verify.
+    Gather,
 }
 
 impl Verifier {
@@ -104,17 +164,54 @@ impl Verifier {
         if n == 0 {
             return Vec::new();
         }
-        let (done, mut verdict) = oneshot::channel();
-        {
+        let (done, verdict) = oneshot::channel();
+        let busy = self.load.load(Ordering::Relaxed) >= BUSY_LOAD;
+        let mode = {
             let mut q = self.lock();
             q.signatures += n;
             q.jobs.push(Job { checks, done });
+            if !busy {
+                Mode::Yield
+            } else if q.signatures >= GATHER {
+                if q.gathering {
+                    self.full.notify_one();
+                }
+                Mode::Now
+            } else if q.gathering || q.verifying {
+                // Taken by the caller gathering, or by the one verifying
+                // (which goes on until the queue is empty).
+                Mode::Wait
+            } else {
+                q.gathering = true;
+                Mode::Gather
+            }
+        };
+        match mode {
+            Mode::Yield => {
+                // The other tasks ready to run queue their checks meanwhile.
+                tokio::task::yield_now().await;
+                self.verify_queued();
+            }
+            Mode::Now => self.verify_queued(),
+            Mode::Wait => {}
+            Mode::Gather => {
+                let _gathering = Gathering(self);
+                let _ = tokio::time::timeout(GATHER_WAIT, self.full.notified()).await;
+            }
         }
-        // The other tasks ready to run queue their checks meanwhile.
-        tokio::task::yield_now().await;
-        self.verify_queued();
-        // Verified by this caller above, or being verified by another that
-        // took this job with its batch.
+        self.verdict(verdict, n).await
+    }
+
+    /// Tells the verifier how many envelopes are in flight through its node
+    /// (delivered and received): with [`BUSY_LOAD`] or more, a check waits
+    /// up to [`GATHER_WAIT`] for others to join its batch.
+    pub fn set_load(&self, n: usize) {
+        self.load.store(n, Ordering::Relaxed);
+    }
+
+    async fn verdict(&self, mut verdict: oneshot::Receiver<Vec<bool>>, n: usize) -> Vec<bool> {
+        // Verified by this caller, or being verified by another that took
+        // this job with its batch.
         match verdict.try_recv() {
             Ok(v) => v,
             Err(oneshot::error::TryRecvError::Empty) => {
@@ -135,13 +232,17 @@ impl Verifier {
             q.verifying = true;
             take_batch(&mut q)
         };
-        let _verifying = Verifying(&self.queue);
+        let mut verifying = Verifying(&self.queue, true);
         loop {
             self.verify_batch(batch);
             let mut q = self.lock();
             if q.jobs.is_empty() {
-                // (`verifying` is cleared by the guard, under the lock again:
-                // a job queued after this look is taken by its own caller.)
+                // Cleared under the same lock as this look: a job queued
+                // while `verifying` was seen set is taken by this loop, and
+                // one queued after it is cleared is its caller's to verify
+                // (or to gather).
+                q.verifying = false;
+                verifying.1 = false;
                 return;
             }
             batch = take_batch(&mut q);
@@ -275,5 +376,84 @@ mod tests {
         assert_eq!(take_batch(&mut q).len(), 1); // 40 (40 + 30 > 64)
         assert_eq!(take_batch(&mut q).len(), 2); // 30 + 10
         assert_eq!((q.jobs.len(), q.signatures), (0, 0));
+    }
+
+    /// Eight callers 100 µs apart (paused time), each to be checked once
+    /// the ones before it had their turn; returns the batches they took.
+    async fn spaced_callers(load: usize) -> u64 {
+        let verifier = Arc::new(Verifier::new());
+        verifier.set_load(load);
+        let k = SigningKey::generate();
+        let checks: Vec<SignatureCheck> = (0..8u8).map(|i| check(&k, &[i], i != 4)).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, c) in (0..8u8).zip(checks) {
+            let v = Arc::clone(&verifier);
+            tasks.spawn(async move { (i, v.verify(vec![c]).await) });
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(std::time::Duration::from_micros(100)).await;
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (i, v) = r.expect("task");
+            assert_eq!(v, vec![i != 4], "caller {i}");
+        }
+        assert_eq!(verifier.stats().signatures(), 8);
+        let q = verifier.lock();
+        assert!(q.jobs.is_empty() && !q.verifying && !q.gathering);
+        verifier.stats().batches()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_checks_arriving_within_the_wait_share_one_batch() {
+        // 800 µs < GATHER_WAIT: the first caller gathers the other seven.
+        assert_eq!(spaced_callers(BUSY_LOAD).await, 1);
+        // Not busy: each is checked on its own turn.
+        assert_eq!(spaced_callers(BUSY_LOAD - 1).await, 8);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_verified_at_once_and_a_cancelled_gatherer_strands_nobody() {
+        let verifier = Arc::new(Verifier::new());
+        verifier.set_load(BUSY_LOAD);
+        let k = SigningKey::generate();
+        // A gatherer whose task goes away while it waits: what it gathered
+        // is verified when it goes (here nothing else was queued).
+        let gatherer = {
+            let v = Arc::clone(&verifier);
+            let c = check(&k, b"gone", true);
+            tokio::spawn(async move { v.verify(vec![c]).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(verifier.lock().gathering);
+        let waiting = {
+            let v = Arc::clone(&verifier);
+            let c = check(&k, b"waits", true);
+            tokio::spawn(async move { v.verify(vec![c]).await })
+        };
+        tokio::task::yield_now().await;
+        gatherer.abort();
+        assert!(gatherer.await.is_err());
+        assert_eq!(waiting.await.expect("task"), vec![true]);
+        assert!(!verifier.lock().gathering);
+        // A job that fills the batch a caller gathers is verified at once,
+        // with the gathered one, in one batch.
+        let gathering = {
+            let v = Arc::clone(&verifier);
+            let c = check(&k, b"gathered", false);
+            tokio::spawn(async move { v.verify(vec![c]).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(verifier.lock().gathering);
+        let (batches, signatures) = (verifier.stats().batches(), verifier.stats().signatures());
+        let full: Vec<SignatureCheck> = (0..GATHER).map(|i| check(&k, &[i as u8], true)).collect();
+        assert!(verifier.verify(full).await.iter().all(|ok| *ok));
+        assert_eq!(verifier.stats().batches(), batches + 1);
+        assert_eq!(verifier.stats().signatures(), signatures + GATHER as u64 + 1);
+        assert_eq!(gathering.await.expect("task"), vec![false]);
+        // Below the load, no caller gathers.
+        verifier.set_load(BUSY_LOAD - 1);
+        assert_eq!(verifier.verify(vec![check(&k, b"x", false)]).await, vec![false]);
+        assert!(!verifier.lock().gathering);
     }
 }

@@ -368,6 +368,7 @@ impl Node {
         let n =
             self.outbound_in_flight.load(Ordering::Relaxed) + self.inbound_in_flight.load(Ordering::Relaxed);
         self.store.set_concurrent_writers(n);
+        self.verifier.set_load(n);
     }
 
     /// Loads everything the configuration names, opens the store and binds
