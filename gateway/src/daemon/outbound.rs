@@ -42,6 +42,15 @@ use crate::transport::{CloseCode, Connection, Endpoint};
 /// docs/BENCHMARKS.md, stop 17.)
 pub const IN_FLIGHT_PER_PEER: usize = 256;
 
+/// Envelope bytes held in memory for deliveries in flight to one peer at a
+/// time (envelopes up to 1 MiB are sent from memory; larger ones stream
+/// from their store blob through a fixed buffer). With
+/// [`IN_FLIGHT_PER_PEER`] slots alone, 256 envelopes of 1 MiB would hold
+/// 256 MiB per peer, and on one connection they only share its bandwidth:
+/// a delivery waits for its envelope's share of this budget once its
+/// record is loaded.
+pub const IN_FLIGHT_BYTES_PER_PEER: usize = 64 << 20;
+
 /// Why a submission was refused (mapped to API problems by the service).
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -98,6 +107,8 @@ pub struct Link {
     connection: tokio::sync::Mutex<Option<Connection>>,
     addresses: Mutex<AddressRotation>,
     slots: Arc<Semaphore>,
+    /// [`IN_FLIGHT_BYTES_PER_PEER`], in KiB.
+    bytes: Semaphore,
     /// When the last receipt arrived.
     pub last_delivery: Mutex<Option<Timestamp>>,
     /// Delivery attempts to this peer that failed in a row (no connection,
@@ -125,6 +136,7 @@ impl Link {
             connection: tokio::sync::Mutex::new(None),
             addresses: Mutex::new(AddressRotation::new(addresses)),
             slots: Arc::new(Semaphore::new(slots)),
+            bytes: Semaphore::new(IN_FLIGHT_BYTES_PER_PEER >> 10),
             last_delivery: Mutex::new(None),
             failures: AtomicU32::new(0),
             failing_since: Mutex::new(None),
@@ -1231,6 +1243,24 @@ async fn attempt(
                 .map_err(AttemptError::BadReceipt)?,
         ),
     };
+    // Its share of the peer's in-memory budget, held until its receipt is
+    // handled (none for an envelope streamed from a blob).
+    let kib = record
+        .envelope
+        .len()
+        .div_ceil(1024)
+        .min(IN_FLIGHT_BYTES_PER_PEER >> 10);
+    let _budget = if kib == 0 {
+        None
+    } else {
+        let n = u32::try_from(kib).unwrap_or(u32::MAX);
+        Some(
+            link.bytes
+                .acquire_many(n)
+                .await
+                .map_err(|_| AttemptError::Connect("link closed".into()))?,
+        )
+    };
     let conn = connection(node, peer, link).await?;
     let sent = match &record.envelope_blob {
         Some(blob) => {
@@ -1451,6 +1481,7 @@ mod tests {
         for a in ["by.mvd", "am.police"] {
             let link = links.get(&AuthorityId::new(a).unwrap()).unwrap();
             assert_eq!(link.slots.available_permits(), 3, "{a}");
+            assert_eq!(link.bytes.available_permits() << 10, IN_FLIGHT_BYTES_PER_PEER);
         }
         // Peers added on reload (SIGHUP) get the same; 0 is taken as 1.
         let empty = Directory {
