@@ -9,8 +9,9 @@
 //! due at start and when retries fall due. Delivery: for each peer one long-lived QUIC connection
 //! (re-established on failure, addresses tried in turn), one stream per
 //! envelope, at most `quic.max_streams_per_connection` envelopes (default
-//! [`IN_FLIGHT_PER_PEER`]) in flight per peer, each peer with slots of its
-//! own so that a slow peer never blocks the others. A transport failure schedules
+//! [`IN_FLIGHT_PER_PEER`]) and [`IN_FLIGHT_BYTES_PER_PEER`] of envelopes
+//! held in memory in flight per peer, each peer with slots of its own so
+//! that a slow peer never blocks the others. A transport failure schedules
 //! a retry (exponential backoff with jitter, [`crate::retry`]); after the
 //! configured number of attempts the message is marked failed for operators.
 //! A receipt is verified with the peer's card before it is stored.
