@@ -21,15 +21,16 @@
 //! batch to fill cut the rate by 40 % (each wait is on the message's path,
 //! and 16 messages cannot fill a batch).
 //!
-//! **Busy** (the node has [`BUSY_LOAD`] or more envelopes in flight,
-//! [`Verifier::set_load`]; its rate is then set by the CPU, not by the
-//! latency of each message), the first caller that finds nobody gathering
+//! **Busy** (the node has [`BUSY_LOAD`] or more envelopes in flight, or
+//! enough and its cores saturated, [`crate::daemon::load`]; its rate is
+//! then set by the CPU, not by the latency of each message), the first caller that finds nobody gathering
 //! waits up to [`GATHER_WAIT`] for others to queue theirs, and verifies
 //! the batch when the wait is over or as soon as the queue holds
 //! [`GATHER`] signatures (the caller that fills it verifies it at once);
 //! the callers that arrive meanwhile just wait for their verdicts. At 256
-//! in flight this doubled the batches (about 6 signatures) and took 5 %
-//! off the CPU per 1 KiB message (docs/BENCHMARKS.md, stop 17). A
+//! in flight this took batches from about 3 signatures to 13–14 and the
+//! CPU per 1 KiB message down by 5 % and 2–6 % again (its two steps:
+//! docs/BENCHMARKS.md, stop 17, items 3 and 5). A
 //! gatherer whose task is cancelled verifies what it gathered as it goes.
 //!
 //! The caller that verifies goes on until the queue is empty (a check
@@ -39,7 +40,7 @@
 //! queue, so that every check queued while it was seen verifying is its to
 //! take.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use konvert_envelope::batch::{verify_each, SignatureCheck};
@@ -84,9 +85,11 @@ impl VerifierStats {
     }
 }
 
-/// With at least this many envelopes in flight through the node
-/// ([`Verifier::set_load`]), a check waits a little for others to join its
-/// batch (see [`Verifier::verify`]).
+/// With at least this many envelopes in flight through the node, it is
+/// busy ([`crate::daemon::load::hints`]; also with fewer, from
+/// [`crate::daemon::load::MIN_IN_FLIGHT`] on, when its cores are saturated)
+/// and a check waits a little for others to join its batch
+/// ([`Verifier::set_busy`]).
 pub const BUSY_LOAD: usize = 64;
 
 /// A waiting batch is verified once it holds this many signatures…
@@ -100,8 +103,8 @@ pub const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(1)
 pub struct Verifier {
     queue: Mutex<Queue>,
     stats: VerifierStats,
-    /// Envelopes in flight through the node (its hint of load).
-    load: AtomicUsize,
+    /// The node is busy ([`Verifier::set_busy`]).
+    busy: AtomicBool,
     /// Wakes the caller gathering a batch when the batch is full.
     full: tokio::sync::Notify,
 }
@@ -165,7 +168,7 @@ impl Verifier {
             return Vec::new();
         }
         let (done, verdict) = oneshot::channel();
-        let busy = self.load.load(Ordering::Relaxed) >= BUSY_LOAD;
+        let busy = self.busy.load(Ordering::Relaxed);
         let mode = {
             let mut q = self.lock();
             q.signatures += n;
@@ -202,11 +205,11 @@ impl Verifier {
         self.verdict(verdict, n).await
     }
 
-    /// Tells the verifier how many envelopes are in flight through its node
-    /// (delivered and received): with [`BUSY_LOAD`] or more, a check waits
-    /// up to [`GATHER_WAIT`] for others to join its batch.
-    pub fn set_load(&self, n: usize) {
-        self.load.store(n, Ordering::Relaxed);
+    /// Tells the verifier whether its node is busy (its rate set by the
+    /// CPU, not by each message's latency: [`crate::daemon::load`]): then a
+    /// check waits up to [`GATHER_WAIT`] for others to join its batch.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
     }
 
     async fn verdict(&self, mut verdict: oneshot::Receiver<Vec<bool>>, n: usize) -> Vec<bool> {
@@ -380,9 +383,9 @@ mod tests {
 
     /// Eight callers 100 µs apart (paused time), each to be checked once
     /// the ones before it had their turn; returns the batches they took.
-    async fn spaced_callers(load: usize) -> u64 {
+    async fn spaced_callers(busy: bool) -> u64 {
         let verifier = Arc::new(Verifier::new());
-        verifier.set_load(load);
+        verifier.set_busy(busy);
         let k = SigningKey::generate();
         let checks: Vec<SignatureCheck> = (0..8u8).map(|i| check(&k, &[i], i != 4)).collect();
         let mut tasks = tokio::task::JoinSet::new();
@@ -407,15 +410,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn under_load_checks_arriving_within_the_wait_share_one_batch() {
         // 800 µs < GATHER_WAIT: the first caller gathers the other seven.
-        assert_eq!(spaced_callers(BUSY_LOAD).await, 1);
+        assert_eq!(spaced_callers(true).await, 1);
         // Not busy: each is checked on its own turn.
-        assert_eq!(spaced_callers(BUSY_LOAD - 1).await, 8);
+        assert_eq!(spaced_callers(false).await, 8);
     }
 
     #[tokio::test]
     async fn a_full_batch_is_verified_at_once_and_a_cancelled_gatherer_strands_nobody() {
         let verifier = Arc::new(Verifier::new());
-        verifier.set_load(BUSY_LOAD);
+        verifier.set_busy(true);
         let k = SigningKey::generate();
         // A gatherer whose task goes away while it waits: what it gathered
         // is verified when it goes (here nothing else was queued).
@@ -452,7 +455,7 @@ mod tests {
         assert_eq!(verifier.stats().signatures(), signatures + GATHER as u64 + 1);
         assert_eq!(gathering.await.expect("task"), vec![false]);
         // Below the load, no caller gathers.
-        verifier.set_load(BUSY_LOAD - 1);
+        verifier.set_busy(false);
         assert_eq!(verifier.verify(vec![check(&k, b"x", false)]).await, vec![false]);
         assert!(!verifier.lock().gathering);
     }

@@ -55,5 +55,7 @@ pub use model::{
     Put, Receipt, StoreStats, SweepReport,
 };
 pub use retention::RetentionPolicy;
-pub use store::{RecordOp, Store, StoreConfig, MAX_RECORD_KEY, MAX_RECORD_OPS, MAX_RECORD_VALUE};
+pub use store::{
+    RecordOp, Store, StoreConfig, BUSY_WRITERS, MAX_RECORD_KEY, MAX_RECORD_OPS, MAX_RECORD_VALUE,
+};
 pub use sync::SyncMode;

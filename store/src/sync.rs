@@ -66,7 +66,7 @@ const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(1500);
 
 /// With at least this many concurrent writers announced
 /// ([`GroupCommit::set_writers`]) ...
-const BUSY_WRITERS: u64 = 64;
+pub(crate) const BUSY_WRITERS: u64 = 64;
 
 /// ... a sync waits for this many writes ...
 const BUSY_GATHER: u64 = 64;

@@ -21,6 +21,7 @@
 
 pub mod cases;
 pub mod inbound;
+pub mod load;
 pub mod local;
 pub mod operator;
 pub mod outbound;
@@ -357,18 +358,24 @@ pub struct Node {
     /// Checks the signatures of received envelopes and of receipts in
     /// batches ([`crate::verifier`]).
     pub verifier: crate::verifier::Verifier,
+    /// Whether its cores are saturated ([`load`]).
+    pub cpu: load::CpuShare,
 }
 
 impl Node {
     /// Tells the store how many envelopes are in flight through this
-    /// gateway (being delivered, and being received): with many, its group
-    /// commit gathers longer before a sync (`Store::set_concurrent_writers`).
+    /// gateway (being delivered, and being received), and the verifier
+    /// whether the node is busy: with many in flight, or with enough and
+    /// its cores saturated ([`load`]), its group commit gathers longer
+    /// before a sync (`Store::set_concurrent_writers`) and its signature
+    /// checks wait a little for others to join their batch.
     pub(crate) fn note_in_flight(&self) {
         use std::sync::atomic::Ordering;
         let n =
             self.outbound_in_flight.load(Ordering::Relaxed) + self.inbound_in_flight.load(Ordering::Relaxed);
-        self.store.set_concurrent_writers(n);
-        self.verifier.set_load(n);
+        let (writers, busy) = load::hints(n, self.cpu.busy());
+        self.store.set_concurrent_writers(writers);
+        self.verifier.set_busy(busy);
     }
 
     /// Loads everything the configuration names, opens the store and binds
@@ -483,6 +490,7 @@ impl Node {
             cases,
             own_roster: crate::signatories::RosterCache::default(),
             verifier: crate::verifier::Verifier::new(),
+            cpu: load::CpuShare::new(),
         });
         outbound::restore_in_flight(&node);
         // The peers' recorded key rotations and the own one, if any.
