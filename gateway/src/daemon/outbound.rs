@@ -37,10 +37,10 @@ use crate::transport::{CloseCode, Connection, Endpoint};
 /// Envelopes in flight to one peer at a time unless the configuration says
 /// otherwise: konvertd takes `quic.max_streams_per_connection`, the number of
 /// streams a peer with the same setting lets it open at once, so that the
-/// slots are not a second, narrower limit. (At 64, below that, a 1 KiB
-/// message at 256 in flight spent about a fifth of the time the two
-/// gateways' cores were idle: the slots, not the CPU, set the rate —
-/// docs/BENCHMARKS.md, stop 17.)
+/// slots are not a second, narrower limit. (At 64, below that, the two
+/// gateways' cores stood a fifth idle with 256 messages of 1 KiB in
+/// flight: the slots, not the CPU, set the rate — docs/BENCHMARKS.md,
+/// stop 17.)
 pub const IN_FLIGHT_PER_PEER: usize = 256;
 
 /// Envelope bytes held in memory for deliveries in flight to one peer at a
