@@ -14,9 +14,10 @@
 //! then one caller (whichever comes first; the others wait for their
 //! verdicts) takes everything queued and verifies it as one batch on its
 //! own thread. So batches grow with the number of tasks that reach a
-//! check at once — in the load generator about 3 signatures at 256
-//! envelopes in flight and 5 at 16 (about 16–22 µs each instead of 30
-//! alone); with one envelope in flight, its own. No thread hop, and no
+//! check at once — in the load generator about 5 signatures at 16
+//! envelopes in flight (and 3 at 256 before the busy wait below; about
+//! 16–22 µs each instead of 30 alone); with one envelope in flight, its
+//! own. No thread hop, and no
 //! timer while the node is not busy: at 16 in flight, waiting 1 ms for a
 //! batch to fill cut the rate by 40 % (each wait is on the message's path,
 //! and 16 messages cannot fill a batch).
@@ -415,6 +416,12 @@ mod tests {
         assert_eq!(spaced_callers(false).await, 8);
     }
 
+    /// One caller with one check, on a task of its own.
+    fn spawn_one(v: &Arc<Verifier>, c: SignatureCheck) -> tokio::task::JoinHandle<Vec<bool>> {
+        let v = Arc::clone(v);
+        tokio::spawn(async move { v.verify(vec![c]).await })
+    }
+
     #[tokio::test]
     async fn a_full_batch_is_verified_at_once_and_a_cancelled_gatherer_strands_nobody() {
         let verifier = Arc::new(Verifier::new());
@@ -422,30 +429,24 @@ mod tests {
         let k = SigningKey::generate();
         // A gatherer whose task goes away while it waits: what it gathered
         // is verified when it goes (here nothing else was queued).
-        let gatherer = {
-            let v = Arc::clone(&verifier);
-            let c = check(&k, b"gone", true);
-            tokio::spawn(async move { v.verify(vec![c]).await })
-        };
+        let gatherer = spawn_one(&verifier, check(&k, b"gone", true));
         tokio::task::yield_now().await;
         assert!(verifier.lock().gathering);
-        let waiting = {
-            let v = Arc::clone(&verifier);
-            let c = check(&k, b"waits", true);
-            tokio::spawn(async move { v.verify(vec![c]).await })
-        };
+        let waiting = spawn_one(&verifier, check(&k, b"waits", true));
         tokio::task::yield_now().await;
         gatherer.abort();
         assert!(gatherer.await.is_err());
-        assert_eq!(waiting.await.expect("task"), vec![true]);
+        // (Bounded: if the cancelled gatherer stranded it, this fails
+        // instead of waiting forever.)
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await;
+        assert_eq!(
+            waited.expect("verified after the gatherer went").expect("task"),
+            vec![true]
+        );
         assert!(!verifier.lock().gathering);
         // A job that fills the batch a caller gathers is verified at once,
         // with the gathered one, in one batch.
-        let gathering = {
-            let v = Arc::clone(&verifier);
-            let c = check(&k, b"gathered", false);
-            tokio::spawn(async move { v.verify(vec![c]).await })
-        };
+        let gathering = spawn_one(&verifier, check(&k, b"gathered", false));
         tokio::task::yield_now().await;
         assert!(verifier.lock().gathering);
         let (batches, signatures) = (verifier.stats().batches(), verifier.stats().signatures());

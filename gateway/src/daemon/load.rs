@@ -10,8 +10,9 @@
 //! bounded window, and the cores idle meanwhile: gathering signatures at 16
 //! envelopes in flight cut the rate by 40 %). The node's own count of
 //! envelopes in flight does not tell the two apart everywhere: the receiver
-//! of 256 envelopes in flight has only about 35 in hand at a time, because
-//! it handles each quickly, yet its cores are as saturated as the sender's.
+//! of 256 envelopes in flight holds fewer at a time than the sender, since
+//! it answers each quickly (sampled in the load generator: from 47 to 171,
+//! often below 64), yet its cores are as saturated as the sender's.
 //! So the node also measures the share of the cores its process used over
 //! the last [`WINDOW`] (`CLOCK_PROCESS_CPUTIME_ID` against the wall clock
 //! and the cores available to it) and counts as busy from [`BUSY_SHARE`] on,
