@@ -1056,7 +1056,7 @@ impl Authenticated {
             .decrypt(
                 std::iter::once(&keys.age)
                     .chain(&keys.previous_age)
-                    .map(|i| i.inner() as &dyn age::Identity),
+                    .map(|i| i.opener()),
             )
             .map_err(decrypt_err)?;
         let mut found = Vec::with_capacity(header.attachments as usize);

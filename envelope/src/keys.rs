@@ -10,6 +10,7 @@
 //! This module parses and formats text; reading and writing files is the
 //! caller's job.
 
+use crate::age_x25519::X25519Opener;
 use std::fmt;
 use std::str::FromStr;
 
@@ -227,13 +228,23 @@ impl<'de> Deserialize<'de> for VerifyingKey {
     }
 }
 
-/// An age X25519 identity (secret). Zeroized on drop (by age); never printed.
-pub struct AgeIdentity(age::x25519::Identity);
+/// An age X25519 identity (secret). Zeroized on drop (by age and
+/// x25519-dalek); never printed. Envelopes are opened with its public key
+/// computed once ([`crate::age_x25519`]), not once per envelope as age does.
+pub struct AgeIdentity {
+    age: age::x25519::Identity,
+    opener: X25519Opener,
+}
 
 impl AgeIdentity {
+    fn new(age: age::x25519::Identity) -> Result<Self, KeyError> {
+        let opener =
+            X25519Opener::of(&age).ok_or(KeyError::AgeIdentity("not a 32-byte X25519 secret key"))?;
+        Ok(Self { age, opener })
+    }
     /// A fresh identity.
     pub fn generate() -> Self {
-        Self(age::x25519::Identity::generate())
+        Self::new(age::x25519::Identity::generate()).expect("age encodes the 32-byte key it generated")
     }
     /// Reads `AGE-SECRET-KEY-1…` text; comment lines (`#`) and blank lines are skipped,
     /// as in files written by `age-keygen`.
@@ -250,8 +261,8 @@ impl AgeIdentity {
             return Err(KeyError::AgeIdentity("more than one key line"));
         }
         age::x25519::Identity::from_str(line)
-            .map(Self)
             .map_err(|_| KeyError::AgeIdentity("invalid Bech32 secret key"))
+            .and_then(Self::new)
     }
     /// Reads every identity of an identity file, in order: the current one
     /// first, then the previous ones a key rotation keeps (so that
@@ -275,31 +286,32 @@ impl AgeIdentity {
         keys.into_iter()
             .map(|l| {
                 age::x25519::Identity::from_str(l)
-                    .map(Self)
                     .map_err(|_| KeyError::AgeIdentity("invalid Bech32 secret key"))
+                    .and_then(Self::new)
             })
             .collect()
     }
     /// The identity as text, in `age-keygen` file form (zeroized when dropped).
     pub fn to_text(&self) -> Zeroizing<String> {
-        let secret = self.0.to_string();
+        let secret = self.age.to_string();
         Zeroizing::new(format!(
             "# public key: {}\n{}\n",
-            self.0.to_public(),
+            self.age.to_public(),
             secret.expose_secret()
         ))
     }
     /// The matching recipient.
     pub fn recipient(&self) -> AgeRecipient {
-        AgeRecipient(self.0.to_public())
+        AgeRecipient(self.age.to_public())
     }
-    pub(crate) fn inner(&self) -> &age::x25519::Identity {
-        &self.0
+    /// The identity that opens files sealed to [`AgeIdentity::recipient`].
+    pub(crate) fn opener(&self) -> &dyn age::Identity {
+        &self.opener
     }
 }
 impl fmt::Debug for AgeIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AgeIdentity({})", self.0.to_public())
+        write!(f, "AgeIdentity({})", self.age.to_public())
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`consent`]: purpose binding and onward transfer consents (Art. 11.2, 11.3).
 #![forbid(unsafe_code)]
 
+mod age_x25519;
 pub mod batch;
 pub mod cbor;
 mod cbor_det;
