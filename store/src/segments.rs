@@ -18,6 +18,20 @@
 //! file with every append). Payloads of [`DIRECT`] or more extend the file
 //! themselves: their `fdatasync` is mostly their data, and zero-filling
 //! ahead of them would double what they write.
+//!
+//! **Large payloads are not kept in the page cache.** A payload of
+//! [`DIRECT`] or more is written once and read at most a few times (the
+//! delivery attempt, an application's fetch), so its pages are dropped
+//! (`posix_fadvise(DONTNEED)`) once they are durable and after every
+//! read (the gateway hands a new envelope to its first delivery attempt in
+//! memory, and reads it back only for a retry): the cache keeps what
+//! is read again and again (sled's files, small payloads) instead of
+//! growing by every megabyte that passes through, and the kernel writes
+//! new payloads into pages it just freed instead of taking new ones. On
+//! this kind of machine (a VM) that is most of the cost of a large write:
+//! memory the guest has not touched before costs about 3 ms per MiB to
+//! fill, against 0.2–0.3 ms for pages it reuses (docs/STORE.md).
+//!
 //! Durability: the group commit (its preparer stage) `fdatasync`s
 //! every file written since the last time *before* the group's records are
 //! written to sled, so a record never reaches the disk before its payload
@@ -40,6 +54,13 @@ pub(crate) const GROW: u64 = 4 << 20;
 /// Appends of at least this many bytes extend the file themselves.
 pub(crate) const DIRECT: u64 = 64 << 10;
 
+/// Appends of [`DIRECT`] or more start at a multiple of this and take
+/// whole multiples of it (the rest is a hole: no disk blocks). The kernel
+/// caches a large write in folios of up to 2 MiB, and advice to drop a
+/// range leaves every folio that reaches past it; aligned, a large payload
+/// shares none with its neighbours, so all of it leaves the cache.
+pub(crate) const BIG_ALIGN: u64 = 2 << 20;
+
 /// The zero-fill is written in writes of this size. One write of the whole
 /// [`GROW`] step made the kernel (Linux 6.18, ext4) cache it in large folios
 /// of up to 2 MiB, and every later small append into such a folio walks
@@ -61,6 +82,9 @@ struct Seg {
 
 impl Seg {
     fn new(file: File, len: u64) -> Self {
+        // Reads are of exact payloads: no readahead into the neighbours
+        // (which would also bring back pages just dropped).
+        advise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
         Seg {
             file,
             len: AtomicU64::new(len),
@@ -113,6 +137,33 @@ pub(crate) struct Segments {
     /// Finished blob files (and their directories) to `fdatasync` with the
     /// next group, before the records that refer to them.
     blobs: Mutex<Vec<(PathBuf, File)>>,
+    /// Large appends (hour, offset, length) whose pages leave the page
+    /// cache once the next sync has made them durable.
+    uncache: Mutex<Vec<(i64, u64, u64)>>,
+}
+
+/// Advise the kernel that the pages of `file` in `off..off + len` are not
+/// needed: clean ones leave the page cache (partial pages at either end
+/// stay). Advice only — a failure changes nothing but the cache.
+pub(crate) fn uncache(file: &File, off: u64, len: u64) {
+    advise(
+        file,
+        off,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
+/// `posix_fadvise` (advice only: a failure is logged at debug and changes
+/// nothing but the cache).
+fn advise(file: &File, off: u64, len: u64, advice: nix::fcntl::PosixFadviseAdvice) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        return;
+    };
+    if let Err(e) = nix::fcntl::posix_fadvise(file.as_raw_fd(), off, len, advice) {
+        tracing::debug!(error = %e, ?advice, "posix_fadvise refused");
+    }
 }
 
 fn file_name(hour: i64) -> String {
@@ -159,6 +210,7 @@ impl Segments {
             files: RwLock::new(files),
             dirty: Mutex::new(HashSet::new()),
             blobs: Mutex::new(Vec::new()),
+            uncache: Mutex::new(Vec::new()),
         })
     }
 
@@ -195,17 +247,41 @@ impl Segments {
         Ok(s)
     }
 
-    /// Append `bytes` to the file of `hour`; returns their offset.
+    /// Append `bytes` to the file of `hour`; returns their offset. An
+    /// append of [`DIRECT`] or more leaves the page cache once it is durable.
     pub(crate) fn append(&self, hour: i64, bytes: &[u8]) -> Result<u64> {
         let s = self.seg_or_create(hour)?;
         let n = bytes.len() as u64;
-        let off = s.len.fetch_add(n, Ordering::SeqCst);
+        let (off, end) = if n >= DIRECT {
+            let mut cur = s.len.load(Ordering::SeqCst);
+            loop {
+                let off = cur.next_multiple_of(BIG_ALIGN);
+                let end = (off + n).next_multiple_of(BIG_ALIGN);
+                match s
+                    .len
+                    .compare_exchange(cur, end, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => break (off, end),
+                    Err(now) => cur = now,
+                }
+            }
+        } else {
+            let off = s.len.fetch_add(n, Ordering::SeqCst);
+            (off, off + n)
+        };
         let path = || self.dir.join(file_name(hour));
-        s.reserve_room(off + n, n, &path())?;
+        s.reserve_room(end, n, &path())?;
         s.file
             .write_all_at(bytes, off)
             .map_err(|e| Error::io(path(), e))?;
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(hour);
+        if n >= DIRECT {
+            // (After the hour is marked: see `sync_dirty`.)
+            self.uncache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((hour, off, end - off));
+        }
         Ok(off)
     }
 
@@ -217,7 +293,15 @@ impl Segments {
         };
         let mut buf = vec![0u8; len as usize];
         match s.file.read_exact_at(&mut buf, off) {
-            Ok(()) => Ok(Some(buf)),
+            Ok(()) => {
+                if u64::from(len) >= DIRECT {
+                    // With its padding (older files: maybe a neighbour's
+                    // first pages too, which then come from the disk).
+                    let end = (off + u64::from(len)).next_multiple_of(BIG_ALIGN);
+                    uncache(&s.file, off, end - off);
+                }
+                Ok(Some(buf))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 Err(Error::corrupt(format!("payload file {}", file_name(hour))))
             }
@@ -250,6 +334,11 @@ impl Segments {
                 crate::keys::sync_dir(&d)?;
             }
         }
+        // Taken before the hours: a range is listed after its hour was
+        // marked dirty, so its bytes are synced below or were by an earlier
+        // sync. (Advice on bytes not yet synced would only start their
+        // writeback; they would stay cached.)
+        let uncache_now = std::mem::take(&mut *self.uncache.lock().unwrap_or_else(|p| p.into_inner()));
         let hours: Vec<i64> = self
             .dirty
             .lock()
@@ -263,6 +352,11 @@ impl Segments {
                     self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(h);
                     return Err(Error::io(self.dir.join(file_name(h)), e));
                 }
+            }
+        }
+        for (h, off, len) in uncache_now {
+            if let Some(s) = self.seg(h) {
+                uncache(&s.file, off, len);
             }
         }
         Ok(())
@@ -335,5 +429,54 @@ mod tests {
         assert_eq!(off, big_off + GROW);
         assert_eq!(segs.read(7, off, 14).unwrap().unwrap(), b"after a reopen");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * GROW);
+    }
+
+    /// Bytes of `path` in the page cache, by util-linux's `fincore`.
+    fn cached(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux) runs");
+        assert!(
+            out.status.success(),
+            "fincore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    #[test]
+    fn large_payloads_leave_the_page_cache_once_durable_or_read() {
+        // (The page cache of a real file system: tmpfs keeps its pages.)
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path().join("p")).unwrap();
+        let path = dir.path().join("p").join(file_name(3));
+        let mib = 1usize << 20;
+        let a: Vec<u8> = (0..mib + 28).map(|i| (i % 253) as u8).collect();
+        let b: Vec<u8> = (0..mib + 28).map(|i| (i % 241) as u8).collect();
+        // Cached while written, dropped once durable.
+        let a_off = segs.append(3, &a).unwrap();
+        let b_off = segs.append(3, &b).unwrap();
+        assert!(b_off.is_multiple_of(BIG_ALIGN));
+        assert!(cached(&path) >= 2 * mib as u64, "written, not yet synced");
+        segs.sync_dirty().unwrap();
+        let after = cached(&path);
+        assert!(after < 64 << 10, "{after} bytes still cached after the sync");
+        // Read back from the disk: the same bytes, and dropped again.
+        assert_eq!(segs.read(3, b_off, b.len() as u32).unwrap().unwrap(), b);
+        let after_b = cached(&path);
+        assert!(after_b < 64 << 10, "{after_b} bytes still cached after the read");
+        assert_eq!(segs.read(3, a_off, a.len() as u32).unwrap().unwrap(), a);
+        let again = cached(&path);
+        assert!(
+            again < 128 << 10,
+            "{again} bytes still cached after reading it again"
+        );
+        // Small payloads are left to the kernel (they share pages).
+        let small_off = segs.append(3, &[5u8; 1000]).unwrap();
+        segs.sync_dirty().unwrap();
+        assert_eq!(segs.read(3, small_off, 1000).unwrap().unwrap(), vec![5u8; 1000]);
+        assert!(cached(&path) >= 4096, "a small payload's page stays cached");
     }
 }

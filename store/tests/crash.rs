@@ -25,8 +25,15 @@ const CHILD_ENV: &str = "KONVERT_STORE_CRASH_CHILD";
 /// gathers, is killed mid-way too).
 const WRITERS_ENV: &str = "KONVERT_STORE_CRASH_WRITERS";
 
+/// 1 KiB, and for about one id in 32 a large payload (64–240 KiB: the
+/// payload files' aligned appends, which leave the page cache once durable).
 fn payload_for(id: &MessageId) -> Vec<u8> {
-    id.0.iter().cycle().take(1024).copied().collect()
+    let len = if id.0[15].is_multiple_of(32) {
+        (64 << 10) + usize::from(id.0[14]) * 700
+    } else {
+        1024
+    };
+    id.0.iter().cycle().take(len).copied().collect()
 }
 
 /// The child's body; a no-op unless started by `crash_many_times`.
