@@ -230,7 +230,7 @@ impl<'de> Deserialize<'de> for VerifyingKey {
 
 /// An age X25519 identity (secret). Zeroized on drop (by age and
 /// x25519-dalek); never printed. Envelopes are opened with its public key
-/// computed once ([`crate::age_x25519`]), not once per envelope as age does.
+/// computed once (`envelope/src/age_x25519.rs`), not once per envelope as age does.
 pub struct AgeIdentity {
     age: age::x25519::Identity,
     opener: X25519Opener,
