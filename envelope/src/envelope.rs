@@ -32,7 +32,7 @@
 //! profile validation). Attachment bytes written to the sink are trusted
 //! only once `open` has returned `Ok`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use ciborium_ll::{Decoder, Encoder, Header};
 use serde::{Deserialize, Serialize};
@@ -944,13 +944,14 @@ impl Authenticated {
     }
 
     /// Checks the agreement and the recipient, decrypts `body` (the body
-    /// ciphertext that [`receive`] wrote), streams the attachments into
+    /// ciphertext that [`receive`] wrote; buffered — a slice, a cursor, or a
+    /// `BufReader` of 64 KiB for a file), streams the attachments into
     /// `parts`, and checks the signed message: the signatory signature
     /// against `signers` (valid at signing time), the signed routing against
     /// the envelope, decoding, the attachments' lengths and digests, and
     /// `profile` at `now`.
     #[allow(clippy::too_many_arguments)]
-    pub fn open<R: Read, P: PartSink>(
+    pub fn open<R: BufRead, P: PartSink>(
         &self,
         body: R,
         keys: &NodeKeys,
@@ -970,7 +971,7 @@ impl Authenticated {
     /// picks for it (the one its case was opened under, or the one in force
     /// at its time).
     #[allow(clippy::too_many_arguments)]
-    pub fn open_with<'p, R: Read, P: PartSink>(
+    pub fn open_with<'p, R: BufRead, P: PartSink>(
         &self,
         body: R,
         keys: &NodeKeys,
@@ -1011,7 +1012,7 @@ impl Authenticated {
     /// ([`crate::batch::Now`]: at once; [`crate::batch::Deferred`]: the
     /// result holds only once that check verified).
     #[allow(clippy::too_many_arguments)]
-    pub fn open_with_roster<'p, R: Read, P: PartSink>(
+    pub fn open_with_roster<'p, R: BufRead, P: PartSink>(
         &self,
         body: R,
         keys: &NodeKeys,
@@ -1050,8 +1051,9 @@ impl Authenticated {
                 }
             }
         })?;
-        let decryptor = age::Decryptor::new_buffered(io::BufReader::with_capacity(CHUNK_SIZE, body))
-            .map_err(decrypt_err)?;
+        // (Buffered by the caller: a body in memory is read in place, not
+        // copied through another buffer.)
+        let decryptor = age::Decryptor::new_buffered(body).map_err(decrypt_err)?;
         let mut plain = decryptor
             .decrypt(
                 std::iter::once(&keys.age)

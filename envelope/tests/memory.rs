@@ -130,7 +130,7 @@ fn a_128_mib_attachment_passes_through_seal_and_open_in_bounded_memory() {
     let mut parts = HashParts::default();
     let opened = auth
         .open(
-            &body,
+            std::io::BufReader::with_capacity(64 << 10, &body),
             w.node(&h.to),
             &w.signers(&h.from),
             &p,

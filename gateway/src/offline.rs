@@ -412,7 +412,15 @@ pub fn open_file(
                 dir: dir.to_path_buf(),
                 files: Vec::new(),
             };
-            let opened = auth.open(&spool, &keys, &signers, &profile, now, limits, &mut parts)?;
+            let opened = auth.open(
+                std::io::BufReader::with_capacity(64 << 10, &spool),
+                &keys,
+                &signers,
+                &profile,
+                now,
+                limits,
+                &mut parts,
+            )?;
             let mut written = Vec::new();
             for (i, (att, tmp)) in opened
                 .message
@@ -433,7 +441,15 @@ pub fn open_file(
             (opened, written)
         }
         None => (
-            auth.open(&spool, &keys, &signers, &profile, now, limits, &mut DiscardParts)?,
+            auth.open(
+                std::io::BufReader::with_capacity(64 << 10, &spool),
+                &keys,
+                &signers,
+                &profile,
+                now,
+                limits,
+                &mut DiscardParts,
+            )?,
             Vec::new(),
         ),
     };

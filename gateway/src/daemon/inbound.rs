@@ -245,8 +245,8 @@ impl BodySpool {
         Ok(BodySpool::File(std::io::BufWriter::with_capacity(64 << 10, f)))
     }
 
-    /// The spooled bytes, from the start.
-    fn into_reader(self) -> std::io::Result<Box<dyn std::io::Read>> {
+    /// The spooled bytes, from the start (in memory: read in place).
+    fn into_reader(self) -> std::io::Result<Box<dyn std::io::BufRead>> {
         use std::io::Seek;
         Ok(match self {
             BodySpool::Memory(v) => Box::new(std::io::Cursor::new(v)),
