@@ -405,6 +405,7 @@ pub fn open_file(
     )?;
     let auth = received.authenticate(&card)?;
     spool.seek(SeekFrom::Start(0)).map_err(spool_err)?;
+    let body = std::io::BufReader::with_capacity(envelope::CHUNK_SIZE, &spool);
     let (opened, written) = match attachments_dir {
         Some(dir) => {
             files::create_private_dir(dir)?;
@@ -412,15 +413,7 @@ pub fn open_file(
                 dir: dir.to_path_buf(),
                 files: Vec::new(),
             };
-            let opened = auth.open(
-                std::io::BufReader::with_capacity(64 << 10, &spool),
-                &keys,
-                &signers,
-                &profile,
-                now,
-                limits,
-                &mut parts,
-            )?;
+            let opened = auth.open(body, &keys, &signers, &profile, now, limits, &mut parts)?;
             let mut written = Vec::new();
             for (i, (att, tmp)) in opened
                 .message
@@ -441,15 +434,7 @@ pub fn open_file(
             (opened, written)
         }
         None => (
-            auth.open(
-                std::io::BufReader::with_capacity(64 << 10, &spool),
-                &keys,
-                &signers,
-                &profile,
-                now,
-                limits,
-                &mut DiscardParts,
-            )?,
+            auth.open(body, &keys, &signers, &profile, now, limits, &mut DiscardParts)?,
             Vec::new(),
         ),
     };

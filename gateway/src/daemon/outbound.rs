@@ -48,8 +48,9 @@ pub const IN_FLIGHT_PER_PEER: usize = 256;
 /// from their store blob through a fixed buffer). With
 /// [`IN_FLIGHT_PER_PEER`] slots alone, 256 envelopes of 1 MiB would hold
 /// 256 MiB per peer, and on one connection they only share its bandwidth:
-/// a delivery waits for its envelope's share of this budget once its
-/// record is loaded.
+/// a delivery waits for its envelope's share of this budget before it
+/// sends. A just-queued envelope waits in hand (its submission made it);
+/// a stored one is read back only once its share is free.
 pub const IN_FLIGHT_BYTES_PER_PEER: usize = 64 << 20;
 
 /// Why a submission was refused (mapped to API problems by the service).
@@ -143,6 +144,20 @@ impl Link {
             failing_since: Mutex::new(None),
             backlog: Mutex::new(Backlog::default()),
         }
+    }
+
+    /// Waits for `len` envelope bytes of [`IN_FLIGHT_BYTES_PER_PEER`]
+    /// (whole KiB; never more than all of it, so that no envelope waits
+    /// forever); `None` for none. The budget is never closed.
+    async fn reserve_bytes(&self, len: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let kib = len.div_ceil(1024).min(IN_FLIGHT_BYTES_PER_PEER >> 10);
+        if kib == 0 {
+            return None;
+        }
+        self.bytes
+            .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .ok()
     }
 
     /// Queues a due message for the next free slot.
@@ -1235,32 +1250,27 @@ async fn attempt(
     id: &MessageId,
     first_send: bool,
 ) -> Result<String, AttemptError> {
-    // Just queued: the record is still in memory; otherwise (a retry, after
-    // a restart) it is read back (a small record, or a blob's reference).
-    let record = match node.links.take_fresh(&id.0) {
-        Some(r) => r,
-        None => Arc::new(
-            OutboxRecord::from_slice(&node.store.outbox_get(id)?.payload)
-                .map_err(AttemptError::BadReceipt)?,
-        ),
-    };
     // Its share of the peer's in-memory budget, held until its receipt is
-    // handled (none for an envelope streamed from a blob).
-    let kib = record
-        .envelope
-        .len()
-        .div_ceil(1024)
-        .min(IN_FLIGHT_BYTES_PER_PEER >> 10);
-    let _budget = if kib == 0 {
-        None
-    } else {
-        let n = u32::try_from(kib).unwrap_or(u32::MAX);
-        Some(
-            link.bytes
-                .acquire_many(n)
-                .await
-                .map_err(|_| AttemptError::Connect("link closed".into()))?,
-        )
+    // handled. A just-queued envelope is in memory already (its submission
+    // made it; taking it frees room for the next): it waits for its share
+    // in hand — at most one per slot. A stored one (a retry, after a
+    // restart) is read only once its share, sized from its record, is
+    // free, so that a backlog read back from the disk never piles up in
+    // memory. None for an envelope streamed from a blob.
+    let (record, _budget) = match node.links.take_fresh(&id.0) {
+        Some(r) => {
+            let budget = link.reserve_bytes(r.envelope.len()).await;
+            (r, budget)
+        }
+        None => {
+            let meta = node.store.meta(konvert_store::Direction::Outbound, id)?;
+            let budget = link
+                .reserve_bytes(usize::try_from(meta.payload_len).unwrap_or(usize::MAX))
+                .await;
+            let r = OutboxRecord::from_slice(&node.store.outbox_get(id)?.payload)
+                .map_err(AttemptError::BadReceipt)?;
+            (Arc::new(r), budget)
+        }
     };
     let conn = connection(node, peer, link).await?;
     let sent = match &record.envelope_blob {
@@ -1495,6 +1505,28 @@ mod tests {
         let link = links.get(&AuthorityId::new("am.police").unwrap()).unwrap();
         assert_eq!(link.slots.available_permits(), 1);
         assert_eq!(Links::default().per_peer, IN_FLIGHT_PER_PEER);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_is_taken_in_whole_kib_and_never_more_than_all_of_it() {
+        let link = Link::new(vec!["127.0.0.1:1".into()], 4);
+        let all = IN_FLIGHT_BYTES_PER_PEER >> 10;
+        assert!(link.reserve_bytes(0).await.is_none(), "nothing to hold");
+        let one = link.reserve_bytes(1).await.unwrap();
+        let mib = link.reserve_bytes(1 << 20).await.unwrap();
+        assert_eq!(link.bytes.available_permits(), all - 1 - 1024);
+        drop((one, mib));
+        // An envelope larger than the budget takes all of it, and waits for
+        // the others rather than forever.
+        let huge = link.reserve_bytes(usize::MAX).await.unwrap();
+        assert_eq!(link.bytes.available_permits(), 0);
+        let waiting = tokio::time::timeout(Duration::from_millis(20), link.reserve_bytes(1)).await;
+        assert!(
+            waiting.is_err(),
+            "the next delivery waits while the budget is spent"
+        );
+        drop(huge);
+        assert!(link.reserve_bytes(1).await.is_some());
     }
 
     #[test]
